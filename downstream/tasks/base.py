@@ -1,0 +1,93 @@
+"""The task contract: a task is a dataset + a head + a loss + a metric, driven by the one trainer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import hydra.utils
+import torch
+from torch import nn
+
+from downstream.data.corpus import Utterance
+from downstream.data.dataset import collate_wavs
+
+SPLITS = ("train", "dev", "test")
+
+
+class Task:
+    """Base class of every downstream task.
+
+    Subclasses set ``name``, ``metric`` (the primary metric's key), ``higher_is_better`` and
+    implement ``read_split`` (corpus split -> utterances), ``encode`` (utterance -> training target),
+    ``num_outputs``, ``loss``, ``eval_statistics`` (additive counts for one batch) and ``metrics``
+    (counts -> metrics in percent). The trainer only ever calls the public methods below.
+    """
+
+    name: str = "task"
+    metric: str = "loss"
+    higher_is_better: bool = False
+    #: Random crop length of training utterances in seconds (None: whole utterances).
+    train_crop_seconds: float | None = None
+
+    def __init__(self, data_root: str, head: Mapping[str, Any], schedules: Mapping[str, Any]) -> None:
+        self.data_root = str(data_root)
+        self.head_config = dict(head)
+        self.schedules = {name: dict(values) for name, values in schedules.items()}
+        self._utterances: dict[str, list[Utterance]] = {}
+        self._targets: dict[str, list[Any]] = {}
+
+    # -- data -------------------------------------------------------------------------------
+    def read_split(self, split: str) -> list[Utterance]:
+        raise NotImplementedError
+
+    def encode(self, utterance: Utterance, split: str) -> Any:
+        raise NotImplementedError
+
+    def check_data(self) -> None:
+        """Read every split now, so a bad corpus fails before training with a clear message."""
+        for split in SPLITS:
+            self.utterances(split)
+
+    def utterances(self, split: str) -> list[Utterance]:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if split not in self._utterances:
+            utterances = self.read_split(split)
+            if not utterances:
+                raise ValueError(f"{self.name}: the {split} split under {self.data_root} has no utterances")
+            self._targets[split] = [self.encode(utterance, split) for utterance in utterances]
+            self._utterances[split] = utterances
+        return self._utterances[split]
+
+    def collate(self, items: list[dict], split: str) -> dict[str, Any]:
+        """Pad the waveforms and attach the targets of the batch's utterances."""
+        batch = collate_wavs(items)
+        targets = self._targets[split]
+        batch["targets"] = [targets[index] for index in batch["indices"].tolist()]
+        return batch
+
+    # -- model ------------------------------------------------------------------------------
+    @property
+    def num_outputs(self) -> int:
+        raise NotImplementedError
+
+    def build_head(self, input_size: int) -> nn.Module:
+        """The head from the task config's ``head`` node, sized by the interface's output_size."""
+        return hydra.utils.instantiate(self.head_config, input_size=input_size, num_outputs=self.num_outputs)
+
+    def augment(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Training-time feature augmentation (identity unless a task overrides it)."""
+        return features
+
+    def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- evaluation -------------------------------------------------------------------------
+    def eval_statistics(
+        self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]
+    ) -> dict[str, float]:
+        raise NotImplementedError
+
+    def metrics(self, statistics: Mapping[str, float]) -> dict[str, float]:
+        raise NotImplementedError

@@ -1,0 +1,53 @@
+"""Utterance classification (SID, ER): one label per utterance, cross-entropy, accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from downstream.data.corpus import Utterance
+from downstream.tasks.base import Task
+
+
+class ClassificationTask(Task):
+    """Logits [B, C] against integer labels; ``labels`` lists the classes (index = class id)."""
+
+    metric = "acc"
+    higher_is_better = True
+
+    def labels(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.labels())
+
+    def encode(self, utterance: Utterance, split: str) -> int:
+        label_ids = getattr(self, "_label_ids", None)
+        if label_ids is None:
+            label_ids = self._label_ids = {label: index for index, label in enumerate(self.labels())}
+        if utterance.label not in label_ids:
+            raise ValueError(
+                f"{self.name}: utterance {utterance.id} ({utterance.path}) in the {split} split has label "
+                f"{utterance.label!r}, which the training split does not have"
+            )
+        return label_ids[utterance.label]
+
+    def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        targets = torch.tensor(batch["targets"], dtype=torch.long, device=logits.device)
+        return F.cross_entropy(logits.float(), targets)
+
+    def eval_statistics(
+        self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]
+    ) -> dict[str, float]:
+        targets = torch.tensor(batch["targets"], dtype=torch.long)
+        correct = (logits.argmax(dim=-1).cpu() == targets).sum().item()
+        return {"correct": correct, "total": len(targets)}
+
+    def metrics(self, statistics: Mapping[str, float]) -> dict[str, float]:
+        if statistics["total"] <= 0:
+            raise ValueError("accuracy over an empty evaluation set")
+        return {"acc": 100.0 * statistics["correct"] / statistics["total"]}

@@ -1,0 +1,92 @@
+"""Sequence tasks trained with CTC and decoded greedily (PR over phones, ASR over characters)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from downstream.metrics import ctc_greedy_decode, edit_statistics, error_rate_percent
+from downstream.tasks.base import Task
+
+BLANK = "<blank>"
+
+
+class CTCTask(Task):
+    """Frame logits [B, T, V] against token sequences with CTC (blank = index 0).
+
+    Subclasses define ``tokens`` (the vocabulary without the blank), ``tokenize`` (utterance ->
+    token strings) and ``error_units`` (token strings -> the units the error rate counts: phones for
+    PER, words for WER).
+    """
+
+    def __init__(self, data_root: str, head: Mapping[str, Any], schedules: Mapping[str, Any]) -> None:
+        super().__init__(data_root, head, schedules)
+        self._vocabulary: list[str] | None = None
+        self._token_ids: dict[str, int] | None = None
+
+    # -- vocabulary -------------------------------------------------------------------------
+    def tokens(self) -> list[str]:
+        raise NotImplementedError
+
+    def tokenize(self, utterance, split: str) -> list[str]:
+        raise NotImplementedError
+
+    def error_units(self, tokens: Sequence[str]) -> list[str]:
+        return list(tokens)
+
+    @property
+    def vocabulary(self) -> list[str]:
+        if self._vocabulary is None:
+            self._vocabulary = [BLANK, *self.tokens()]
+            self._token_ids = {token: index for index, token in enumerate(self._vocabulary)}
+        return self._vocabulary
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.vocabulary)
+
+    def encode(self, utterance, split: str) -> list[int]:
+        self.vocabulary  # noqa: B018 - builds the token table on first use
+        assert self._token_ids is not None
+        ids = []
+        for token in self.tokenize(utterance, split):
+            if token not in self._token_ids:
+                raise ValueError(
+                    f"{self.name}: token {token!r} of utterance {utterance.id} is not in the vocabulary"
+                )
+            ids.append(self._token_ids[token])
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> list[str]:
+        return [self.vocabulary[index] for index in ids]
+
+    # -- training ---------------------------------------------------------------------------
+    def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        targets = batch["targets"]
+        target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+        flat_targets = torch.tensor([i for t in targets for i in t], dtype=torch.long)
+        log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
+        return F.ctc_loss(
+            log_probs,
+            flat_targets.to(logits.device),
+            frame_lengths,
+            target_lengths.to(logits.device),
+            blank=0,
+            reduction="mean",
+            zero_infinity=True,
+        )
+
+    # -- evaluation -------------------------------------------------------------------------
+    def eval_statistics(
+        self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]
+    ) -> dict[str, float]:
+        hypotheses = [self.error_units(self.decode(ids)) for ids in ctc_greedy_decode(logits, frame_lengths)]
+        references = [self.error_units(self.decode(ids)) for ids in batch["targets"]]
+        edits, length = edit_statistics(references, hypotheses)
+        return {"edits": edits, "reference_units": length}
+
+    def metrics(self, statistics: Mapping[str, float]) -> dict[str, float]:
+        return {self.metric: error_rate_percent(statistics["edits"], statistics["reference_units"])}
