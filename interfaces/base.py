@@ -1,11 +1,21 @@
-"""The interface contract: layer-wise hidden states in, one feature sequence out."""
+"""The interface contract: layer-wise hidden states in, one feature sequence out.
+
+Also the small helpers every interface shares: frame masks, hyperparameter checks that fail at
+construction time with the parameter, the value and the allowed range, and SUPERB's per-layer
+normalisation.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class NotFittedError(RuntimeError):
+    """Raised when an interface that needs ``fit`` is used before it was fitted (or loaded)."""
 
 
 def frame_mask(lengths: torch.Tensor, max_frames: int) -> torch.Tensor:
@@ -18,6 +28,69 @@ def zero_padded_frames(features: torch.Tensor, lengths: torch.Tensor) -> torch.T
     """Return features [B, T, D'] with every frame at or past lengths[b] set to zero."""
     mask = frame_mask(lengths, features.shape[1]).unsqueeze(-1)
     return features.masked_fill(~mask, 0.0)
+
+
+def normalize_layers(hidden_states: torch.Tensor) -> torch.Tensor:
+    """Layer norm without affine over the feature axis of every layer and frame (SUPERB's ``normalize``).
+
+    For each vector h in hidden_states [L, B, T, D]: (h - mean(h)) / sqrt(var(h) + 1e-5).
+    """
+    return F.layer_norm(hidden_states, hidden_states.shape[-1:])
+
+
+def mix_layers(weights: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+    """Weighted sums over layers: weights [G, L], hidden_states [L, B, T, D] -> [B, T, G, D].
+
+    out[b, t, g] = sum_l weights[g, l] * hidden_states[l, b, t]; one matrix product, no per-layer loop.
+    """
+    return torch.einsum("gl,lbtd->btgd", weights.to(hidden_states.dtype), hidden_states)
+
+
+def check_int(owner: str, name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    """Return ``value`` if it is an int in [minimum, maximum] (maximum None: no upper bound), else ValueError."""
+    allowed = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{owner}: {name} must be an integer {allowed}, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{owner}: {name} must be {allowed}, got {value}")
+    return value
+
+
+def check_layer_index(owner: str, name: str, index: object, num_layers: int) -> int:
+    """Resolve a layer index (negative counts from the end, as in Python) to [0, num_layers - 1]."""
+    if isinstance(index, bool) or not isinstance(index, int) or not -num_layers <= index < num_layers:
+        raise ValueError(
+            f"{owner}: {name} must be a layer index in [{-num_layers}, {num_layers - 1}] "
+            f"(num_layers={num_layers}), got {index!r}"
+        )
+    return index % num_layers
+
+
+def check_layer_subset(owner: str, name: str, layers: Sequence[int] | None, num_layers: int) -> list[int]:
+    """Resolve an optional list of layer indexes (None: all layers) to distinct non-negative ones, in the given order."""
+    if layers is None:
+        return list(range(num_layers))
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise ValueError(f"{owner}: {name} must be a list of layer indexes or null, got {layers!r}")
+    resolved = [check_layer_index(owner, name, index, num_layers) for index in layers]
+    if not resolved:
+        raise ValueError(f"{owner}: {name} must name at least one layer in [0, {num_layers - 1}], got []")
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(
+            f"{owner}: {name} must not repeat a layer, got {list(layers)} (resolved to {resolved})"
+        )
+    return resolved
+
+
+def check_output_dim(owner: str, output_dim: object, hidden_size: int) -> int:
+    """``output_dim`` None means hidden_size; otherwise an int >= 1."""
+    if output_dim is None:
+        return hidden_size
+    if isinstance(output_dim, bool) or not isinstance(output_dim, int) or output_dim < 1:
+        raise ValueError(
+            f"{owner}: output_dim must be an integer >= 1 (or null for hidden_size={hidden_size}), got {output_dim!r}"
+        )
+    return output_dim
 
 
 class Interface(nn.Module):
@@ -33,28 +106,41 @@ class Interface(nn.Module):
 
     def __init__(self, num_layers: int, hidden_size: int) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if hidden_size < 1:
-            raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
-        self.num_layers = num_layers
-        self.hidden_size = hidden_size
+        owner = type(self).__name__
+        self.num_layers = check_int(owner, "num_layers", num_layers, 1)
+        self.hidden_size = check_int(owner, "hidden_size", hidden_size, 1)
         self.output_size: int = hidden_size
 
     def combine(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """[L, B, T, D] -> [B, T, D']; padded frames may hold anything, ``forward`` zeroes them."""
         raise NotImplementedError
 
-    def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def check_inputs(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> None:
+        """ValueError unless hidden_states is [L, B, T, D] with this interface's L and D and lengths is [B]."""
         if hidden_states.dim() != 4:
             raise ValueError(f"hidden_states must be [L, B, T, D], got shape {tuple(hidden_states.shape)}")
-        num_layers, _, _, hidden_size = hidden_states.shape
+        num_layers, batch_size, _, hidden_size = hidden_states.shape
         if num_layers != self.num_layers or hidden_size != self.hidden_size:
             raise ValueError(
                 f"{type(self).__name__} was built for L={self.num_layers}, D={self.hidden_size}, "
                 f"got hidden_states with L={num_layers}, D={hidden_size}"
             )
+        if lengths.shape != (batch_size,):
+            raise ValueError(f"lengths must be [B] with B={batch_size}, got shape {tuple(lengths.shape)}")
+
+    def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(hidden_states, lengths)
+        if not self.is_fitted:
+            raise NotFittedError(
+                f"{type(self).__name__} must be fitted on training features (interface.fit(batches)) "
+                "or loaded from a fitted state dict before forward"
+            )
         return zero_padded_frames(self.combine(hidden_states, lengths), lengths)
+
+    @property
+    def is_fitted(self) -> bool:
+        """False only for an interface that needs ``fit`` and has neither been fitted nor loaded fitted state."""
+        return not self.needs_fit
 
     def layer_weights(self) -> torch.Tensor | None:
         """Normalised weights over layers ([L] or [groups, L]) for interfaces that weigh layers, else None."""

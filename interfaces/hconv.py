@@ -1,0 +1,89 @@
+"""Hierarchical convolution (HConv) over the layer axis."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from interfaces.base import Interface, check_int
+
+
+def conv_output_length(length: int, kernel_size: int, stride: int, padding: int) -> int:
+    """Positions a Conv1d produces from ``length`` inputs: floor((length + 2p - k) / s) + 1."""
+    return (length + 2 * padding - kernel_size) // stride + 1
+
+
+def log_floor(value: int, base: int) -> int:
+    """floor(log_base(value)) in exact integer arithmetic (0 when value < base)."""
+    exponent, power = 0, base
+    while power <= value:
+        exponent, power = exponent + 1, power * base
+    return exponent
+
+
+class HierarchicalConv(Interface):
+    """Convolutions along the layer axis, shrinking L layers to a few, then flattening (HConv).
+
+    Each frame's hidden states form a length-L sequence with D channels. K = floor(log_stride L) Conv1d
+    layers (kernel 5, stride 3, padding 2 by default), each followed by ReLU, take the layer count
+    L = L_0 -> L_1 -> ... -> L_K with L_{k+1} = floor((L_k + 2*padding - kernel) / stride) + 1. Every conv
+    keeps D channels except the last, which has C = D // L_K, so the flattened output
+
+        y_t = flatten(ReLU(conv_K(... ReLU(conv_1(h_{:, t})) ...)))   in R^{L_K * C}
+
+    has about D features (laid out layer-major: the C channels of remaining layer 0, then of layer 1, ...).
+    L=13, D=768: 13 -> 5 -> 2 layers, 2 x 384 = 768 features, 4,424,832 parameters.
+    L=25, D=1024: 25 -> 9 -> 3 layers, 3 x 341 = 1023 features.
+    All B*T frames go through the convolutions as one batch.
+    """
+
+    def __init__(
+        self, num_layers: int, hidden_size: int, kernel_size: int = 5, stride: int = 3, padding: int = 2
+    ) -> None:
+        super().__init__(num_layers, hidden_size)
+        owner = type(self).__name__
+        self.kernel_size = check_int(owner, "kernel_size", kernel_size, 1)
+        self.stride = check_int(owner, "stride", stride, 2)
+        self.padding = check_int(owner, "padding", padding, 0, kernel_size - 1)
+        if num_layers < stride:
+            raise ValueError(
+                f"{owner}: num_layers must be >= {stride} (the stride) for one convolution step, got {num_layers}"
+            )
+        self.num_convs = log_floor(num_layers, stride)
+        layer_counts = [num_layers]
+        for _ in range(self.num_convs):
+            layer_counts.append(conv_output_length(layer_counts[-1], kernel_size, stride, padding))
+            if layer_counts[-1] < 1:
+                raise ValueError(
+                    f"{owner}: kernel_size={kernel_size}, stride={stride}, padding={padding} shrink "
+                    f"num_layers={num_layers} to nothing ({' -> '.join(map(str, layer_counts))}); "
+                    f"need kernel_size <= layers + 2 * padding at every step"
+                )
+        self.layer_counts = layer_counts
+        self.out_channels = hidden_size // layer_counts[-1]
+        if self.out_channels < 1:
+            raise ValueError(
+                f"{owner}: hidden_size={hidden_size} leaves no channels for the {layer_counts[-1]} "
+                f"remaining layers; need hidden_size >= {layer_counts[-1]}"
+            )
+        channels = [hidden_size] * self.num_convs + [self.out_channels]
+        self.convs = nn.ModuleList(
+            nn.Conv1d(channels[k], channels[k + 1], kernel_size, stride=stride, padding=padding)
+            for k in range(self.num_convs)
+        )
+        self.output_size = layer_counts[-1] * self.out_channels
+
+    def combine(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        num_layers, batch_size, num_frames, hidden_size = hidden_states.shape
+        # [L, B, T, D] -> [B*T, D, L]: every frame is one sample, the layers its sequence axis.
+        features = hidden_states.permute(1, 2, 3, 0).reshape(batch_size * num_frames, hidden_size, num_layers)
+        for conv in self.convs:
+            features = torch.relu(conv(features))
+        return features.transpose(1, 2).reshape(batch_size, num_frames, self.output_size)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, layers={' -> '.join(map(str, self.layer_counts))}, "
+            f"output={self.layer_counts[-1]}x{self.out_channels}"
+        )
