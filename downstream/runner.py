@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from downstream.trainer import Trainer, TrainerSettings, count_parameters
+from downstream.tasks.base import Task
+from downstream.trainer import Branch, Trainer, TrainerSettings, count_parameters, pick_device
+from upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -59,52 +61,40 @@ def load_complete_results(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def run_experiment(
-    cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
-) -> dict[str, Any] | None:
-    """Run one experiment into ``run_dir``; return its results (None if this launch stopped early).
-
-    A run whose results.json is already complete is not redone unless ``overwrite=true``; a run with a
-    checkpoint (last.pt) resumes from it.
-    """
-    run_dir = Path(run_dir)
-    finished = load_complete_results(run_dir)
-    if finished is not None and not cfg.overwrite:
-        log.info("%s already has a complete results.json; skipping (overwrite=true reruns it)", run_dir)
-        return finished
-    if cfg.overwrite:
-        for stale in ("results.json", "last.pt", "best.pt", "curve.jsonl"):
-            (run_dir / stale).unlink(missing_ok=True)
-
-    settings = resolve_trainer_settings(cfg)
+def build_branch(
+    cfg: DictConfig, upstream: Upstream, task: Task, settings: TrainerSettings, run_dir: Path
+) -> Branch:
+    """The job's interface and head, seeded exactly as in a run of its own, with its logger and run dir."""
     seed_everything(cfg.seed)
-    task = hydra.utils.instantiate(cfg.task, _recursive_=False)
-    task.check_data()
-    upstream = hydra.utils.instantiate(cfg.upstream)
     interface = hydra.utils.instantiate(
         cfg.interface, num_layers=upstream.num_layers, hidden_size=upstream.hidden_size
     )
-    logger = hydra.utils.instantiate(cfg.logger, run_dir=run_dir)
-    trainer = Trainer(settings, upstream, interface, task, run_dir, logger, seed=cfg.seed)
-    log.info(
-        "%s | %s (L=%d, D=%d) | %s -> %d features | schedule %s: %d steps, lr %g",
-        cfg.task_name,
-        upstream.name,
-        upstream.num_layers,
-        upstream.hidden_size,
-        cfg.interface_name,
-        interface.output_size,
-        pick_schedule(cfg),
-        settings.max_steps,
-        settings.lr,
+    head = task.build_head(interface.output_size)
+    return Branch(
+        interface,
+        head,
+        run_dir,
+        logger=hydra.utils.instantiate(cfg.logger, run_dir=run_dir),
+        settings=settings,
+        device=pick_device(settings.device),
+        seed=cfg.seed,
+        upstream=upstream if upstream.trainable else None,
+        config=OmegaConf.to_container(cfg, resolve=True),
     )
 
-    outcome = trainer.run(config=OmegaConf.to_container(cfg, resolve=True))
-    if outcome is None:
-        logger.finish(None)
-        return None
-    weights = interface.layer_weights()
-    results = {
+
+def build_results(
+    cfg: DictConfig,
+    task: Task,
+    upstream: Upstream,
+    branch: Branch,
+    settings: TrainerSettings,
+    outcome: dict[str, Any],
+    overrides: list[str] | None,
+) -> dict[str, Any]:
+    """The results.json record of one finished run."""
+    weights = branch.interface.layer_weights()
+    return {
         "task": cfg.task_name,
         "metric": task.metric,
         "higher_is_better": task.higher_is_better,
@@ -117,11 +107,12 @@ def run_experiment(
         "fold": cfg.task.get("fold"),
         "schedule": pick_schedule(cfg),
         "trainable_params": {
-            "interface": count_parameters(interface),
-            "head": count_parameters(trainer.head),
+            "interface": count_parameters(branch.interface),
+            "head": count_parameters(branch.head),
             "upstream": count_parameters(upstream) if upstream.trainable else 0,
         },
         "steps": settings.max_steps,
+        "limit_eval_batches": settings.limit_eval_batches,
         "best_step": outcome["best_step"],
         "skipped_updates": outcome["bad_steps"],
         "dev": outcome["dev"],
@@ -129,6 +120,61 @@ def run_experiment(
         "layer_weights": None if weights is None else weights.detach().float().cpu().tolist(),
         "overrides": list(overrides or []),
     }
-    logger.finish(results)
+
+
+def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Finished results to reuse (None: the run must train); ``overwrite=true`` clears old outputs."""
+    finished = load_complete_results(run_dir)
+    if finished is not None and not cfg.overwrite:
+        log.info("%s already has a complete results.json; skipping (overwrite=true reruns it)", run_dir)
+        return finished
+    if cfg.overwrite:
+        for stale in ("results.json", "last.pt", "last.pt.previous", "best.pt", "curve.jsonl"):
+            (run_dir / stale).unlink(missing_ok=True)
+    return None
+
+
+def run_experiment(
+    cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
+) -> dict[str, Any] | None:
+    """Run one experiment into ``run_dir``; return its results (None if this launch stopped early).
+
+    A run whose results.json is already complete is not redone unless ``overwrite=true``; a run with a
+    checkpoint (last.pt) resumes from it.
+    """
+    run_dir = Path(run_dir)
+    finished = prepare_run_dir(cfg, run_dir)
+    if finished is not None:
+        return finished
+
+    settings = resolve_trainer_settings(cfg)
+    if settings.limit_eval_batches is not None:
+        log.warning(
+            "trainer.limit_eval_batches=%d: dev/test metrics cover only part of each split",
+            settings.limit_eval_batches,
+        )
+    seed_everything(cfg.seed)
+    task = hydra.utils.instantiate(cfg.task, _recursive_=False)
+    task.check_data()
+    upstream = hydra.utils.instantiate(cfg.upstream)
+    branch = build_branch(cfg, upstream, task, settings, run_dir)
+    log.info(
+        "%s | %s (L=%d, D=%d) | %s -> %d features | schedule %s: %d steps, lr %g",
+        cfg.task_name,
+        upstream.name,
+        upstream.num_layers,
+        upstream.hidden_size,
+        cfg.interface_name,
+        branch.interface.output_size,
+        pick_schedule(cfg),
+        settings.max_steps,
+        settings.lr,
+    )
+    outcomes = Trainer(settings, upstream, task, [branch], seed=cfg.seed).run()
+    if outcomes is None:
+        branch.logger.finish(None)
+        return None
+    results = build_results(cfg, task, upstream, branch, settings, outcomes[0], overrides)
+    branch.logger.finish(results)
     log.info("results: %s", run_dir / "results.json")
     return results

@@ -33,8 +33,9 @@ class SpeechRecognition(CTCTask):
         train_split: str = "train-clean-100",
         dev_split: str = "dev-clean",
         test_split: str = "test-clean",
+        **options: Any,
     ) -> None:
-        super().__init__(data_root, head, schedules)
+        super().__init__(data_root, head, schedules, **options)
         self.spec_augment = dict(spec_augment) if spec_augment else None
         self.splits = {"train": train_split, "dev": dev_split, "test": test_split}
 

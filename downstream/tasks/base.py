@@ -30,12 +30,23 @@ class Task:
     #: Random crop length of training utterances in seconds (None: whole utterances).
     train_crop_seconds: float | None = None
 
-    def __init__(self, data_root: str, head: Mapping[str, Any], schedules: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        data_root: str,
+        head: Mapping[str, Any],
+        schedules: Mapping[str, Any],
+        max_seconds: float | None = None,
+        on_too_long: str = "crop",
+    ) -> None:
+        """``max_seconds``: utterances longer than this are cropped to a random window or skipped
+        (``on_too_long``: crop | skip); either way they are counted and logged."""
         self.data_root = str(data_root)
+        self.max_seconds = max_seconds
+        self.on_too_long = on_too_long
         self.head_config = dict(head)
         self.schedules = {name: dict(values) for name, values in schedules.items()}
         self._utterances: dict[str, list[Utterance]] = {}
-        self._targets: dict[str, list[Any]] = {}
+        self._targets: dict[str, dict[str, Any]] = {}
 
     # -- data -------------------------------------------------------------------------------
     def read_split(self, split: str) -> list[Utterance]:
@@ -56,15 +67,15 @@ class Task:
             utterances = self.read_split(split)
             if not utterances:
                 raise ValueError(f"{self.name}: the {split} split under {self.data_root} has no utterances")
-            self._targets[split] = [self.encode(utterance, split) for utterance in utterances]
+            self._targets[split] = {utterance.id: self.encode(utterance, split) for utterance in utterances}
             self._utterances[split] = utterances
         return self._utterances[split]
 
-    def collate(self, items: list[dict], split: str) -> dict[str, Any]:
-        """Pad the waveforms and attach the targets of the batch's utterances."""
+    def collate(self, items: list[dict], split: str, utterances: list[Utterance]) -> dict[str, Any]:
+        """Pad the waveforms and attach the targets; item indices point into ``utterances``."""
         batch = collate_wavs(items)
         targets = self._targets[split]
-        batch["targets"] = [targets[index] for index in batch["indices"].tolist()]
+        batch["targets"] = [targets[utterances[index].id] for index in batch["indices"].tolist()]
         return batch
 
     # -- model ------------------------------------------------------------------------------

@@ -22,8 +22,10 @@ class CTCTask(Task):
     PER, words for WER).
     """
 
-    def __init__(self, data_root: str, head: Mapping[str, Any], schedules: Mapping[str, Any]) -> None:
-        super().__init__(data_root, head, schedules)
+    def __init__(
+        self, data_root: str, head: Mapping[str, Any], schedules: Mapping[str, Any], **options: Any
+    ) -> None:
+        super().__init__(data_root, head, schedules, **options)
         self._vocabulary: list[str] | None = None
         self._token_ids: dict[str, int] | None = None
 

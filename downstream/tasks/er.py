@@ -18,9 +18,14 @@ class EmotionRecognition(ClassificationTask):
     name = "er"
 
     def __init__(
-        self, data_root: str, head: Mapping[str, Any], schedules: Mapping[str, Any], fold: int = 1
+        self,
+        data_root: str,
+        head: Mapping[str, Any],
+        schedules: Mapping[str, Any],
+        fold: int = 1,
+        **options: Any,
     ) -> None:
-        super().__init__(data_root, head, schedules)
+        super().__init__(data_root, head, schedules, **options)
         if fold not in range(1, 6):
             raise ValueError(f"task.fold must be 1, 2, 3, 4 or 5 (the session left out for test), got {fold}")
         self.fold = fold

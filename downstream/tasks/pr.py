@@ -34,8 +34,9 @@ class PhonemeRecognition(CTCTask):
         train_split: str = "train-clean-100",
         dev_split: str = "dev-clean",
         test_split: str = "test-clean",
+        **options: Any,
     ) -> None:
-        super().__init__(data_root, head, schedules)
+        super().__init__(data_root, head, schedules, **options)
         if lexicon is not None and not Path(lexicon).is_file():
             raise FileNotFoundError(
                 f"task.lexicon: no file at {lexicon}; expected a librispeech-lexicon.txt "

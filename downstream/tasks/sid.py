@@ -22,8 +22,9 @@ class SpeakerIdentification(ClassificationTask):
         head: Mapping[str, Any],
         schedules: Mapping[str, Any],
         train_crop_seconds: float | None = 8.0,
+        **options: Any,
     ) -> None:
-        super().__init__(data_root, head, schedules)
+        super().__init__(data_root, head, schedules, **options)
         self.train_crop_seconds = train_crop_seconds
 
     def read_split(self, split: str) -> list[Utterance]:

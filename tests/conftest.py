@@ -1,0 +1,37 @@
+"""Shared fixtures: compose the project's Hydra config exactly as run_downstream.py does."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+MINI_SUPERB = REPO_ROOT / "data" / "mini_superb"
+
+os.environ.setdefault("SSL_BENCH_ROOT", str(REPO_ROOT))
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def compose_config(overrides: list[str] | None = None, run_dir: Path | None = None) -> DictConfig:
+    """The config run_downstream.py would see for these command-line overrides (Hydra fields included)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides or []), return_hydra_config=True)
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def make_config():
+    yield compose_config
+    GlobalHydra.instance().clear()

@@ -1,0 +1,165 @@
+"""run_downstream.py end to end on the tiny upstream and the shipped mini corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from downstream.data.corpus import DataLayoutError
+from downstream.runner import pick_schedule, resolve_trainer_settings, run_experiment
+from tests.conftest import REPO_ROOT
+
+FAST = [
+    "trainer.max_steps=2",
+    "trainer.eval_every=2",
+    "trainer.batch_size=2",
+    "trainer.limit_eval_batches=2",
+    "trainer.log_every=1",
+    "upstream.num_transformer_layers=2",
+    "upstream.hidden_size=32",
+]
+
+RESULT_KEYS = {
+    "task": str,
+    "metric": str,
+    "higher_is_better": bool,
+    "interface": str,
+    "upstream": str,
+    "upstream_config": str,
+    "num_layers": int,
+    "hidden_size": int,
+    "seed": int,
+    "trainable_params": dict,
+    "best_step": int,
+    "dev": dict,
+    "test": dict,
+}
+
+
+@pytest.mark.parametrize(
+    ("task", "interface"),
+    [
+        ("pr", "weighted_sum"),
+        ("pr", "pca_concat"),
+        ("asr", "hconv"),
+        ("sid", "cls_pooling"),
+        ("er", "group_ws"),
+        ("er", "layer_attention"),
+    ],
+)
+def test_two_step_run_of_every_task(make_config, tmp_path, task, interface):
+    overrides = [f"task={task}", f"interface={interface}", *FAST]
+    if task == "asr":
+        overrides += ["task.head.hidden_size=32", "task.head.lstm_size=16"]
+    cfg = make_config(overrides, run_dir=tmp_path)
+    results = run_experiment(cfg, tmp_path, overrides=overrides)
+
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written == results
+    for key, kind in RESULT_KEYS.items():
+        assert isinstance(written[key], kind), key
+    metric = {"pr": "per", "asr": "wer", "sid": "acc", "er": "acc"}[task]
+    assert written["task"] == task and written["interface"] == interface and written["metric"] == metric
+    assert written["num_layers"] == 3 and written["hidden_size"] == 32
+    assert written["best_step"] == 2
+    for split in ("dev", "test"):
+        assert 0.0 <= written[split][metric] <= (100.0 if metric == "acc" else float("inf"))
+    assert written["trainable_params"]["upstream"] == 0
+    assert written["trainable_params"]["head"] > 0
+    curve = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve if r["split"] == "train"] == [1, 2]
+    assert any(r["split"] == "dev" and metric in r for r in curve)
+
+
+def test_results_record_layer_weights_and_parameter_counts(make_config, tmp_path):
+    cfg = make_config(["interface=weighted_sum", *FAST], run_dir=tmp_path)
+    results = run_experiment(cfg, tmp_path)
+    weights = results["layer_weights"]
+    assert len(weights) == 3 and sum(weights) == pytest.approx(1.0, abs=1e-5)
+    assert results["trainable_params"]["interface"] == 3
+    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    head_params = sum(v.numel() for v in state["head"].values())
+    assert results["trainable_params"]["head"] == head_params
+
+
+def test_resume_after_stop_matches_uninterrupted_run(make_config, tmp_path):
+    common = ["trainer.max_steps=6", "trainer.eval_every=3", "trainer.save_every=2", *FAST[2:]]
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    straight = run_experiment(make_config(common, run_dir=straight_dir), straight_dir)
+
+    first = run_experiment(make_config([*common, "trainer.stop_after_steps=4"], run_dir=resumed_dir), resumed_dir)
+    assert first is None and not (resumed_dir / "results.json").exists()
+    assert torch.load(resumed_dir / "last.pt", weights_only=False)["progress"]["step"] == 4
+    resumed = run_experiment(make_config(common, run_dir=resumed_dir), resumed_dir)
+
+    for split in ("dev", "test"):
+        assert resumed[split] == straight[split]
+    assert resumed["best_step"] == straight["best_step"]
+    losses = {
+        name: [json.loads(x)["loss"] for x in (d / "curve.jsonl").read_text().splitlines() if '"train"' in x]
+        for name, d in (("straight", straight_dir), ("resumed", resumed_dir))
+    }
+    assert losses["resumed"] == losses["straight"]
+
+
+def test_finished_run_is_skipped_unless_overwrite(make_config, tmp_path):
+    cfg = make_config(FAST, run_dir=tmp_path)
+    run_experiment(cfg, tmp_path)
+    stamp = (tmp_path / "results.json").stat().st_mtime_ns
+    run_experiment(make_config(FAST, run_dir=tmp_path), tmp_path)
+    assert (tmp_path / "results.json").stat().st_mtime_ns == stamp
+    run_experiment(make_config([*FAST, "overwrite=true"], run_dir=tmp_path), tmp_path)
+    assert (tmp_path / "results.json").stat().st_mtime_ns != stamp
+
+
+def test_missing_dataset_root_fails_before_training(make_config, tmp_path):
+    missing = tmp_path / "no_such_corpus"
+    cfg = make_config([*FAST, f"task.data_root={missing}"], run_dir=tmp_path / "run")
+    with pytest.raises(DataLayoutError, match=str(missing)):
+        run_experiment(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_schedule_auto_picks_demo_on_the_mini_corpus_and_superb_elsewhere(make_config, tmp_path):
+    demo = make_config(["task=sid"])
+    assert pick_schedule(demo) == "demo"
+    assert resolve_trainer_settings(demo).max_steps == demo.task.schedules.demo.max_steps
+    real = make_config(["task=sid", f"task.data_root={tmp_path}", "trainer.lr=0.5"])
+    settings = resolve_trainer_settings(real)
+    assert pick_schedule(real) == "superb"
+    assert settings.max_steps == 200_000 and settings.batch_size == 8 and settings.grad_accum == 4
+    assert settings.lr == 0.5  # an explicit trainer key wins over the schedule
+
+
+def test_unknown_trainer_key_and_bad_precision_are_errors(make_config):
+    cfg = make_config(["+trainer.max_stepz=3"])
+    with pytest.raises(ValueError, match="unknown trainer keys \\['max_stepz'\\]"):
+        resolve_trainer_settings(cfg)
+    cfg = make_config(["trainer.precision=fp8"])
+    with pytest.raises(ValueError, match="trainer.precision must be one of"):
+        resolve_trainer_settings(cfg)
+
+
+def test_every_task_config_composes(make_config):
+    for task_file in sorted((REPO_ROOT / "configs" / "task").glob("*.yaml")):
+        cfg = make_config([f"task={task_file.stem}"])
+        assert OmegaConf.select(cfg, "task._target_")
+        assert set(cfg.task.schedules) == {"superb", "demo"}
+
+
+def test_command_line_run(tmp_path):
+    """The real entry point, as a user types it (a subprocess with Hydra's own argument parsing)."""
+    run_dir = tmp_path / "cli"
+    command = [sys.executable, "run_downstream.py", *FAST, f"hydra.run.dir={run_dir}", "task=er", "task.fold=3"]
+    env = dict(os.environ, WANDB_MODE="disabled")
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["task"] == "er" and results["fold"] == 3
+    assert "task.fold=3" in results["overrides"]
