@@ -1,0 +1,534 @@
+"""Sweeps and tables: the experiment and launcher configs compose job by job, and scripts/make_table.py
+turns run directories into the right cells (checked against numpy on results.json files built here)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shlex
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from matplotlib.image import imread
+from omegaconf import OmegaConf
+
+from downstream.results import ResultsFileError, load_run, scan_runs
+from scripts import make_table
+from tests.conftest import CONFIG_DIR, MINI_SUPERB, compose_config
+
+EXPERIMENT_DIR = CONFIG_DIR / "experiment"
+PAPER_EXPERIMENTS = ("table1", "table2", "table3", "table4", "superb")
+# Layer count L (transformer input + layers) and width D of each upstream the experiments name (DESIGN.md 1).
+UPSTREAM_SIZES = {
+    "hubert": (13, 768),
+    "wavlm_base": (13, 768),
+    "wavlm_base_plus": (13, 768),
+    "wav2vec2": (13, 768),
+    "hubert_large_ll60k": (25, 1024),
+    "wavlm_large": (25, 1024),
+    "xlsr_53": (25, 1024),
+}
+CORPUS_FOLDERS = {"pr": "LibriSpeech", "asr": "LibriSpeech", "sid": "VoxCeleb1", "er": "IEMOCAP"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- experiment configs
+
+
+def documented_launches(name: str) -> list[list[str]]:
+    """The command-line overrides of every `python run_downstream.py -m ...` line in the file's header."""
+    launches = []
+    for line in (EXPERIMENT_DIR / f"{name}.yaml").read_text().splitlines():
+        match = re.match(r"#\s+python run_downstream\.py -m (.*?)(?:\s+#.*)?$", line)
+        if match:
+            launches.append(shlex.split(match.group(1)))
+    return launches
+
+
+def sweep_jobs(arguments: list[str]) -> list[list[str]]:
+    """Every job's overrides, expanded by Hydra's own basic sweeper from sweep params + command line."""
+    sweep_params = compose_config(arguments).hydra.sweeper.params or {}
+    params = [f"{key}={value}" for key, value in sweep_params.items()]
+    overrides = OverridesParser.create().parse_overrides(params + arguments)
+    (jobs,) = BasicSweeper.split_arguments(overrides, None)
+    return jobs
+
+
+def covering_jobs(jobs: list[list[str]]) -> list[list[str]]:
+    """A few jobs that together hold every swept value at least once (composing all would be slow)."""
+    seen: set[str] = set()
+    chosen = []
+    for job in jobs:
+        if not seen.issuperset(job):
+            chosen.append(job)
+            seen.update(job)
+    return chosen
+
+
+def job_value(job: list[str], key: str, default: str | None = None) -> str | None:
+    values = [value for k, value in map(make_table.parse_override, job) if k == key]
+    return values[-1] if values else default
+
+
+def test_every_paper_experiment_exists_and_documents_its_command():
+    for name in PAPER_EXPERIMENTS:
+        text = (EXPERIMENT_DIR / f"{name}.yaml").read_text()
+        assert text.splitlines()[0] == "# @package _global_", name
+        launches = documented_launches(name)
+        assert launches, f"{name}.yaml documents no `python run_downstream.py -m` command"
+        assert all(launch[0] == f"experiment={name}" for launch in launches), launches
+
+
+@pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
+def test_documented_launches_compose_job_by_job(name):
+    """Each documented launch expands into jobs that all compose, land in the experiment's fixed sweep
+    directory, read the corpus of their task, and map to distinct job directories."""
+    all_jobs = []
+    for launch in documented_launches(name):
+        jobs = sweep_jobs(launch)
+        all_jobs.extend(jobs)
+        for job in covering_jobs(jobs):
+            cfg = compose_config(job)
+            assert cfg.hydra.sweep.dir == f"multirun/{name}"
+            choices = cfg.hydra.runtime.choices
+            assert choices.experiment == name
+            for key, value in map(make_table.parse_override, job):
+                if key in ("interface", "task", "upstream"):
+                    assert choices[key] == value
+                elif key != "experiment":
+                    assert str(OmegaConf.select(cfg, key)) == value, key
+            task = choices.task
+            corpora = job_value(job, "paths.corpora")
+            assert cfg.task.data_root == f"{corpora}/{CORPUS_FOLDERS[task]}"
+            if task == "er":
+                assert cfg.task.fold in range(1, 6)
+    excluded = set(compose_config([f"experiment={name}"]).hydra.job.config.override_dirname.exclude_keys)
+    job_dirs = {
+        frozenset(o for o in job if make_table.parse_override(o)[0] not in excluded) for job in all_jobs
+    }
+    assert len(job_dirs) == len(all_jobs), "two jobs of one experiment would share a directory"
+
+
+def hconv_parameters(num_layers: int, hidden_size: int) -> int:
+    """Trainable parameters of the project's HConv interface config, built as the runner builds it."""
+    hconv = instantiate(
+        compose_config(["interface=hconv"]).interface, num_layers=num_layers, hidden_size=hidden_size
+    )
+    return sum(p.numel() for p in hconv.parameters() if p.requires_grad)
+
+
+def launched(name: str) -> list[list[str]]:
+    return [job for launch in documented_launches(name) for job in sweep_jobs(launch)]
+
+
+def test_table1_runs_the_eight_interfaces_of_the_paper_on_hubert_base():
+    jobs = launched("table1")
+    variants = {(job_value(job, "interface"), job_value(job, "interface.num_groups")) for job in jobs}
+    assert variants == {
+        ("weighted_sum", None),
+        ("group_ws", "2"),
+        ("group_ws", "3"),
+        ("group_ws", "4"),
+        ("concat_proj", None),
+        ("pca_concat", None),
+        ("hconv", None),
+        ("cls_pooling", None),
+    }
+    assert {job_value(job, "upstream.name") for job in jobs} == {"hubert"}
+
+
+def test_table2_crosses_five_upstreams_three_interfaces_and_tasks_with_er_folds():
+    jobs = launched("table2")
+    cells = defaultdict(set)
+    for job in jobs:
+        cells[(job_value(job, "upstream.name"), job_value(job, "interface"), job_value(job, "task"))].add(
+            job_value(job, "task.fold")
+        )
+    upstreams = {"hubert", "hubert_large_ll60k", "wavlm_base", "wavlm_large", "xlsr_53"}
+    expected = {
+        (upstream, interface, task)
+        for upstream in upstreams
+        for interface in ("weighted_sum", "hconv", "cls_pooling")
+        for task in ("pr", "sid", "er")
+    }
+    assert set(cells) == expected
+    for (_, _, task), folds in cells.items():
+        assert folds == ({"1", "2", "3", "4", "5"} if task == "er" else {None})
+
+
+@pytest.mark.parametrize("upstream_name", sorted(UPSTREAM_SIZES))
+def test_table3_widens_the_head_by_hconvs_parameter_count(upstream_name):
+    cfg = compose_config(["experiment=table3", f"upstream.name={upstream_name}"])
+    num_layers, hidden_size = UPSTREAM_SIZES[upstream_name]
+    assert cfg.task.head.extra_params == hconv_parameters(num_layers, hidden_size)
+    assert cfg.hydra.runtime.choices.interface == "weighted_sum"
+
+
+def test_table4_fine_tunes_hubert_base_with_the_three_paper_rows():
+    cfg = compose_config(["experiment=table4"])
+    assert cfg.upstream.trainable is True and cfg.upstream.lr > 0
+    rows = {
+        (job_value(job, "interface"), job_value(job, "task.head.extra_params")) for job in launched("table4")
+    }
+    hconv_base = hconv_parameters(13, 768)
+    assert rows == {("weighted_sum", None), ("hconv", None), ("weighted_sum", str(hconv_base))}
+
+
+def test_superb_covers_the_four_tasks_and_every_er_fold():
+    jobs = launched("superb")
+    tasks = defaultdict(set)
+    for job in jobs:
+        tasks[job_value(job, "task")].add(job_value(job, "task.fold"))
+    assert tasks == {"pr": {None}, "asr": {None}, "sid": {None}, "er": {"1", "2", "3", "4", "5"}}
+    assert compose_config(["experiment=superb"]).hydra.runtime.choices.interface == "weighted_sum"
+
+
+def test_command_line_value_replaces_a_swept_key():
+    jobs = sweep_jobs(["experiment=table2", "upstream.name=wavlm_base", "interface=hconv", "task=pr"])
+    assert jobs == [["upstream.name=wavlm_base", "interface=hconv", "task=pr", "experiment=table2"]]
+
+
+def test_corpora_default_is_the_mini_corpus():
+    cfg = compose_config(["experiment=corpora", "task=sid"])
+    assert Path(cfg.task.data_root) == MINI_SUPERB / "VoxCeleb1"
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "submitit_slurm", "parallel", "joblib"])
+def test_launcher_configs_compose(launcher):
+    cfg = compose_config(["experiment=table2", f"hydra/launcher={launcher}"])
+    target = cfg.hydra.launcher._target_
+    if "slurm" in launcher:
+        assert target == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    else:
+        assert target == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+
+
+def test_slurm_config_extends_the_plugin_with_documented_resources():
+    plugin = compose_config(["hydra/launcher=submitit_slurm"]).hydra.launcher
+    ours = compose_config(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]).hydra.launcher
+    assert set(ours) == set(plugin)  # every plugin field is still there (extended, not shadowed)
+    assert ours.partition == "gpu" and ours.gpus_per_node == 1
+    assert ours.cpus_per_task > 0 and ours.mem_gb > 0 and ours.timeout_min > 0
+    assert plugin.gpus_per_node is None  # the plugin's own config is untouched
+    assert compose_config(["hydra/launcher=parallel"]).hydra.launcher.n_jobs == 2
+
+
+# ---------------------------------------------------------------- make_table on run directories built here
+
+METRICS = {"pr": ("per", False), "asr": ("wer", False), "sid": ("acc", True), "er": ("acc", True)}
+
+
+def write_run(
+    sweep_dir: Path,
+    name: str,
+    *,
+    task: str,
+    interface: str,
+    test: float,
+    upstream: str = "hubert (s3prl)",
+    seed: int = 0,
+    fold: int | None = None,
+    overrides: tuple[str, ...] = (),
+    layer_weights=None,
+    params: dict[str, int] | None = None,
+    schedule: str = "superb",
+    config: str | None = None,
+) -> Path:
+    """A finished job directory: .hydra/ (with config.yaml if given) and results.json."""
+    run_dir = sweep_dir / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    if config is not None:
+        (run_dir / ".hydra" / "config.yaml").write_text(config)
+    metric, higher = METRICS[task]
+    results = {
+        "task": task,
+        "metric": metric,
+        "higher_is_better": higher,
+        "interface": interface,
+        "upstream": upstream,
+        "upstream_config": "s3prl",
+        "num_layers": 13,
+        "hidden_size": 768,
+        "seed": seed,
+        "fold": fold,
+        "schedule": schedule,
+        "trainable_params": params or {"interface": 13, "head": 1000, "upstream": 0},
+        "best_step": 10,
+        "dev": {metric: test + 1.0},
+        "test": {metric: test},
+        "layer_weights": layer_weights,
+        "overrides": [f"task={task}", f"interface={interface}", f"seed={seed}", *overrides],
+    }
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """Two sweep directories with known values; returns (roots, expected test values per cell)."""
+    first, second = tmp_path / "multirun" / "a", tmp_path / "multirun" / "b"
+    values = {
+        ("weighted_sum", "pr"): [5.5, 5.9, 6.4],
+        ("hconv", "pr"): [3.1, 3.4],
+        ("weighted_sum", "sid"): [80.0, 83.0],
+        ("hconv", "er"): [66.0, 70.0, 64.0, 69.0, 71.0],
+        ("weighted_sum", "er"): [60.0, 62.0],
+    }
+    for (interface, task), scores in values.items():
+        for index, score in enumerate(scores):
+            fold = index + 1 if task == "er" else None
+            seed = 0 if task == "er" else index
+            root = first if interface == "weighted_sum" else second
+            name = f"interface={interface},seed={seed},task={task}" + (f",task.fold={fold}" if fold else "")
+            write_run(
+                root,
+                name,
+                task=task,
+                interface=interface,
+                test=score,
+                seed=seed,
+                fold=fold,
+                overrides=(f"task.fold={fold}",) if fold else (),
+                layer_weights=list(np.linspace(0.0, 1.0, 13)) if interface == "weighted_sum" else None,
+                params={
+                    "interface": 13 if interface == "weighted_sum" else 4424832,
+                    "head": 2000,
+                    "upstream": 0,
+                },
+            )
+    (second / "interface=cls_pooling,task=pr" / ".hydra").mkdir(parents=True)  # started, never finished
+    return [first, second], values
+
+
+def by_labels(table, upstream: str, interface: str, task: str):
+    (row,) = [row for row in table.rows if row.upstream == upstream and row.interface == interface]
+    return table.cells[(row, task)]
+
+
+def test_cells_are_mean_and_sample_std_of_their_runs(sweep):
+    roots, values = sweep
+    table = make_table.aggregate(make_table.collect_runs(roots))
+    for (interface, task), scores in values.items():
+        cell = by_labels(table, "hubert (s3prl)", interface, task)
+        assert cell.n == len(scores)
+        assert cell.mean == pytest.approx(np.mean(scores))
+        assert cell.std == pytest.approx(np.std(scores, ddof=1))
+    dev = make_table.aggregate(make_table.collect_runs(roots), split="dev")
+    assert by_labels(dev, "hubert (s3prl)", "hconv", "pr").mean == pytest.approx(
+        np.mean(values[("hconv", "pr")]) + 1
+    )
+
+
+def test_best_mark_follows_the_metric_direction(sweep):
+    roots, _ = sweep
+    table = make_table.aggregate(make_table.collect_runs(roots))
+    assert by_labels(table, "hubert (s3prl)", "hconv", "pr").best  # PER: lower is better
+    assert not by_labels(table, "hubert (s3prl)", "weighted_sum", "pr").best
+    assert by_labels(table, "hubert (s3prl)", "hconv", "er").best  # accuracy: higher is better
+    assert not by_labels(table, "hubert (s3prl)", "weighted_sum", "er").best
+    assert by_labels(table, "hubert (s3prl)", "weighted_sum", "sid").best  # alone in its column
+    assert [c.task for c in table.columns] == ["pr", "sid", "er"]
+
+
+def test_incomplete_runs_are_listed_not_averaged(sweep):
+    roots, _ = sweep
+    collection = make_table.collect_runs(roots)
+    assert collection.incomplete == [(roots[1] / "interface=cls_pooling,task=pr").resolve()]
+    table = make_table.aggregate(collection)
+    assert all(row.interface_name != "cls_pooling" for row in table.rows)
+    markdown = make_table.render(table, "markdown")
+    assert (
+        "Incomplete runs (1" in markdown
+        and "interface=cls_pooling,task=pr" in markdown.split("Incomplete")[1]
+    )
+    assert "interface=cls_pooling,task=pr" in make_table.render(table, "latex")
+
+
+def test_markdown_marks_best_shows_published_numbers_and_partial_folds(sweep):
+    roots, values = sweep
+    markdown = make_table.render(make_table.aggregate(make_table.collect_runs(roots)), "markdown")
+    lines = markdown.splitlines()
+    assert (
+        lines[0]
+        == "| upstream | interface | PR PER ↓ | PR published | SID acc ↑ | SID published | ER acc ↑ | ER published |"
+    )
+    hconv = next(line for line in lines if "| hconv |" in line)
+    pr = values[("hconv", "pr")]
+    assert f"**{np.mean(pr):.2f} ± {np.std(pr, ddof=1):.2f}** (n=2)" in hconv
+    assert "3.07 (paper T2)" in hconv and "68.49 (paper T2)" in hconv  # HuBERT Base HConv: PR PER, ER acc
+    weighted = next(line for line in lines if "| weighted_sum |" in line)
+    assert "5.41 (paper T2)" in weighted and "81.42 (SUPERB)" in weighted
+    assert "(n=2, folds 1,2 of 5)" in weighted  # ER with two of the five folds
+    assert "(n=5)" in hconv  # all five folds: nothing to flag
+
+
+def test_csv_is_one_parseable_line_per_cell(sweep):
+    roots, values = sweep
+    table = make_table.aggregate(make_table.collect_runs(roots))
+    rows = list(csv.DictReader(io.StringIO(make_table.render(table, "csv"))))
+    assert len(rows) == len(values)
+    for row in rows:
+        scores = values[(row["interface"], row["task"])]
+        assert float(row["mean"]) == pytest.approx(np.mean(scores))
+        assert float(row["std"]) == pytest.approx(np.std(scores, ddof=1))
+        assert int(row["n"]) == len(scores)
+        assert row["direction"] == ("higher" if METRICS[row["task"]][1] else "lower")
+    best = {(row["interface"], row["task"]) for row in rows if row["best"] == "true"}
+    assert best == {("hconv", "pr"), ("weighted_sum", "sid"), ("hconv", "er")}
+    published = {(row["interface"], row["task"]): row["published"] for row in rows}
+    assert float(published[("weighted_sum", "pr")]) == 5.41
+
+
+def test_latex_escapes_names_and_bolds_the_best(sweep):
+    roots, values = sweep
+    latex = make_table.render(make_table.aggregate(make_table.collect_runs(roots)), "latex")
+    assert r"\begin{tabular}{ll" in latex and r"\end{tabular}" in latex
+    assert r"weighted\_sum" in latex and "weighted_sum" not in latex.split(r"\end{tabular}")[0]
+    assert rf"\textbf{{{np.mean(values[('hconv', 'pr')]):.2f}}}" in latex
+    assert r"PR PER $\downarrow$" in latex and r"ER acc $\uparrow$" in latex
+    with pytest.raises(ValueError, match="format must be one of"):
+        make_table.render(make_table.aggregate(make_table.collect_runs(roots)), "html")
+
+
+def test_rows_are_told_apart_by_what_differs(tmp_path):
+    root = tmp_path / "sweep"
+    for groups, score in ((2, 5.0), (3, 4.0)):
+        write_run(
+            root,
+            f"g{groups}",
+            task="pr",
+            interface="group_ws",
+            test=score,
+            overrides=(f"interface.num_groups={groups}", "trainer.max_steps=9"),
+        )
+    # the head widened through an interpolation in the job's saved config (as experiment=table3 does)
+    config = "hconv_interface_params:\n  hubert: 4424832\nupstream:\n  name: hubert\ntask:\n  head:\n    extra_params: ${hconv_interface_params.${upstream.name}}\n"
+    write_run(
+        root,
+        "wide",
+        task="pr",
+        interface="weighted_sum",
+        test=5.3,
+        overrides=("trainer.max_steps=9",),
+        config=config,
+    )
+    write_run(
+        root,
+        "tuned",
+        task="pr",
+        interface="weighted_sum",
+        test=4.2,
+        overrides=("trainer.max_steps=9",),
+        params={"interface": 13, "head": 1000, "upstream": 94_000_000},
+    )
+    collection = make_table.collect_runs([root])
+    labels = {(run.name, run.row.upstream, run.row.interface, run.row.comparable) for run in collection.runs}
+    assert labels == {
+        ("sweep/g2", "hubert (s3prl)", "group_ws (num_groups=2)", False),
+        ("sweep/g3", "hubert (s3prl)", "group_ws (num_groups=3)", False),
+        ("sweep/wide", "hubert (s3prl)", "weighted_sum + larger head (+4,424,832)", False),
+        ("sweep/tuned", "hubert (s3prl), fine-tuned", "weighted_sum", False),
+    }
+    assert "all runs: trainer.max_steps=9" in collection.notes  # shared by every run: a note, not a label
+    table = make_table.aggregate(collection)
+    assert all(cell.reference is None for cell in table.cells.values())  # none is the published setting
+
+
+def test_demo_schedule_rows_get_no_published_number_and_mixed_schedules_label_rows(tmp_path):
+    write_run(tmp_path / "s", "demo", task="pr", interface="weighted_sum", test=50.0, schedule="demo")
+    write_run(tmp_path / "s", "full", task="pr", interface="weighted_sum", test=5.0)
+    table = make_table.aggregate(make_table.collect_runs([tmp_path / "s"]))
+    references = {row.interface: table.cells[(row, "pr")].reference for row in table.rows}
+    assert references == {
+        "weighted_sum (schedule=demo)": None,
+        "weighted_sum (schedule=superb)": make_table.Reference(5.41, "paper T2"),
+    }
+
+
+def test_conflicting_metrics_and_bad_results_files_are_named(tmp_path):
+    run = write_run(tmp_path / "s", "one", task="pr", interface="hconv", test=3.0)
+    other = write_run(tmp_path / "s", "two", task="pr", interface="hconv", test=3.0)
+    payload = json.loads((other / "results.json").read_text())
+    payload |= {"metric": "cer", "test": {"cer": 2.0}}
+    (other / "results.json").write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="task 'pr' is scored as per .* but as cer"):
+        make_table.aggregate(make_table.collect_runs([tmp_path / "s"]))
+    payload.pop("higher_is_better")
+    (run / "results.json").write_text(json.dumps(payload))
+    with pytest.raises(ResultsFileError, match=r"one/results.json: missing keys \['higher_is_better'\]"):
+        load_run(run)
+    (run / "results.json").write_text("{not json")
+    with pytest.raises(ResultsFileError, match="one/results.json: not valid JSON"):
+        scan_runs([tmp_path / "s"])
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        scan_runs([tmp_path / "nowhere"])
+
+
+def test_paper_model_names_map_to_published_rows():
+    assert make_table.paper_model("hubert (s3prl)") == "HuBERT Base"
+    assert make_table.paper_model("hubert_large_ll60k (s3prl)") == "HuBERT Large"
+    assert make_table.paper_model("microsoft/wavlm-large (hf)") == "WavLM Large"
+    assert make_table.paper_model("WAV2VEC2_XLSR53 (torchaudio)") == "XLSR-53"
+    assert make_table.paper_model("tiny (random)") is None
+    assert make_table.published_reference("XLSR-53", "cls_pooling", "pr") == make_table.Reference(
+        5.27, "paper T2"
+    )
+    assert make_table.published_reference("FBANK", "weighted_sum", "asr") == make_table.Reference(
+        23.18, "SUPERB"
+    )
+    assert make_table.published_reference("WavLM Base", "weighted_sum", "asr") is None
+
+
+def assert_png(path: Path) -> np.ndarray:
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
+    return image
+
+
+def test_plots_are_valid_pngs_per_run_and_a_parameter_summary(tmp_path, sweep):
+    roots, _ = sweep
+    grouped = np.full((2, 13), 0.0)
+    grouped[0, :7], grouped[1, 7:] = 1 / 7, 1 / 6
+    write_run(
+        roots[1],
+        "interface=group_ws,task=pr",
+        task="pr",
+        interface="group_ws",
+        test=4.0,
+        layer_weights=grouped.tolist(),
+        params={"interface": 1_180_416, "head": 2000, "upstream": 0},
+    )
+    collection = make_table.collect_runs(roots)
+    written = make_table.write_plots(collection, tmp_path / "plots")
+    weight_plots = sorted(p.name for p in (tmp_path / "plots" / "layer_weights").iterdir())
+    with_weights = [run for run in collection.runs if run.record.layer_weights]
+    assert len(weight_plots) == len(with_weights) == 3 + 2 + 2 + 1  # weighted_sum runs and the group_ws run
+    assert "b__interface=group_ws,task=pr.png" in weight_plots
+    for path in written:
+        if path.suffix == ".png":
+            assert_png(path)
+    summary = (tmp_path / "plots" / "trainable_params.md").read_text()
+    assert "| hubert (s3prl) | group_ws | pr | 1,180,416 | 2,000 | 0 |" in summary
+    assert "| hubert (s3prl) | hconv | er | 4,424,832 | 2,000 | 0 |" in summary
+    assert_png(tmp_path / "plots" / "trainable_params.png")
+
+
+def test_command_line_writes_table_and_plots(tmp_path, sweep, capsys):
+    roots, values = sweep
+    output = tmp_path / "table.csv"
+    status = make_table.main(
+        [*map(str, roots), "--format", "csv", "--output", str(output), "--plots", str(tmp_path / "p")]
+    )
+    assert status == 0
+    rows = list(csv.DictReader(output.open()))
+    assert len(rows) == len(values)
+    assert "incomplete (not in the table)" in capsys.readouterr().err
+    assert (tmp_path / "p" / "trainable_params.png").is_file()
