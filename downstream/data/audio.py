@@ -1,0 +1,70 @@
+"""Audio decoding with soundfile: float32 mono at 16 kHz, whatever the file holds.
+
+torchaudio.load needs ffmpeg in recent versions; soundfile (libsndfile) decodes WAV and FLAC on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+import torch
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+class AudioDecodeError(ValueError):
+    """An audio file cannot be decoded or holds no samples (the message names the file)."""
+
+
+def resampled_length(frames: int, source_rate: int, target_rate: int = SAMPLE_RATE) -> int:
+    """Samples after resampling ``frames`` from ``source_rate`` to ``target_rate``: round(frames * target / source).
+
+    Computed in integers (halves round up) so readers and ``load_audio`` agree exactly.
+    """
+    if source_rate == target_rate:
+        return frames
+    return (2 * frames * target_rate + source_rate) // (2 * source_rate)
+
+
+def load_audio(
+    path: str | Path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | None = None
+) -> torch.Tensor:
+    """Decode ``path`` to a float32 mono tensor [N] at ``sample_rate``.
+
+    Channels are averaged; another file rate is resampled with soxr (high quality) and the result is
+    trimmed or zero-padded to ``resampled_length`` so it matches what the corpus readers report.
+    ``start``/``stop`` select samples [start, stop) of the result (at ``sample_rate``); when the file is
+    already at that rate only those frames are decoded. Raises AudioDecodeError naming the file when it
+    cannot be decoded or is empty.
+    """
+    path = Path(path)
+    if start < 0 or (stop is not None and stop < start):
+        raise ValueError(f"load_audio: need 0 <= start <= stop, got start={start}, stop={stop} for '{path}'")
+    try:
+        with soundfile.SoundFile(str(path)) as handle:
+            file_rate = handle.samplerate
+            total = handle.frames
+            if file_rate == sample_rate:
+                end = total if stop is None else min(stop, total)
+                handle.seek(min(start, total))
+                data = handle.read(max(end - start, 0), dtype="float32", always_2d=True)
+            else:
+                data = handle.read(dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise AudioDecodeError(f"cannot decode audio file '{path}': {error}") from error
+    if total == 0:
+        raise AudioDecodeError(f"audio file '{path}' holds no samples")
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if file_rate != sample_rate:
+        logger.debug("resampling '%s' from %d Hz to %d Hz", path, file_rate, sample_rate)
+        target = resampled_length(total, file_rate, sample_rate)
+        mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
+        mono = np.pad(mono[:target], (0, max(target - len(mono), 0)))
+        mono = mono[start:stop]
+    return torch.from_numpy(np.ascontiguousarray(mono))

