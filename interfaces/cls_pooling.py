@@ -3,23 +3,48 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from interfaces.base import Interface, check_int
 
 
+def attend_from_first_token(attention: nn.MultiheadAttention, tokens: torch.Tensor) -> torch.Tensor:
+    """Multi-head self-attention output at position 0 only: tokens x [N, S, D] -> [N, D].
+
+    Equal to ``attention(x[:, :1], x, x)[0][:, 0]`` but without projecting the S keys and values. For head h
+    with query q_h = (W_q x_0 + b_q)_h / sqrt(d_h), the scores q_h . (W_{k,h} x_s + b_{k,h}) equal
+    (W_{k,h}^T q_h) . x_s plus a term constant over s, which the softmax cancels; and since the weights a_h sum
+    to 1, sum_s a_{h,s} (W_{v,h} x_s + b_{v,h}) = W_{v,h} (sum_s a_{h,s} x_s) + b_{v,h}. So each head costs two
+    D x d_h products and two length-S mixes of D-vectors instead of S key and S value projections.
+    """
+    num_tokens, _, hidden_size = tokens.shape
+    num_heads = attention.num_heads
+    head_size = hidden_size // num_heads
+    w_query, w_key, w_value = attention.in_proj_weight.chunk(3)
+    b_query, _, b_value = attention.in_proj_bias.chunk(3)
+    query = F.linear(tokens[:, 0], w_query, b_query).view(num_tokens, num_heads, head_size) * head_size**-0.5
+    # einsum batches over heads without materialising a per-token copy of the weights.
+    query_in_input_space = torch.einsum("nhe,hed->nhd", query, w_key.view(num_heads, head_size, hidden_size))
+    scores = torch.bmm(query_in_input_space, tokens.transpose(1, 2))  # [N, H, S]
+    weights = F.dropout(torch.softmax(scores, dim=-1), attention.dropout, attention.training)
+    mixed = torch.bmm(weights, tokens)  # [N, H, D]
+    values = torch.einsum("nhd,hed->nhe", mixed, w_value.view(num_heads, head_size, hidden_size))
+    values = values + b_value.view(num_heads, head_size)
+    return attention.out_proj(values.reshape(num_tokens, hidden_size))
+
+
 def encode_first_token(layer: nn.TransformerEncoderLayer, tokens: torch.Tensor) -> torch.Tensor:
     """The output of a post-norm encoder ``layer`` at position 0 only: tokens [N, S, D] -> [N, D].
 
-    Equal to ``layer(tokens)[:, 0]``, but only the first token queries the attention and goes through the
-    feed-forward block, so the cost is the keys and values of S tokens plus one token's worth of the rest
-    (about a quarter of the full layer for S = 14).
+    Equal to ``layer(tokens)[:, 0]``: only the first token queries the attention (see
+    ``attend_from_first_token``) and goes through the feed-forward block, about a quarter of the full
+    layer's work for S = 14 tokens of D = 768.
     """
-    first = tokens[:, :1]
-    attended = layer.self_attn(first, tokens, tokens, need_weights=False)[0]
-    first = layer.norm1(first + layer.dropout1(attended))
+    first = tokens[:, 0]
+    first = layer.norm1(first + layer.dropout1(attend_from_first_token(layer.self_attn, tokens)))
     feed_forward = layer.linear2(layer.dropout(layer.activation(layer.linear1(first))))
-    return layer.norm2(first + layer.dropout2(feed_forward)).squeeze(1)
+    return layer.norm2(first + layer.dropout2(feed_forward))
 
 
 class CLSPooling(Interface):

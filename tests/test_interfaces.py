@@ -3,12 +3,9 @@ interface's math checked against an independent computation on small tensors."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -26,9 +23,9 @@ from interfaces import (
     SingleLayer,
     WeightedSum,
 )
+from interfaces.configs import build_interface, compose_interface_config, interface_config_names
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-INTERFACE_NAMES = sorted(path.stem for path in (CONFIG_DIR / "interface").glob("*.yaml"))
+INTERFACE_NAMES = interface_config_names()
 EXPECTED_NAMES = {
     "last_layer",
     "single_layer",
@@ -44,13 +41,8 @@ EXPECTED_NAMES = {
 SMALL_L, SMALL_D = 5, 16
 
 
-def compose_interface(name: str, overrides: list[str] | None = None):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name=f"interface/{name}", overrides=overrides or []).interface
-
-
 def build(name: str, num_layers: int = SMALL_L, hidden_size: int = SMALL_D, overrides=None) -> Interface:
-    return instantiate(compose_interface(name, overrides), num_layers=num_layers, hidden_size=hidden_size)
+    return build_interface(name, num_layers, hidden_size, overrides)
 
 
 def trainable_count(module: nn.Module) -> int:
@@ -82,7 +74,7 @@ def test_config_set_is_the_issue_table():
 
 @pytest.mark.parametrize("name", INTERFACE_NAMES)
 def test_every_config_composes_and_instantiates(name):
-    cfg = compose_interface(name)
+    cfg = compose_interface_config(name)
     keys = set(OmegaConf.to_container(cfg))
     assert cfg._target_.startswith("interfaces.")
     assert not keys & {"num_layers", "hidden_size", "name"}
@@ -272,7 +264,7 @@ def test_wrong_input_shape_is_a_clear_error():
 )
 def test_bad_hyperparameters_fail_at_construction(name, num_layers, hidden_size, overrides, fragments):
     # _partial_ defers the call, so the ValueError itself surfaces rather than Hydra's wrapper around it.
-    constructor = instantiate(compose_interface(name, overrides), _partial_=True)
+    constructor = instantiate(compose_interface_config(name, overrides), _partial_=True)
     with pytest.raises(ValueError) as caught:
         constructor(num_layers=num_layers, hidden_size=hidden_size)
     message = str(caught.value)
