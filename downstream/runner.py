@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hydra.utils
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from downstream.tasks.base import Task
 from downstream.trainer import Branch, Trainer, TrainerSettings, count_parameters, pick_device
@@ -69,7 +70,7 @@ def build_branch(
     interface = hydra.utils.instantiate(
         cfg.interface, num_layers=upstream.num_layers, hidden_size=upstream.hidden_size
     )
-    head = task.build_head(interface.output_size)
+    head = task.build_head(interface.output_size, head_config=cfg.task.head)
     return Branch(
         interface,
         head,
@@ -134,6 +135,24 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+def resolved_job_config(cfg: DictConfig) -> DictConfig:
+    """The job's config with every interpolation resolved now, while HydraConfig is this job's (the
+    ``${hydra:...}`` names), and without the hydra node."""
+    without_hydra = cfg.copy()
+    with open_dict(without_hydra):
+        without_hydra.pop("hydra", None)
+    return OmegaConf.create(OmegaConf.to_container(without_hydra, resolve=True))
+
+
+@dataclass
+class Job:
+    """One experiment: its resolved config (``resolved_job_config``), output directory and overrides."""
+
+    cfg: DictConfig
+    run_dir: Path
+    overrides: list[str] = field(default_factory=list)
+
+
 def run_experiment(
     cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
 ) -> dict[str, Any] | None:
@@ -142,39 +161,55 @@ def run_experiment(
     A run whose results.json is already complete is not redone unless ``overwrite=true``; a run with a
     checkpoint (last.pt) resumes from it.
     """
-    run_dir = Path(run_dir)
-    finished = prepare_run_dir(cfg, run_dir)
-    if finished is not None:
-        return finished
+    return run_jobs([Job(cfg, Path(run_dir), list(overrides or []))])[0]
 
-    settings = resolve_trainer_settings(cfg)
+
+def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
+    """Train jobs that differ only in interface and head together: one upstream forward per batch feeds
+    every job's branch. Returns each job's results (None where this launch stopped early).
+
+    The jobs must share task, upstream (frozen when there are several), trainer settings and seed;
+    ``hydra_plugins/shared_upstream_launcher`` groups a sweep's jobs by exactly that.
+    """
+    results = [prepare_run_dir(job.cfg, job.run_dir) for job in jobs]
+    pending = [index for index, finished in enumerate(results) if finished is None]
+    if not pending:
+        return results
+    first = jobs[pending[0]].cfg
+    settings = resolve_trainer_settings(first)
     if settings.limit_eval_batches is not None:
         log.warning(
             "trainer.limit_eval_batches=%d: dev/test metrics cover only part of each split",
             settings.limit_eval_batches,
         )
-    seed_everything(cfg.seed)
-    task = hydra.utils.instantiate(cfg.task, _recursive_=False)
+    seed_everything(first.seed)
+    task = hydra.utils.instantiate(first.task, _recursive_=False)
     task.check_data()
-    upstream = hydra.utils.instantiate(cfg.upstream)
-    branch = build_branch(cfg, upstream, task, settings, run_dir)
-    log.info(
-        "%s | %s (L=%d, D=%d) | %s -> %d features | schedule %s: %d steps, lr %g",
-        cfg.task_name,
-        upstream.name,
-        upstream.num_layers,
-        upstream.hidden_size,
-        cfg.interface_name,
-        branch.interface.output_size,
-        pick_schedule(cfg),
-        settings.max_steps,
-        settings.lr,
-    )
-    outcomes = Trainer(settings, upstream, task, [branch], seed=cfg.seed).run()
-    if outcomes is None:
-        branch.logger.finish(None)
-        return None
-    results = build_results(cfg, task, upstream, branch, settings, outcomes[0], overrides)
-    branch.logger.finish(results)
-    log.info("results: %s", run_dir / "results.json")
+    upstream = hydra.utils.instantiate(first.upstream)
+    branches = [build_branch(jobs[i].cfg, upstream, task, settings, jobs[i].run_dir) for i in pending]
+    for index, branch in zip(pending, branches, strict=True):
+        log.info(
+            "%s | %s (L=%d, D=%d) | %s -> %d features | schedule %s: %d steps, lr %g | %s",
+            first.task_name,
+            upstream.name,
+            upstream.num_layers,
+            upstream.hidden_size,
+            jobs[index].cfg.interface_name,
+            branch.interface.output_size,
+            pick_schedule(first),
+            settings.max_steps,
+            settings.lr,
+            branch.run_dir,
+        )
+    outcomes = Trainer(settings, upstream, task, branches, seed=first.seed).run()
+    for position, (index, branch) in enumerate(zip(pending, branches, strict=True)):
+        if outcomes is None:
+            branch.logger.finish(None)
+            continue
+        job = jobs[index]
+        results[index] = build_results(
+            job.cfg, task, upstream, branch, settings, outcomes[position], job.overrides
+        )
+        branch.logger.finish(results[index])
+        log.info("results: %s", job.run_dir / "results.json")
     return results

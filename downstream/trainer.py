@@ -431,19 +431,7 @@ class Trainer:
         window_start, window_steps = time.perf_counter(), 0
         launch_start_step = self.step
         while self.step < settings.max_steps:
-            self._set_train_mode(True)
-            for _ in range(settings.grad_accum):
-                batch = next(batches)
-                hidden_states, frame_lengths = self.upstream_forward(batch)
-                for branch in self.branches:
-                    with branch.own_random_stream(), self._autocast():
-                        logits = branch.forward(hidden_states, frame_lengths, self.task, training=True)
-                        loss = self.task.loss(logits, frame_lengths, batch) / settings.grad_accum
-                    branch.scaler.scale(loss).backward()
-                    branch.running_loss += loss.detach()
-            self.step += 1
-            for branch in self.branches:
-                branch.optimizer_step(self.step)
+            self.training_update(batches)
             window_steps += 1
             if progress is not None:
                 progress.update(1)
@@ -482,6 +470,23 @@ class Trainer:
         if progress is not None:
             progress.close()
         return True
+
+    def training_update(self, batches: Iterator[dict[str, Any]]) -> None:
+        """One optimizer update of every branch: grad_accum batches, each through the upstream once."""
+        self._set_train_mode(True)
+        accumulation = self.settings.grad_accum
+        for _ in range(accumulation):
+            batch = next(batches)
+            hidden_states, frame_lengths = self.upstream_forward(batch)
+            for branch in self.branches:
+                with branch.own_random_stream(), self._autocast():
+                    logits = branch.forward(hidden_states, frame_lengths, self.task, training=True)
+                    loss = self.task.loss(logits, frame_lengths, batch) / accumulation
+                branch.scaler.scale(loss).backward()
+                branch.running_loss += loss.detach()
+        self.step += 1
+        for branch in self.branches:
+            branch.optimizer_step(self.step)
 
     def upstream_forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """wavs [B, N] -> hidden states [L, B, T, D] and frame lengths [B], under the run's autocast."""

@@ -57,6 +57,8 @@ def test_two_step_run_of_every_task(make_config, tmp_path, task, interface):
     overrides = [f"task={task}", f"interface={interface}", *FAST]
     if task == "asr":
         overrides += ["task.head.hidden_size=32", "task.head.lstm_size=16"]
+    if interface == "pca_concat":
+        overrides += ["interface.max_fit_frames=2000"]
     cfg = make_config(overrides, run_dir=tmp_path)
     results = run_experiment(cfg, tmp_path, overrides=overrides)
 

@@ -67,8 +67,9 @@ class Task:
             utterances = self.read_split(split)
             if not utterances:
                 raise ValueError(f"{self.name}: the {split} split under {self.data_root} has no utterances")
-            self._targets[split] = {utterance.id: self.encode(utterance, split) for utterance in utterances}
+            # stored before encoding: encoders may derive their label set from the training split
             self._utterances[split] = utterances
+            self._targets[split] = {utterance.id: self.encode(utterance, split) for utterance in utterances}
         return self._utterances[split]
 
     def collate(self, items: list[dict], split: str, utterances: list[Utterance]) -> dict[str, Any]:
@@ -83,9 +84,11 @@ class Task:
     def num_outputs(self) -> int:
         raise NotImplementedError
 
-    def build_head(self, input_size: int) -> nn.Module:
-        """The head from the task config's ``head`` node, sized by the interface's output_size."""
-        return hydra.utils.instantiate(self.head_config, input_size=input_size, num_outputs=self.num_outputs)
+    def build_head(self, input_size: int, head_config: Mapping[str, Any] | None = None) -> nn.Module:
+        """The head from ``head_config`` (default: the task config's ``head``), sized by the interface's
+        output_size and the task's number of outputs."""
+        config = self.head_config if head_config is None else head_config
+        return hydra.utils.instantiate(config, input_size=input_size, num_outputs=self.num_outputs)
 
     def augment(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Training-time feature augmentation (identity unless a task overrides it)."""

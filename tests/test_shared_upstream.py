@@ -1,0 +1,88 @@
+"""The shared-upstream fast path: jobs trained together equal the same jobs trained alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from downstream.runner import Job, resolved_job_config, run_experiment, run_jobs
+from hydra_plugins.shared_upstream_launcher.launcher import group_key
+from tests.conftest import REPO_ROOT
+
+FAST = [
+    "trainer.max_steps=4",
+    "trainer.eval_every=2",
+    "trainer.batch_size=2",
+    "trainer.limit_eval_batches=2",
+    "trainer.log_every=1",
+    "upstream.num_transformer_layers=2",
+    "upstream.hidden_size=32",
+]
+
+
+def assert_same_metrics(together: dict, alone: dict) -> None:
+    assert together["best_step"] == alone["best_step"]
+    for split in ("dev", "test"):
+        assert together[split].keys() == alone[split].keys()
+        for key in alone[split]:
+            assert together[split][key] == pytest.approx(alone[split][key], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("task", "interfaces"),
+    [
+        ("pr", ["weighted_sum", "hconv", "cls_pooling"]),  # cls_pooling has dropout: per-branch RNG streams
+        ("asr", ["weighted_sum", "last_layer"]),  # SpecAugment draws random masks in every branch
+    ],
+)
+def test_jobs_trained_together_equal_jobs_trained_alone(make_config, tmp_path, task, interfaces):
+    extra = ["task.head.hidden_size=32", "task.head.lstm_size=16"] if task == "asr" else []
+    alone, jobs = {}, []
+    for name in interfaces:
+        overrides = [f"task={task}", f"interface={name}", *FAST, *extra]
+        alone[name] = run_experiment(
+            make_config(overrides, run_dir=tmp_path / "alone" / name), tmp_path / "alone" / name
+        )
+        cfg = resolved_job_config(make_config(overrides, run_dir=tmp_path / "together" / name))
+        jobs.append(Job(cfg, tmp_path / "together" / name, overrides))
+    together = run_jobs(jobs)
+    for name, results in zip(interfaces, together, strict=True):
+        assert results["interface"] == name
+        assert_same_metrics(results, alone[name])
+        assert json.loads((tmp_path / "together" / name / "results.json").read_text()) == results
+
+
+def test_group_key_ignores_only_interface_and_head_settings(make_config):
+    def key(overrides):
+        return group_key(OmegaConf.to_container(resolved_job_config(make_config(overrides))))
+
+    base = key(["interface=weighted_sum"])
+    assert key(["interface=hconv", "task.head.extra_params=1000"]) == base
+    assert key(["interface=weighted_sum", "seed=1"]) != base
+    assert key(["interface=weighted_sum", "trainer.lr=0.5"]) != base
+    assert key(["interface=weighted_sum", "task=sid"]) != base
+
+
+def test_shared_upstream_launcher_sweep(tmp_path):
+    """`-m ... hydra/launcher=shared_upstream` writes one results.json per job, as separate runs would."""
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "run_downstream.py",
+        "-m",
+        "interface=weighted_sum,last_layer",
+        "hydra/launcher=shared_upstream",
+        *FAST,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    env = dict(os.environ, WANDB_MODE="disabled")
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "training 2 job(s) on one upstream" in completed.stderr + completed.stdout
+    found = {json.loads(p.read_text())["interface"] for p in sweep_dir.rglob("results.json")}
+    assert found == {"weighted_sum", "last_layer"}
