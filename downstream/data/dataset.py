@@ -106,9 +106,14 @@ class AudioDataset(Dataset):
 
 def collate_wavs(items: Sequence[dict[str, torch.Tensor | int]]) -> dict[str, torch.Tensor]:
     """Zero-padded batch: wavs [B, Nmax] float32, wav_lengths [B] long, indices [B] long (dataset indices)."""
-    lengths = torch.tensor([item["wav"].shape[0] for item in items], dtype=torch.long)
-    wavs = torch.zeros(len(items), int(lengths.max()) if len(items) else 0, dtype=torch.float32)
+    lengths = [int(item["wav"].shape[0]) for item in items]
+    # Padding in numpy: torch's small copies pay for waking intra-op threads, which costs more than the copy
+    # on a busy machine (measured 16 ms vs 0.4 ms per batch in the main process on 2 loaded cores).
+    wavs = np.zeros((len(items), max(lengths, default=0)), dtype=np.float32)
     for row, item in enumerate(items):
-        wavs[row, : lengths[row]] = item["wav"]
-    indices = torch.tensor([int(item["index"]) for item in items], dtype=torch.long)
-    return {"wavs": wavs, "wav_lengths": lengths, "indices": indices}
+        wavs[row, : lengths[row]] = item["wav"].numpy()
+    return {
+        "wavs": torch.from_numpy(wavs),
+        "wav_lengths": torch.tensor(lengths, dtype=torch.long),
+        "indices": torch.tensor([int(item["index"]) for item in items], dtype=torch.long),
+    }

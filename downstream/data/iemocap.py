@@ -99,6 +99,8 @@ def read_iemocap(
     if not 0.0 < dev_fraction < 1.0:
         raise ValueError(f"read_iemocap: dev_fraction must be in (0, 1), got {dev_fraction!r}")
     root = require_dir(Path(root), "IEMOCAP root", LAYOUT)
+    for session in SESSIONS:  # a fold needs all five sessions; report a missing one whatever the split
+        require_dir(root / f"Session{session}", "IEMOCAP session folder", LAYOUT)
     if split == "test":
         return read_session(root, fold)
     training_sessions = [

