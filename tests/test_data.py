@@ -277,6 +277,12 @@ def test_corrupt_and_empty_files_are_named(tmp_path):
         read_librispeech(tmp_path, "dev-clean")
     with pytest.raises(AudioDecodeError, match=r"cannot decode audio file '.*1-2-0000\.flac'"):
         load_audio(corrupt)
+    # A valid header over damaged data passes the reader's header check; decoding names the file.
+    soundfile.write(str(corrupt), np.random.default_rng(0).uniform(-0.5, 0.5, 48000), 16000)
+    corrupt.write_bytes(corrupt.read_bytes()[: corrupt.stat().st_size // 2])
+    assert read_librispeech(tmp_path, "dev-clean")[0].num_samples == 48000
+    with pytest.raises(AudioDecodeError, match=r"cannot decode audio file '.*1-2-0000\.flac'"):
+        AudioDataset(read_librispeech(tmp_path, "dev-clean"))[0]
     soundfile.write(str(corrupt), np.zeros(0, dtype=np.float32), 16000, format="WAV")  # a valid, empty header
     with pytest.raises(AudioDecodeError, match=r"1-2-0000\.flac' holds no audio samples"):
         read_librispeech(tmp_path, "dev-clean")
