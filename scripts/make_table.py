@@ -198,10 +198,9 @@ def published_reference(model: str | None, interface: str, task: str) -> Referen
 class RowKey:
     """One table row: an upstream and an interface, with what distinguishes this row's runs."""
 
-    upstream: str  # display label, e.g. "hubert (s3prl)" or "hubert (s3prl), fine-tuned"
-    interface: (
-        str  # display label, e.g. "group_ws (num_groups=3)" or "weighted_sum + larger head (+4,424,832)"
-    )
+    # display labels, e.g. "hubert (s3prl), fine-tuned" and "weighted_sum + larger head (+4,424,832)"
+    upstream: str
+    interface: str
     interface_name: str  # the interface config name
     model: str | None  # the published model the upstream is, if any
     comparable: bool  # frozen upstream, SUPERB head and interface settings, not the demo schedule

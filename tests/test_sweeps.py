@@ -4,10 +4,14 @@ turns run directories into the right cells (checked against numpy on results.jso
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,8 +24,10 @@ from matplotlib.image import imread
 from omegaconf import OmegaConf
 
 from downstream.results import ResultsFileError, load_run, scan_runs
+from downstream.runner import run_experiment
 from scripts import make_table
-from tests.conftest import CONFIG_DIR, MINI_SUPERB, compose_config
+from tests.conftest import CONFIG_DIR, MINI_SUPERB, REPO_ROOT, compose_config
+from tests.test_runner import FAST
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 PAPER_EXPERIMENTS = ("table1", "table2", "table3", "table4", "superb")
@@ -54,9 +60,11 @@ def documented_launches(name: str) -> list[list[str]]:
 
 def sweep_jobs(arguments: list[str]) -> list[list[str]]:
     """Every job's overrides, expanded by Hydra's own basic sweeper from sweep params + command line."""
-    sweep_params = compose_config(arguments).hydra.sweeper.params or {}
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(arguments) if not o.is_sweep_override()]
+    sweep_params = compose_config(fixed).hydra.sweeper.params or {}
     params = [f"{key}={value}" for key, value in sweep_params.items()]
-    overrides = OverridesParser.create().parse_overrides(params + arguments)
+    overrides = parser.parse_overrides(params + arguments)
     (jobs,) = BasicSweeper.split_arguments(overrides, None)
     return jobs
 
@@ -72,9 +80,16 @@ def covering_jobs(jobs: list[list[str]]) -> list[list[str]]:
     return chosen
 
 
-def job_value(job: list[str], key: str, default: str | None = None) -> str | None:
+def job_value(job: list[str], key: str) -> str | None:
     values = [value for k, value in map(make_table.parse_override, job) if k == key]
-    return values[-1] if values else default
+    return values[-1] if values else None
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in EXPERIMENT_DIR.glob("*.yaml")))
+def test_every_experiment_file_composes(name):
+    cfg = compose_config([f"experiment={name}"])
+    assert cfg.hydra.runtime.choices.experiment == name
+    assert Path(cfg.task.data_root).is_relative_to(MINI_SUPERB)  # by default, the shipped mini corpus
 
 
 def test_every_paper_experiment_exists_and_documents_its_command():
@@ -116,6 +131,7 @@ def test_documented_launches_compose_job_by_job(name):
     assert len(job_dirs) == len(all_jobs), "two jobs of one experiment would share a directory"
 
 
+@functools.cache
 def hconv_parameters(num_layers: int, hidden_size: int) -> int:
     """Trainable parameters of the project's HConv interface config, built as the runner builds it."""
     hconv = instantiate(
@@ -532,3 +548,62 @@ def test_command_line_writes_table_and_plots(tmp_path, sweep, capsys):
     assert len(rows) == len(values)
     assert "incomplete (not in the table)" in capsys.readouterr().err
     assert (tmp_path / "p" / "trainable_params.png").is_file()
+
+
+# ---------------------------------------------------------------- a real multirun of run_downstream.py
+
+# ER fold 1 on the mini corpus: the quickest task to set up (PR first reads its pronunciation lexicon).
+TINY_SWEEP = ["task=er", "task.fold=1", *FAST]
+
+
+def launch_sweep(sweep_dir: Path, *overrides: str) -> None:
+    """run_downstream.py -m as a user types it: Hydra's basic sweeper and launcher, the tiny upstream."""
+    command = [
+        sys.executable,
+        "run_downstream.py",
+        "-m",
+        *TINY_SWEEP,
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+    ]
+    env = dict(os.environ, WANDB_MODE="disabled")
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+
+def test_multirun_table_and_relaunch_skips_finished_jobs(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    launch_sweep(sweep_dir, "interface=weighted_sum,last_layer")
+    results = {path.parent.name: json.loads(path.read_text()) for path in sweep_dir.glob("*/results.json")}
+    assert sorted(r["interface"] for r in results.values()) == ["last_layer", "weighted_sum"]
+
+    table = make_table.aggregate(make_table.collect_runs([sweep_dir]))
+    assert [row.interface for row in table.rows] == ["last_layer", "weighted_sum"]  # shared overrides: notes
+    for row in table.rows:
+        (written,) = [r for r in results.values() if r["interface"] == row.interface]
+        cell = table.cells[(row, "er")]
+        assert cell.n == 1 and cell.mean == written["test"]["acc"] and cell.folds == (1,)
+        assert row.upstream == written["upstream"]
+    assert "all runs: trainer.max_steps=2" in table.notes
+    plots = make_table.write_plots(make_table.collect_runs([sweep_dir]), tmp_path / "plots")
+    assert [p.parent.name for p in plots if "weighted_sum" in p.name] == [
+        "layer_weights"
+    ]  # last_layer has none
+
+    # Relaunch: a finished job is left alone; one whose results.json is gone (incomplete) runs again.
+    finished = next(sweep_dir.glob("interface=weighted_sum,*/results.json"))
+    unfinished = next(sweep_dir.glob("interface=last_layer,*/results.json"))
+    unfinished.unlink()
+    assert make_table.collect_runs([sweep_dir]).incomplete == [unfinished.parent.resolve()]
+    finished_mtime = finished.stat().st_mtime_ns
+    launch_sweep(sweep_dir, "interface=weighted_sum,last_layer")
+    assert finished.stat().st_mtime_ns == finished_mtime
+    assert json.loads(unfinished.read_text())["interface"] == "last_layer"
+
+    # overwrite=true maps to the same job directory (it is left out of the name) and reruns the job there;
+    # run in this process, as Hydra's launcher runs a job, to spare a third start of the interpreter.
+    overrides = [*TINY_SWEEP, "interface=weighted_sum", "overwrite=true"]
+    cfg = compose_config(overrides, run_dir=finished.parent)
+    assert sweep_dir / cfg.hydra.job.override_dirname == finished.parent
+    run_experiment(cfg, finished.parent, overrides=overrides)
+    assert finished.stat().st_mtime_ns > finished_mtime
