@@ -152,6 +152,27 @@ def test_bf16_weights_stay_bf16_and_states_are_within_tolerance_of_fp32():
     assert (approx - reference).abs().max() > 0  # it really ran in bf16
 
 
+@pytest.mark.parametrize("source", ["hf", "s3prl"])
+def test_bf16_weights_for_the_loaded_sources(tmp_path, source):
+    if source == "hf":
+        from upstream.hf import HfUpstream
+
+        build, kwargs = HfUpstream, {"model": str(save_tiny_hf_model(tmp_path / "hf"))}
+    else:
+        from upstream.s3prl_hub import S3prlUpstream
+
+        checkpoint = save_tiny_s3prl_checkpoint("hubert", tmp_path / "hubert.pt")
+        build, kwargs = S3prlUpstream, {"name": "hubert_local", "path": str(checkpoint)}
+    fp32, bf16 = build(**kwargs), build(precision="bf16", **kwargs)
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+    batch = padded_batch([12000, 12000])
+    reference, approx = fp32(*batch)[0], bf16(*batch)[0]
+    assert approx.dtype == torch.float32
+    for layer in range(fp32.num_layers):
+        error = (approx[layer] - reference[layer]).norm() / reference[layer].norm()
+        assert 0 < error < BF16_RELATIVE_TOLERANCE, f"layer {layer}: relative error {error:.4f}"
+
+
 def test_trainable_bf16_keeps_fp32_weights_under_autocast():
     upstream = TinyUpstream(trainable=True, precision="bf16", **TINY)
     assert all(p.dtype == torch.float32 for p in upstream.parameters())
@@ -236,10 +257,14 @@ def test_base_and_large_architectures_layer_and_frame_arithmetic(bundle, num_lay
 # --- hf and torchaudio on the same tiny weights --------------------------------------------------
 
 
-def save_tiny_hf_hubert(directory: Path, stable_layer_norm: bool) -> Path:
-    from transformers import HubertConfig, HubertModel
+def save_tiny_hf_model(directory: Path, family: str = "hubert", stable_layer_norm: bool = False) -> Path:
+    """A random 2-layer transformers model (HubertModel or WavLMModel) written with save_pretrained."""
+    from transformers import HubertConfig, HubertModel, WavLMConfig, WavLMModel
 
-    config = HubertConfig(
+    config_class, model_class = (
+        (HubertConfig, HubertModel) if family == "hubert" else (WavLMConfig, WavLMModel)
+    )
+    config = config_class(
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -252,25 +277,31 @@ def save_tiny_hf_hubert(directory: Path, stable_layer_norm: bool) -> Path:
         do_stable_layer_norm=stable_layer_norm,
     )
     torch.manual_seed(0)
-    HubertModel(config).save_pretrained(directory)
+    model_class(config).save_pretrained(directory)
     return directory
 
 
-@pytest.mark.parametrize("stable_layer_norm", [False, True], ids=["post_ln_base_style", "pre_ln_large_style"])
-def test_hf_and_torchaudio_import_give_the_same_hidden_states(tmp_path, stable_layer_norm):
+@pytest.mark.parametrize(
+    ("family", "stable_layer_norm"),
+    [("hubert", False), ("hubert", True), ("wavlm", False)],
+    ids=["hubert_post_ln_base_style", "hubert_pre_ln_large_style", "wavlm"],
+)
+def test_hf_and_torchaudio_import_give_the_same_hidden_states(tmp_path, family, stable_layer_norm):
     from upstream.hf import HfUpstream
 
-    model_dir = save_tiny_hf_hubert(tmp_path / "tiny_hubert", stable_layer_norm)
+    model_dir = save_tiny_hf_model(tmp_path / f"tiny_{family}", family, stable_layer_norm)
     hf_upstream = HfUpstream(model=str(model_dir))
     torchaudio_upstream = TorchaudioUpstream(path=str(model_dir))
     for upstream in (hf_upstream, torchaudio_upstream):
         assert (upstream.num_layers, upstream.hidden_size, upstream.downsample_rate) == (3, 32, 320)
-    batch = padded_batch([12000, 7000, 2500])
+    lengths = [12000, 7000, 2500]
+    batch = padded_batch(lengths)
     hf_states, hf_frames = hf_upstream(*batch)
     ta_states, ta_frames = torchaudio_upstream(*batch)
-    assert hf_frames.tolist() == ta_frames.tolist() == [cnn_frames(n) for n in (12000, 7000, 2500)]
+    assert hf_frames.tolist() == ta_frames.tolist() == [cnn_frames(n) for n in lengths]
     torch.testing.assert_close(hf_states, ta_states, atol=1e-5, rtol=0)
-    assert_padding_equals_single_runs(hf_upstream, [12000, 7000, 2500])
+    assert_padding_equals_single_runs(hf_upstream, lengths)
+    assert_padding_equals_single_runs(torchaudio_upstream, lengths)
 
 
 def test_hf_missing_local_directory_is_a_clear_error(tmp_path):
@@ -530,7 +561,7 @@ def test_offline_with_nothing_cached_fails_fast_with_one_clear_message_and_finds
     empty = tmp_path / "empty_cache"
     empty.mkdir()
     tiny_s3prl = save_tiny_s3prl_checkpoint("hubert", tmp_path / "tiny_s3prl_hubert.pt")
-    tiny_hf = save_tiny_hf_hubert(tmp_path / "tiny_hf_hubert", stable_layer_norm=False)
+    tiny_hf = save_tiny_hf_model(tmp_path / "tiny_hf_hubert")
     env = {key: value for key, value in os.environ.items() if not key.endswith("_OFFLINE")}
     env.update(
         HOME=str(empty),  # s3prl caches in ~/.cache/s3prl

@@ -10,6 +10,7 @@ import torch
 import torchaudio
 from torchaudio.models import Wav2Vec2Model, wav2vec2_model, wavlm_model
 from torchaudio.models.wav2vec2.utils import import_huggingface_model
+from torchaudio.models.wav2vec2.wavlm_attention import WavLMSelfAttention
 from torchaudio.pipelines import Wav2Vec2Bundle
 
 from upstream._offline import CheckpointNotFoundError, load_offline_first, missing_checkpoint_message
@@ -28,7 +29,7 @@ class TorchaudioModelUpstream(Upstream):
     as in fairseq/s3prl and Hugging Face (torchaudio's own ``extract_features`` skips that norm and the
     transformer input). L = layers + 1.
 
-    Padding: the padded frames are zeroed and masked out of attention (torchaudio's padding mask), so for a
+    Padding: the padded frames are zeroed and masked out of attention (a key padding mask), so for a
     CNN with per-frame layer norm (``extractor_mode="layer_norm"``: Large models, XLS-R, the tiny model) a
     padded batch equals each utterance run alone at its valid frames. A ``group_norm`` CNN (HuBERT Base,
     wav2vec 2.0 Base, WavLM Base/Base+) normalises each channel over the whole padded length in its
@@ -59,21 +60,31 @@ class TorchaudioModelUpstream(Upstream):
         self.downsample_rate = math.prod(self.conv_strides)
         self.num_layers = len(transformer.layers) + 1
         self.hidden_size = model.encoder.feature_projection.projection.out_features
+        self._is_wavlm = isinstance(transformer.layers[0].attention, WavLMSelfAttention)
         self.waveform_norm_eps = waveform_norm_eps
         self.finalize_setup()
 
     def extract(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
-        # torchaudio's extract_features returns only the layer outputs; these are the same steps with the
-        # transformer input kept (Encoder._preprocess: projection + padding mask; Transformer._preprocess:
-        # positional convolution and, for post-LN models, the layer norm).
+        # torchaudio's extract_features returns only the layer outputs, zeroes padding with boolean indexing
+        # (a host sync on GPU) and, for WavLM, fails on padded batches (its attention takes only a key padding
+        # mask). These are the same steps with the transformer input kept and those two points fixed.
         transformer = self.model.encoder.transformer
         features, frame_lengths = self.model.feature_extractor(wavs, wav_lengths)
-        x, attention_mask = self.model.encoder._preprocess(features, frame_lengths)
-        x = transformer._preprocess(x)
+        x = self.model.encoder.feature_projection(features)
+        padding = torch.arange(x.shape[1], device=x.device)[None, :] >= frame_lengths[:, None]  # [B, T]
+        x = transformer._preprocess(x.masked_fill(padding[..., None], 0.0))  # + positional conv (+ norm)
+        if self._is_wavlm:
+            key_padding = torch.zeros(padding.shape, dtype=x.dtype, device=x.device).masked_fill(
+                padding, -math.inf
+            )
+            mask_kwargs = {"attention_mask": None, "key_padding_mask": key_padding}
+        else:  # [B, 1, T, T], True = attend
+            attend = ~padding[:, None, None, :]
+            mask_kwargs = {"attention_mask": attend.expand(-1, 1, x.shape[1], -1)}
         states = [x]
         position_bias = None  # WavLM's relative position bias, computed by its first layer
         for layer in transformer.layers:
-            x, position_bias = layer(x, attention_mask, position_bias=position_bias)
+            x, position_bias = layer(x, position_bias=position_bias, **mask_kwargs)
             states.append(x)
         if not transformer.layer_norm_first:  # torchaudio's flag: True means the norm comes before the layers
             states[-1] = transformer.layer_norm(states[-1])
