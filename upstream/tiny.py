@@ -31,7 +31,7 @@ class TinyUpstream(TorchaudioModelUpstream):
         hidden_size: int = 192,
         seed: int = 0,
         num_heads: int = 4,
-        conv_channels: int = 64,
+        conv_channels: int = 32,
         extractor_mode: str = "layer_norm",
         layer_norm_first: bool = False,
         trainable: bool = False,

@@ -143,7 +143,8 @@ class TorchaudioUpstream(TorchaudioModelUpstream):
                 raise ValueError(f"upstream.bundle must be one of {bundle_names()}, got {bundle!r}")
             model = self._load_bundle(spec, bundle, path, pretrained)
             norm_eps = FAIRSEQ_WAVEFORM_NORM_EPS if spec._normalize_waveform else None
-            name = f"{bundle} (torchaudio{'' if pretrained or path else ', random init'})"
+            detail = f", {path}" if path is not None else ("" if pretrained else ", random init")
+            name = f"{bundle} (torchaudio{detail})"
         super().__init__(
             model,
             name=name,
