@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import time
@@ -74,18 +75,19 @@ def time_step(
     hidden_states: torch.Tensor,
     lengths: torch.Tensor,
     dtype: torch.dtype | None,
-) -> float:
-    """Seconds for one forward (under autocast when dtype is set) + backward, device work included."""
+) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one forward (under autocast when dtype is set) + backward,
+    device work included. CPU seconds sum over threads and depend less on other processes' load."""
     device = hidden_states.device
     interface.zero_grad(set_to_none=True)
     synchronize(device)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         features = interface(hidden_states, lengths)
     if features.requires_grad:
         features.float().square().mean().backward()
     synchronize(device)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def benchmark_interface(name: str, args: argparse.Namespace, hidden_states, lengths, device) -> dict:
@@ -97,37 +99,27 @@ def benchmark_interface(name: str, args: argparse.Namespace, hidden_states, leng
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args.warmup):
         time_step(interface, hidden_states, lengths, dtype)
-    seconds = statistics.median(
-        time_step(interface, hidden_states, lengths, dtype) for _ in range(args.repeats)
-    )
+    timings = [time_step(interface, hidden_states, lengths, dtype) for _ in range(args.repeats)]
+    seconds = statistics.median(wall for wall, _ in timings)
     frames = hidden_states.shape[1] * hidden_states.shape[2]
     row = {
         "interface": name,
-        "params": sum(p.numel() for p in interface.parameters() if p.requires_grad),
-        "output": interface.output_size,
-        "ms": seconds * 1e3,
-        "frames_per_s": frames / seconds,
+        "trainable params": f"{sum(p.numel() for p in interface.parameters() if p.requires_grad):,}",
+        "output size": str(interface.output_size),
+        "ms per fwd+bwd": f"{seconds * 1e3:.1f}",
+        "frames/s": f"{frames / seconds:,.0f}",
     }
     if device.type == "cuda":
-        row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        row["peak GPU MiB"] = f"{torch.cuda.max_memory_allocated(device) / 2**20:,.0f}"
+    else:
+        row["CPU-time ms"] = f"{statistics.median(cpu for _, cpu in timings) * 1e3:.0f}"
     return row
 
 
-def markdown_table(rows: list[dict], header: str) -> str:
-    with_memory = "peak_mib" in rows[0]
-    columns = ["interface", "trainable params", "output size", "ms per fwd+bwd", "frames/s"]
-    columns += ["peak GPU MiB"] if with_memory else []
+def markdown_table(rows: list[dict[str, str]], header: str) -> str:
+    columns = list(rows[0])
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [
-            row["interface"],
-            f"{row['params']:,}",
-            str(row["output"]),
-            f"{row['ms']:.1f}",
-            f"{row['frames_per_s']:,.0f}",
-        ]
-        cells += [f"{row['peak_mib']:,.0f}"] if with_memory else []
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(row[column] for column in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -149,15 +141,18 @@ def run(args: argparse.Namespace) -> None:
     hidden_states = torch.randn(shape, generator=generator).to(device)  # a frozen upstream's output
     lengths = torch.full((args.batch_size,), args.frames, dtype=torch.long, device=device)
 
+    load_at_start = os.getloadavg()[0]
     rows = []
     for name in names:
         rows.append(benchmark_interface(name, args, hidden_states, lengths, device))
-        print(f"{name}: {rows[-1]['ms']:.1f} ms", flush=True)
+        print(f"{name}: {rows[-1]['ms per fwd+bwd']} ms", flush=True)
     header = (
         f"{datetime.date.today().isoformat()}, {describe_device(device)}, torch {torch.__version__}, "
         f"{args.precision}; L={args.num_layers}, D={args.hidden_size}, B x T = {args.batch_size} x {args.frames} "
         f"= {args.batch_size * args.frames:,} frames; median of {args.repeats} after {args.warmup} warmup"
     )
+    if device.type == "cpu":
+        header += f"; load average {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     table = markdown_table(rows, header)
     print(table)
     if args.output is not None:
