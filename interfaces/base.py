@@ -142,6 +142,10 @@ class Interface(nn.Module):
         """False only for an interface that needs ``fit`` and has neither been fitted nor loaded fitted state."""
         return not self.needs_fit
 
+    def extra_repr(self) -> str:
+        """Subclasses append their hyperparameters to this: ``f"{super().extra_repr()}, name=value"``."""
+        return f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, output_size={self.output_size}"
+
     def layer_weights(self) -> torch.Tensor | None:
         """Normalised weights over layers ([L] or [groups, L]) for interfaces that weigh layers, else None."""
         return None

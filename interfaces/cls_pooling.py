@@ -111,7 +111,7 @@ class CLSPooling(Interface):
 
     def extra_repr(self) -> str:
         return (
-            f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, num_tf_layers={self.num_tf_layers}, "
+            f"{super().extra_repr()}, num_tf_layers={self.num_tf_layers}, "
             f"nhead={self.nhead}, dim_feedforward={self.dim_feedforward}, dropout={self.dropout}, "
             f"layer_embedding={self.position_embedding is not None}"
         )

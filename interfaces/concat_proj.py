@@ -50,7 +50,4 @@ class ConcatProjection(Interface):
         return self.projection(concatenated)
 
     def extra_repr(self) -> str:
-        return (
-            f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, "
-            f"output_dim={self.output_size}, output_norm={self.output_norm}"
-        )
+        return f"{super().extra_repr()}, output_norm={self.output_norm}"

@@ -75,6 +75,6 @@ class GroupedWeightedSum(Interface):
     def extra_repr(self) -> str:
         spans = ", ".join(f"{layers.start}-{layers.stop - 1}" for layers in self.groups)
         return (
-            f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, groups=[{spans}], "
-            f"output_dim={self.output_size}, normalize={self.normalize}, output_norm={self.output_norm}"
+            f"{super().extra_repr()}, groups=[{spans}], "
+            f"normalize={self.normalize}, output_norm={self.output_norm}"
         )

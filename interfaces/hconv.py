@@ -83,7 +83,7 @@ class HierarchicalConv(Interface):
 
     def extra_repr(self) -> str:
         return (
-            f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, kernel_size={self.kernel_size}, "
+            f"{super().extra_repr()}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, layers={' -> '.join(map(str, self.layer_counts))}, "
             f"output={self.layer_counts[-1]}x{self.out_channels}"
         )

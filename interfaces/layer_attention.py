@@ -53,7 +53,4 @@ class LayerAttention(Interface):
         return self.mean_weights.clone()
 
     def extra_repr(self) -> str:
-        return (
-            f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, "
-            f"scorer_dim={self.scorer_dim}, normalize={self.normalize}"
-        )
+        return f"{super().extra_repr()}, scorer_dim={self.scorer_dim}, normalize={self.normalize}"

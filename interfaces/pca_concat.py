@@ -99,7 +99,7 @@ class PCAConcat(Interface):
 
     def extra_repr(self) -> str:
         return (
-            f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, "
-            f"components_per_layer={self.components_per_layer}, output={self.output_size}, "
+            f"{super().extra_repr()}, "
+            f"components_per_layer={self.components_per_layer}, "
             f"max_fit_frames={self.max_fit_frames}, fitted={self._is_fitted}"
         )

@@ -28,7 +28,7 @@ class SingleLayer(Interface):
         return weights
 
     def extra_repr(self) -> str:
-        return f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, layer={self.layer}"
+        return f"{super().extra_repr()}, layer={self.layer}"
 
 
 class LastLayer(SingleLayer):

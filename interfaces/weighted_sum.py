@@ -49,7 +49,4 @@ class WeightedSum(Interface):
 
     def extra_repr(self) -> str:
         layers = "all" if self.uses_all_layers else self.layers
-        return (
-            f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, "
-            f"normalize={self.normalize}, layers={layers}"
-        )
+        return f"{super().extra_repr()}, normalize={self.normalize}, layers={layers}"
