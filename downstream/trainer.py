@@ -407,6 +407,9 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.stop_requested = False
+        #: Optional store of precomputed hidden states (``has(split)``, ``lookup(batch, split, device)``);
+        #: when it covers a split, the upstream is not run on that split's batches.
+        self.hidden_state_cache = None
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]] | None:
@@ -488,8 +491,13 @@ class Trainer:
         for branch in self.branches:
             branch.optimizer_step(self.step)
 
-    def upstream_forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def upstream_forward(
+        self, batch: dict[str, Any], split: str = "train"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """wavs [B, N] -> hidden states [L, B, T, D] and frame lengths [B], under the run's autocast."""
+        cache = self.hidden_state_cache
+        if cache is not None and cache.has(split):
+            return cache.lookup(batch, split, self.device)
         wavs = batch["wavs"].to(self.device, non_blocking=True)
         wav_lengths = batch["wav_lengths"].to(self.device, non_blocking=True)
         with self._autocast():
@@ -503,7 +511,7 @@ class Trainer:
         for index, batch in enumerate(self.eval_loaders[split]):
             if self.settings.limit_eval_batches is not None and index >= self.settings.limit_eval_batches:
                 break
-            hidden_states, frame_lengths = self.upstream_forward(batch)
+            hidden_states, frame_lengths = self.upstream_forward(batch, split)
             for branch, totals in zip(self.branches, statistics, strict=True):
                 with self._autocast():
                     logits = branch.forward(hidden_states, frame_lengths, self.task, training=False)

@@ -17,6 +17,7 @@ MINI_SUPERB = REPO_ROOT / "data" / "mini_superb"
 
 os.environ.setdefault("SSL_BENCH_ROOT", str(REPO_ROOT))
 os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("SSL_BENCH_OFFLINE", "1")  # the suite never downloads
 
 
 def compose_config(overrides: list[str] | None = None, run_dir: Path | None = None) -> DictConfig:
