@@ -68,9 +68,16 @@ class TorchaudioModelUpstream(Upstream):
         # torchaudio's extract_features returns only the layer outputs, zeroes padding with boolean indexing
         # (a host sync on GPU) and, for WavLM, fails on padded batches (its attention takes only a key padding
         # mask). These are the same steps with the transformer input kept and those two points fixed.
-        transformer = self.model.encoder.transformer
         features, frame_lengths = self.model.feature_extractor(wavs, wav_lengths)
-        x = self.model.encoder.feature_projection(features)
+        return self.transformer_states(self.model.encoder.feature_projection(features), frame_lengths)
+
+    def transformer_states(self, x: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """Projected CNN features [B, T, D] -> every hidden state [L, B, T, D] (layer 0 = transformer input).
+
+        Split from ``extract`` so masked pretraining (scripts/pretrain_tiny_hubert.py) can replace frames
+        of the transformer's input first.
+        """
+        transformer = self.model.encoder.transformer
         padding = torch.arange(x.shape[1], device=x.device)[None, :] >= frame_lengths[:, None]  # [B, T]
         x = transformer._preprocess(x.masked_fill(padding[..., None], 0.0))  # + positional conv (+ norm)
         if self._is_wavlm:
