@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader
 from downstream.data.dataset import AudioDataset
 from downstream.data.sampler import BucketBatchSampler
 from downstream.run_log import RunLogger
-from downstream.tasks.base import Task
+from downstream.tasks.base import Task, accumulate_statistics
 from interfaces.base import Interface
 from upstream.base import Upstream
 
@@ -505,9 +504,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str) -> list[dict[str, float]]:
-        """Corpus-level metrics of every branch on ``split``, from additive per-batch statistics."""
+        """Corpus-level metrics of every branch on ``split``, from per-batch statistics (numbers summed,
+        lists concatenated: ``accumulate_statistics``)."""
         self._set_train_mode(False)
-        statistics: list[dict[str, float]] = [defaultdict(float) for _ in self.branches]
+        statistics: list[dict[str, Any]] = [{} for _ in self.branches]
         for index, batch in enumerate(self.eval_loaders[split]):
             if self.settings.limit_eval_batches is not None and index >= self.settings.limit_eval_batches:
                 break
@@ -515,8 +515,7 @@ class Trainer:
             for branch, totals in zip(self.branches, statistics, strict=True):
                 with self._autocast():
                     logits = branch.forward(hidden_states, frame_lengths, self.task, training=False)
-                for key, value in self.task.eval_statistics(logits, frame_lengths, batch).items():
-                    totals[key] += value
+                accumulate_statistics(totals, self.task.eval_statistics(logits, frame_lengths, batch))
         return [self.task.metrics(totals) for totals in statistics]
 
     def evaluate_and_keep_best(self) -> None:

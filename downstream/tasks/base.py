@@ -14,14 +14,36 @@ from downstream.data.dataset import collate_wavs
 
 SPLITS = ("train", "dev", "test")
 
+#: One batch's evaluation statistics: numbers (counts, edit distances) or lists of per-utterance records.
+Statistics = Mapping[str, float | list]
+
+
+def accumulate_statistics(totals: dict[str, Any], statistics: Statistics) -> dict[str, Any]:
+    """Fold one batch's (or one rank's) evaluation statistics into ``totals`` and return it.
+
+    Numbers add up, so corpus-level rates are exact (sum of edits / sum of reference units). Lists
+    concatenate: a task whose metric is not a sum over batches (SV's equal error rate over trials) returns
+    per-utterance records, and its ``metrics`` computes the metric from all of them. Across ranks, merge
+    the ranks' totals with this same function (or all-reduce the numbers and all-gather the lists).
+    """
+    for key, value in statistics.items():
+        if isinstance(value, list):
+            totals.setdefault(key, []).extend(value)
+        elif isinstance(totals.get(key), list):
+            raise TypeError(f"evaluation statistic {key!r} is a list in one batch and a number in another")
+        else:
+            totals[key] = totals.get(key, 0.0) + value
+    return totals
+
 
 class Task:
     """Base class of every downstream task.
 
     Subclasses set ``name``, ``metric`` (the primary metric's key), ``higher_is_better`` and
     implement ``read_split`` (corpus split -> utterances), ``encode`` (utterance -> training target),
-    ``num_outputs``, ``loss``, ``eval_statistics`` (additive counts for one batch) and ``metrics``
-    (counts -> metrics in percent). The trainer only ever calls the public methods below.
+    ``num_outputs``, ``loss``, ``eval_statistics`` (one batch's statistics: additive counts, or lists of
+    per-utterance records; see ``accumulate_statistics``) and ``metrics`` (accumulated statistics ->
+    metrics in percent). The trainer only ever calls the public methods below.
     """
 
     name: str = "task"
@@ -100,8 +122,8 @@ class Task:
     # -- evaluation -------------------------------------------------------------------------
     def eval_statistics(
         self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]
-    ) -> dict[str, float]:
+    ) -> Statistics:
         raise NotImplementedError
 
-    def metrics(self, statistics: Mapping[str, float]) -> dict[str, float]:
+    def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:
         raise NotImplementedError
