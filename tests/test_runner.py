@@ -165,3 +165,16 @@ def test_command_line_run(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["task"] == "er" and results["fold"] == 3
     assert "task.fold=3" in results["overrides"]
+
+
+def test_wandb_logger_falls_back_to_offline_without_credentials(tmp_path):
+    """logger=wandb with no API key and no network: the run logs offline by itself and finishes."""
+    run_dir = tmp_path / "wandb_run"
+    command = [sys.executable, "run_downstream.py", *FAST, "logger=wandb", f"hydra.run.dir={run_dir}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path / "home"), NETRC=str(tmp_path / "no_netrc"))
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (run_dir / "results.json").is_file()
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1, sorted(p.name for p in (run_dir / "wandb").iterdir())
