@@ -8,6 +8,7 @@ sum with a downstream as large as HConv's interface plus the usual head.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -164,3 +165,187 @@ class MeanPoolClassifier(nn.Module):
         mask = frame_mask(lengths, features.shape[1]).unsqueeze(-1).to(projected.dtype)
         pooled = (projected * mask).sum(dim=1) / lengths.clamp(min=1).unsqueeze(-1).to(projected.dtype)
         return self.output(pooled)
+
+
+class XVectorHead(nn.Module):
+    """SUPERB's speaker-verification head (s3prl sv_voxceleb1): an x-vector network trained with AM-softmax.
+
+    Frame level: Linear(D', hidden) then five TDNN layers (1-d convolutions without padding, ReLU after
+    each) with (kernel, dilation) (5, 1), (3, 2), (3, 3), (1, 1), (1, 1), widths hidden x 4 then
+    ``stats_size``; they consume 14 frames, so utterance b keeps max(lengths[b] - 14, 1) valid frames.
+    Statistics pooling: the mean and the standard deviation (n - 1 denominator) of each channel over the
+    valid frames, 2 * stats_size values. Utterance level: e = ReLU(W1 s + b1), the speaker embedding
+    (``embed``) that verification scores; training adds h = ReLU(W2 e + b2).
+
+    Output in training mode: the cosine of h with each training speaker's weight vector w_c,
+    cos = (h / |h|) . (w_c / |w_c|), shape [B, num_outputs]; the task's AM-softmax loss applies the scale
+    and margin. Output in eval mode: the embedding e, shape [B, hidden_size]. ``extra_params`` widens
+    ``hidden_size``.
+    """
+
+    TDNN_LAYERS = ((5, 1), (3, 2), (3, 3), (1, 1), (1, 1))  # (kernel size, dilation)
+    FRAMES_CONSUMED = sum((kernel - 1) * dilation for kernel, dilation in TDNN_LAYERS)
+
+    def __init__(
+        self,
+        input_size: int,
+        num_outputs: int,
+        hidden_size: int = 512,
+        stats_size: int = 1500,
+        extra_params: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_sizes(input_size, hidden_size, num_outputs)
+        if stats_size < 1:
+            raise ValueError(f"head.stats_size must be >= 1, got {stats_size}")
+        if extra_params:
+
+            def count(d_in: int, size: int, n_out: int) -> int:
+                return self.count_params(d_in, size, n_out, stats_size)
+
+            hidden_size = widened_hidden_size(count, input_size, hidden_size, num_outputs, extra_params)
+        self.hidden_size = hidden_size
+        self.project = nn.Linear(input_size, hidden_size)
+        widths = [hidden_size] * len(self.TDNN_LAYERS) + [stats_size]
+        self.tdnn = nn.ModuleList(
+            nn.Conv1d(widths[i], widths[i + 1], kernel_size=kernel, dilation=dilation)
+            for i, (kernel, dilation) in enumerate(self.TDNN_LAYERS)
+        )
+        self.embedding = nn.Linear(2 * stats_size, hidden_size)
+        self.training_layer = nn.Linear(hidden_size, hidden_size)
+        self.speaker_weights = nn.Parameter(torch.empty(hidden_size, num_outputs))
+        nn.init.xavier_normal_(self.speaker_weights)
+
+    @classmethod
+    def count_params(cls, input_size: int, hidden_size: int, num_outputs: int, stats_size: int = 1500) -> int:
+        widths = [hidden_size] * len(cls.TDNN_LAYERS) + [stats_size]
+        tdnn = sum(
+            widths[i] * widths[i + 1] * kernel + widths[i + 1]
+            for i, (kernel, _) in enumerate(cls.TDNN_LAYERS)
+        )
+        return (
+            input_size * hidden_size
+            + hidden_size
+            + tdnn
+            + 2 * stats_size * hidden_size
+            + hidden_size
+            + hidden_size * hidden_size
+            + hidden_size
+            + hidden_size * num_outputs
+        )
+
+    def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Speaker embeddings [B, hidden_size] of features [B, T, D'] with valid lengths [B]."""
+        frames = self.project(features).transpose(1, 2)  # [B, hidden, T]
+        shortfall = self.FRAMES_CONSUMED + 1 - frames.shape[-1]
+        if shortfall > 0:  # shorter than the receptive field: zero frames past the end
+            frames = nn.functional.pad(frames, (0, shortfall))
+        for layer in self.tdnn:
+            frames = torch.relu(layer(frames))
+        valid = (lengths.to(frames.device) - self.FRAMES_CONSUMED).clamp(min=1)
+        mask = frame_mask(valid, frames.shape[-1]).unsqueeze(1).to(frames.dtype)  # [B, 1, T']
+        count = valid.unsqueeze(1).to(frames.dtype)
+        mean = (frames * mask).sum(dim=-1) / count
+        squared_deviation = ((frames - mean.unsqueeze(-1)) ** 2 * mask).sum(dim=-1)
+        std = torch.sqrt(squared_deviation / (count - 1).clamp(min=1) + 1e-6)
+        return torch.relu(self.embedding(torch.cat([mean, std], dim=-1)))
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        embedding = self.embed(features, lengths)
+        if not self.training:
+            return embedding
+        trained = torch.relu(self.training_layer(embedding))
+        return nn.functional.normalize(trained, dim=-1) @ nn.functional.normalize(self.speaker_weights, dim=0)
+
+
+class TransformerCTCHead(nn.Module):
+    """ML-SUPERB's downstream model (ESPnet's CTC transformer encoder) per frame, at the input frame rate.
+
+    Linear(D', bottleneck) (ESPnet's linear pre-encoder, 80 wide) -> Linear(bottleneck, hidden) + ReLU ->
+    x * sqrt(hidden) + sinusoidal positions -> dropout -> ``num_layers`` pre-norm transformer encoder
+    layers (``num_heads`` heads, feed-forward ``ff_size`` with ReLU, dropout) over the valid frames ->
+    LayerNorm -> Linear(hidden, num_outputs). Output [B, T, num_outputs].
+
+    ML-SUPERB's encoder subsamples time by 2 with two convolutions (ESPnet's conv2d2); this head keeps
+    the 50 Hz frame rate instead (the Linear above takes the convolutions' place), so the trainer's frame
+    lengths stay valid for the CTC loss. ``extra_params`` widens ``ff_size``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        num_outputs: int,
+        hidden_size: int = 256,
+        bottleneck_size: int = 80,
+        num_layers: int = 2,
+        num_heads: int = 8,
+        ff_size: int = 1024,
+        dropout: float = 0.1,
+        extra_params: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_sizes(input_size, hidden_size, num_outputs)
+        for name, value in (
+            ("bottleneck_size", bottleneck_size),
+            ("num_layers", num_layers),
+            ("ff_size", ff_size),
+        ):
+            if value < 1:
+                raise ValueError(f"head.{name} must be >= 1, got {value}")
+        if num_heads < 1 or hidden_size % num_heads:
+            raise ValueError(
+                f"head.hidden_size ({hidden_size}) must be a multiple of head.num_heads ({num_heads})"
+            )
+        if extra_params:
+
+            def count(d_in: int, size: int, n_out: int) -> int:
+                return self.count_params(d_in, hidden_size, n_out, bottleneck_size, num_layers, size)
+
+            ff_size = widened_hidden_size(count, input_size, ff_size, num_outputs, extra_params)
+        self.hidden_size = hidden_size
+        self.ff_size = ff_size
+        self.bottleneck = nn.Linear(input_size, bottleneck_size)
+        self.input_layer = nn.Linear(bottleneck_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(
+            hidden_size, num_heads, ff_size, dropout, activation="relu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.output = nn.Linear(hidden_size, num_outputs)
+
+    @staticmethod
+    def count_params(
+        input_size: int,
+        hidden_size: int,
+        num_outputs: int,
+        bottleneck_size: int = 80,
+        num_layers: int = 2,
+        ff_size: int = 1024,
+    ) -> int:
+        front = input_size * bottleneck_size + bottleneck_size + bottleneck_size * hidden_size + hidden_size
+        attention = 4 * hidden_size * hidden_size + 4 * hidden_size
+        feed_forward = 2 * hidden_size * ff_size + ff_size + hidden_size
+        layer = attention + feed_forward + 4 * hidden_size  # + two LayerNorms
+        return front + num_layers * layer + 2 * hidden_size + hidden_size * num_outputs + num_outputs
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        frames = torch.relu(self.input_layer(self.bottleneck(features)))
+        frames = frames * self.hidden_size**0.5 + sinusoidal_positions(
+            frames.shape[1], self.hidden_size, frames.device, frames.dtype
+        )
+        padding = ~frame_mask(lengths.to(frames.device), frames.shape[1])
+        encoded = self.encoder(self.dropout(frames), src_key_padding_mask=padding)
+        return self.output(self.norm(encoded))
+
+
+def sinusoidal_positions(length: int, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Transformer positions [length, size]: sin(t / 10000^(2i/size)) at even channels 2i, cos at odd ones."""
+    positions = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
+    rates = torch.exp(
+        torch.arange(0, size, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / size)
+    )
+    table = torch.zeros(length, size, device=device)
+    table[:, 0::2] = torch.sin(positions * rates)
+    table[:, 1::2] = torch.cos(positions * rates[: size // 2])
+    return table.to(dtype)

@@ -3,10 +3,14 @@
 iden_split.txt lines are '<set> <speaker>/<video>/<file>' with set 1 = train, 2 = dev, 3 = test. The
 reader opens whatever file the line names, so a copy stored as FLAC (the shipped mini corpus) lists
 '.flac' paths and is read unchanged.
+
+Speaker verification (SV) reads the same wav/ folder with trial lists instead (``read_trials``,
+``read_voxceleb1_sv``): the speakers a trial list names are held out of training.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from downstream.data.corpus import (
@@ -18,6 +22,10 @@ from downstream.data.corpus import (
     raise_if_missing,
     require_dir,
     require_file,
+)
+from downstream.data.iemocap import (
+    AUDIO_SUFFIXES,
+    _audio_path,  # <stem>.wav, or <stem>.flac when only that exists
 )
 
 SPLIT_CODES = {"train": "1", "dev": "2", "test": "3"}
@@ -78,3 +86,92 @@ def read_voxceleb1_sid(root: str | Path, split: str, split_file: str | Path | No
 def speakers(utterances: list[Utterance]) -> list[str]:
     """The sorted speaker ids of ``utterances`` (SID's class list; take it from the training split)."""
     return label_vocabulary(utterances)
+
+
+# -- speaker verification (SV) ----------------------------------------------------------------------
+
+TRIAL_LAYOUT = (
+    "a trial list with lines '<1|0> <speaker>/<video>/<file> <speaker>/<video>/<file>' (1 = same speaker; "
+    "paths relative to <root>/wav, as in VoxCeleb1's veri_test.txt and s3prl's dev_meta_data.txt)"
+)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One verification trial: two utterance ids (listed paths without extension) and whether they share
+    the speaker."""
+
+    same_speaker: bool
+    enrollment: str
+    test: str
+
+
+def read_trials(path: str | Path) -> list[Trial]:
+    """The trials of a VoxCeleb1-style trial list, in file order; DataLayoutError for a missing file, a
+    malformed line or a list without both target and non-target trials."""
+    path = require_file(Path(path), "VoxCeleb1 trial list", TRIAL_LAYOUT)
+    trials = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 3 or fields[0] not in ("0", "1") or any(f.count("/") != 2 for f in fields[1:]):
+            raise DataLayoutError(
+                f"VoxCeleb1 trial list '{path}' line {line_number} is not "
+                f"'<1|0> <speaker>/<video>/<file> <speaker>/<video>/<file>': {line!r}"
+            )
+        enrollment, test = (str(Path(field).with_suffix("")) for field in fields[1:])
+        trials.append(Trial(fields[0] == "1", enrollment, test))
+    kinds = {trial.same_speaker for trial in trials}
+    if kinds != {True, False}:
+        raise DataLayoutError(
+            f"VoxCeleb1 trial list '{path}' needs target (1) and non-target (0) trials; "
+            f"it has {len(trials)} trial(s), all {'targets' if True in kinds else 'non-targets'}"
+        )
+    return trials
+
+
+def read_voxceleb1_sv(
+    root: str | Path, split: str, test_trials: str | Path, dev_trials: str | Path
+) -> list[Utterance]:
+    """Utterances of ``split`` for speaker verification, label = speaker id, sorted by id.
+
+    test / dev: every utterance a trial of ``test_trials`` / ``dev_trials`` names (trial lists relative to
+    ``root`` unless absolute). train: every audio file under <root>/wav/<speaker>/<video>/ (.wav or
+    .flac) of the speakers that no trial list names, the way SUPERB trains on VoxCeleb1's dev speakers
+    and tests on the 40 speakers of veri_test.txt.
+    """
+    check_choice("read_voxceleb1_sv", "split", split, tuple(SPLIT_CODES))
+    root = require_dir(Path(root), "VoxCeleb1 root", LAYOUT)
+    wav_dir = require_dir(root / "wav", "VoxCeleb1 audio folder", LAYOUT)
+    trial_lists = {"test": root / test_trials, "dev": root / dev_trials}
+    if split in trial_lists:
+        trials = read_trials(trial_lists[split])
+        ids = sorted({utterance_id for trial in trials for utterance_id in (trial.enrollment, trial.test)})
+        paths = [_audio_path(wav_dir / utterance_id) for utterance_id in ids]
+        raise_if_missing(paths, f"VoxCeleb1 {split} trials (from '{trial_lists[split]}')", TRIAL_LAYOUT)
+    else:
+        held_out = {
+            utterance_id.split("/", 1)[0]
+            for trials in map(read_trials, trial_lists.values())
+            for trial in trials
+            for utterance_id in (trial.enrollment, trial.test)
+        }
+        paths = sorted(
+            path
+            for path in wav_dir.glob("*/*/*")
+            if path.suffix in AUDIO_SUFFIXES and path.relative_to(wav_dir).parts[0] not in held_out
+        )
+        if not paths:
+            raise DataLayoutError(
+                f"VoxCeleb1 audio folder '{wav_dir}' holds no .wav or .flac file of a speaker outside the "
+                f"trial lists (held out: {len(held_out)} speakers); expected layout: {LAYOUT}"
+            )
+        ids = [str(path.relative_to(wav_dir).with_suffix("")) for path in paths]
+    infos = probe_audio(paths, f"VoxCeleb1/sv-{split}")
+    return [
+        Utterance(
+            id=utterance_id, path=path, num_samples=info.num_samples, label=utterance_id.split("/", 1)[0]
+        )
+        for utterance_id, path, info in zip(ids, paths, infos, strict=True)
+    ]
