@@ -30,6 +30,17 @@ from torch.utils.data import DataLoader
 
 from downstream.data.dataset import AudioDataset
 from downstream.data.sampler import BucketBatchSampler
+from downstream.distributed import (
+    GradientAverager,
+    RankBatchSampler,
+    barrier,
+    broadcast_module_state,
+    gather_objects,
+    mean_over_ranks,
+    merge_statistics_over_ranks,
+    rank_info,
+    rank_stream_seed,
+)
 from downstream.run_log import RunLogger
 from downstream.tasks.base import Task, accumulate_statistics
 from interfaces.base import Interface
@@ -126,32 +137,74 @@ class CheckpointWriteError(OSError):
 
 
 def save_atomically(payload: dict[str, Any], path: Path, keep_previous: bool = False) -> None:
-    """torch.save to a temporary file beside ``path``, fsync, then rename over ``path``.
+    """torch.save to a temporary file beside ``path``, fsync, then rename over ``path`` (and fsync the folder).
 
     A crash or a full disk never leaves a torn ``path``. With ``keep_previous`` the file being replaced
-    is first renamed to ``<name>.previous`` so a later-damaged checkpoint still has a fallback.
+    is first renamed to ``<name>.previous`` so a later-damaged checkpoint still has a fallback. A failed
+    write (ENOSPC, EFBIG, EIO, ...) raises ``CheckpointWriteError`` naming the file and the OS error, with
+    ``path`` and its ``.previous`` unchanged and the temporary file removed.
     """
+
+    def write_failed(error: OSError) -> CheckpointWriteError:
+        return CheckpointWriteError(
+            f"could not write {path}: {error.strerror or error} (errno {error.errno}); the previous {path.name} "
+            "is unchanged. Free space or fix the folder, then relaunch the same command to resume."
+        )
+
     try:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
-        raise CheckpointWriteError(
-            f"could not write {path}: {error}; the previous checkpoint is intact"
-        ) from error
+        raise write_failed(error) from error
+    stream = _WriteErrorRecorder(os.fdopen(handle, "wb"))
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with stream.file:
             torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
+            stream.file.flush()
+            os.fsync(stream.file.fileno())
         if keep_previous and path.exists():
             os.replace(path, previous_checkpoint_path(path))
         os.replace(temporary, path)
+        _fsync_folder(path.parent)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise CheckpointWriteError(
-                f"could not write {path}: {error}; the previous checkpoint is intact"
-            ) from error
+        # torch.save reports a failed write of its zip writer as RuntimeError("... unexpected pos ...");
+        # the OSError underneath is the useful part.
+        os_error = error if isinstance(error, OSError) else stream.error
+        if os_error is not None and isinstance(error, (OSError, RuntimeError)):
+            raise write_failed(os_error) from error
         raise
+
+
+class _WriteErrorRecorder:
+    """A binary file as torch.save sees it (``write``), remembering the OSError a write raised."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (survives a power loss, not only a killed process)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # folders cannot be opened on some platforms; the rename itself is still atomic
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some file systems do not support fsync on folders
+    finally:
+        os.close(descriptor)
 
 
 def previous_checkpoint_path(path: Path) -> Path:
@@ -178,10 +231,14 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
 def build_optimizer(
     settings: TrainerSettings, groups: list[tuple[str, list[nn.Parameter], float]]
 ) -> torch.optim.Optimizer:
-    """Adam/AdamW over named parameter groups (name, params, lr); empty groups are left out."""
+    """Adam/AdamW over named parameter groups (name, params, lr); empty groups are left out.
+
+    The fused implementation: one kernel per device and dtype, and it reads the ``found_inf`` flag that
+    ``Branch.optimizer_step`` sets, so a non-finite update is skipped on the device without a host sync.
+    """
     param_groups = [{"name": name, "params": params, "lr": lr} for name, params, lr in groups if params]
     optimizer_class = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
-    return optimizer_class(param_groups, weight_decay=settings.weight_decay)
+    return optimizer_class(param_groups, weight_decay=settings.weight_decay, fused=True)
 
 
 def build_scheduler(
@@ -250,14 +307,17 @@ class Branch:
         self.best_step: int | None = None
         self.bad_steps_in_a_row = 0
         self.bad_steps_total = 0
+        #: (step, device flag: 1.0 where that update was skipped) not yet counted by ``account_updates``
+        self.pending_update_checks: list[tuple[int, torch.Tensor]] = []
         self.interface_fitted = False
 
     @contextlib.contextmanager
     def own_random_stream(self) -> Iterator[None]:
-        """Run the block on this branch's torch RNG stream (seeded with the run's seed on first use)."""
+        """Run the block on this branch's torch RNG stream (seeded with the run's seed on first use; each
+        torchrun rank other than 0 draws from a stream of its own)."""
         outer = _torch_rng_state()
         if self.rng_state is None:
-            torch.manual_seed(self.seed)
+            torch.manual_seed(rank_stream_seed(self.seed, rank_info().rank))
         else:
             _set_torch_rng_state(self.rng_state)
         try:
@@ -279,34 +339,55 @@ class Branch:
         self.head.train(training)
 
     def optimizer_step(self, step: int) -> None:
-        """Unscale, clip, and step unless the gradient is non-finite (then skip and count the update)."""
+        """Unscale, clip and step. An update whose gradient is non-finite changes neither the weights nor
+        the optimizer state: the fused optimizer skips it on the device (``found_inf``), so no host sync is
+        needed here. The learning-rate schedule advances with every update, skipped or not (as it always
+        did under fp16's grad scaler). ``account_updates`` counts the skipped ones later."""
         self.scaler.unscale_(self.optimizer)
         grad_norm = nn.utils.clip_grad_norm_(self.parameters, self.settings.grad_clip)
-        finite = bool(torch.isfinite(grad_norm))  # the one host sync per update
-        if finite or self.scaler.is_enabled():
-            # fp16: the grad scaler itself skips an overflowing update and lowers its scale.
+        nonfinite = (~torch.isfinite(grad_norm)).float()
+        if self.scaler.is_enabled():
+            # fp16: the scaler hands the fused optimizer its own overflow flag (from unscale_) and lowers
+            # its scale after an overflow.
             self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+        else:
+            # The flag GradScaler hands to optimizers with _step_supports_amp_scaling (fused Adam/AdamW):
+            # where it is 1 they leave parameters, moments and step counts untouched.
+            self.optimizer.found_inf = nonfinite
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        self.scaler.update()
+        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if finite:
-            self.bad_steps_in_a_row = 0
+        self.pending_update_checks.append((step, nonfinite))
+
+    def account_updates(self) -> None:
+        """Count the updates skipped since the last call (one host sync for all of them): each one is
+        logged, and more than trainer.max_bad_steps in a row stop the run with ``NonFiniteLossError``."""
+        if not self.pending_update_checks:
             return
-        self.bad_steps_in_a_row += 1
-        self.bad_steps_total += 1
-        log.warning(
-            "%s: step %d had a non-finite loss or gradient; update skipped (%d in a row)",
-            self.run_dir,
-            step,
-            self.bad_steps_in_a_row,
-        )
-        self.logger.log(step, "train", {"skipped_update": 1.0})
-        if self.bad_steps_in_a_row > self.settings.max_bad_steps:
-            raise NonFiniteLossError(
-                f"stopped at step {step}: {self.bad_steps_in_a_row} updates in a row had a non-finite loss or "
-                f"gradient (trainer.max_bad_steps={self.settings.max_bad_steps}); lower trainer.lr or use "
-                "trainer.precision=fp32"
+        steps = [step for step, _ in self.pending_update_checks]
+        flags = torch.stack([flag for _, flag in self.pending_update_checks]).tolist()
+        self.pending_update_checks.clear()
+        for step, nonfinite in zip(steps, flags, strict=True):
+            if not nonfinite:
+                self.bad_steps_in_a_row = 0
+                continue
+            self.bad_steps_in_a_row += 1
+            self.bad_steps_total += 1
+            log.warning(
+                "%s: step %d had a non-finite loss or gradient; update skipped (%d in a row)",
+                self.run_dir,
+                step,
+                self.bad_steps_in_a_row,
             )
+            self.logger.log(step, "train", {"skipped_update": 1.0})
+            if self.bad_steps_in_a_row > self.settings.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"stopped at step {step}: {self.bad_steps_in_a_row} updates in a row had a non-finite loss "
+                    f"or gradient (trainer.max_bad_steps={self.settings.max_bad_steps}); lower trainer.lr or "
+                    "use trainer.precision=fp32"
+                )
 
     def keep_if_best(self, metrics: dict[str, float], task: Task, step: int) -> None:
         value = metrics[task.metric]
@@ -315,7 +396,53 @@ class Branch:
         )
         if improved:
             self.best_metric, self.best_step = value, step
-            save_atomically(self.model_state(), self.run_dir / "best.pt")
+            if rank_info().is_main:
+                # The step travels with the weights, and the replaced best.pt stays as best.pt.previous:
+                # a launch killed after this write and before its next checkpoint resumes with the best
+                # model that checkpoint knows (``restore_best_model``).
+                save_atomically(
+                    {**self.model_state(), "step": step}, self.best_model_path, keep_previous=True
+                )
+
+    @property
+    def best_model_path(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    def restore_best_model(self) -> None:
+        """After a resume: make best.pt hold the model of the checkpoint's ``best_step``.
+
+        The interrupted launch may have written best.pt after its last checkpoint (an evaluation whose
+        checkpoint never completed). Evaluations are always followed by a checkpoint, so the model the
+        checkpoint knows as best is then best.pt.previous; it is moved back. If neither file holds it
+        (files from an older version, or damaged), the best is forgotten and the next evaluation sets it.
+        """
+        if self.best_step is None:
+            return
+        candidates = (self.best_model_path, previous_checkpoint_path(self.best_model_path))
+        steps = [_best_model_step(path) for path in candidates]
+        if steps[0] == self.best_step:
+            return
+        barrier()  # every rank has read the files before rank 0 changes them
+        if steps[1] == self.best_step:
+            if rank_info().is_main:
+                os.replace(candidates[1], candidates[0])
+            log.info(
+                "%s was written after the last checkpoint by the interrupted launch; restored the best model "
+                "of step %d from %s",
+                candidates[0],
+                self.best_step,
+                candidates[1].name,
+            )
+        else:
+            log.warning(
+                "neither %s nor %s holds the best model of step %d (found steps %s); the best dev model "
+                "is chosen again from the evaluations still to come",
+                *candidates,
+                self.best_step,
+                steps,
+            )
+            self.best_metric, self.best_step = None, None
+        barrier()
 
     def model_state(self) -> dict[str, Any]:
         state = {"interface": self.interface.state_dict(), "head": self.head.state_dict()}
@@ -351,6 +478,8 @@ class Branch:
         }
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Model, optimizer, schedules, random stream and progress from ``checkpoint`` (rank 0's stream;
+        the trainer hands other ranks their own)."""
         self.load_model_state(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -360,6 +489,18 @@ class Branch:
         self.best_metric, self.best_step = progress["best_metric"], progress["best_step"]
         self.bad_steps_total = progress["bad_steps_total"]
         self.interface_fitted = progress["interface_fitted"]
+
+
+def _best_model_step(path: Path) -> int | None:
+    """The step recorded in a best-model file; None when it is missing, unreadable or has no step."""
+    if not path.exists():
+        return None
+    try:
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step")
+    except Exception as error:  # noqa: BLE001 - an unreadable file simply does not hold the best model
+        log.warning("best model %s is unreadable (%s: %s)", path, type(error).__name__, error)
+        return None
+    return step if isinstance(step, int) else None
 
 
 def _torch_rng_state() -> dict[str, Any]:
@@ -373,10 +514,6 @@ def _set_torch_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class StopRequested(Exception):
-    """Internal: SIGTERM arrived; the trainer checkpoints at the end of the current update."""
 
 
 class Trainer:
@@ -398,14 +535,33 @@ class Trainer:
         self.device = pick_device(settings.device)
         self.autocast_dtype = PRECISIONS[settings.precision]
         self.upstream = upstream.to(self.device)
+        #: this process's rank among torchrun's processes (rank 0 of 1 without torchrun)
+        self.ranks = rank_info()
 
-        self.train_loader = self._loader("train")
-        self.eval_loaders = {split: self._loader(split) for split in ("dev", "test")}
+        self.train_loader = self._loader("train", shard=True)
+        self.eval_loaders = {split: self._loader(split, shard=True) for split in ("dev", "test")}
+        #: utterances longer than task.max_seconds per split (cropped or left out, per task.on_too_long)
+        self.too_long_counts = {
+            split: loader.dataset.num_too_long
+            for split, loader in (("train", self.train_loader), *self.eval_loaders.items())
+        }
+        #: averages gradients over ranks, once per update (None in one process)
+        self.gradient_averager = (
+            GradientAverager([p for branch in branches for p in branch.parameters])
+            if self.ranks.is_distributed
+            else None
+        )
 
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
+        #: a stop signal (SIGTERM, or submitit's preemption signal) this process received, not yet acted on
+        self.stop_signal: int | None = None
+        #: set after an update when any rank received a stop signal: every rank checkpoints and stops there
         self.stop_requested = False
+        #: Count skipped updates (``Branch.account_updates``, a host sync) only where the loop syncs anyway
+        #: (logging, evaluation, checkpoints) instead of after every update; on by default on accelerators.
+        self.check_updates_lazily = self.device.type != "cpu"
         #: Optional store of precomputed hidden states (``has(split)``, ``lookup(batch, split, device)``);
         #: when it covers a split, the upstream is not run on that split's batches.
         self.hidden_state_cache = None
@@ -420,9 +576,15 @@ class Trainer:
         for branch in self.branches:
             if branch.interface.needs_fit and not branch.interface_fitted:
                 self.fit_interface(branch)
-        with _stop_on_sigterm(self):
+        for branch in self.branches:  # what DDP does at construction: every rank starts from rank 0's model
+            for module in (branch.interface, branch.head, branch.upstream):
+                if module is not None:
+                    broadcast_module_state(module)
+        with _stop_on_signals(self):
             finished = self.train()
         if not finished:
+            if self.stop_signal is not None:
+                _pass_signal_on(self.stop_signal)
             return None
         return self.test_best()
 
@@ -439,30 +601,38 @@ class Trainer:
                 progress.update(1)
 
             if self.step % settings.log_every == 0 or self.step == settings.max_steps:
+                self.account_updates()
                 steps_per_s = window_steps / (time.perf_counter() - window_start)
-                for branch in self.branches:
-                    record = {"loss": branch.running_loss.item() / window_steps, "steps_per_s": steps_per_s}
+                losses = mean_over_ranks(torch.stack([branch.running_loss for branch in self.branches]))
+                for branch, loss in zip(self.branches, losses, strict=True):
+                    record = {"loss": loss.item() / window_steps, "steps_per_s": steps_per_s}
                     branch.logger.log(self.step, "train", record)
                     branch.running_loss.zero_()
                 if progress is not None:
                     progress.set_postfix(loss=f"{record['loss']:.3f}", steps_per_s=f"{steps_per_s:.2f}")
                 window_start, window_steps = time.perf_counter(), 0
-            if self.step % settings.eval_every == 0 or self.step == settings.max_steps:
+            evaluated = self.step % settings.eval_every == 0 or self.step == settings.max_steps
+            if evaluated:
                 self.evaluate_and_keep_best()
                 window_start = time.perf_counter()
             save_every = settings.save_every or settings.eval_every
-            if self.step % save_every == 0 or self.step == settings.max_steps:
+            # Every evaluation is followed by a checkpoint, so at most one best.pt is newer than last.pt
+            # (see Branch.restore_best_model).
+            saved = evaluated or self.step % save_every == 0
+            if saved:
                 self.save_checkpoints()
             stop_after = (
                 settings.stop_after_steps and self.step - launch_start_step >= settings.stop_after_steps
             )
             if (stop_after or self.stop_requested) and self.step < settings.max_steps:
-                self.save_checkpoints()
-                reason = (
-                    "SIGTERM"
-                    if self.stop_requested
-                    else f"trainer.stop_after_steps={settings.stop_after_steps}"
-                )
+                if not saved:
+                    self.save_checkpoints()
+                if not self.stop_requested:
+                    reason = f"trainer.stop_after_steps={settings.stop_after_steps}"
+                elif self.stop_signal is not None:
+                    reason = signal.Signals(self.stop_signal).name
+                else:
+                    reason = "another rank received a stop signal"
                 log.info(
                     "stopped at step %d (%s) with a checkpoint; relaunch the same command to resume",
                     self.step,
@@ -486,9 +656,21 @@ class Trainer:
                     loss = self.task.loss(logits, frame_lengths, batch) / accumulation
                 branch.scaler.scale(loss).backward()
                 branch.running_loss += loss.detach()
+        if self.gradient_averager is not None:
+            # one all-reduce: every rank's gradients averaged, and whether any rank was asked to stop
+            (self.stop_requested,) = self.gradient_averager([self.stop_signal is not None])
+        else:
+            self.stop_requested = self.stop_signal is not None
         self.step += 1
         for branch in self.branches:
             branch.optimizer_step(self.step)
+        if not self.check_updates_lazily:
+            self.account_updates()
+
+    def account_updates(self) -> None:
+        """Count every branch's skipped updates so far (see ``Branch.account_updates``)."""
+        for branch in self.branches:
+            branch.account_updates()
 
     def upstream_forward(
         self, batch: dict[str, Any], split: str = "train"
@@ -508,17 +690,17 @@ class Trainer:
         lists concatenated: ``accumulate_statistics``)."""
         self._set_train_mode(False)
         statistics: list[dict[str, Any]] = [{} for _ in self.branches]
-        for index, batch in enumerate(self.eval_loaders[split]):
-            if self.settings.limit_eval_batches is not None and index >= self.settings.limit_eval_batches:
-                break
+        # this rank's share of the split (its first limit_eval_batches batches when that is set)
+        for batch in self.eval_loaders[split]:
             hidden_states, frame_lengths = self.upstream_forward(batch, split)
             for branch, totals in zip(self.branches, statistics, strict=True):
                 with self._autocast():
                     logits = branch.forward(hidden_states, frame_lengths, self.task, training=False)
                 accumulate_statistics(totals, self.task.eval_statistics(logits, frame_lengths, batch))
-        return [self.task.metrics(totals) for totals in statistics]
+        return [self.task.metrics(totals) for totals in merge_statistics_over_ranks(statistics)]
 
     def evaluate_and_keep_best(self) -> None:
+        self.account_updates()
         for branch, metrics in zip(self.branches, self.evaluate("dev"), strict=True):
             branch.keep_if_best(metrics, self.task, self.step)
             branch.logger.log(self.step, "dev", metrics)
@@ -541,10 +723,12 @@ class Trainer:
 
     def test_best(self) -> list[dict[str, Any]]:
         """Load each branch's best dev checkpoint, evaluate dev and test with it."""
+        if any(branch.best_step is None for branch in self.branches):
+            self.evaluate_and_keep_best()  # only after a resume that found no usable best.pt
+        barrier()  # rank 0 has written best.pt
         for branch in self.branches:
-            branch.load_model_state(
-                torch.load(branch.run_dir / "best.pt", map_location=self.device, weights_only=True)
-            )
+            state = torch.load(branch.best_model_path, map_location=self.device, weights_only=True)
+            branch.load_model_state(state)
         dev, test = self.evaluate("dev"), self.evaluate("test")
         outcomes = []
         for branch, dev_metrics, test_metrics in zip(self.branches, dev, test, strict=True):
@@ -562,6 +746,7 @@ class Trainer:
                     "dev": dev_metrics,
                     "test": test_metrics,
                     "bad_steps": branch.bad_steps_total,
+                    "too_long": dict(self.too_long_counts),
                 }
             )
         return outcomes
@@ -589,22 +774,48 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoints(self) -> None:
-        progress = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
-        for branch in self.branches:
-            save_atomically(branch.checkpoint(progress), branch.checkpoint_path, keep_previous=True)
+        """Rank 0 writes every branch's last.pt; with several ranks it also holds each rank's random streams."""
+        self.account_updates()  # the checkpoint records bad_steps_total
+        progress = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "world_size": self.ranks.world_size,
+        }
+        streams = gather_objects(
+            {"branch_rng": [branch.rng_state for branch in self.branches], "global_rng": capture_rng_state()}
+        )
+        if not self.ranks.is_main:
+            return
+        for index, branch in enumerate(self.branches):
+            checkpoint = branch.checkpoint(progress)
+            if self.ranks.is_distributed:
+                checkpoint["rank_rng"] = [
+                    {"branch_rng": rank["branch_rng"][index], "global_rng": rank["global_rng"]}
+                    for rank in streams
+                ]
+            save_atomically(checkpoint, branch.checkpoint_path, keep_previous=True)
 
     def resume(self) -> None:
-        """Restore every branch from its newest readable checkpoint; all must be at the same step."""
+        """Restore every branch from its newest readable checkpoint; all must be at the same step, on
+        every rank."""
         checkpoints = [load_checkpoint(branch.checkpoint_path, self.device) for branch in self.branches]
         found = [c for c in checkpoints if c is not None]
-        if not found:
-            return
         steps = {c["progress"]["step"] for c in found}
-        if len(found) != len(checkpoints) or len(steps) != 1:
+        if found and (len(found) != len(checkpoints) or len(steps) != 1):
             places = [str(b.run_dir) for b in self.branches]
             raise RuntimeError(
                 f"cannot resume these runs together: their checkpoints disagree ({sorted(steps)}) in {places}"
             )
+        resumed_step = found[0]["progress"]["step"] if found else None
+        steps_by_rank = gather_objects(resumed_step)
+        if len(set(steps_by_rank)) > 1:
+            raise RuntimeError(
+                f"the ranks found different checkpoints in {self.branches[0].run_dir} (step per rank: "
+                f"{steps_by_rank}); put the output folder on a file system that every rank shares"
+            )
+        if not found:
+            return
         for branch, checkpoint in zip(self.branches, checkpoints, strict=True):
             branch.restore(checkpoint)
         progress = found[0]["progress"]
@@ -613,13 +824,43 @@ class Trainer:
             progress["epoch"],
             progress["batch_in_epoch"],
         )
-        restore_rng_state(found[0]["global_rng"])
+        self._restore_rank_streams(checkpoints, saved_world_size=progress.get("world_size", 1))
+        for branch in self.branches:
+            branch.restore_best_model()
         log.info(
             "resumed at step %d from %s", self.step, ", ".join(str(b.checkpoint_path) for b in self.branches)
         )
 
+    def _restore_rank_streams(self, checkpoints: list[dict[str, Any]], saved_world_size: int) -> None:
+        """This rank's random streams (rank 0's are the checkpoint's own). Resuming with another number
+        of processes keeps the data position (in global batches) but restarts the other ranks' streams."""
+        rank, world_size = self.ranks.rank, self.ranks.world_size
+        if saved_world_size == world_size:
+            if rank > 0:
+                for branch, checkpoint in zip(self.branches, checkpoints, strict=True):
+                    branch.rng_state = checkpoint["rank_rng"][rank]["branch_rng"]
+            restore_rng_state(
+                checkpoints[0]["rank_rng"][rank]["global_rng"] if rank > 0 else checkpoints[0]["global_rng"]
+            )
+            return
+        consumed = self.batch_in_epoch * saved_world_size  # global batches of this epoch already trained on
+        self.batch_in_epoch = -(-consumed // world_size)
+        if rank > 0:
+            for branch in self.branches:
+                branch.rng_state = None
+        restore_rng_state(checkpoints[0]["global_rng"])
+        log.warning(
+            "the checkpoint was written by %d process(es) and is resumed by %d: training continues after the "
+            "same data, but batches are grouped differently from here on, so results differ slightly from "
+            "an uninterrupted run",
+            saved_world_size,
+            world_size,
+        )
+
     # -- construction helpers ---------------------------------------------------------------
-    def _loader(self, split: str, shuffle_seed: int | None = None) -> DataLoader:
+    def _loader(self, split: str, shuffle_seed: int | None = None, shard: bool = False) -> DataLoader:
+        """``shard``: this rank's share of the batches (``RankBatchSampler``; with trainer.limit_eval_batches
+        applied on dev/test); otherwise every batch of the split."""
         training = split == "train"
         utterances = self.task.utterances(split)
         dataset = AudioDataset(
@@ -636,6 +877,14 @@ class Trainer:
             shuffle=training,
             seed=self.seed if shuffle_seed is None else shuffle_seed,
         )
+        if shard:
+            sampler = RankBatchSampler(
+                sampler,
+                rank=self.ranks.rank,
+                world_size=self.ranks.world_size,
+                equal_shares=training,
+                limit=None if training else self.settings.limit_eval_batches,
+            )
         return DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -648,9 +897,15 @@ class Trainer:
 
     def _training_batches(self) -> Iterator[dict[str, Any]]:
         """Endless training batches; (epoch, batch_in_epoch) always names the next batch to load."""
-        sampler: BucketBatchSampler = self.train_loader.batch_sampler
+        sampler: RankBatchSampler = self.train_loader.batch_sampler
         dataset: AudioDataset = self.train_loader.dataset
         while True:
+            if not sampler.epoch_batches(self.epoch):
+                raise ValueError(
+                    f"the training split has {sampler.sampler.batches_per_epoch(self.epoch)} batch(es) in epoch "
+                    f"{self.epoch}, fewer than the {self.ranks.world_size} processes that share them; use fewer "
+                    "processes or a smaller trainer.batch_size"
+                )
             sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
             dataset.set_epoch(self.epoch)
             for batch in self.train_loader:
@@ -681,31 +936,58 @@ class Trainer:
 
 
 def pick_device(requested: str) -> torch.device:
+    """cpu or cuda as requested (auto: cuda when present); under torchrun, this process's cuda:LOCAL_RANK."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             "trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu"
         )
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and rank_info().is_distributed:
+        return torch.device("cuda", rank_info().local_rank)
     return torch.device(requested)
 
 
+#: Exit status of a launch that stopped before the end with a checkpoint (a stop signal or
+#: trainer.stop_after_steps): EX_TEMPFAIL, "try again"; relaunching the same command resumes.
+EXIT_STOPPED_EARLY = 75
+
+
+def stop_signals() -> list[signal.Signals]:
+    """SIGTERM (what SLURM and torchrun send to stop a job) and submitit's preemption/timeout signal
+    (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names another one)."""
+    preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+    return [signal.SIGTERM] + ([preempt] if preempt is not None and preempt != signal.SIGTERM else [])
+
+
 @contextlib.contextmanager
-def _stop_on_sigterm(trainer: Trainer) -> Iterator[None]:
-    """On SIGTERM (what SLURM sends before preemption) finish the current update, checkpoint, and stop."""
+def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """While training, a stop signal finishes the current update, checkpoints, and stops (every rank at
+    the same update). The handlers installed before (submitit's) are put back afterwards and the signal is
+    then passed on to them (``_pass_signal_on``), so submitit requeues the job after the checkpoint."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def request_stop(signum, frame) -> None:
-        log.warning("SIGTERM: checkpointing at the end of this update, then stopping")
-        trainer.stop_requested = True
+        log.warning("%s: checkpointing at the end of this update, then stopping", signal.Signals(signum).name)
+        trainer.stop_signal = signum
 
-    previous = signal.signal(signal.SIGTERM, request_stop)
+    previous = {signum: signal.signal(signum, request_stop) for signum in stop_signals()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _pass_signal_on(signum: int) -> None:
+    """Call the handler that was installed before the trainer's for ``signum`` (e.g. submitit's, which
+    requeues the job and exits). A default or ignored disposition is left alone: the launch then ends
+    with EXIT_STOPPED_EARLY."""
+    handler = signal.getsignal(signum)
+    if callable(handler):
+        handler(signum, None)
 
 
 class _SplitCollate:
