@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from downstream.distributed import SilentRunLogger, barrier, init_distributed, rank_info
+from downstream.feature_cache import HiddenStateCache, open_hidden_state_cache
 from downstream.tasks.base import Task
 from downstream.trainer import Branch, Trainer, TrainerSettings, count_parameters, pick_device
 from upstream.base import Upstream
@@ -71,11 +73,15 @@ def build_branch(
         cfg.interface, num_layers=upstream.num_layers, hidden_size=upstream.hidden_size
     )
     head = task.build_head(interface.output_size, head_config=cfg.task.head)
+    # under torchrun only rank 0 writes the curve, results.json and W&B
+    logger = (
+        hydra.utils.instantiate(cfg.logger, run_dir=run_dir) if rank_info().is_main else SilentRunLogger()
+    )
     return Branch(
         interface,
         head,
         run_dir,
-        logger=hydra.utils.instantiate(cfg.logger, run_dir=run_dir),
+        logger=logger,
         settings=settings,
         device=pick_device(settings.device),
         seed=cfg.seed,
@@ -116,11 +122,19 @@ def build_results(
         "limit_eval_batches": settings.limit_eval_batches,
         "best_step": outcome["best_step"],
         "skipped_updates": outcome["bad_steps"],
+        "too_long": _too_long_record(task, outcome.get("too_long")),
         "dev": outcome["dev"],
         "test": outcome["test"],
         "layer_weights": None if weights is None else weights.detach().float().cpu().tolist(),
         "overrides": list(overrides or []),
     }
+
+
+def _too_long_record(task: Task, counts: dict[str, int] | None) -> dict[str, Any] | None:
+    """How many utterances per split exceeded task.max_seconds and what was done (null without a limit)."""
+    if task.max_seconds is None or counts is None:
+        return None
+    return {"max_seconds": task.max_seconds, "policy": task.on_too_long, **counts}
 
 
 def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -129,9 +143,10 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     if finished is not None and not cfg.overwrite:
         log.info("%s already has a complete results.json; skipping (overwrite=true reruns it)", run_dir)
         return finished
-    if cfg.overwrite:
-        for stale in ("results.json", "last.pt", "last.pt.previous", "best.pt", "curve.jsonl"):
-            (run_dir / stale).unlink(missing_ok=True)
+    if cfg.overwrite and rank_info().is_main:
+        stale = ("results.json", "last.pt", "last.pt.previous", "best.pt", "best.pt.previous", "curve.jsonl")
+        for name in stale:
+            (run_dir / name).unlink(missing_ok=True)
     return None
 
 
@@ -164,6 +179,24 @@ def run_experiment(
     return run_jobs([Job(cfg, Path(run_dir), list(overrides or []))])[0]
 
 
+def build_hidden_state_cache(
+    cfg: DictConfig, upstream: Upstream, task: Task, settings: TrainerSettings
+) -> HiddenStateCache | None:
+    """The on-disk hidden-state cache when ``cache.enabled`` (filled on first use), else None."""
+    cache_config = cfg.get("cache")
+    if cache_config is None or not cache_config.enabled:
+        return None
+    return open_hidden_state_cache(
+        OmegaConf.to_container(cache_config, resolve=True),
+        OmegaConf.to_container(cfg.upstream, resolve=True),
+        upstream,
+        task,
+        settings,
+        seed=cfg.seed,
+        device=pick_device(settings.device),
+    )
+
+
 def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
     """Train jobs that differ only in interface and head together: one upstream forward per batch feeds
     every job's branch. Returns each job's results (None where this launch stopped early).
@@ -171,7 +204,9 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
     The jobs must share task, upstream (frozen when there are several), trainer settings and seed;
     ``hydra_plugins/shared_upstream_launcher`` groups a sweep's jobs by exactly that.
     """
+    init_distributed(jobs[0].cfg.trainer.device)  # torchrun: join the process group (no-op otherwise)
     results = [prepare_run_dir(job.cfg, job.run_dir) for job in jobs]
+    barrier()  # rank 0 has removed old outputs (overwrite=true) before any rank reads the run directory
     pending = [index for index, finished in enumerate(results) if finished is None]
     if not pending:
         return results
@@ -201,7 +236,8 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
             settings.lr,
             branch.run_dir,
         )
-    outcomes = Trainer(settings, upstream, task, branches, seed=first.seed).run()
+    cache = build_hidden_state_cache(first, upstream, task, settings)
+    outcomes = Trainer(settings, upstream, task, branches, seed=first.seed, hidden_state_cache=cache).run()
     for position, (index, branch) in enumerate(zip(pending, branches, strict=True)):
         if outcomes is None:
             branch.logger.finish(None)
