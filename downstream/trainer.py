@@ -157,6 +157,7 @@ def save_atomically(payload: dict[str, Any], path: Path, keep_previous: bool = F
         raise write_failed(error) from error
     stream = _WriteErrorRecorder(os.fdopen(handle, "wb"))
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide checkpoints from the group
         with stream.file:
             torch.save(payload, stream)
             stream.file.flush()
@@ -191,6 +192,12 @@ class _WriteErrorRecorder:
 
     def flush(self) -> None:
         self.file.flush()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:
