@@ -1,4 +1,5 @@
-"""Synthesise mini-SUPERB: a small speech corpus in the LibriSpeech, VoxCeleb1 and IEMOCAP layouts.
+"""Synthesise mini-SUPERB: a small speech corpus in the LibriSpeech, VoxCeleb1, IEMOCAP, Fluent Speech Commands
+and ML-SUPERB layouts.
 
 The machines this project runs on may have no datasets and no internet, so the repository ships this
 corpus (data/mini_superb) for the default run and the tests. It is made with espeak-ng (Debian package
@@ -9,6 +10,9 @@ espeak-ng) and read by the same readers as the real corpora (downstream/data):
     VoxCeleb1/wav/id1nnnn/<video>/<nnnnn>.flac + VoxCeleb1/iden_split.txt ('<1|2|3> <path>')
     IEMOCAP/Session{1..5}/sentences/wav/<dialog>/<utterance>.flac
     IEMOCAP/Session{1..5}/dialog/EmoEvaluation/<dialog>.txt ('[start - end]<TAB>utt<TAB>emo<TAB>[V, A, D]')
+    VoxCeleb1/veri_test.txt, VoxCeleb1/dev_trials.txt      SV trials '<1|0> <path> <path>' over the VoxCeleb1 audio
+    FluentSpeechCommands/data/{train,valid,test}_data.csv + wavs/speakers/<speakerId>/<id>.flac
+    ML-SUPERB/<dataset>/<language>/wav/<id>.flac + transcript_{1h,10min}_train.txt, transcript_10min_{dev,test}.txt
 
 Usage:
     python scripts/make_mini_superb.py                      # (re)writes data/mini_superb
@@ -24,6 +28,11 @@ for a given espeak-ng and libsndfile version):
 - Emotions (IEMOCAP): four prosody STYLES, each a pitch shift, a rate factor, an espeak pitch range and
   a peak amplitude; 'exc' utterances use the happy style (the reader merges exc into hap), and a few
   'fru'/'xxx' utterances are written so the reader's label filter is exercised.
+- IC: FLUENT_INTENTS, real Fluent Speech Commands intents with FSC-style phrasings, said once per speaker.
+- ML-SUPERB: ML_SUPERB_SETS, espeak-ng voices of four languages under ML-SUPERB's dataset/language folders,
+  random sentences from per-language word lists (ML_SUPERB_WORDS; English uses the sentences above).
+- SV: trial lists over the VoxCeleb1 speakers (Sizes.sv_*); they add no audio.
+- Every corpus draws from its own seeded random stream, so adding one leaves the others byte-for-byte equal.
 - Signal: espeak-ng's 22,050 Hz output is resampled to 16 kHz (polyphase, scipy), peak-normalised to the
   style's or recording's amplitude and quantised to EFFECTIVE_BITS bits inside 16-bit FLAC (FLAC stores
   the unused low bits for free), which keeps the committed corpus under 15 MB.
@@ -32,6 +41,7 @@ for a given espeak-ng and libsndfile version):
 from __future__ import annotations
 
 import argparse
+import csv
 import random
 import shutil
 import string
@@ -173,6 +183,53 @@ IEMOCAP_NAMES = {
     "xxx": "Other",
 }
 
+# Fluent Speech Commands stand-in: real FSC intents (action, object, location), each with phrasings in FSC's style.
+FLUENT_INTENTS = {
+    ("activate", "lights", "none"): ("Turn on the lights", "Switch on the lights", "Lights on"),
+    ("activate", "lights", "kitchen"): ("Turn on the kitchen lights", "Switch on the lights in the kitchen"),
+    ("deactivate", "lights", "bedroom"): (
+        "Turn off the bedroom lights",
+        "Switch off the lights in the bedroom",
+    ),
+    ("deactivate", "lights", "none"): ("Turn off the lights", "Lights off"),
+    ("increase", "heat", "none"): ("Turn the heat up", "Increase the heating"),
+    ("decrease", "heat", "washroom"): (
+        "Turn the heat down in the washroom",
+        "Decrease the heating in the washroom",
+    ),
+    ("increase", "volume", "none"): ("Turn up the volume", "Louder please"),
+    ("decrease", "volume", "none"): ("Turn down the volume", "Make it quieter"),
+    ("activate", "music", "none"): ("Play the music", "Put on some music"),
+    ("deactivate", "music", "none"): ("Stop the music", "Pause the music"),
+    ("change language", "Korean", "none"): ("Switch the language to Korean", "Change language to Korean"),
+    ("bring", "newspaper", "none"): ("Bring me the newspaper", "Get the newspaper"),
+}
+
+# ML-SUPERB stand-in: (dataset folder, language folder) -> (espeak-ng voice, utterance id prefix, words). The
+# pairs are ML-SUPERB's monolingual sets eng1 (mls/eng), eng3 (voxpopuli/eng), fra1, deu and swa.
+ML_SUPERB_WORDS = {
+    "fra": (
+        "le la chat maison petit grand rouge bleu manger boire aller venir école été hiver pain lait fenêtre "
+        "où très bientôt garçon fille voilà après déjà"
+    ),
+    "deu": (
+        "der die das haus katze hund groß klein rot blau essen trinken gehen kommen schule sommer winter brot "
+        "milch fenster wo sehr bald junge mädchen straße grün über schön"
+    ),
+    "swa": (
+        "habari mtoto nyumba kubwa ndogo nyekundu kula kunywa kwenda kuja shule mkate maziwa dirisha wapi sana "
+        "rafiki maji chakula asante jambo leo kesho mama baba"
+    ),
+}
+ML_SUPERB_SETS = {
+    ("mls", "eng"): ("en-us", "mls"),
+    ("voxforge", "fra"): ("fr-fr", "voxforge"),
+    ("swc", "deu"): ("de", "swc"),
+    ("ALFFA", "swa"): ("sw", "ALFFA"),
+    ("voxpopuli", "eng"): ("en-gb", "voxpopuli"),
+}
+ML_SUPERB_SPEAKERS = 4  # per language set: voice variants at different pitches
+
 
 @dataclass(frozen=True)
 class Sizes:
@@ -195,6 +252,17 @@ class Sizes:
         ("fru", 1),
         ("xxx", 1),
     )
+    # SV: speakers of the VoxCeleb1 stand-in held out for each trial list (dev and test), and target and
+    # non-target trials per list. 0 writes no trial lists.
+    sv_speakers_per_list: int = 4
+    sv_trials_per_kind: int = 40
+    fluent_speakers: tuple[int, int, int] = (5, 2, 2)  # train, valid, test; each says every intent once
+    fluent_intents: int = len(FLUENT_INTENTS)  # the first this many of FLUENT_INTENTS
+    # ML-SUPERB per language set: 1-hour training set, the 10-minute subset of it, dev, test; the second
+    # English set (voxpopuli) gets ml_superb_small instead.
+    ml_superb_sizes: tuple[int, int, int, int] = (20, 6, 5, 5)
+    ml_superb_small: tuple[int, int, int, int] = (4, 2, 2, 3)
+    ml_superb_sets: int = len(ML_SUPERB_SETS)  # the first this many of ML_SUPERB_SETS
 
 
 TINY = Sizes(
@@ -206,6 +274,11 @@ TINY = Sizes(
     voxceleb_per_speaker=(1, 1, 1),
     voxceleb_videos=1,
     iemocap_per_speaker=(("neu", 1), ("exc", 1), ("fru", 1)),
+    sv_speakers_per_list=0,
+    fluent_speakers=(1, 1, 1),
+    fluent_intents=2,
+    ml_superb_sizes=(1, 1, 1, 1),
+    ml_superb_sets=2,
 )
 
 
@@ -424,12 +497,153 @@ def write_iemocap(out: Path, sizes: Sizes, synthesize: Synthesizer) -> dict:
     return {"labels": dict(label_counts), "seconds": seconds, "speakers": 10}
 
 
+def write_sv_trials(out: Path, sizes: Sizes) -> dict:
+    """Verification trial lists over the VoxCeleb1 stand-in (no new audio): the last sv_speakers_per_list
+    speakers for test (veri_test.txt), the ones before them for dev (dev_trials.txt); the other speakers
+    are SV's training speakers. Each list has sv_trials_per_kind distinct target and non-target trials."""
+    count = sizes.sv_speakers_per_list
+    if not count:
+        return {}
+    rng = random.Random(f"{SEED}-sv")
+    wav_dir = out / "VoxCeleb1" / "wav"
+    speakers = sorted(folder.name for folder in wav_dir.iterdir() if folder.is_dir())
+    if len(speakers) < 2 * count + 1:
+        raise SystemExit(
+            f"make_mini_superb: SV needs {2 * count + 1} VoxCeleb1 speakers, got {len(speakers)}"
+        )
+    summary = {}
+    for split, name, chosen in (
+        ("dev", "dev_trials.txt", speakers[-2 * count : -count]),
+        ("test", "veri_test.txt", speakers[-count:]),
+    ):
+        files = {
+            speaker: sorted(str(path.relative_to(wav_dir)) for path in (wav_dir / speaker).glob("*/*.flac"))
+            for speaker in chosen
+        }
+        lines: list[str] = []
+        seen: set[tuple[str, str]] = set()
+        for label in ("1", "0"):
+            made = 0
+            while made < sizes.sv_trials_per_kind:
+                if label == "1":
+                    first, second = rng.sample(files[rng.choice(chosen)], 2)
+                else:
+                    speaker_a, speaker_b = rng.sample(chosen, 2)
+                    first, second = rng.choice(files[speaker_a]), rng.choice(files[speaker_b])
+                if (first, second) in seen or (second, first) in seen:
+                    continue
+                seen.add((first, second))
+                lines.append(f"{label} {first} {second}")
+                made += 1
+        rng.shuffle(lines)
+        (out / "VoxCeleb1" / name).write_text("\n".join(lines) + "\n")
+        summary[split] = (len(lines), len(chosen), sum(len(paths) for paths in files.values()))
+    summary["train_speakers"] = len(speakers) - 2 * count
+    return summary
+
+
+def write_fluent_commands(out: Path, sizes: Sizes, synthesize: Synthesizer) -> dict:
+    """Fluent Speech Commands layout: every speaker says each intent once, in one of its phrasings."""
+    rng = random.Random(f"{SEED}-fluent")
+    pool = SpeakerPool(rng)
+    total = sum(sizes.fluent_speakers)
+    half = total // 2
+    speakers = pool.draw(half, MALE_VARIANTS) + pool.draw(total - half, FEMALE_VARIANTS)
+    rng.shuffle(speakers)
+    intents = list(FLUENT_INTENTS.items())[: sizes.fluent_intents]
+    speaker_alphabet = string.ascii_letters + string.digits
+    root = out / "FluentSpeechCommands"
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    summary = {}
+    start = 0
+    for split, csv_name, count in zip(
+        ("train", "valid", "test"),
+        ("train_data.csv", "valid_data.csv", "test_data.csv"),
+        sizes.fluent_speakers,
+        strict=True,
+    ):
+        rows = []
+        seconds = 0.0
+        for speaker in speakers[start : start + count]:
+            speaker_id = "".join(rng.choice(speaker_alphabet) for _ in range(16))
+            for (action, obj, location), phrasings in intents:
+                phrase = rng.choice(phrasings)
+                digits = f"{rng.getrandbits(128):032x}"
+                file_id = "-".join((digits[:8], digits[8:12], digits[12:16], digits[16:20], digits[20:]))
+                relative = f"wavs/speakers/{speaker_id}/{file_id}.flac"
+                seconds += write_flac(root / relative, synthesize(phrase, speaker, NEUTRAL, rng))
+                rows.append([relative, speaker_id, phrase, action, obj, location])
+        start += count
+        with (root / "data" / csv_name).open("w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream, lineterminator="\n")
+            writer.writerow(["", "path", "speakerId", "transcription", "action", "object", "location"])
+            writer.writerows([index, *row] for index, row in enumerate(rows))
+        summary[split] = (len(rows), count, seconds)
+    return summary
+
+
+def ml_superb_sentence(language: str, rng: random.Random) -> str:
+    """3-5 words in sentence case with final punctuation (which ML-SUPERB's normalisation removes)."""
+    if language == "eng":
+        words = make_sentence(rng).lower().split()
+    else:
+        vocabulary = ML_SUPERB_WORDS[language].split()
+        words = [rng.choice(vocabulary) for _ in range(rng.randint(3, 5))]
+    text = " ".join(words)
+    return text[0].upper() + text[1:] + rng.choice(".?!")
+
+
+def write_ml_superb(out: Path, sizes: Sizes, synthesize: Synthesizer) -> dict:
+    """ML-SUPERB layout: <dataset>/<language>/wav/<id>.flac and transcript_{1h,10min}_train.txt,
+    transcript_10min_{dev,test}.txt with lines '<id> <duration> <text>'; the 10-minute set is the start
+    of the 1-hour set."""
+    rng = random.Random(f"{SEED}-mlsuperb")
+    summary = {}
+    for (dataset, language), (voice, prefix) in list(ML_SUPERB_SETS.items())[: sizes.ml_superb_sets]:
+        hour, ten_minutes, dev, test = (
+            sizes.ml_superb_small if dataset == "voxpopuli" else sizes.ml_superb_sizes
+        )
+        variants = rng.sample(MALE_VARIANTS[:7] + FEMALE_VARIANTS[:5], ML_SUPERB_SPEAKERS)
+        speakers = [
+            Speaker(voice, variant, rng.randint(*SPEAKER_PITCH), rng.randint(*SPEAKER_RATE))
+            for variant in variants
+        ]
+        folder = out / "ML-SUPERB" / dataset / language
+        lines: dict[str, list[str]] = {}
+        seconds = 0.0
+        number = 0
+        for split, count in (("train", hour), ("dev", dev), ("test", test)):
+            lines[split] = []
+            for _ in range(count):
+                utterance_id = f"{prefix}_{language}_{number:06d}"
+                number += 1
+                text = ml_superb_sentence(language, rng)
+                duration = write_flac(
+                    folder / "wav" / f"{utterance_id}.flac",
+                    synthesize(text, rng.choice(speakers), NEUTRAL, rng),
+                )
+                seconds += duration
+                lines[split].append(f"{utterance_id} {duration:.2f} {text}")
+        files = {
+            "transcript_1h_train.txt": lines["train"],
+            "transcript_10min_train.txt": lines["train"][:ten_minutes],
+            "transcript_10min_dev.txt": lines["dev"],
+            "transcript_10min_test.txt": lines["test"],
+        }
+        for name, file_lines in files.items():
+            (folder / name).write_text("\n".join(file_lines) + "\n", encoding="utf-8")
+        summary[f"{dataset}/{language}"] = (hour, ten_minutes, dev, test, seconds)
+    return summary
+
+
 def espeak_version() -> str:
     result = subprocess.run(["espeak-ng", "--version"], check=True, capture_output=True, text=True)
     return result.stdout.split("Data at")[0].strip()
 
 
-def write_readme(out: Path, librispeech: dict, voxceleb: dict, iemocap: dict) -> None:
+def write_readme(
+    out: Path, librispeech: dict, voxceleb: dict, iemocap: dict, sv: dict, fluent: dict, ml_superb: dict
+) -> None:
     size_mb = sum(path.stat().st_size for path in out.rglob("*") if path.is_file()) / 1e6
     kept = sum(
         count for label, count in iemocap["labels"].items() if label in ("neu", "hap", "exc", "ang", "sad")
@@ -445,12 +659,29 @@ def write_readme(out: Path, librispeech: dict, voxceleb: dict, iemocap: dict) ->
     rows.append(
         f"| IEMOCAP (5 sessions) | {kept} kept of {sum(iemocap['labels'].values())} | 10 | {iemocap['seconds'] / 60:.1f} |"
     )
+    rows += [
+        f"| Fluent Speech Commands {split} | {n} | {speakers} | {sec / 60:.1f} |"
+        for split, (n, speakers, sec) in fluent.items()
+    ]
+    rows += [
+        f"| ML-SUPERB {name} | {hour} (10 min: {ten}) / {dev} / {test} | {ML_SUPERB_SPEAKERS} | {sec / 60:.1f} |"
+        for name, (hour, ten, dev, test, sec) in ml_superb.items()
+    ]
+    sv_text = (
+        f"SV trial lists over the VoxCeleb1 audio (no audio of their own): `VoxCeleb1/veri_test.txt` "
+        f"({sv['test'][0]} trials over {sv['test'][2]} utterances of {sv['test'][1]} speakers) and "
+        f"`VoxCeleb1/dev_trials.txt` ({sv['dev'][0]} trials, {sv['dev'][1]} other speakers), half of them "
+        f"target trials; SV trains on the remaining {sv['train_speakers']} speakers."
+        if sv
+        else "No SV trial lists (tiny corpus)."
+    )
     labels = ", ".join(f"{label} {count}" for label, count in sorted(iemocap["labels"].items()))
     text = f"""# mini-SUPERB
 
 A small synthetic speech corpus that ships with the project so that every task runs, and the tests pass,
-without downloads. It imitates the layouts of LibriSpeech (PR, ASR), VoxCeleb1 (SID) and IEMOCAP (ER), so
-the readers in `downstream/data/` read it exactly as they read the real corpora. It is *not* speech data
+without downloads. It imitates the layouts of LibriSpeech (PR, ASR), VoxCeleb1 (SID, SV), IEMOCAP (ER),
+Fluent Speech Commands (IC) and ML-SUPERB (ml_mono, ml_multi), so the readers in `downstream/data/` read it
+exactly as they read the real corpora. It is *not* speech data
 for research: it checks that the pipeline learns, it does not measure how well a model understands speech.
 
 Made by `python scripts/make_mini_superb.py` (parameters at the top of that script) with {espeak_version()},
@@ -462,6 +693,15 @@ IEMOCAP labels that SUPERB leaves out ('fru', 'xxx'). Audio: 16 kHz mono FLAC wi
 significant bits. All audio is FLAC, including VoxCeleb1 and IEMOCAP, whose real files are WAV: the
 VoxCeleb1 split file lists the `.flac` paths, and the IEMOCAP reader accepts `<utterance>.wav` or `.flac`.
 `LibriSpeech/librispeech-lexicon.txt` holds the first CMU pronunciation of every word used.
+
+Fluent Speech Commands: `FluentSpeechCommands/data/{{train,valid,test}}_data.csv` (columns index, path,
+speakerId, transcription, action, object, location) list `wavs/speakers/<speakerId>/<id>.flac`; each
+speaker says each of {len(FLUENT_INTENTS)} real FSC intents once in one of its phrasings, and the splits have
+different speakers. ML-SUPERB: `ML-SUPERB/<dataset>/<language>/wav/<id>.flac` with
+`transcript_{{1h,10min}}_train.txt` (the 10-minute set is the start of the 1-hour set) and
+`transcript_10min_{{dev,test}}.txt`, lines `<id> <duration> <text>`; random 3-5 word sentences spoken by
+espeak-ng's English (ML-SUPERB's mls/eng and voxpopuli/eng), French (voxforge/fra), German (swc/deu) and
+Swahili (ALFFA/swa) voices, {ML_SUPERB_SPEAKERS} voice variants per set. {sv_text}
 
 | part | utterances | speakers | minutes |
 |---|---|---|---|
@@ -495,7 +735,10 @@ def main(argv: list[str] | None = None) -> None:
         librispeech = write_librispeech(args.out, sizes, synthesize, lexicon)
         voxceleb = write_voxceleb1(args.out, sizes, synthesize)
         iemocap = write_iemocap(args.out, sizes, synthesize)
-    write_readme(args.out, librispeech, voxceleb, iemocap)
+        sv = write_sv_trials(args.out, sizes)
+        fluent = write_fluent_commands(args.out, sizes, synthesize)
+        ml_superb = write_ml_superb(args.out, sizes, synthesize)
+    write_readme(args.out, librispeech, voxceleb, iemocap, sv, fluent, ml_superb)
     print((args.out / "README.md").read_text(), file=sys.stderr)
 
 

@@ -1,0 +1,143 @@
+"""ML-SUPERB (multilingual ASR and LID) in its released layout: <root>/<dataset>/<language>/...
+
+Every language folder of every source dataset (ALFFA, commonvoice, fleurs, mls, voxforge, ...) holds
+
+    transcript_10min_train.txt   transcript_1h_train.txt   the two training sets (the 10-minute set is
+                                                           part of the 1-hour set)
+    transcript_10min_dev.txt     transcript_10min_test.txt  dev and test (shared by both durations)
+    wav/<utterance id>.wav
+
+with transcript lines '<utterance id> <field> <transcript>' split at the first two runs of whitespace
+(the second field is not used, as in ML-SUPERB's data preparation). The language is the folder's
+three-letter code. The shipped mini corpus stores FLAC files and is read unchanged.
+
+Monolingual ASR trains and validates on one (dataset, language) pair of ``MONOLINGUAL_SETS`` and tests
+on that language in every dataset that has it; multilingual ASR and LID use every language folder.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+
+from downstream.data.corpus import (
+    DataLayoutError,
+    Utterance,
+    check_choice,
+    probe_audio,
+    raise_if_missing,
+    require_dir,
+    require_file,
+)
+from downstream.data.iemocap import _audio_path  # <stem>.wav, or <stem>.flac when only that exists
+
+DURATIONS = ("10min", "1h")
+SPLITS = ("train", "dev", "test")
+# ML-SUPERB's monolingual track: name -> (dataset folder of the training and dev sets, language folder).
+MONOLINGUAL_SETS = {
+    "eng1": ("mls", "eng"),
+    "eng2": ("nchlt", "eng"),
+    "eng3": ("voxpopuli", "eng"),
+    "fra1": ("voxforge", "fra"),
+    "fra2": ("voxpopuli", "fra"),
+    "deu": ("swc", "deu"),
+    "rus": ("M-AILABS", "rus"),
+    "swa": ("ALFFA", "swa"),
+    "swe": ("NST", "swe"),
+    "jpn": ("commonvoice", "jpn"),
+    "cmn": ("fleurs", "cmn"),
+    "sat": ("commonvoice", "sat"),
+    "xty": ("mexico-el", "xty"),
+}
+LAYOUT = (
+    "<root>/<dataset>/<language>/transcript_{10min,1h}_train.txt, transcript_10min_dev.txt and "
+    "transcript_10min_test.txt with lines '<utterance id> <field> <transcript>', and "
+    "<root>/<dataset>/<language>/wav/<utterance id>.wav"
+)
+_BRACKETED = re.compile(r"\[[^()]*\]")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def transcript_file(split: str, duration: str) -> str:
+    """The transcript file name of ``split`` for a ``duration`` ('10min' or '1h') training set."""
+    check_choice("ML-SUPERB", "split", split, SPLITS)
+    check_choice("ML-SUPERB", "duration", duration, DURATIONS)
+    return f"transcript_{duration}_train.txt" if split == "train" else f"transcript_10min_{split}.txt"
+
+
+def normalize_transcript(text: str, drop_bracketed: bool = True) -> str:
+    """ML-SUPERB's text normalisation: drop '[...]' spans (multilingual preparation only), delete ASCII
+    punctuation, upper-case, and collapse whitespace to single spaces."""
+    if drop_bracketed:
+        text = _BRACKETED.sub("", text)
+    return " ".join(text.translate(_PUNCTUATION).upper().split())
+
+
+def language_folders(root: str | Path) -> list[tuple[str, str, Path]]:
+    """(dataset, language, folder) of every <root>/<dataset>/<language>/ folder, sorted."""
+    root = require_dir(Path(root), "ML-SUPERB root", LAYOUT)
+    folders = [
+        (dataset.name, language.name, language)
+        for dataset in sorted(root.iterdir())
+        if dataset.is_dir() and not dataset.name.startswith(".")
+        for language in sorted(dataset.iterdir())
+        if language.is_dir() and not language.name.startswith(".")
+    ]
+    if not folders:
+        raise DataLayoutError(
+            f"ML-SUPERB root '{root}' holds no <dataset>/<language>/ folder; expected: {LAYOUT}"
+        )
+    return folders
+
+
+def read_ml_superb(
+    root: str | Path, split: str, duration: str = "1h", monolingual: str | None = None
+) -> list[Utterance]:
+    """The utterances of ``split`` sorted by id: ``text`` the transcript as written, ``label`` the language.
+
+    ``duration`` picks the training set (dev and test are the same for both). ``monolingual`` (a key of
+    MONOLINGUAL_SETS, e.g. 'eng1') restricts train and dev to that pair's dataset and language and test to
+    that language in every dataset; None reads every language folder (multilingual). Raises
+    DataLayoutError for a missing root, transcript file or audio file, or a malformed transcript line.
+    """
+    file_name = transcript_file(split, duration)
+    folders = language_folders(root)
+    if monolingual is not None:
+        check_choice("read_ml_superb", "monolingual", monolingual, tuple(MONOLINGUAL_SETS))
+        dataset, language = MONOLINGUAL_SETS[monolingual]
+        folders = [
+            entry for entry in folders if entry[1] == language and (split == "test" or entry[0] == dataset)
+        ]
+        if not folders:
+            raise DataLayoutError(
+                f"ML-SUPERB root '{root}' has no {dataset}/{language}/ folder (monolingual set {monolingual!r}); "
+                f"expected layout: {LAYOUT}"
+            )
+    entries: list[tuple[str, str, Path]] = []  # (utterance id, transcript, audio stem)
+    languages: list[str] = []
+    for _, language, folder in folders:
+        path = require_file(folder / file_name, "ML-SUPERB transcript file", LAYOUT)
+        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            fields = line.strip().split(maxsplit=2)
+            if len(fields) != 3:
+                raise DataLayoutError(
+                    f"ML-SUPERB transcript file '{path}' line {line_number} is not "
+                    f"'<utterance id> <field> <transcript>': {line!r}"
+                )
+            entries.append((fields[0], fields[2], folder / "wav" / fields[0]))
+            languages.append(language)
+    if not entries:
+        raise DataLayoutError(f"ML-SUPERB {split} ({file_name}) lists no utterance under '{root}'")
+    paths = [_audio_path(stem) for _, _, stem in entries]
+    raise_if_missing(paths, f"ML-SUPERB {split} ({file_name})", LAYOUT)
+    infos = probe_audio(paths, f"ML-SUPERB/{monolingual or 'multilingual'}-{duration}-{split}")
+    utterances = [
+        Utterance(id=utterance_id, path=path, num_samples=info.num_samples, text=text, label=language)
+        for (utterance_id, text, _), language, path, info in zip(
+            entries, languages, paths, infos, strict=True
+        )
+    ]
+    return sorted(utterances, key=lambda utterance: utterance.id)
