@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from interfaces.base import frame_mask
+from interfaces.base import frame_mask, zero_padded_frames
 
 ParamCounter = Callable[[int, int, int], int]
 
@@ -236,9 +236,11 @@ class XVectorHead(nn.Module):
 
     def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Speaker embeddings [B, hidden_size] of features [B, T, D'] with valid lengths [B]."""
-        frames = self.project(features).transpose(1, 2)  # [B, hidden, T]
+        # Frames past an utterance's end are zeroed: they reach the statistics only of utterances shorter
+        # than the receptive field (15 frames), which then see the same zeros alone or in a padded batch.
+        frames = zero_padded_frames(self.project(features), lengths).transpose(1, 2)  # [B, hidden, T]
         shortfall = self.FRAMES_CONSUMED + 1 - frames.shape[-1]
-        if shortfall > 0:  # shorter than the receptive field: zero frames past the end
+        if shortfall > 0:
             frames = nn.functional.pad(frames, (0, shortfall))
         for layer in self.tdnn:
             frames = torch.relu(layer(frames))
