@@ -70,7 +70,7 @@ class TrainerSettings:
     grad_clip: float = 1.0
     precision: str = "fp32"
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int | str = 0
     max_bad_steps: int = 10
     progress_bar: str | bool = "auto"
     log_every: int = 50
@@ -111,6 +111,9 @@ class TrainerSettings:
             raise ValueError(f"trainer.device must be auto, cpu or cuda, got {self.device!r}")
         if (self.batch_size is None) == (self.max_batch_seconds is None):
             raise ValueError("set exactly one of trainer.batch_size and trainer.max_batch_seconds")
+        workers = self.num_workers
+        if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+            raise ValueError(f"trainer.num_workers must be a count >= 0 or 'auto', got {workers!r}")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -527,8 +530,17 @@ class Trainer:
     """Trains every branch on ``task`` with the shared ``upstream`` (run once per batch)."""
 
     def __init__(
-        self, settings: TrainerSettings, upstream: Upstream, task: Task, branches: list[Branch], seed: int = 0
+        self,
+        settings: TrainerSettings,
+        upstream: Upstream,
+        task: Task,
+        branches: list[Branch],
+        seed: int = 0,
+        hidden_state_cache: Any = None,
     ) -> None:
+        """``hidden_state_cache``: optional store of precomputed hidden states (``has(split)``,
+        ``lookup(batch, split, device)``, ``index_only(dataset)``; downstream.feature_cache): on the splits
+        it covers the upstream is not run and the loaders do not decode audio."""
         if not branches:
             raise ValueError("Trainer needs at least one branch")
         if upstream.trainable and len(branches) > 1:
@@ -542,6 +554,7 @@ class Trainer:
         self.device = pick_device(settings.device)
         self.autocast_dtype = PRECISIONS[settings.precision]
         self.upstream = upstream.to(self.device)
+        self.hidden_state_cache = hidden_state_cache
         #: this process's rank among torchrun's processes (rank 0 of 1 without torchrun)
         self.ranks = rank_info()
 
@@ -569,9 +582,6 @@ class Trainer:
         #: Count skipped updates (``Branch.account_updates``, a host sync) only where the loop syncs anyway
         #: (logging, evaluation, checkpoints) instead of after every update; on by default on accelerators.
         self.check_updates_lazily = self.device.type != "cpu"
-        #: Optional store of precomputed hidden states (``has(split)``, ``lookup(batch, split, device)``);
-        #: when it covers a split, the upstream is not run on that split's batches.
-        self.hidden_state_cache = None
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]] | None:
@@ -869,14 +879,9 @@ class Trainer:
         """``shard``: this rank's share of the batches (``RankBatchSampler``; with trainer.limit_eval_batches
         applied on dev/test); otherwise every batch of the split."""
         training = split == "train"
-        utterances = self.task.utterances(split)
-        dataset = AudioDataset(
-            utterances,
-            crop_seconds=self.task.train_crop_seconds if training else None,
-            seed=self.seed,
-            max_seconds=self.task.max_seconds,
-            on_too_long=self.task.on_too_long,
-        )
+        dataset = split_dataset(self.task, split, self.seed)
+        if self.hidden_state_cache is not None and self.hidden_state_cache.has(split):
+            dataset = self.hidden_state_cache.index_only(dataset)  # no audio to decode
         sampler = BucketBatchSampler(
             dataset.num_samples,
             batch_size=self.settings.batch_size,
@@ -896,7 +901,7 @@ class Trainer:
             dataset,
             batch_sampler=sampler,
             collate_fn=_SplitCollate(self.task, split, dataset.utterances),
-            num_workers=self.settings.num_workers,
+            num_workers=resolve_num_workers(self.settings.num_workers, self.device),
             pin_memory=self.device.type == "cuda",
             # its own generator, so creating an iterator never draws from the global RNG
             generator=torch.Generator().manual_seed(self.seed),
@@ -940,6 +945,32 @@ class Trainer:
         from tqdm import tqdm
 
         return tqdm(total=self.settings.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+
+
+def resolve_num_workers(setting: int | str, device: torch.device) -> int:
+    """DataLoader workers for trainer.num_workers: a count as given; ``auto`` is 0 on CPU (there the model,
+    not decoding, is the bottleneck) and on an accelerator every core this process may use but two (the
+    main process and the pin-memory thread), at most 16: a HuBERT Base step on 32 x 12 s takes about
+    0.04 s on one H100/H200, so batches must arrive at about 10,000x real time, and one worker decodes
+    FLAC at roughly 1,000-1,500x (docs/benchmarks.md)."""
+    if setting != "auto":
+        return int(setting)
+    if device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(16, cores - 2))
+
+
+def split_dataset(task: Task, split: str, seed: int) -> AudioDataset:
+    """The waveforms of one split as the trainer reads them: training crops (task.train_crop_seconds)
+    on train only, task.max_seconds / on_too_long on every split."""
+    return AudioDataset(
+        task.utterances(split),
+        crop_seconds=task.train_crop_seconds if split == "train" else None,
+        seed=seed,
+        max_seconds=task.max_seconds,
+        on_too_long=task.on_too_long,
+    )
 
 
 def pick_device(requested: str) -> torch.device:
