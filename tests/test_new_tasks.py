@@ -181,8 +181,13 @@ def test_sv_reader_holds_trial_speakers_out_of_training():
         not speakers["train"] & (speakers["dev"] | speakers["test"])
         and not speakers["dev"] & speakers["test"]
     )
-    for split, trials in (("test", test_trials), ("dev", dev_trials)):  # exactly the utterances the trials name
-        assert [utt.id for utt in splits[split]] == sorted({i for t in trials for i in (t.enrollment, t.test)})
+    for split, trials in (
+        ("test", test_trials),
+        ("dev", dev_trials),
+    ):  # exactly the utterances the trials name
+        assert [utt.id for utt in splits[split]] == sorted(
+            {i for t in trials for i in (t.enrollment, t.test)}
+        )
     assert all(utt.id.startswith(utt.label + "/") and utt.path.suffix == ".flac" for utt in splits["train"])
 
 
@@ -416,6 +421,61 @@ def test_ml_superb_vocabulary_unknown_characters_lid_and_cer():
     assert {u.label for s in ("train", "dev", "test") for u in mono.utterances(s)} == {"deu"}
     with pytest.raises(ValueError, match="language must be one of"):
         MonolingualSpeechRecognition(str(ML_SUPERB), head=TINY_CTC_HEAD, schedules=SCHEDULES, language="de")
+
+
+# ---------------------------------------------------------------- the table's new columns
+
+
+def write_results(
+    run_dir: Path, task: str, metric: str, higher: bool, test: dict, overrides: list[str]
+) -> None:
+    (run_dir / ".hydra").mkdir(parents=True)
+    results = {
+        "task": task,
+        "metric": metric,
+        "higher_is_better": higher,
+        "interface": "weighted_sum",
+        "upstream": "hubert (s3prl)",
+        "upstream_config": "s3prl",
+        "seed": 0,
+        "fold": None,
+        "schedule": "superb",
+        "trainable_params": {"interface": 13, "head": 1000, "upstream": 0},
+        "dev": test,
+        "test": test,
+        "layer_weights": None,
+        "overrides": [f"task={task}", "interface=weighted_sum", *overrides],
+    }
+    (run_dir / "results.json").write_text(json.dumps(results))
+
+
+def test_table_averages_mono_languages_and_gives_lid_its_own_column(tmp_path):
+    from scripts import make_table
+
+    sweep = tmp_path / "multirun" / "table2"
+    write_results(sweep / "a", "ml_mono", "cer", False, {"cer": 30.0}, ["task.language=eng1"])
+    write_results(sweep / "b", "ml_mono", "cer", False, {"cer": 40.0}, ["task.language=fra1"])
+    write_results(sweep / "c", "ml_multi", "cer", False, {"cer": 20.0, "lid_acc": 90.0}, [])
+    write_results(sweep / "d", "sv", "eer", False, {"eer": 6.0, "min_dcf": 0.4}, [])
+    table = make_table.aggregate(make_table.collect_runs([sweep]))
+    assert [(c.task, c.metric) for c in table.columns] == [
+        ("sv", "eer"),
+        ("ml_mono", "cer"),
+        ("ml_multi", "cer"),
+        ("lid", "lid_acc"),
+    ]
+    assert [c.title for c in table.columns][-1] == "LID acc" and len(table.rows) == 1
+    cells = {task: table.cells[(table.rows[0], task)] for task in ("sv", "ml_mono", "ml_multi", "lid")}
+    assert cells["ml_mono"].values == (30.0, 40.0)  # one cell over the language sets
+    assert cells["lid"].values == (90.0,) and cells["ml_multi"].values == (20.0,)
+    published = {task: cell.reference.value for task, cell in cells.items()}
+    assert published == {
+        "sv": 5.11,
+        "ml_mono": 35.1,
+        "ml_multi": 24.4,
+        "lid": 84.6,
+    }  # HuBERT Base, weighted sum
+    assert "LID acc" in make_table.render(table)
 
 
 # ---------------------------------------------------------------- two steps of every new task
