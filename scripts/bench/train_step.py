@@ -22,7 +22,9 @@ Per row (one upstream variant x one interface):
 - syncs/step (CUDA): synchronising CUDA calls in one training step (torch.cuda.set_sync_debug_mode).
 
 ``--upstream-variants fp32,bf16,bf16+compile`` builds the upstream with each upstream.precision /
-upstream.compile and adds the largest per-layer ||h - h_ref||_F / ||h_ref||_F against the first variant.
+upstream.compile (``fp32+tf32``: fp32 weights, TF32 matmuls, which the project itself never turns on)
+and adds the largest per-layer ||h - h_ref||_F / ||h_ref||_F against the first variant, and the time of
+its first forward (compilation included).
 ``--shared 3,8`` times K branches (interfaces cycled from ``--interfaces``) trained on one upstream
 forward per batch in one Trainer, against K single-branch trainers (the sum of their step times).
 ``--eager-update-checks`` adds a row whose trainer counts skipped updates after every update (one host
@@ -35,6 +37,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import gc
 import itertools
 import json
@@ -55,17 +58,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from downstream.runner import build_branch, resolve_trainer_settings, resolved_job_config
-from downstream.trainer import Trainer, TrainerSettings
+from downstream.trainer import Trainer, TrainerSettings, resolve_num_workers
 from scripts.bench.interfaces import describe_device, markdown_table, resolve_device, synchronize
 from upstream.base import Upstream
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
+# name: (upstream.precision, upstream.compile, TF32 matmuls); the project runs fp32 matmuls in full fp32
 VARIANTS = {
-    "fp32": ("fp32", False),
-    "bf16": ("bf16", False),
-    "fp32+compile": ("fp32", True),
-    "bf16+compile": ("bf16", True),
+    "fp32": ("fp32", False, False),
+    "fp32+tf32": ("fp32", False, True),
+    "bf16": ("bf16", False, False),
+    "fp32+compile": ("fp32", True, False),
+    "bf16+compile": ("bf16", True, False),
 }
 SHARED_TARGETS = {3: 0.5, 8: 0.25}  # issue 7: K branches in one process vs K separate runs
 
@@ -138,18 +143,6 @@ def synthetic_batch(
     if device.type == "cuda":
         batch = {key: value.pin_memory() if torch.is_tensor(value) else value for key, value in batch.items()}
     return batch
-
-
-def build_trainer(
-    cfgs: list[DictConfig], upstream: Upstream, task, args: argparse.Namespace, run_root: Path
-) -> Trainer:
-    """One Trainer with one branch per config (their interfaces and heads), sharing ``upstream``."""
-    settings = benchmark_settings(cfgs[0], args)
-    branches = [
-        build_branch(cfg, upstream, task, settings, run_root / f"branch{position}")
-        for position, cfg in enumerate(cfgs)
-    ]
-    return Trainer(settings, upstream, task, branches, seed=cfgs[0].seed)
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -251,6 +244,105 @@ def measure_row(
 
 
 # -- the run --------------------------------------------------------------------------------------
+class StepBenchmark:
+    """The composed base config, task and options shared by every row."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, run_root: Path) -> None:
+        self.args, self.device, self.run_root = args, device, run_root
+        self.base = compose_run_config(list(args.overrides))
+        self.task = hydra.utils.instantiate(self.base.task, _recursive_=False)
+        self.single_step_s: dict[str, float] = {}
+        self.reference_states: torch.Tensor | None = None
+
+    def config_for(self, interface: str, variant: str | None) -> DictConfig:
+        extra = [f"interface={interface}"]
+        if variant is not None:
+            precision, compiled, _ = VARIANTS[variant]
+            extra += [f"upstream.precision={precision}", f"upstream.compile={str(compiled).lower()}"]
+        return compose_run_config([*self.args.overrides, *extra])
+
+    def trainer(self, interfaces: list[str], variant: str | None, upstream: Upstream, batch: dict) -> Trainer:
+        """One Trainer with a branch per interface on ``upstream``; interfaces that need fitting are fitted
+        on the batch's hidden states."""
+        cfgs = [self.config_for(name, variant) for name in interfaces]
+        settings = benchmark_settings(cfgs[0], self.args)
+        folder = Path(tempfile.mkdtemp(dir=self.run_root))
+        branches = [
+            build_branch(cfg, upstream, self.task, settings, folder / f"branch{position}")
+            for position, cfg in enumerate(cfgs)
+        ]
+        trainer = Trainer(settings, upstream, self.task, branches, seed=cfgs[0].seed)
+        for branch in branches:
+            if branch.interface.needs_fit:
+                branch.interface.fit([trainer.upstream_forward(batch)])
+        return trainer
+
+    def variant_rows(
+        self, variant: str | None, interfaces: list[str], shared: list[int]
+    ) -> tuple[list, list]:
+        args, device = self.args, self.device
+        cfg = self.config_for(interfaces[0], variant)
+        upstream = hydra.utils.instantiate(cfg.upstream)
+        batch = synthetic_batch(self.task, upstream, args, device)
+        started = time.perf_counter()
+        states = hidden_states_of(upstream, batch, device)  # compiles, for a compiled variant
+        synchronize(device)
+        first_call_s = time.perf_counter() - started
+        if self.reference_states is None:
+            self.reference_states = states
+        error = relative_layer_errors(self.reference_states, states)
+        del states
+        label = f"{upstream.name} {variant or describe_precision(cfg)}"
+        rows = []
+        trials = [(name, False) for name in interfaces]
+        if args.eager_update_checks:
+            trials.append((interfaces[0], True))
+        for interface, eager in trials:
+            trainer = self.trainer([interface], variant, upstream, batch)
+            trainer.check_updates_lazily = not eager
+            row = measure_row(trainer, batch, args, device)
+            row.update(
+                upstream=label,
+                interface=interface + (" (check every update)" if eager else ""),
+                max_layer_rel_error=error,
+                first_call_s=first_call_s,
+            )
+            rows.append(row)
+            if not eager:
+                self.single_step_s.setdefault(interface, row["step_s"])
+            print(f"{label} | {row['interface']}: step {row['step_s'] * 1e3:.1f} ms", flush=True)
+            del trainer
+            free_memory(device)
+        shared_rows = [self.shared_row(count, interfaces, variant, upstream, batch) for count in shared]
+        return rows, shared_rows
+
+    def shared_row(
+        self, count: int, interfaces: list[str], variant: str | None, upstream: Upstream, batch: dict
+    ) -> dict[str, Any]:
+        """K branches (interfaces cycled) in one Trainer vs the sum of K single-branch step times."""
+        names = list(itertools.islice(itertools.cycle(interfaces), count))
+        trainer = self.trainer(names, variant, upstream, batch)
+        repeated = itertools.repeat(batch)
+        reset_peak_memory(self.device)
+        update = functools.partial(trainer.training_update, repeated)
+        step = seconds_per_call(update, self.args.steps, self.args.warmup, self.device)
+        trainer.account_updates()
+        separate = sum(self.single_step_s[name] for name in names)
+        row = {
+            "k": count,
+            "interfaces": names,
+            "shared_step_s": step,
+            "separate_steps_s": separate,
+            "ratio": step / separate,
+            "target": SHARED_TARGETS.get(count),
+            "peak_mib": peak_memory_mib(self.device),
+        }
+        print(f"shared K={count}: {step * 1e3:.1f} ms vs {separate * 1e3:.1f} ms separate", flush=True)
+        del trainer
+        free_memory(self.device)
+        return row
+
+
 def run(args: argparse.Namespace) -> None:
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or not args.seconds > 0:
         raise SystemExit(
@@ -262,8 +354,6 @@ def run(args: argparse.Namespace) -> None:
     args.data_steps = args.steps if args.data_steps is None else args.data_steps
     device = resolve_device(args.device)
     args.device = device.type
-    base = compose_run_config(list(args.overrides))
-    interfaces = args.interfaces.split(",") if args.interfaces else [str(base.interface_name)]
     variants = args.upstream_variants.split(",") if args.upstream_variants else [None]
     unknown = [variant for variant in variants if variant is not None and variant not in VARIANTS]
     if unknown:
@@ -272,95 +362,30 @@ def run(args: argparse.Namespace) -> None:
     if any(k < 1 for k in shared):
         raise SystemExit(f"--shared: branch counts must be >= 1, got {shared}")
 
-    def config_for(interface: str, variant: str | None) -> DictConfig:
-        extra = [f"interface={interface}"]
-        if variant is not None:
-            precision, compiled = VARIANTS[variant]
-            extra += [f"upstream.precision={precision}", f"upstream.compile={str(compiled).lower()}"]
-        return compose_run_config([*args.overrides, *extra])
-
-    task = hydra.utils.instantiate(base.task, _recursive_=False)
-    rows, shared_rows, single_step_s = [], [], {}
-    reference_states = None
+    rows, shared_rows = [], []
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
     with tempfile.TemporaryDirectory(prefix="bench-step-") as folder:
-        run_root = Path(folder)
-        for variant in variants:
-            cfg = config_for(interfaces[0], variant)
-            upstream = hydra.utils.instantiate(cfg.upstream)
-            batch = synthetic_batch(task, upstream, args, device)
-            label = variant or describe_precision(cfg)
-            states = hidden_states_of(upstream, batch, device)
-            if reference_states is None:
-                reference_states = states
-            error = relative_layer_errors(reference_states, states)
-            del states
-            trials = [(name, False) for name in interfaces]
-            if args.eager_update_checks:
-                trials.append((interfaces[0], True))
-            for interface, eager in trials:
-                trainer = build_trainer([config_for(interface, variant)], upstream, task, args, run_root)
-                trainer.check_updates_lazily = not eager
-                row = measure_row(trainer, batch, args, device)
-                row.update(
-                    upstream=f"{upstream.name} {label}",
-                    interface=interface + (" (check every update)" if eager else ""),
-                    max_layer_rel_error=error,
+        bench = StepBenchmark(args, device, Path(folder))
+        interfaces = args.interfaces.split(",") if args.interfaces else [str(bench.base.interface_name)]
+        for position, variant in enumerate(variants):
+            torch.backends.cuda.matmul.allow_tf32 = variant is not None and VARIANTS[variant][2]
+            try:
+                variant_rows, variant_shared = bench.variant_rows(
+                    variant, interfaces, shared if position == 0 else []
                 )
-                rows.append(row)
-                if variant == variants[0] and not eager:
-                    single_step_s[interface] = row["step_s"]
-                print(
-                    f"{row['upstream']} | {row['interface']}: step {row['step_s'] * 1e3:.1f} ms", flush=True
-                )
-                del trainer
-                free_memory(device)
-            if variant == variants[0]:
-                for count in shared:
-                    names = list(itertools.islice(itertools.cycle(interfaces), count))
-                    trainer = build_trainer(
-                        [config_for(name, variant) for name in names],
-                        upstream,
-                        task,
-                        args,
-                        run_root / f"k{count}",
-                    )
-                    reset_peak_memory(device)
-                    repeated = itertools.repeat(batch)
-                    step = seconds_per_call(
-                        lambda trainer=trainer, repeated=repeated: trainer.training_update(repeated),
-                        args.steps,
-                        args.warmup,
-                        device,
-                    )
-                    trainer.account_updates()
-                    separate = sum(single_step_s[name] for name in names)
-                    shared_rows.append(
-                        {
-                            "k": count,
-                            "interfaces": names,
-                            "shared_step_s": step,
-                            "separate_steps_s": separate,
-                            "ratio": step / separate,
-                            "target": SHARED_TARGETS.get(count),
-                            "peak_mib": peak_memory_mib(device),
-                        }
-                    )
-                    print(
-                        f"shared K={count}: {step * 1e3:.1f} ms vs {separate * 1e3:.1f} ms separate",
-                        flush=True,
-                    )
-                    del trainer
-                    free_memory(device)
-            del upstream
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = tf32_before
+            rows += variant_rows
+            shared_rows += variant_shared
             free_memory(device)
+        header = describe_run(bench.base, args, device)
 
-    header = describe_run(base, args, device)
     text = markdown_table([format_row(row, device) for row in rows], header)
     if shared_rows:
         text += "\n" + markdown_table(
             [format_shared_row(row) for row in shared_rows],
             "Shared upstream: K branches trained on one upstream forward per batch (one Trainer) vs K "
-            "single-branch trainers (sum of their step times, from the rows above)",
+            "single-branch trainers (sum of their step times in the rows above)",
         )
     print(text)
     if args.output is not None:
@@ -382,7 +407,8 @@ def describe_run(cfg: DictConfig, args: argparse.Namespace, device: torch.device
     return (
         f"{datetime.date.today().isoformat()}, {describe_device(device)}, torch {torch.__version__}; "
         f"task {cfg.task_name}, trainer.precision={cfg.trainer.precision}, "
-        f"trainer.num_workers={cfg.trainer.num_workers}; synthetic batch {args.batch_size} x {args.seconds:g} s; "
+        f"trainer.num_workers={cfg.trainer.num_workers} "
+        f"({resolve_num_workers(cfg.trainer.num_workers, device)} workers); synthetic batch {args.batch_size} x {args.seconds:g} s; "
         f"mean of {args.steps} calls after {args.warmup} warm-up; data wait over {args.data_steps} updates of "
         f"{args.batch_size} corpus utterances{load}"
     )
@@ -400,6 +426,7 @@ def format_row(row: dict[str, Any], device: torch.device) -> dict[str, str]:
         "steps/s": f"{1 / row['step_s']:.2f}",
         memory: f"{row['peak_mib']:,.0f}",
         "max layer rel. err": f"{row['max_layer_rel_error']:.2e}",
+        "first call s": f"{row['first_call_s']:.1f}",
     }
     if device.type == "cuda":
         formatted["syncs/step"] = str(row["syncs"])
