@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 
 import torch
@@ -62,8 +63,10 @@ class S3prlUpstream(Upstream):
         from s3prl.nn import S3PRLUpstream
 
         if name not in hub.options():
+            close = difflib.get_close_matches(name, hub.options(), n=4)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
             raise ValueError(
-                f"upstream.name={name!r} is not an s3prl upstream; examples: hubert, hubert_large_ll60k, "
+                f"upstream.name={name!r} is not an s3prl upstream; {hint}examples: hubert, hubert_large_ll60k, "
                 "wavlm_base_plus, wavlm_large, wav2vec2, xlsr_53, hubert_local (all: s3prl.hub.options())"
             )
         if path is not None:

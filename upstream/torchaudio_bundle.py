@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from pathlib import Path
@@ -147,7 +148,12 @@ class TorchaudioUpstream(TorchaudioModelUpstream):
         else:
             spec = getattr(torchaudio.pipelines, bundle, None) if isinstance(bundle, str) else None
             if not isinstance(spec, Wav2Vec2Bundle):
-                raise ValueError(f"upstream.bundle must be one of {bundle_names()}, got {bundle!r}")
+                close = difflib.get_close_matches(str(bundle), bundle_names(), n=4)
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                raise ValueError(
+                    f"upstream.bundle={bundle!r} is not a torchaudio wav2vec 2.0 bundle; {hint}"
+                    f"upstream.bundle must be one of {bundle_names()}"
+                )
             model = self._load_bundle(spec, bundle, path, pretrained)
             norm_eps = FAIRSEQ_WAVEFORM_NORM_EPS if spec._normalize_waveform else None
             detail = f", {path}" if path is not None else ("" if pretrained else ", random init")
