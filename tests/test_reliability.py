@@ -336,6 +336,37 @@ def test_non_finite_updates_are_skipped_counted_and_logged(tmp_path, caplog):
     assert all(np.isfinite(v) for split in ("dev", "test") for v in results[split].values())
 
 
+def test_best_model_newer_than_the_checkpoint_is_rolled_back(tmp_path, caplog):
+    """A launch killed after writing best.pt at an evaluation, before that evaluation's checkpoint, leaves
+    best.pt one evaluation ahead of last.pt. The relaunch puts back the best model its checkpoint knows
+    (best.pt.previous), so best_step and best.pt agree even if the replayed evaluation comes out
+    differently (a GPU's non-deterministic kernels)."""
+    corpus = tmp_path / "corpus"
+    write_voxceleb1(corpus)
+    run_dir = tmp_path / "run"
+    overrides = [
+        *SID,
+        f"task.data_root={corpus}",
+        "trainer.max_steps=12",
+        "trainer.eval_every=4",
+        "trainer.save_every=2",
+        "trainer.lr=1e-3",
+    ]
+    run_in_process([*overrides, "trainer.stop_after_steps=8"], run_dir)
+    best, previous = run_dir / "best.pt", run_dir / "best.pt.previous"
+    assert torch.load(best)["step"] == 8 and torch.load(previous)["step"] == 4  # dev accuracy rose at 8
+    best_of_step_4 = previous.read_bytes()
+    # What a SIGKILL between best.pt and last.pt at step 8 leaves: last.pt is the step-6 checkpoint.
+    os.replace(run_dir / "last.pt.previous", run_dir / "last.pt")
+    assert checkpoint_step(run_dir) == 6
+
+    with caplog.at_level(logging.INFO):
+        run_in_process([*overrides, "trainer.stop_after_steps=1"], run_dir)  # resume, one update, stop
+    assert "restored the best model of step 4 from best.pt.previous" in caplog.text
+    assert best.read_bytes() == best_of_step_4
+    assert run_in_process(overrides, run_dir)["best_step"] == 8
+
+
 def test_too_many_non_finite_updates_in_a_row_stop_the_run_naming_the_step(tmp_path):
     """lr=1e30: Adam moves every weight by about 1e30 in update 1, so from update 2 on the logits overflow
     and every update is non-finite; with max_bad_steps=2 the third one in a row stops the run."""
