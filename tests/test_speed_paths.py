@@ -123,7 +123,7 @@ def test_cache_lookup_equals_the_upstream_up_to_float16_rounding(make_config, tm
                 if not shuffle:
                     assert torch.equal(cached, expected.half().float())
                 else:  # float16 rounding (2^-11 relative) + fp32 noise of another batch composition
-                    assert ((cached - expected).abs() <= 2**-11 * expected.abs() + 1e-6).all()
+                    assert ((cached - expected).abs() <= 2**-11 * expected.abs() + 1e-5).all()
 
 
 def float16_cache_bytes(cfg, task, splits) -> int:
@@ -217,6 +217,7 @@ def test_step_benchmark_prints_its_table_on_cpu(tmp_path, capsys):
     benchmark.main(
         [
             "step",
+            "task=er",
             "upstream.num_transformer_layers=2",
             "upstream.hidden_size=32",
             *("--device", "cpu", "--steps", "2", "--warmup", "1", "--batch-size", "2", "--seconds", "1"),

