@@ -6,7 +6,7 @@
 #   GPU_CHECK_SMOKE=1 OUT=/tmp/gpu_check bash scripts/gpu_check.sh  # CPU plumbing check: tiny upstream, few steps
 #
 # Writes under $OUT: summary.md (part, status, seconds), env.txt, step_precision.{md,json},
-# step_fast_shared.{md,json}, interfaces_fp32.md, interfaces_bf16.md, logs/<part>.log.
+# step_fast_shared.{md,json}, step_fp16.{md,json}, interfaces_fp32.md, interfaces_bf16.md, logs/<part>.log.
 #
 # Preinstalled on the GPU machine: torch, torchaudio, transformers (with numpy, PyYAML, packaging, tqdm).
 # Wheels to carry in .whl/ (installed below with --no-deps into /tmp/site):
@@ -115,6 +115,11 @@ part step_precision 220 python3 scripts/benchmark.py step "${UPSTREAM[@]}" "$LEX
 part step_fast_shared 160 python3 scripts/benchmark.py step "${UPSTREAM[@]}" "$LEXICON" upstream.precision=bf16 \
   trainer.precision=bf16 --device "$DEVICE" "${SIZE[@]}" "${TIMING[@]}" "${SHARED[@]}" --data-steps 0 \
   --output "$OUT/step_fast_shared.md" --json "$OUT/step_fast_shared.json"
+
+# fp16 autocast: GradScaler with the fused optimizer (the trainer's only fp16 path), that it runs and its time
+part step_fp16 60 python3 scripts/benchmark.py step "${UPSTREAM[@]}" "$LEXICON" trainer.precision=fp16 \
+  --device "$DEVICE" "${SIZE[@]}" --steps 3 --warmup 1 --interfaces weighted_sum --data-steps 0 \
+  --output "$OUT/step_fp16.md" --json "$OUT/step_fp16.json"
 
 part interfaces_fp32 60 python3 scripts/benchmark.py interfaces "${INTERFACE_BENCH[@]}" --precision fp32 \
   --output "$OUT/interfaces_fp32.md"
