@@ -1,8 +1,8 @@
 """Benchmarks: measured speeds go to docs/benchmarks.md (with device and date), never into tests.
 
-    python scripts/benchmark.py interfaces [--device cpu]   # forward+backward time of every interface
-    python scripts/benchmark.py data                        # decoding + batching speed on the mini corpus
-    python scripts/benchmark.py step [overrides ...]        # upstream forward vs full training step
+python scripts/benchmark.py interfaces [--device cpu]   # forward+backward time of every interface
+python scripts/benchmark.py data                        # decoding + batching speed on the mini corpus
+python scripts/benchmark.py step [overrides ...]        # upstream forward vs full training step
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ SUBCOMMANDS = {"interfaces": interfaces_bench, "data": data_bench, "step": step_
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, module in SUBCOMMANDS.items():
         module.add_arguments(subparsers.add_parser(name, help=module.__doc__.strip().splitlines()[0]))

@@ -45,7 +45,7 @@ LEXICON="task.lexicon=$PWD/data/mini_superb/LibriSpeech/librispeech-lexicon.txt"
 EIGHT=weighted_sum,hconv,concat_proj,group_ws,layer_attention,cls_pooling,last_layer,single_layer
 if [[ "$SMOKE" == 1 ]]; then
   DEVICE=cpu
-  UPSTREAM=(upstream.num_transformer_layers=2 upstream.hidden_size=32)
+  UPSTREAM=(upstream=tiny upstream.num_transformer_layers=2 upstream.hidden_size=32)
   SIZE=(--batch-size 2 --seconds 1 --threads 1)
   TIMING=(--steps 1 --warmup 1)
   VARIANTS=fp32,fp32+tf32,bf16

@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
@@ -43,14 +42,21 @@ from upstream.tiny import TinyUpstream  # noqa: E402
 def mfcc_features(wav: torch.Tensor) -> torch.Tensor:
     """[T, 39] normalised MFCC + deltas, one row per CNN frame (25 ms window, 20 ms hop)."""
     cepstra = torchaudio.compliance.kaldi.mfcc(
-        wav.unsqueeze(0) * 32768, num_ceps=13, frame_length=25.0, frame_shift=20.0, snip_edges=True, dither=0.0
+        wav.unsqueeze(0) * 32768,
+        num_ceps=13,
+        frame_length=25.0,
+        frame_shift=20.0,
+        snip_edges=True,
+        dither=0.0,
     )
     deltas = torchaudio.functional.compute_deltas(cepstra.T.unsqueeze(0)).squeeze(0).T
     features = torch.cat([cepstra, deltas, torchaudio.functional.compute_deltas(deltas.T).T], dim=1)
     return (features - features.mean(0)) / (features.std(0) + 1e-5)
 
 
-def span_mask(frame_lengths: torch.Tensor, num_frames: int, prob: float, span: int, generator: torch.Generator) -> torch.Tensor:
+def span_mask(
+    frame_lengths: torch.Tensor, num_frames: int, prob: float, span: int, generator: torch.Generator
+) -> torch.Tensor:
     """[B, T] True at masked frames: spans of ``span`` frames from starts drawn with probability ``prob``."""
     starts = torch.rand(len(frame_lengths), num_frames, generator=generator) < prob
     masked = torch.zeros_like(starts)
@@ -61,7 +67,9 @@ def span_mask(frame_lengths: torch.Tensor, num_frames: int, prob: float, span: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--corpus", default=str(REPO_ROOT / "data/mini_superb/LibriSpeech"))
     parser.add_argument("--split", default="train-clean-100")
     parser.add_argument("--output", default=str(REPO_ROOT / "data/tiny_hubert/mini_superb_hubert.pt"))
@@ -82,20 +90,27 @@ def main(argv: list[str] | None = None) -> None:
     utterances = read_librispeech(args.corpus, args.split)
     wavs = [load_audio(u.path) for u in utterances]
     features = [mfcc_features(w) for w in wavs]
-    kmeans = KMeans(n_clusters=args.clusters, n_init=3, random_state=args.seed).fit(torch.cat(features).numpy())
+    kmeans = KMeans(n_clusters=args.clusters, n_init=3, random_state=args.seed).fit(
+        torch.cat(features).numpy()
+    )
     targets = [torch.from_numpy(kmeans.predict(f.numpy())).long() for f in features]
-    print(f"{len(wavs)} utterances, {sum(len(t) for t in targets)} frames, {args.clusters} clusters", flush=True)
+    print(
+        f"{len(wavs)} utterances, {sum(len(t) for t in targets)} frames, {args.clusters} clusters", flush=True
+    )
 
     upstream = TinyUpstream(seed=args.seed, trainable=True).to(device)
     model = upstream.model
-    mask_embedding = torch.nn.Parameter(torch.empty(upstream.hidden_size).uniform_(generator=generator))
+    mask_embedding = torch.nn.Parameter(
+        torch.empty(upstream.hidden_size).uniform_(generator=generator).to(device)
+    )
     predictor = torch.nn.Linear(upstream.hidden_size, args.clusters)
     predictor.to(device)
     parameters = [*model.parameters(), mask_embedding, predictor.weight, predictor.bias]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
     warmup = max(1, args.steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (args.steps - step) / (args.steps - warmup)))
+        optimizer,
+        lambda step: min((step + 1) / warmup, max(0.0, (args.steps - step) / (args.steps - warmup))),
     )
     upstream.train()
     started = time.perf_counter()
@@ -107,7 +122,9 @@ def main(argv: list[str] | None = None) -> None:
             padded[row, : lengths[row]] = wavs[index]
         features_cnn, frame_lengths = model.feature_extractor(padded.to(device), lengths.to(device))
         projected = model.encoder.feature_projection(features_cnn)
-        masked = span_mask(frame_lengths, projected.shape[1], args.mask_prob, args.mask_length, generator).to(device)
+        masked = span_mask(frame_lengths, projected.shape[1], args.mask_prob, args.mask_length, generator).to(
+            device
+        )
         projected = torch.where(masked[..., None], mask_embedding.to(projected.dtype), projected)
         last = upstream.transformer_states(projected, frame_lengths)[-1]
         labels = torch.full(masked.shape, -100, dtype=torch.long)
@@ -125,15 +142,20 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step()
         schedule.step()
         if step % 100 == 0 or step == args.steps:
-            print(f"step {step}: masked {loss_masked.item():.3f} unmasked {loss_unmasked.item():.3f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"step {step}: masked {loss_masked.item():.3f} unmasked {loss_unmasked.item():.3f} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
 
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().to("cpu", torch.float16) for key, value in model.state_dict().items()}
     torch.save(state, output)
     recipe = {key: value for key, value in vars(args).items() if key not in ("output", "device", "corpus")}
-    output.with_suffix(".json").write_text(json.dumps({"recipe": recipe, "final_masked_loss": loss_masked.item()}, indent=2) + "\n")
+    output.with_suffix(".json").write_text(
+        json.dumps({"recipe": recipe, "final_masked_loss": loss_masked.item()}, indent=2) + "\n"
+    )
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -485,6 +485,7 @@ FAST = [
     "trainer.eval_every=2",
     "trainer.batch_size=4",
     "trainer.log_every=1",
+    "upstream=tiny",
     "upstream.num_transformer_layers=2",
     "upstream.hidden_size=32",
 ]

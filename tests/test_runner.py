@@ -21,6 +21,7 @@ FAST = [
     "trainer.batch_size=2",
     "trainer.limit_eval_batches=2",
     "trainer.log_every=1",
+    "upstream=tiny",
     "upstream.num_transformer_layers=2",
     "upstream.hidden_size=32",
 ]
@@ -95,7 +96,9 @@ def test_resume_after_stop_matches_uninterrupted_run(make_config, tmp_path):
     straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
     straight = run_experiment(make_config(common, run_dir=straight_dir), straight_dir)
 
-    first = run_experiment(make_config([*common, "trainer.stop_after_steps=4"], run_dir=resumed_dir), resumed_dir)
+    first = run_experiment(
+        make_config([*common, "trainer.stop_after_steps=4"], run_dir=resumed_dir), resumed_dir
+    )
     assert first is None and not (resumed_dir / "results.json").exists()
     assert torch.load(resumed_dir / "last.pt", weights_only=False)["progress"]["step"] == 4
     resumed = run_experiment(make_config(common, run_dir=resumed_dir), resumed_dir)
@@ -158,7 +161,14 @@ def test_every_task_config_composes(make_config):
 def test_command_line_run(tmp_path):
     """The real entry point, as a user types it (a subprocess with Hydra's own argument parsing)."""
     run_dir = tmp_path / "cli"
-    command = [sys.executable, "run_downstream.py", *FAST, f"hydra.run.dir={run_dir}", "task=er", "task.fold=3"]
+    command = [
+        sys.executable,
+        "run_downstream.py",
+        *FAST,
+        f"hydra.run.dir={run_dir}",
+        "task=er",
+        "task.fold=3",
+    ]
     env = dict(os.environ, WANDB_MODE="disabled")
     completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]

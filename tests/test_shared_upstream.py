@@ -20,6 +20,7 @@ FAST = [
     "trainer.batch_size=2",
     "trainer.limit_eval_batches=2",
     "trainer.log_every=1",
+    "upstream=tiny",
     "upstream.num_transformer_layers=2",
     "upstream.hidden_size=32",
 ]

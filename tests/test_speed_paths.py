@@ -27,6 +27,7 @@ FAST = [
     "trainer.eval_every=2",
     "trainer.batch_size=2",
     "trainer.log_every=1",
+    "upstream=tiny",
     "upstream.num_transformer_layers=2",
     "upstream.hidden_size=32",
 ]
@@ -218,6 +219,7 @@ def test_step_benchmark_prints_its_table_on_cpu(tmp_path, capsys):
         [
             "step",
             "task=er",
+            "upstream=tiny",
             "upstream.num_transformer_layers=2",
             "upstream.hidden_size=32",
             *("--device", "cpu", "--steps", "2", "--warmup", "1", "--batch-size", "2", "--seconds", "1"),

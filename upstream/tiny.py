@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torchaudio.models import wav2vec2_model
@@ -23,6 +24,10 @@ class TinyUpstream(TorchaudioModelUpstream):
     L = num_transformer_layers + 1 (the ``num_layers`` attribute). The CNN uses per-frame layer norm
     (``extractor_mode="layer_norm"``) by default, so a padded batch equals single runs at valid frames;
     ``extractor_mode="group_norm"`` reproduces the Base models' padding behaviour.
+
+    ``checkpoint``: a torchaudio state dict for exactly this architecture (e.g. the one shipped in
+    data/tiny_hubert/, pretrained on the mini corpus by scripts/pretrain_tiny_hubert.py) replaces the
+    random weights; ``upstream=tiny_pretrained`` selects it.
     """
 
     def __init__(
@@ -38,6 +43,7 @@ class TinyUpstream(TorchaudioModelUpstream):
         lr: float = 1e-5,
         precision: str = "fp32",
         compile: bool = False,
+        checkpoint: str | None = None,
     ) -> None:
         if num_transformer_layers < 1:
             raise ValueError(f"upstream.num_transformer_layers must be >= 1, got {num_transformer_layers}")
@@ -69,11 +75,38 @@ class TinyUpstream(TorchaudioModelUpstream):
                 encoder_layer_drop=0.0,
                 aux_num_out=None,
             )
+        name = f"tiny-hubert L{num_transformer_layers + 1} D{hidden_size}"
+        if checkpoint is not None:
+            load_tiny_checkpoint(model, Path(checkpoint))
+            name += f" ({Path(checkpoint).stem})"
         super().__init__(
             model,
-            name=f"tiny-hubert L{num_transformer_layers + 1} D{hidden_size}",
+            name=name,
             trainable=trainable,
             lr=lr,
             precision=precision,
             compile=compile,
         )
+
+
+def load_tiny_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    """Load a state dict saved for the same tiny architecture, with a clear error when it is not."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"upstream.checkpoint: no file at {path}; expected a tiny upstream state dict "
+            "(scripts/pretrain_tiny_hubert.py writes one), or upstream.checkpoint=null for random weights"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    mismatched = sorted(
+        key
+        for key in own.keys() | state.keys()
+        if key not in own or key not in state or own[key].shape != state[key].shape
+    )
+    if mismatched:
+        raise ValueError(
+            f"upstream.checkpoint {path} was saved for another tiny architecture ({len(mismatched)} tensors "
+            f"differ, e.g. {mismatched[0]}); use the num_transformer_layers / hidden_size / conv_channels / "
+            "num_heads it was made with, or upstream.checkpoint=null"
+        )
+    model.load_state_dict({key: value.to(own[key].dtype) for key, value in state.items()})
