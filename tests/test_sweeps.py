@@ -41,7 +41,31 @@ UPSTREAM_SIZES = {
     "wavlm_large": (25, 1024),
     "xlsr_53": (25, 1024),
 }
-CORPUS_FOLDERS = {"pr": "LibriSpeech", "asr": "LibriSpeech", "sid": "VoxCeleb1", "er": "IEMOCAP"}
+CORPUS_FOLDERS = {
+    "pr": "LibriSpeech",
+    "asr": "LibriSpeech",
+    "sid": "VoxCeleb1",
+    "er": "IEMOCAP",
+    "sv": "VoxCeleb1",
+    "ic": "FluentSpeechCommands",
+    "ml_mono": "ML-SUPERB",
+    "ml_multi": "ML-SUPERB",
+}
+ML_MONO_LANGUAGES = {
+    "eng1",
+    "eng2",
+    "eng3",
+    "fra1",
+    "fra2",
+    "deu",
+    "rus",
+    "swa",
+    "swe",
+    "jpn",
+    "cmn",
+    "sat",
+    "xty",
+}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -164,19 +188,21 @@ def test_table2_crosses_five_upstreams_three_interfaces_and_tasks_with_er_folds(
     jobs = launched("table2")
     cells = defaultdict(set)
     for job in jobs:
+        replicate = job_value(job, "task.fold") or job_value(job, "task.language")
         cells[(job_value(job, "upstream.name"), job_value(job, "interface"), job_value(job, "task"))].add(
-            job_value(job, "task.fold")
+            replicate
         )
     upstreams = {"hubert", "hubert_large_ll60k", "wavlm_base", "wavlm_large", "xlsr_53"}
     expected = {
         (upstream, interface, task)
         for upstream in upstreams
         for interface in ("weighted_sum", "hconv", "cls_pooling")
-        for task in ("pr", "sid", "er")
+        for task in ("pr", "sid", "er", "ic", "sv", "ml_multi", "ml_mono")
     }
     assert set(cells) == expected
-    for (_, _, task), folds in cells.items():
-        assert folds == ({"1", "2", "3", "4", "5"} if task == "er" else {None})
+    replicates = {"er": {"1", "2", "3", "4", "5"}, "ml_mono": ML_MONO_LANGUAGES}
+    for (_, _, task), found in cells.items():
+        assert found == replicates.get(task, {None})
 
 
 @pytest.mark.parametrize("upstream_name", sorted(UPSTREAM_SIZES))

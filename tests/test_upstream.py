@@ -599,3 +599,50 @@ def test_offline_with_nothing_cached_fails_fast_with_one_clear_message_and_finds
         assert model in message and url in message and cache in message, (key, message)
         assert "Looked in:" in message and "To fix:" in message
         assert outcome["seconds"] < 10, (key, outcome["seconds"])
+
+
+SHIPPED_TINY = REPO_ROOT / "data" / "tiny_hubert" / "mini_superb_hubert.pt"
+
+
+def test_tiny_checkpoint_replaces_random_weights_exactly():
+    state = torch.load(SHIPPED_TINY, weights_only=True)
+    pretrained = TinyUpstream(checkpoint=str(SHIPPED_TINY))
+    random_init = TinyUpstream()
+    for key, value in pretrained.model.state_dict().items():
+        assert torch.equal(value, state[key].float()), key
+    differs = [k for k, v in random_init.model.state_dict().items() if not torch.equal(v, state[k].float())]
+    assert differs  # the checkpoint is not the seed's random init
+    assert pretrained.num_layers == 7 and pretrained.hidden_size == 192
+    assert "mini_superb_hubert" in pretrained.name
+
+
+def test_tiny_checkpoint_for_another_architecture_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="saved for another tiny architecture"):
+        TinyUpstream(num_transformer_layers=2, hidden_size=32, checkpoint=str(SHIPPED_TINY))
+    with pytest.raises(FileNotFoundError, match="upstream.checkpoint: no file at"):
+        TinyUpstream(checkpoint=str(tmp_path / "missing.pt"))
+
+
+def test_pretraining_script_runs_and_its_checkpoint_loads(tmp_path):
+    """scripts/pretrain_tiny_hubert.py end to end for two steps: a checkpoint the tiny upstream loads."""
+    output = tmp_path / "tiny.pt"
+    command = [
+        sys.executable,
+        "scripts/pretrain_tiny_hubert.py",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--clusters",
+        "8",
+        "--device",
+        "cpu",
+        "--output",
+        str(output),
+    ]
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads(output.with_suffix(".json").read_text())["recipe"]["steps"] == 2
+    upstream = TinyUpstream(checkpoint=str(output))
+    hidden_states, _ = upstream(torch.randn(1, 16000), torch.tensor([16000]))
+    assert torch.isfinite(hidden_states).all()
