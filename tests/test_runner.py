@@ -188,3 +188,20 @@ def test_wandb_logger_falls_back_to_offline_without_credentials(tmp_path):
     assert (run_dir / "results.json").is_file()
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1, sorted(p.name for p in (run_dir / "wandb").iterdir())
+
+
+def test_default_experiment_end_to_end_learns(tmp_path):
+    """`python run_downstream.py` exactly as in the README's Quick start: the demo finishes and learns."""
+    run_dir = tmp_path / "demo"
+    env = dict(os.environ, WANDB_MODE="disabled")
+    command = [sys.executable, "run_downstream.py", f"hydra.run.dir={run_dir}"]
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["task"], results["interface"], results["upstream_config"]) == (
+        "pr",
+        "weighted_sum",
+        "tiny_pretrained",
+    )
+    assert results["schedule"] == "demo" and results["steps"] == 300
+    assert results["test"]["per"] < 70.0  # clearly below 100%: the probe learned phones
