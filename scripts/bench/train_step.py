@@ -284,7 +284,9 @@ class StepBenchmark:
     ) -> tuple[list, list]:
         args, device = self.args, self.device
         cfg = self.config_for(interfaces[0], variant)
-        torch.manual_seed(0)  # every variant gets the same (random-init) weights, so their states are comparable
+        torch.manual_seed(
+            0
+        )  # every variant gets the same (random-init) weights, so their states are comparable
         upstream = hydra.utils.instantiate(cfg.upstream)
         batch = synthetic_batch(self.task, upstream, args, device)
         started = time.perf_counter()
