@@ -182,6 +182,13 @@ def test_table1_runs_the_eight_interfaces_of_the_paper_on_hubert_base():
         ("cls_pooling", None),
     }
     assert {job_value(job, "upstream.name") for job in jobs} == {"hubert"}
+    scored = {
+        (job_value(job, "task"), job_value(job, "task.language"), job_value(job, "task.duration"))
+        for job in jobs
+    }
+    assert scored == {
+        ("ml_mono", language, duration) for language in ML_MONO_LANGUAGES for duration in ("10min", "1h")
+    }
 
 
 def test_table2_crosses_five_upstreams_three_interfaces_and_tasks_with_er_folds():
@@ -221,6 +228,11 @@ def test_table4_fine_tunes_hubert_base_with_the_three_paper_rows():
     }
     hconv_base = hconv_parameters(13, 768)
     assert rows == {("weighted_sum", None), ("hconv", None), ("weighted_sum", str(hconv_base))}
+    languages = {job_value(job, "task.language") for job in launched("table4")}
+    assert languages == ML_MONO_LANGUAGES
+    assert {(job_value(job, "task"), job_value(job, "task.duration")) for job in launched("table4")} == {
+        ("ml_mono", "1h")
+    }
 
 
 def test_superb_covers_the_four_tasks_and_every_er_fold():
