@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,29 @@ MINI_SUPERB = REPO_ROOT / "data" / "mini_superb"
 os.environ.setdefault("SSL_BENCH_ROOT", str(REPO_ROOT))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("SSL_BENCH_OFFLINE", "1")  # the suite never downloads
+
+
+# The random tiny upstream at its smallest: what every fast test trains on.
+TINY_UPSTREAM = ["upstream=tiny", "upstream.num_transformer_layers=2", "upstream.hidden_size=32"]
+
+
+def run_downstream_cli(
+    arguments: list[str], env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python run_downstream.py ARGUMENTS` as a user types it, from the repository root; asserts it succeeded.
+
+    ``env`` replaces the environment (default: this one with W&B disabled)."""
+    env = dict(os.environ, WANDB_MODE="disabled") if env is None else env
+    completed = subprocess.run(
+        [sys.executable, "run_downstream.py", *arguments],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
 
 
 def compose_config(overrides: list[str] | None = None, run_dir: Path | None = None) -> DictConfig:

@@ -27,7 +27,7 @@ from downstream.tasks.base import accumulate_statistics
 from downstream.tasks.ic import IntentClassification
 from downstream.tasks.ml_superb import UNKNOWN, MonolingualSpeechRecognition, MultilingualSpeechRecognition
 from downstream.tasks.sv import SpeakerVerification
-from tests.conftest import MINI_SUPERB
+from tests.conftest import MINI_SUPERB, TINY_UPSTREAM
 
 VOXCELEB = MINI_SUPERB / "VoxCeleb1"
 FLUENT = MINI_SUPERB / "FluentSpeechCommands"
@@ -485,9 +485,7 @@ FAST = [
     "trainer.eval_every=2",
     "trainer.batch_size=4",
     "trainer.log_every=1",
-    "upstream=tiny",
-    "upstream.num_transformer_layers=2",
-    "upstream.hidden_size=32",
+    *TINY_UPSTREAM,
 ]
 TASK_OVERRIDES = {
     "sv": ["task.head.hidden_size=16", "task.head.stats_size=16"],

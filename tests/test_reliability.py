@@ -31,9 +31,9 @@ from downstream.data.audio import AudioDecodeError
 from downstream.data.corpus import DataLayoutError
 from downstream.runner import run_experiment
 from downstream.trainer import EXIT_STOPPED_EARLY, NonFiniteLossError
-from tests.conftest import REPO_ROOT, compose_config
+from tests.conftest import REPO_ROOT, TINY_UPSTREAM, compose_config
 
-TINY = ["upstream=tiny", "upstream.num_transformer_layers=2", "upstream.hidden_size=32"]
+TINY = TINY_UPSTREAM
 # PR on the mini corpus, long enough to be interrupted after its first checkpoint (step 5).
 TRAINING = [
     "trainer.max_steps=60",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ from omegaconf import OmegaConf
 
 from downstream.data.corpus import DataLayoutError
 from downstream.runner import pick_schedule, resolve_trainer_settings, run_experiment
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TINY_UPSTREAM, run_downstream_cli
 
 FAST = [
     "trainer.max_steps=2",
@@ -21,9 +19,7 @@ FAST = [
     "trainer.batch_size=2",
     "trainer.limit_eval_batches=2",
     "trainer.log_every=1",
-    "upstream=tiny",
-    "upstream.num_transformer_layers=2",
-    "upstream.hidden_size=32",
+    *TINY_UPSTREAM,
 ]
 
 RESULT_KEYS = {
@@ -161,17 +157,7 @@ def test_every_task_config_composes(make_config):
 def test_command_line_run(tmp_path):
     """The real entry point, as a user types it (a subprocess with Hydra's own argument parsing)."""
     run_dir = tmp_path / "cli"
-    command = [
-        sys.executable,
-        "run_downstream.py",
-        *FAST,
-        f"hydra.run.dir={run_dir}",
-        "task=er",
-        "task.fold=3",
-    ]
-    env = dict(os.environ, WANDB_MODE="disabled")
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_downstream_cli([*FAST, f"hydra.run.dir={run_dir}", "task=er", "task.fold=3"])
     results = json.loads((run_dir / "results.json").read_text())
     assert results["task"] == "er" and results["fold"] == 3
     assert "task.fold=3" in results["overrides"]
@@ -180,11 +166,9 @@ def test_command_line_run(tmp_path):
 def test_wandb_logger_falls_back_to_offline_without_credentials(tmp_path):
     """logger=wandb with no API key and no network: the run logs offline by itself and finishes."""
     run_dir = tmp_path / "wandb_run"
-    command = [sys.executable, "run_downstream.py", *FAST, "logger=wandb", f"hydra.run.dir={run_dir}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(tmp_path / "home"), NETRC=str(tmp_path / "no_netrc"))
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_downstream_cli([*FAST, "logger=wandb", f"hydra.run.dir={run_dir}"], env=env)
     assert (run_dir / "results.json").is_file()
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1, sorted(p.name for p in (run_dir / "wandb").iterdir())
@@ -193,10 +177,7 @@ def test_wandb_logger_falls_back_to_offline_without_credentials(tmp_path):
 def test_default_experiment_end_to_end_learns(tmp_path):
     """`python run_downstream.py` exactly as in the README's Quick start: the demo finishes and learns."""
     run_dir = tmp_path / "demo"
-    env = dict(os.environ, WANDB_MODE="disabled")
-    command = [sys.executable, "run_downstream.py", f"hydra.run.dir={run_dir}"]
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_downstream_cli([f"hydra.run.dir={run_dir}"], timeout=600)
     results = json.loads((run_dir / "results.json").read_text())
     assert (results["task"], results["interface"], results["upstream_config"]) == (
         "pr",

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
 
 from downstream.runner import Job, resolved_job_config, run_experiment, run_jobs
 from hydra_plugins.shared_upstream_launcher.launcher import group_key
-from tests.conftest import REPO_ROOT
+from tests.conftest import TINY_UPSTREAM, run_downstream_cli
 
 FAST = [
     "trainer.max_steps=4",
@@ -20,9 +17,7 @@ FAST = [
     "trainer.batch_size=2",
     "trainer.limit_eval_batches=2",
     "trainer.log_every=1",
-    "upstream=tiny",
-    "upstream.num_transformer_layers=2",
-    "upstream.hidden_size=32",
+    *TINY_UPSTREAM,
 ]
 
 
@@ -72,18 +67,15 @@ def test_group_key_ignores_only_interface_and_head_settings(make_config):
 def test_shared_upstream_launcher_sweep(tmp_path):
     """`-m ... hydra/launcher=shared_upstream` writes one results.json per job, as separate runs would."""
     sweep_dir = tmp_path / "sweep"
-    command = [
-        sys.executable,
-        "run_downstream.py",
-        "-m",
-        "interface=weighted_sum,last_layer",
-        "hydra/launcher=shared_upstream",
-        *FAST,
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    env = dict(os.environ, WANDB_MODE="disabled")
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    completed = run_downstream_cli(
+        [
+            "-m",
+            "interface=weighted_sum,last_layer",
+            "hydra/launcher=shared_upstream",
+            *FAST,
+            f"hydra.sweep.dir={sweep_dir}",
+        ]
+    )
     assert "training 2 job(s) on one upstream" in completed.stderr + completed.stdout
     found = {json.loads(p.read_text())["interface"] for p in sweep_dir.rglob("results.json")}
     assert found == {"weighted_sum", "last_layer"}

@@ -19,6 +19,7 @@ from downstream.feature_cache import HiddenStateCacheError, open_hidden_state_ca
 from downstream.runner import build_branch, resolve_trainer_settings, run_experiment
 from downstream.trainer import NonFiniteLossError, Trainer, pick_device, split_dataset
 from scripts import benchmark
+from tests.conftest import TINY_UPSTREAM
 from upstream.tiny import TinyUpstream
 
 FAST = [
@@ -27,9 +28,7 @@ FAST = [
     "trainer.eval_every=2",
     "trainer.batch_size=2",
     "trainer.log_every=1",
-    "upstream=tiny",
-    "upstream.num_transformer_layers=2",
-    "upstream.hidden_size=32",
+    *TINY_UPSTREAM,
 ]
 
 
@@ -219,9 +218,7 @@ def test_step_benchmark_prints_its_table_on_cpu(tmp_path, capsys):
         [
             "step",
             "task=er",
-            "upstream=tiny",
-            "upstream.num_transformer_layers=2",
-            "upstream.hidden_size=32",
+            *TINY_UPSTREAM,
             *("--device", "cpu", "--steps", "2", "--warmup", "1", "--batch-size", "2", "--seconds", "1"),
             *("--interfaces", "weighted_sum,hconv", "--shared", "2", "--data-steps", "2"),
             *("--json", str(output)),

@@ -7,11 +7,8 @@ import csv
 import functools
 import io
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from omegaconf import OmegaConf
 from downstream.results import ResultsFileError, load_run, scan_runs
 from downstream.runner import run_experiment
 from scripts import make_table
-from tests.conftest import CONFIG_DIR, MINI_SUPERB, REPO_ROOT, compose_config
+from tests.conftest import CONFIG_DIR, MINI_SUPERB, compose_config, run_downstream_cli
 from tests.test_runner import FAST
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
@@ -596,17 +593,7 @@ TINY_SWEEP = ["task=er", "task.fold=1", *FAST]
 
 def launch_sweep(sweep_dir: Path, *overrides: str) -> None:
     """run_downstream.py -m as a user types it: Hydra's basic sweeper and launcher, the tiny upstream."""
-    command = [
-        sys.executable,
-        "run_downstream.py",
-        "-m",
-        *TINY_SWEEP,
-        f"hydra.sweep.dir={sweep_dir}",
-        *overrides,
-    ]
-    env = dict(os.environ, WANDB_MODE="disabled")
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_downstream_cli(["-m", *TINY_SWEEP, f"hydra.sweep.dir={sweep_dir}", *overrides])
 
 
 def test_multirun_table_and_relaunch_skips_finished_jobs(tmp_path):
