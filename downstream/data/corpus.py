@@ -93,6 +93,19 @@ def raise_if_missing(paths: Iterable[Path], what: str, expected_layout: str) -> 
         )
 
 
+# Audio file endings the readers accept: the real corpora's .wav, and .flac (the shipped mini corpus).
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+def audio_path(stem: Path) -> Path:
+    """<stem>.wav as on the real corpus, or <stem>.flac (the shipped mini corpus) when only that exists."""
+    for suffix in AUDIO_SUFFIXES:
+        candidate = stem.with_name(stem.name + suffix)
+        if candidate.is_file():
+            return candidate
+    return stem.with_name(stem.name + AUDIO_SUFFIXES[0])
+
+
 def label_vocabulary(utterances: Iterable[Utterance]) -> list[str]:
     """The sorted distinct labels of ``utterances`` (speaker ids for SID, emotions for ER)."""
     labels = {utterance.label for utterance in utterances}

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from downstream.data.corpus import (
+    audio_path,
     DataLayoutError,
     Utterance,
     check_choice,
@@ -31,7 +32,6 @@ EMOTIONS = ("neu", "hap", "ang", "sad")
 MERGED_LABELS = {"exc": "hap"}
 SESSIONS = (1, 2, 3, 4, 5)
 SPLITS = ("train", "dev", "test")
-AUDIO_SUFFIXES = (".wav", ".flac")
 LAYOUT = (
     "<root>/Session{1..5}/sentences/wav/<dialog>/<utterance>.wav and "
     "<root>/Session{1..5}/dialog/EmoEvaluation/<dialog>.txt with lines "
@@ -67,22 +67,13 @@ def read_session(root: Path, session: int) -> list[Utterance]:
         if label in EMOTIONS:
             dialog = utterance_id.rsplit("_", 1)[0]
             kept.append((utterance_id, label, wav_dir / dialog / utterance_id))
-    paths = [_audio_path(stem) for _, _, stem in kept]
+    paths = [audio_path(stem) for _, _, stem in kept]
     raise_if_missing(paths, f"IEMOCAP Session{session}", LAYOUT)
     infos = probe_audio(paths, f"IEMOCAP/Session{session}")
     return [
         Utterance(id=utterance_id, path=path, num_samples=info.num_samples, label=label)
         for (utterance_id, label, _), path, info in zip(kept, paths, infos, strict=True)
     ]
-
-
-def _audio_path(stem: Path) -> Path:
-    """<stem>.wav as on the real corpus, or <stem>.flac (the shipped mini corpus) when only that exists."""
-    for suffix in AUDIO_SUFFIXES:
-        candidate = stem.with_name(stem.name + suffix)
-        if candidate.is_file():
-            return candidate
-    return stem.with_name(stem.name + AUDIO_SUFFIXES[0])
 
 
 def read_iemocap(

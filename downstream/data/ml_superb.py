@@ -24,13 +24,13 @@ from pathlib import Path
 from downstream.data.corpus import (
     DataLayoutError,
     Utterance,
+    audio_path,
     check_choice,
     probe_audio,
     raise_if_missing,
     require_dir,
     require_file,
 )
-from downstream.data.iemocap import _audio_path  # <stem>.wav, or <stem>.flac when only that exists
 
 DURATIONS = ("10min", "1h")
 SPLITS = ("train", "dev", "test")
@@ -131,7 +131,7 @@ def read_ml_superb(
             languages.append(language)
     if not entries:
         raise DataLayoutError(f"ML-SUPERB {split} ({file_name}) lists no utterance under '{root}'")
-    paths = [_audio_path(stem) for _, _, stem in entries]
+    paths = [audio_path(stem) for _, _, stem in entries]
     raise_if_missing(paths, f"ML-SUPERB {split} ({file_name})", LAYOUT)
     infos = probe_audio(paths, f"ML-SUPERB/{monolingual or 'multilingual'}-{duration}-{split}")
     utterances = [

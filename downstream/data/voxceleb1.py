@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from downstream.data.corpus import (
+    AUDIO_SUFFIXES,
+    audio_path,
     DataLayoutError,
     Utterance,
     check_choice,
@@ -22,10 +24,6 @@ from downstream.data.corpus import (
     raise_if_missing,
     require_dir,
     require_file,
-)
-from downstream.data.iemocap import (
-    AUDIO_SUFFIXES,
-    _audio_path,  # <stem>.wav, or <stem>.flac when only that exists
 )
 
 SPLIT_CODES = {"train": "1", "dev": "2", "test": "3"}
@@ -148,7 +146,7 @@ def read_voxceleb1_sv(
     if split in trial_lists:
         trials = read_trials(trial_lists[split])
         ids = sorted({utterance_id for trial in trials for utterance_id in (trial.enrollment, trial.test)})
-        paths = [_audio_path(wav_dir / utterance_id) for utterance_id in ids]
+        paths = [audio_path(wav_dir / utterance_id) for utterance_id in ids]
         raise_if_missing(paths, f"VoxCeleb1 {split} trials (from '{trial_lists[split]}')", TRIAL_LAYOUT)
     else:
         held_out = {
