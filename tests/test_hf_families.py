@@ -491,3 +491,31 @@ def test_frame_formulas_agree_with_a_direct_count(tiny_dirs):
         if n >= 560:
             stacked = fbank(audio, sampling_rate=16000, return_tensors="np", return_attention_mask=True)
             assert expected_frames("w2v_bert", n) == int(stacked["attention_mask"].sum())
+
+
+# name in scripts/bench/upstream_forward.py: (L, D, frame rate) of the published checkpoint
+REAL_SIZES = {
+    "hubert-base": (13, 768, 50),
+    "wavlm-large": (25, 1024, 50),
+    "xls-r-300m": (25, 1024, 50),
+    "xls-r-1b": (49, 1280, 50),
+    "xls-r-2b": (49, 1920, 50),
+    "wav2vec2-conformer-rel-pos-large": (25, 1024, 50),
+    "w2v-bert-2.0": (25, 1024, 50),
+    "whisper-tiny": (5, 384, 50),
+    "whisper-base": (7, 512, 50),
+    "whisper-small": (13, 768, 50),
+    "whisper-medium": (25, 1024, 50),
+    "whisper-large-v3": (33, 1280, 50),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(REAL_SIZES))
+def test_real_size_architectures_of_the_benchmark(arch):
+    """The benchmark's real-sized architectures (built on the meta device: no weights, no download) give
+    the L, D and frame rate the README's upstream table states."""
+    from scripts.bench.upstream_forward import build
+
+    upstream = build(arch, torch.device("meta"))
+    assert (upstream.num_layers, upstream.hidden_size, upstream.frame_rate) == REAL_SIZES[arch]
+    assert upstream.min_samples == (560 if arch == "w2v-bert-2.0" else 400)
