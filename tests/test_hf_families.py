@@ -519,3 +519,30 @@ def test_real_size_architectures_of_the_benchmark(arch):
     upstream = build(arch, torch.device("meta"))
     assert (upstream.num_layers, upstream.hidden_size, upstream.frame_rate) == REAL_SIZES[arch]
     assert upstream.min_samples == (560 if arch == "w2v-bert-2.0" else 400)
+
+
+@pytest.mark.parametrize("model_id", ["openai/whisper-large-v3", "facebook/w2v-bert-2.0"])
+def test_hub_ids_offline_missing_then_cached(tiny_dirs, tmp_path, monkeypatch, model_id):
+    """Offline (SSL_BENCH_OFFLINE=1) with nothing cached: one message naming the model, the cache folder
+    and the URL. With the files in the Hugging Face cache layout: loaded from there, no network."""
+    import shutil
+
+    from upstream import CheckpointNotFoundError
+    from upstream.hf import HfUpstream
+
+    monkeypatch.setenv("SSL_BENCH_OFFLINE", "1")
+    cache = tmp_path / "hub"
+    repo = cache / ("models--" + model_id.replace("/", "--"))
+    with pytest.raises(CheckpointNotFoundError) as caught:
+        HfUpstream(model=model_id, cache_dir=str(cache))
+    message = str(caught.value)
+    assert f"{model_id} (hf)" in message and str(repo) in message
+    assert f"https://huggingface.co/{model_id}" in message and "hf download" in message
+    revision = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    family = "whisper" if "whisper" in model_id else "w2v_bert"
+    shutil.copytree(tiny_dirs(family), repo / "snapshots" / revision)
+    upstream = HfUpstream(model=model_id, cache_dir=str(cache))
+    assert upstream.family == ("whisper" if family == "whisper" else "wav2vec2-bert")
+    assert upstream.num_layers == 3
