@@ -60,6 +60,8 @@ def family_config(family: str):
             num_conv_pos_embeddings=5,
             num_conv_pos_embedding_groups=4,
         )
+    if family == "unispeech":
+        return tf.UniSpeechConfig(**SMALL, **CNN, feat_extract_norm="group")
     if family == "unispeech_sat":
         return tf.UniSpeechSatConfig(**SMALL, **CNN, feat_extract_norm="group")
     if family == "sew":
@@ -100,6 +102,7 @@ CNN_FAMILIES = [
     "wavlm",
     "wav2vec2_conformer",
     "data2vec_audio",
+    "unispeech",
     "unispeech_sat",
     "sew",
     "sew_d",
@@ -318,6 +321,7 @@ def test_whisper_long_audio_is_split_into_windows_or_refused(tiny_dirs):
     wavs, wav_lengths = padded_batch([n, 8000])
     states, frames = upstream(wavs, wav_lengths)
     assert frames.tolist() == [expected_frames("whisper", n), 25] == [1550, 25]
+    assert upstream.split_utterances == 1
     first, _ = upstream(wavs[:1, :480000], torch.tensor([480000]))
     second, _ = upstream(wavs[:1, 480000:n], torch.tensor([16000]))
     torch.testing.assert_close(states[:, 0, :1500], first[:, 0], atol=1e-4, rtol=0)

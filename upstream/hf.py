@@ -312,6 +312,7 @@ class HfEncoderUpstream(Upstream):
         self.padding_mode = padding_mode
         self.whisper_window = whisper_window
         self.whisper_long_audio = whisper_long_audio
+        self.split_utterances = 0  # utterances encoded in several 30 s windows so far (Whisper)
         self.squeeze_factor = 1
         self._masked_norm: MaskedGroupNorm | None = None
         self._frame_zeroing: PaddedFrameZeroing | None = None
@@ -457,12 +458,14 @@ class HfEncoderUpstream(Upstream):
             for start in range(0, length, self.window_samples):
                 segments.append((index, start, min(self.window_samples, length - start)))
         if len(segments) > len(wav_lengths):
-            logger.info(
-                "%s: %d utterance(s) longer than %g s encoded in 30 s windows (frames concatenated)",
-                self.name,
-                sum(length > self.window_samples for length in wav_lengths),
-                self.window_samples / self.sample_rate,
-            )
+            if self.split_utterances == 0:
+                logger.info(
+                    "%s: utterances longer than %g s are encoded in consecutive 30 s windows, frames "
+                    "concatenated (upstream.whisper_long_audio=split); the count is split_utterances",
+                    self.name,
+                    self.window_samples / self.sample_rate,
+                )
+            self.split_utterances += sum(length > self.window_samples for length in wav_lengths)
         return segments
 
     def _log_mel(self, segment: torch.Tensor, device: torch.device, pad30: bool) -> torch.Tensor:
