@@ -89,37 +89,42 @@ def valid_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
 
 
-class MaskedGroupNorm(nn.Module):
-    """The wrapped ``nn.GroupNorm`` with each utterance's statistics over its valid frames only.
+class MaskedGroupNorm:
+    """Makes an ``nn.GroupNorm`` take each utterance's statistics over its valid frames only.
 
     Base models' CNN (wav2vec 2.0 / HuBERT / WavLM Base, ...) normalises each channel of its first
     convolution over the whole time axis. In a zero-padded batch that axis includes the padding, so an
-    utterance's features depend on the batch it is in. Here the mean and (biased) variance of each group
-    are taken over the first ``lengths[b]`` frames of utterance b, so a padded utterance is normalised as
-    it is alone. ``lengths`` (frames of this layer's output, [B]) is set by the upstream before each
-    forward; ``None`` falls back to the plain group norm. Uses the wrapped module's weight, bias and eps.
+    utterance's features depend on the batch it is in. While ``lengths`` (frames of the norm's input,
+    [B]) is set, a forward hook on the norm replaces its output: the mean and (biased) variance of each
+    group over the first ``lengths[b]`` frames of utterance b, then the norm's own weight, bias and eps,
+    so a padded utterance is normalised as it is alone. ``lengths = None`` leaves the norm as it is.
+    A hook rather than a wrapper module keeps the checkpoint's state-dict keys unchanged.
     """
 
     def __init__(self, norm: nn.GroupNorm) -> None:
-        super().__init__()
         self.norm = norm
         self.lengths: torch.Tensor | None = None
+        norm.register_forward_hook(self._hook)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _hook(self, module: nn.GroupNorm, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if self.lengths is None:
-            return self.norm(x)
+            return None
+        return self.masked(args[0], self.lengths)
+
+    def masked(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[B, C, T] -> group norm of each row over its first lengths[b] frames (float32 statistics)."""
         batch, channels, frames = x.shape
-        groups = self.norm.num_groups
-        valid = valid_mask(self.lengths.to(x.device), frames)[:, None, None, :]  # [B, 1, 1, T]
+        norm = self.norm
+        groups = norm.num_groups
+        lengths = lengths.to(x.device)
+        valid = valid_mask(lengths, frames)[:, None, None, :]  # [B, 1, 1, T]
         grouped = x.float().reshape(batch, groups, channels // groups, frames)
-        count = (self.lengths.to(x.device).float().clamp(min=1) * (channels // groups))[:, None, None, None]
+        count = (lengths.float().clamp(min=1) * (channels // groups))[:, None, None, None]
         mean = (grouped * valid).sum(dim=(2, 3), keepdim=True) / count
         variance = (((grouped - mean) * valid) ** 2).sum(dim=(2, 3), keepdim=True) / count
-        normalized = ((grouped - mean) * torch.rsqrt(variance + self.norm.eps)).reshape(
-            batch, channels, frames
-        )
-        if self.norm.affine:
-            normalized = normalized * self.norm.weight.float()[:, None] + self.norm.bias.float()[:, None]
+        normalized = ((grouped - mean) * torch.rsqrt(variance + norm.eps)).reshape(batch, channels, frames)
+        if norm.affine:
+            normalized = normalized * norm.weight.float()[:, None] + norm.bias.float()[:, None]
         return normalized.to(x.dtype)
 
 

@@ -360,7 +360,6 @@ class HfEncoderUpstream(Upstream):
             first = extractor.conv_layers[0] if extractor is not None else None
             if padding_mode == "exact" and isinstance(getattr(first, "layer_norm", None), nn.GroupNorm):
                 self._masked_norm = MaskedGroupNorm(first.layer_norm)
-                first.layer_norm = self._masked_norm
             mixing = frame_mixing_convolutions(model)
             if padding_mode == "exact" and mixing:
                 self._frame_zeroing = PaddedFrameZeroing(mixing)

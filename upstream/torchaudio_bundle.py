@@ -78,7 +78,6 @@ class TorchaudioModelUpstream(Upstream):
         self._masked_norm: MaskedGroupNorm | None = None
         if padding_mode == "exact" and isinstance(first_block.layer_norm, torch.nn.GroupNorm):
             self._masked_norm = MaskedGroupNorm(first_block.layer_norm)
-            first_block.layer_norm = self._masked_norm
         self.finalize_setup()
 
     def extract(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
