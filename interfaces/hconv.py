@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -46,7 +49,14 @@ class HierarchicalConv(Interface):
     L = 243, stride 3 among L < 2000, strides 2..7. All B*T frames go through the convolutions as one batch.
 
     ``output_dim`` (optional, as in SSL_Interface) must equal C * L_K; ValueError names both otherwise.
+
+    State dicts carry version 2 (torch's per-module metadata). Loading one of ours saved at version 1 (the
+    layer-major layout) raises ValueError: its head would read permuted features. SSL_Interface's state dicts
+    (keys ``transforms.*``) and dicts without metadata load.
     """
+
+    #: torch's state-dict version of this module: 2 = channel-major flatten (1: layer-major, before).
+    _version = 2
 
     def __init__(
         self,
@@ -108,6 +118,28 @@ class HierarchicalConv(Interface):
             for k in range(self.num_convs)
             for name in ("weight", "bias")
         }
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: Mapping[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        if local_metadata.get("version") == 1 and any(
+            key.startswith(prefix + "convs.") for key in state_dict
+        ):
+            raise ValueError(
+                f"HierarchicalConv.load_state_dict: {prefix or 'the state dict'} was saved by this project's "
+                "HConv before its output was flattened channel-major (state-dict version 1, layer-major); a head "
+                "trained on it would read permuted features. Retrain (start a new run directory)."
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def combine(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         num_layers, batch_size, num_frames, hidden_size = hidden_states.shape

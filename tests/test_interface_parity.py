@@ -219,6 +219,22 @@ def test_a_partial_or_foreign_seed_state_dict_is_refused_naming_the_keys():
         WeightedSum(13, 768).load_state_dict({"weighte_sum_weights": torch.zeros(25)})
 
 
+def test_layer_major_hconv_state_dicts_of_earlier_versions_are_refused():
+    old = HierarchicalConv(5, 16).state_dict()
+    old._metadata[""]["version"] = 1  # what the layer-major HConv (nn.Module's default version) saved
+    with pytest.raises(ValueError, match=r"before its output was flattened channel-major .* Retrain"):
+        HierarchicalConv(5, 16).load_state_dict(old)
+    inside = nn.ModuleDict({"interface": HierarchicalConv(5, 16)}).state_dict()
+    inside._metadata["interface"]["version"] = 1
+    with pytest.raises(ValueError, match=r"interface\. was saved"):
+        nn.ModuleDict({"interface": HierarchicalConv(5, 16)}).load_state_dict(inside)
+    # SSL_Interface's own dicts are version 1 as well, but channel-major: they load.
+    seed_state = seed_hconv_state_dict(5, 16, 5, 3)
+    seed_state = type(old)(seed_state)
+    seed_state._metadata = {"": {"version": 1}}
+    HierarchicalConv(5, 16).load_state_dict(seed_state)
+
+
 def test_our_own_state_dicts_still_load():
     source = HierarchicalConv(5, 16)
     target = HierarchicalConv(5, 16)
