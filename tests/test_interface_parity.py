@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 from interfaces import HierarchicalConv, WeightedSum, from_ssl_interface_config
@@ -324,23 +323,24 @@ def hconv_count(num_layers: int, hidden_size: int, **hyperparameters) -> int:
         return trainable_count(HierarchicalConv(num_layers, hidden_size, **hyperparameters))
 
 
-def test_readme_hconv_figures_are_the_built_modules():
-    row = next(
-        line for line in (REPO_ROOT / "README.md").read_text().splitlines() if line.startswith("| `hconv` |")
-    )
-    quoted = set(re.findall(r"\d{1,3}(?:,\d{3})+", row))
+def hconv_size_quotes(path: str) -> str:
+    """The text that quotes HConv's sizes: the README's table row, or the config's header comment."""
+    text = (REPO_ROOT / path).read_text()
+    if path == "README.md":
+        return next(line for line in text.splitlines() if line.startswith("| `hconv` |"))
+    return text.split("_target_")[0]
+
+
+@pytest.mark.parametrize(
+    ("path", "output_phrase"), [("README.md", "output {}"), ("configs/interface/hconv.yaml", "{} features")]
+)
+def test_published_hconv_figures_are_the_built_modules(path, output_phrase):
+    # Every comma-grouped figure quoted must be a built module's parameter count, and both sizes quoted.
+    # (configs/experiment/table3.yaml: tests/test_sweeps.py::test_table3_widens_the_head_by_hconvs_parameter_count.)
+    quotes = hconv_size_quotes(path)
     built = {f"{hconv_count(*BASE):,}", f"{hconv_count(*LARGE):,}"}
     assert built == {"4,424,832", "6,990,165"}
-    assert quoted == built, row
+    assert set(re.findall(r"\d{1,3}(?:,\d{3})+", quotes)) == built, quotes
     with torch.device("meta"):
-        large = HierarchicalConv(*LARGE)
-    assert f"output {large.output_size}" in row and large.output_size == 1023
-
-
-def test_table3_hconv_parameter_counts_are_the_built_modules():
-    # Base models (HuBERT/WavLM Base, wav2vec 2.0 Base): L=13, D=768; Large and XLSR-53: L=25, D=1024.
-    params = OmegaConf.load(REPO_ROOT / "configs" / "experiment" / "table3.yaml")["hconv_interface_params"]
-    assert len(params) > 0
-    for upstream, count in params.items():
-        size = LARGE if ("large" in upstream or "xlsr" in upstream) else BASE
-        assert count == hconv_count(*size), upstream
+        for size in (BASE, LARGE):
+            assert output_phrase.format(HierarchicalConv(*size).output_size) in quotes
