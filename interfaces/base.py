@@ -114,8 +114,8 @@ class Interface(nn.Module):
     #: True for interfaces whose ``layer_weights()`` returns weights over layers (False: it returns None).
     weighs_layers: ClassVar[bool] = False
     #: State-dict keys of SSL_Interface's module (relative to this module) -> this class's keys; see
-    #: ``seed_key_map``. Empty for interfaces that SSL_Interface does not have.
-    seed_state_dict_keys: ClassVar[dict[str, str]] = {}
+    #: ``ssl_interface_key_map``. Empty for interfaces that SSL_Interface does not have.
+    ssl_interface_state_dict_keys: ClassVar[dict[str, str]] = {}
 
     def __init__(self, num_layers: int, hidden_size: int, normalize: bool = False) -> None:
         super().__init__()
@@ -183,15 +183,17 @@ class Interface(nn.Module):
         """Normalised weights over layers ([L] or [groups, L]) when ``weighs_layers``, else None."""
         return None
 
-    def seed_key_map(self) -> dict[str, str]:
+    def ssl_interface_key_map(self) -> dict[str, str]:
         """SSL_Interface state-dict key -> this module's key, for the keys this instance has.
 
         ``load_state_dict`` renames these keys before loading, so a state dict saved from SSL_Interface's
         module loads here (as the whole dict, or under a prefix inside a larger model's dict). Default: the
-        class's ``seed_state_dict_keys``, restricted to keys this instance has; subclasses whose keys depend
+        class's ``ssl_interface_state_dict_keys``, restricted to keys this instance has; subclasses whose keys depend
         on the architecture (HConv's number of convolutions) override it."""
+        if not self.ssl_interface_state_dict_keys:
+            return {}
         own = set(self.state_dict())
-        return {seed: ours for seed, ours in self.seed_state_dict_keys.items() if ours in own}
+        return {theirs: ours for theirs, ours in self.ssl_interface_state_dict_keys.items() if ours in own}
 
     def _load_from_state_dict(
         self,
@@ -204,17 +206,17 @@ class Interface(nn.Module):
         error_msgs: list[str],
     ) -> None:
         # state_dict is load_state_dict's own copy (documented by torch), so renaming in place is safe; the
-        # children (convolutions, ...) load after this and find their keys under our names. Keys of the seed
+        # children (convolutions, ...) load after this and find their keys under our names. SSL_Interface keys
         # that this instance has no place for stay as they are, so a strict load names them as unexpected.
-        for seed_key, our_key in self.seed_key_map().items():
-            if prefix + seed_key not in state_dict:
+        for their_key, our_key in self.ssl_interface_key_map().items():
+            if prefix + their_key not in state_dict:
                 continue
             if prefix + our_key in state_dict:
                 raise ValueError(
-                    f"{type(self).__name__}.load_state_dict: both {prefix + seed_key!r} (SSL_Interface's key) "
+                    f"{type(self).__name__}.load_state_dict: both {prefix + their_key!r} (SSL_Interface's key) "
                     f"and {prefix + our_key!r} (ours) are present; pass a state dict from one of the two"
                 )
-            state_dict[prefix + our_key] = state_dict.pop(prefix + seed_key)
+            state_dict[prefix + our_key] = state_dict.pop(prefix + their_key)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

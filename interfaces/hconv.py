@@ -110,7 +110,7 @@ class HierarchicalConv(Interface):
             for k in range(self.num_convs)
         )
 
-    def seed_key_map(self) -> dict[str, str]:
+    def ssl_interface_key_map(self) -> dict[str, str]:
         """SSL_Interface's ``transforms`` is an nn.Sequential of Conv1d, ReLU, Conv1d, ReLU, ...: its conv k is
         ``transforms.{2k}``, our ``convs.{k}``."""
         return {

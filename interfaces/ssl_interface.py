@@ -11,7 +11,7 @@ one line::
     interface = from_ssl_interface_config(config)   # was: HierarchicalConvInterface(config)
 
 and loads a state dict saved from SSL_Interface's module with ``interface.load_state_dict(...)`` (the key map is
-in each class: ``WeightedSum.seed_state_dict_keys``, ``HierarchicalConv.seed_key_map``).
+in each class: ``WeightedSum.ssl_interface_state_dict_keys``, ``HierarchicalConv.ssl_interface_key_map``).
 """
 
 from __future__ import annotations

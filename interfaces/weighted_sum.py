@@ -26,7 +26,7 @@ class WeightedSum(Interface):
     """
 
     weighs_layers = True
-    seed_state_dict_keys = {"weighte_sum_weights": "weight_logits"}
+    ssl_interface_state_dict_keys = {"weighte_sum_weights": "weight_logits"}
 
     def __init__(
         self, num_layers: int, hidden_size: int, normalize: bool = False, layers: Sequence[int] | None = None

@@ -31,7 +31,7 @@ BASE, LARGE = (13, 768), (25, 1024)
 # ------------------------------------------------------------------- SSL_Interface, from its definition
 
 
-def seed_layer_counts(num_layers: int, kernel_size: int, stride: int) -> list[int]:
+def ssl_interface_layer_counts(num_layers: int, kernel_size: int, stride: int) -> list[int]:
     """Layer counts through SSL_Interface's HConv: floor(log L / log s) convs (float logs, as it computes them),
     each L -> floor((L + 2 * (k // 2) - (k - 1) - 1) / s + 1)."""
     counts = [num_layers]
@@ -40,10 +40,12 @@ def seed_layer_counts(num_layers: int, kernel_size: int, stride: int) -> list[in
     return counts
 
 
-def seed_hconv_state_dict(num_layers: int, hidden_size: int, kernel_size: int, stride: int, seed: int = 0):
+def ssl_interface_hconv_state_dict(
+    num_layers: int, hidden_size: int, kernel_size: int, stride: int, seed: int = 0
+):
     """Random weights under SSL_Interface's keys: transforms.{2i}.weight [out, in, k] and .bias [out]."""
     generator = torch.Generator().manual_seed(seed)
-    counts = seed_layer_counts(num_layers, kernel_size, stride)
+    counts = ssl_interface_layer_counts(num_layers, kernel_size, stride)
     num_convs = len(counts) - 1
     state = {}
     for conv in range(num_convs):
@@ -55,7 +57,9 @@ def seed_hconv_state_dict(num_layers: int, hidden_size: int, kernel_size: int, s
     return state
 
 
-def seed_hconv_forward(hidden: torch.Tensor, state: dict[str, torch.Tensor], stride: int, normalize: bool):
+def ssl_interface_hconv_forward(
+    hidden: torch.Tensor, state: dict[str, torch.Tensor], stride: int, normalize: bool
+):
     """SSL_Interface's HConv forward: [L, B, T, D] -> [B, T, C * L'] (channel-major flatten)."""
     num_layers, batch_size, num_frames, hidden_size = hidden.shape
     if normalize:
@@ -67,7 +71,9 @@ def seed_hconv_forward(hidden: torch.Tensor, state: dict[str, torch.Tensor], str
     return x.reshape(batch_size * num_frames, -1).reshape(batch_size, num_frames, -1)
 
 
-def seed_weighted_sum_forward(hidden: torch.Tensor, logits: torch.Tensor, normalize: bool) -> torch.Tensor:
+def ssl_interface_weighted_sum_forward(
+    hidden: torch.Tensor, logits: torch.Tensor, normalize: bool
+) -> torch.Tensor:
     """SSL_Interface's (and s3prl's) weighted sum: sum_l softmax(w)_l * h_l, after the optional layer norm."""
     if normalize:
         hidden = F.layer_norm(hidden, hidden.shape[-1:])
@@ -95,11 +101,11 @@ def trainable_count(module: nn.Module) -> int:
 @pytest.mark.parametrize("size", [BASE, LARGE], ids=["13x768", "25x1024"])
 def test_hconv_equals_ssl_interface_after_loading_its_state_dict(size, kernel_size, stride, normalize):
     num_layers, hidden_size = size
-    counts = seed_layer_counts(num_layers, kernel_size, stride)
-    seed_state = seed_hconv_state_dict(num_layers, hidden_size, kernel_size, stride)
+    counts = ssl_interface_layer_counts(num_layers, kernel_size, stride)
+    their_state = ssl_interface_hconv_state_dict(num_layers, hidden_size, kernel_size, stride)
     output_dim = hidden_size // counts[-1] * counts[-1]
     # Built as a user of SSL_Interface would, from its config fields; built on the meta device and given the
-    # seed's tensors (copies) by load_state_dict, which maps the keys.
+    # SSL_Interface tensors (copies) by load_state_dict, which maps the keys.
     with torch.device("meta"):
         ours = from_ssl_interface_config(
             name="HierarchicalConvInterfaceConfig",
@@ -112,14 +118,14 @@ def test_hconv_equals_ssl_interface_after_loading_its_state_dict(size, kernel_si
         )
     assert isinstance(ours, HierarchicalConv)
     assert ours.layer_counts == counts
-    ours.load_state_dict({key: value.clone() for key, value in seed_state.items()}, assign=True)
-    assert trainable_count(ours) == sum(value.numel() for value in seed_state.values())
+    ours.load_state_dict({key: value.clone() for key, value in their_state.items()}, assign=True)
+    assert trainable_count(ours) == sum(value.numel() for value in their_state.values())
 
-    for tensor in seed_state.values():
+    for tensor in their_state.values():
         tensor.requires_grad_(True)
     hidden = hidden_states(num_layers, hidden_size)
-    hidden_seed, hidden_ours = hidden.clone().requires_grad_(True), hidden.clone().requires_grad_(True)
-    expected = seed_hconv_forward(hidden_seed, seed_state, stride, normalize)
+    hidden_theirs, hidden_ours = hidden.clone().requires_grad_(True), hidden.clone().requires_grad_(True)
+    expected = ssl_interface_hconv_forward(hidden_theirs, their_state, stride, normalize)
     output = ours(hidden_ours)
     assert output.shape == expected.shape == (2, 3, output_dim)
     torch.testing.assert_close(output, expected)
@@ -127,11 +133,11 @@ def test_hconv_equals_ssl_interface_after_loading_its_state_dict(size, kernel_si
     projection = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2))
     (expected * projection).sum().backward()
     (output * projection).sum().backward()
-    torch.testing.assert_close(hidden_ours.grad, hidden_seed.grad)
+    torch.testing.assert_close(hidden_ours.grad, hidden_theirs.grad)
     for conv in range(len(counts) - 1):
         for name in ("weight", "bias"):
             ours_grad = getattr(ours.convs[conv], name).grad
-            torch.testing.assert_close(ours_grad, seed_state[f"transforms.{2 * conv}.{name}"].grad)
+            torch.testing.assert_close(ours_grad, their_state[f"transforms.{2 * conv}.{name}"].grad)
 
 
 @pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalize"])
@@ -149,14 +155,14 @@ def test_weighted_sum_equals_ssl_interface_after_loading_its_state_dict(size, no
     ours.load_state_dict({"weighte_sum_weights": logits.clone()})
     logits.requires_grad_(True)
     hidden = hidden_states(num_layers, hidden_size)
-    hidden_seed, hidden_ours = hidden.clone().requires_grad_(True), hidden.clone().requires_grad_(True)
-    expected = seed_weighted_sum_forward(hidden_seed, logits, normalize)
+    hidden_theirs, hidden_ours = hidden.clone().requires_grad_(True), hidden.clone().requires_grad_(True)
+    expected = ssl_interface_weighted_sum_forward(hidden_theirs, logits, normalize)
     output = ours(hidden_ours, torch.tensor([3, 3]))
     torch.testing.assert_close(output, expected)
     projection = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2))
     (expected * projection).sum().backward()
     (output * projection).sum().backward()
-    torch.testing.assert_close(hidden_ours.grad, hidden_seed.grad)
+    torch.testing.assert_close(hidden_ours.grad, hidden_theirs.grad)
     torch.testing.assert_close(ours.weight_logits.grad, logits.grad)
 
 
@@ -177,9 +183,9 @@ def test_hconv_flattens_channel_major():
 # ------------------------------------------------------------------------------- loading SSL_Interface keys
 
 
-def test_seed_keys_load_under_a_prefix_inside_a_larger_model():
+def test_ssl_interface_keys_load_under_a_prefix_inside_a_larger_model():
     # L=9: 9 -> 3 -> 1 layers, two convolutions (transforms.0 and transforms.2 in SSL_Interface).
-    state = {f"interface.{key}": value for key, value in seed_hconv_state_dict(9, 16, 5, 3).items()}
+    state = {f"interface.{key}": value for key, value in ssl_interface_hconv_state_dict(9, 16, 5, 3).items()}
     state["head.weight"] = torch.ones(2, 16)
     model = nn.ModuleDict({"interface": HierarchicalConv(9, 16), "head": nn.Linear(16, 2, bias=False)})
     model.load_state_dict(state)
@@ -194,24 +200,24 @@ def test_seed_keys_load_under_a_prefix_inside_a_larger_model():
     }
 
 
-def test_seed_key_map_is_documented_per_class():
-    assert WeightedSum.seed_state_dict_keys == {"weighte_sum_weights": "weight_logits"}
-    assert HierarchicalConv(25, 1024, kernel_size=3, stride=2).seed_key_map() == {
+def test_ssl_interface_key_map_is_documented_per_class():
+    assert WeightedSum.ssl_interface_state_dict_keys == {"weighte_sum_weights": "weight_logits"}
+    assert HierarchicalConv(25, 1024, kernel_size=3, stride=2).ssl_interface_key_map() == {
         f"transforms.{2 * k}.{name}": f"convs.{k}.{name}" for k in range(4) for name in ("weight", "bias")
     }
 
 
-def test_a_partial_or_foreign_seed_state_dict_is_refused_naming_the_keys():
+def test_a_partial_or_foreign_ssl_interface_state_dict_is_refused_naming_the_keys():
     interface = HierarchicalConv(9, 16)  # 2 convs
-    extra = seed_hconv_state_dict(9, 16, 5, 3)
+    extra = ssl_interface_hconv_state_dict(9, 16, 5, 3)
     extra["transforms.4.weight"] = torch.zeros(1)  # a third conv this module does not have
     with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: \"transforms\.4\.weight\""):
         interface.load_state_dict(extra)
-    missing = seed_hconv_state_dict(9, 16, 5, 3)
+    missing = ssl_interface_hconv_state_dict(9, 16, 5, 3)
     del missing["transforms.2.bias"]
     with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"convs\.1\.bias\""):
         interface.load_state_dict(missing)
-    mixed = {**seed_hconv_state_dict(9, 16, 5, 3), "convs.0.weight": torch.zeros(16, 16, 5)}
+    mixed = {**ssl_interface_hconv_state_dict(9, 16, 5, 3), "convs.0.weight": torch.zeros(16, 16, 5)}
     with pytest.raises(ValueError, match=r"both 'transforms\.0\.weight' .* and 'convs\.0\.weight'"):
         interface.load_state_dict(mixed)
     with pytest.raises(RuntimeError, match=r"size mismatch for weight_logits"):
@@ -228,10 +234,10 @@ def test_layer_major_hconv_state_dicts_of_earlier_versions_are_refused():
     with pytest.raises(ValueError, match=r"interface\. was saved"):
         nn.ModuleDict({"interface": HierarchicalConv(5, 16)}).load_state_dict(inside)
     # SSL_Interface's own dicts are version 1 as well, but channel-major: they load.
-    seed_state = seed_hconv_state_dict(5, 16, 5, 3)
-    seed_state = type(old)(seed_state)
-    seed_state._metadata = {"": {"version": 1}}
-    HierarchicalConv(5, 16).load_state_dict(seed_state)
+    their_state = ssl_interface_hconv_state_dict(5, 16, 5, 3)
+    their_state = type(old)(their_state)
+    their_state._metadata = {"": {"version": 1}}
+    HierarchicalConv(5, 16).load_state_dict(their_state)
 
 
 def test_our_own_state_dicts_still_load():
@@ -245,7 +251,7 @@ def test_our_own_state_dicts_still_load():
 # ------------------------------------------------------------------------------- compatibility entry point
 
 
-def test_from_ssl_interface_config_takes_the_seed_dataclass_fields_and_defaults():
+def test_from_ssl_interface_config_takes_its_dataclass_fields_and_defaults():
     # A dataclass with SSL_Interface's field names and defaults, as its HierarchicalConvInterfaceConfig.
     from dataclasses import dataclass
 
@@ -295,7 +301,7 @@ def test_from_ssl_interface_config_takes_the_seed_dataclass_fields_and_defaults(
         ({"upstream_layer_num": 13, "layers": [1]}, ["layers", "upstream_layer_num"]),
     ],
 )
-def test_from_ssl_interface_config_rejects_what_the_seed_does_not_have(fields, fragments):
+def test_from_ssl_interface_config_rejects_what_ssl_interface_does_not_have(fields, fragments):
     with pytest.raises(ValueError) as caught:
         from_ssl_interface_config(fields)
     for fragment in fragments:
