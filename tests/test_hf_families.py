@@ -559,3 +559,25 @@ def test_hub_ids_offline_missing_then_cached(tiny_dirs, tmp_path, monkeypatch, m
     upstream = HfUpstream(model=model_id, cache_dir=str(cache))
     assert upstream.family == ("whisper" if family == "whisper" else "wav2vec2-bert")
     assert upstream.num_layers == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("selection", ["upstream.layers='::2'", "upstream.layers=[0,2]"])
+def test_layer_subset_from_the_command_line(tmp_path, selection):
+    """upstream.layers as a user types it: the interface is built for the subset (L = 2 of 3)."""
+    from tests.conftest import TINY_UPSTREAM
+
+    run_dir = tmp_path / "run"
+    run_downstream_cli(
+        [
+            *TINY_UPSTREAM,
+            selection,
+            "task=ic",
+            "trainer.max_steps=2",
+            "trainer.eval_every=2",
+            "trainer.batch_size=2",
+            "trainer.limit_eval_batches=1",
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
+    assert json.loads((run_dir / "results.json").read_text())["num_layers"] == 2
