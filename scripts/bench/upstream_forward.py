@@ -92,6 +92,7 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
             "conv_bias": True,
         },
     ),
+    # hidden size, heads, FFN, kernel from the checkpoint's config; 24 layers assumed (wav2vec 2.0 Large's)
     "wav2vec2-conformer-rel-pos-large": (
         "Wav2Vec2ConformerConfig",
         {
