@@ -509,15 +509,20 @@ class HfEncoderUpstream(Upstream):
             key_padding = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
             key_padding = key_padding.masked_fill(~valid, torch.finfo(x.dtype).min)[:, None, None, :]
         keep = set(self.layer_ids)
-        states = [x] if 0 in keep else []
+        width = int(out_frames.max())  # pad30 runs 1500 positions; keep only the real frames' copies
+
+        def kept(state: torch.Tensor) -> torch.Tensor:
+            return state[:, :width].clone() if width < state.shape[1] else state
+
+        states = [kept(x)] if 0 in keep else []
         last = len(encoder.layers)
         for index, layer in enumerate(encoder.layers[: max(keep)], start=1):
             x = layer(x, key_padding)
             if index in keep:
-                states.append(encoder.layer_norm(x) if index == last else x)
-        stacked = torch.stack(states)  # [L, segments, T, D]
+                states.append(kept(encoder.layer_norm(x) if index == last else x))
+        stacked = torch.stack(states)  # [L, segments, width, D]
         if len(segments) == len(lengths):
-            return stacked[:, :, : int(out_frames.max())]
+            return stacked
         total = self.frame_lengths(wav_lengths.cpu())
         out = stacked.new_zeros(stacked.shape[0], len(lengths), int(total.max()), stacked.shape[-1])
         offsets = [0] * len(lengths)
