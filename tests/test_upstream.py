@@ -416,6 +416,18 @@ def test_s3prl_local_checkpoints_load_with_every_layer(tmp_path, family):
         assert (hidden_states[:, 1, :valid] - shorter[:, 0, :valid]).abs().max() > 1e-3
 
 
+def test_s3prl_layer_subset_keeps_exactly_those_states(tmp_path):
+    """upstream.layers on a source whose extract returns every state: the base class keeps the subset."""
+    from upstream.s3prl_hub import S3prlUpstream
+
+    checkpoint = save_tiny_s3prl_checkpoint("hubert", tmp_path / "hubert.pt")
+    full = S3prlUpstream(name="hubert_local", path=str(checkpoint))
+    subset = S3prlUpstream(name="hubert_local", path=str(checkpoint), layers=[0, -1])
+    assert (subset.num_layers, subset.total_layers, subset.layer_ids) == (2, 3, (0, 2))
+    batch = padded_batch([8000, 8000])
+    torch.testing.assert_close(subset(*batch)[0], full(*batch)[0][[0, 2]], atol=1e-6, rtol=0)
+
+
 def test_s3prl_layer_order_matches_torchaudio_on_the_same_weights(tmp_path):
     """s3prl's hidden states (layer inputs + encoder output) == the transformer input + every layer."""
     from torchaudio.models.wav2vec2.utils import import_fairseq_model
