@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from downstream.data.corpus import DataLayoutError
-from downstream.runner import pick_schedule, resolve_trainer_settings, run_experiment
+from downstream.training.runner import pick_schedule, resolve_trainer_settings, run_experiment
 from tests.conftest import REPO_ROOT, TINY_UPSTREAM, run_downstream_cli
 
 FAST = [

@@ -57,8 +57,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from downstream.runner import build_branch, resolve_trainer_settings, resolved_job_config
-from downstream.trainer import Trainer, TrainerSettings, resolve_num_workers
+from downstream.training.loading import resolve_num_workers
+from downstream.training.runner import build_branch, build_task, resolve_trainer_settings, resolved_job_config
+from downstream.training.settings import TrainerSettings
+from downstream.training.trainer import Trainer
 from scripts.bench.interfaces import describe_device, markdown_table, resolve_device, synchronize
 from upstream.base import Upstream
 
@@ -251,7 +253,7 @@ class StepBenchmark:
     def __init__(self, args: argparse.Namespace, device: torch.device, run_root: Path) -> None:
         self.args, self.device, self.run_root = args, device, run_root
         self.base = compose_run_config(list(args.overrides))
-        self.task = hydra.utils.instantiate(self.base.task, _recursive_=False)
+        self.task = build_task(self.base.task)
         self.single_step_s: dict[str, float] = {}
         self.reference_states: torch.Tensor | None = None
         self.first_variant: str | None = None
