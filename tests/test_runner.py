@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from downstream.data.corpus import DataLayoutError
-from downstream.training.runner import pick_schedule, resolve_trainer_settings, run_experiment
+from downstream.training.runner import build_task, pick_schedule, resolve_trainer_settings, run_experiment
 from tests.conftest import REPO_ROOT, TINY_UPSTREAM, run_downstream_cli
 
 FAST = [
@@ -152,6 +152,19 @@ def test_every_task_config_composes(make_config):
         cfg = make_config([f"task={task_file.stem}"])
         assert OmegaConf.select(cfg, "task._target_")
         assert set(cfg.task.schedules) == {"superb", "demo"}
+
+
+@pytest.mark.parametrize(
+    "task_name", sorted(path.stem for path in (REPO_ROOT / "configs" / "task").glob("*.yaml"))
+)
+def test_every_task_config_builds_its_task_and_keeps_head_and_schedules_for_the_runner(
+    make_config, task_name
+):
+    cfg = make_config([f"task={task_name}"])
+    task = build_task(cfg.task)  # every key but head/schedules is a constructor parameter
+    assert task.name == task_name
+    with pytest.raises(TypeError, match="head"):
+        type(task)(cfg.task.data_root, head=cfg.task.head)
 
 
 def test_command_line_run(tmp_path):

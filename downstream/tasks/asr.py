@@ -6,9 +6,6 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
-from downstream.augment import spec_augment
 from downstream.data.corpus import Utterance
 from downstream.data.librispeech import read_librispeech
 from downstream.metrics import edit_statistics, error_rate_percent
@@ -49,11 +46,6 @@ class SpeechRecognition(CTCTask):
 
     def error_units(self, tokens: Sequence[str]) -> list[str]:
         return "".join(tokens).replace(WORD_BOUNDARY, " ").split()
-
-    def augment(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if not self.spec_augment:
-            return features
-        return spec_augment(features, lengths, **self.spec_augment)
 
     def sequence_statistics(self, references: list[list[str]], hypotheses: list[list[str]]) -> Statistics:
         """Word edits (``edits``/``reference_units``) and character edits (``char_edits``/``reference_chars``,

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from downstream.augment import spec_augment
 from downstream.data.corpus import Utterance
 from downstream.metrics import ctc_greedy_decode, edit_statistics, error_rate_percent
 from downstream.tasks.base import Batch, Statistics, Task
@@ -23,6 +24,10 @@ class CTCTask(Task):
     token strings) and ``error_units`` (token strings -> the units the error rate counts: phones for
     PER, words for WER).
     """
+
+    #: SpecAugment of the interface's features in training (``downstream.augment.spec_augment`` keyword
+    #: arguments; None: off). ASR and ML-SUPERB set it from their config.
+    spec_augment: dict[str, int] | None = None
 
     def __init__(self, data_root: str, **options: Any) -> None:
         super().__init__(data_root, **options)
@@ -68,6 +73,12 @@ class CTCTask(Task):
         return [self.vocabulary[index] for index in ids]
 
     # -- training ---------------------------------------------------------------------------
+    def augment(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """SpecAugment of features [B, T, D'] when ``spec_augment`` is set, else identity."""
+        if not self.spec_augment:
+            return features
+        return spec_augment(features, lengths, **self.spec_augment)
+
     def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         targets = batch["targets"]
         target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)

@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
-from downstream.augment import spec_augment
 from downstream.data.corpus import Utterance, check_choice
 from downstream.data.ml_superb import DURATIONS, MONOLINGUAL_SETS, normalize_transcript, read_ml_superb
 from downstream.metrics import accuracy_percent
@@ -66,11 +63,6 @@ class MLSuperbSpeechRecognition(CTCTask):
         return [
             char if char in known or char == WORD_BOUNDARY else UNKNOWN for char in self.characters(utterance)
         ]
-
-    def augment(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if not self.spec_augment:
-            return features
-        return spec_augment(features, lengths, **self.spec_augment)
 
 
 class MonolingualSpeechRecognition(MLSuperbSpeechRecognition):
