@@ -69,7 +69,7 @@ def ready(interface: Interface, seed: int = 1) -> Interface:
 
 
 def test_config_set_holds_the_issue_table():
-    assert EXPECTED_NAMES <= set(INTERFACE_NAMES)  # an added interface needs no edit here
+    assert set(INTERFACE_NAMES) >= EXPECTED_NAMES  # an added interface needs no edit here
 
 
 @pytest.mark.parametrize("name", INTERFACE_NAMES)
