@@ -1,9 +1,9 @@
 """Writing files so that a crash, a kill or a full disk never leaves a torn one: the project's one atomic write.
 
-Every writer uses ``write_atomically``: checkpoints and best models (``downstream.training.checkpoint``),
-results.json (``downstream.training.run_log``), the hidden-state cache's index and the audio-header manifest
-(``downstream.data.corpus``). This module imports nothing from the project, so ``data/`` and the engine both
-can use it.
+Every file writer uses ``write_atomically``: checkpoints and best models (``downstream.training.checkpoint``),
+results.json (``downstream.training.run_log``) and the audio-header manifest (``downstream.data.corpus``).
+(The hidden-state cache publishes a whole folder at once instead: it fills ``<split>.partial-*`` and renames
+it into place.) This module imports nothing from the project, so ``data/`` and the engine both can use it.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -199,3 +200,17 @@ def test_default_experiment_end_to_end_learns(tmp_path):
     )
     assert results["schedule"] == "demo" and results["steps"] == 300
     assert results["test"]["per"] < 70.0  # clearly below 100%: the probe learned phones
+
+
+def test_only_entry_points_import_the_engine():
+    """Tasks, data readers, heads, interfaces and upstreams never import downstream.training."""
+    engine = REPO_ROOT / "downstream" / "training"
+    library = [*(REPO_ROOT / "downstream").rglob("*.py"), *(REPO_ROOT / "interfaces").rglob("*.py")]
+    library += list((REPO_ROOT / "upstream").rglob("*.py"))
+    importers = [
+        str(path.relative_to(REPO_ROOT))
+        for path in library
+        if engine not in path.parents
+        and re.search(r"^\s*(from|import) downstream\.training", path.read_text(), re.MULTILINE)
+    ]
+    assert importers == []
