@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from downstream.augment import spec_augment
-from downstream.heads import BiLSTMHead, FrameLinearHead, MeanPoolClassifier, widened_hidden_size
+from downstream.heads import (
+    BiLSTMHead,
+    FrameLinearHead,
+    MeanPoolClassifier,
+    meta_parameter_count,
+    widened_size,
+)
 from downstream.metrics import ctc_greedy_decode, edit_statistics, error_rate_percent
 
 
@@ -25,13 +31,9 @@ def numel(module: torch.nn.Module) -> int:
         (BiLSTMHead, {"hidden_size": 32, "lstm_size": 24, "num_lstm_layers": 2}),
     ],
 )
-def test_head_parameter_formula_matches_module(head_class, kwargs):
+def test_meta_device_parameter_count_matches_module(head_class, kwargs):
     head = head_class(input_size=40, num_outputs=7, **kwargs)
-    if head_class is BiLSTMHead:
-        expected = BiLSTMHead.count_params(40, kwargs["hidden_size"], 7, kwargs["lstm_size"], 2)
-    else:
-        expected = head_class.count_params(40, kwargs["hidden_size"], 7)
-    assert numel(head) == expected
+    assert meta_parameter_count(lambda: head_class(input_size=40, num_outputs=7, **kwargs)) == numel(head)
 
 
 @pytest.mark.parametrize("head_class", [FrameLinearHead, MeanPoolClassifier])
@@ -47,13 +49,13 @@ def test_extra_params_widens_lstm():
     base = numel(BiLSTMHead(input_size=48, num_outputs=30, hidden_size=32, lstm_size=16))
     wide = BiLSTMHead(input_size=48, num_outputs=30, hidden_size=32, lstm_size=16, extra_params=50_000)
     assert numel(wide) >= base + 50_000
-    narrower = BiLSTMHead.count_params(48, 32, 30, wide.lstm_size - 1, 2)
+    narrower = numel(BiLSTMHead(input_size=48, num_outputs=30, hidden_size=32, lstm_size=wide.lstm_size - 1))
     assert narrower < base + 50_000
 
 
-def test_widened_hidden_size_rejects_negative_budget():
+def test_widened_size_rejects_negative_budget():
     with pytest.raises(ValueError, match="extra_params"):
-        widened_hidden_size(FrameLinearHead.count_params, 10, 4, 3, -1)
+        widened_size(lambda size: FrameLinearHead(10, 3, size), 4, -1)
 
 
 def test_head_rejects_bad_sizes():

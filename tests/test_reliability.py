@@ -29,8 +29,9 @@ from hydra.errors import InstantiationException
 
 from downstream.data.audio import AudioDecodeError
 from downstream.data.corpus import DataLayoutError
-from downstream.runner import run_experiment
-from downstream.trainer import EXIT_STOPPED_EARLY, NonFiniteLossError
+from downstream.training.branch import NonFiniteLossError
+from downstream.training.preemption import EXIT_STOPPED_EARLY
+from downstream.training.runner import run_experiment
 from tests.conftest import REPO_ROOT, TINY_UPSTREAM, compose_config
 
 TINY = TINY_UPSTREAM

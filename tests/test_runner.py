@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from downstream.data.corpus import DataLayoutError
-from downstream.runner import pick_schedule, resolve_trainer_settings, run_experiment
+from downstream.training.runner import build_task, pick_schedule, resolve_trainer_settings, run_experiment
 from tests.conftest import REPO_ROOT, TINY_UPSTREAM, run_downstream_cli
 
 FAST = [
@@ -154,6 +155,19 @@ def test_every_task_config_composes(make_config):
         assert set(cfg.task.schedules) == {"superb", "demo"}
 
 
+@pytest.mark.parametrize(
+    "task_name", sorted(path.stem for path in (REPO_ROOT / "configs" / "task").glob("*.yaml"))
+)
+def test_every_task_config_builds_its_task_and_keeps_head_and_schedules_for_the_runner(
+    make_config, task_name
+):
+    cfg = make_config([f"task={task_name}"])
+    task = build_task(cfg.task)  # every key but head/schedules is a constructor parameter
+    assert task.name == task_name
+    with pytest.raises(TypeError, match="head"):
+        type(task)(cfg.task.data_root, head=cfg.task.head)
+
+
 def test_command_line_run(tmp_path):
     """The real entry point, as a user types it (a subprocess with Hydra's own argument parsing)."""
     run_dir = tmp_path / "cli"
@@ -186,3 +200,17 @@ def test_default_experiment_end_to_end_learns(tmp_path):
     )
     assert results["schedule"] == "demo" and results["steps"] == 300
     assert results["test"]["per"] < 70.0  # clearly below 100%: the probe learned phones
+
+
+def test_only_entry_points_import_the_engine():
+    """Tasks, data readers, heads, interfaces and upstreams never import downstream.training."""
+    engine = REPO_ROOT / "downstream" / "training"
+    library = [*(REPO_ROOT / "downstream").rglob("*.py"), *(REPO_ROOT / "interfaces").rglob("*.py")]
+    library += list((REPO_ROOT / "upstream").rglob("*.py"))
+    importers = [
+        str(path.relative_to(REPO_ROOT))
+        for path in library
+        if engine not in path.parents
+        and re.search(r"^\s*(from|import) downstream\.training", path.read_text(), re.MULTILINE)
+    ]
+    assert importers == []

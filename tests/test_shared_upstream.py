@@ -7,7 +7,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from downstream.runner import Job, resolved_job_config, run_experiment, run_jobs
+from downstream.training.runner import Job, resolved_job_config, run_experiment, run_jobs
 from hydra_plugins.shared_upstream_launcher.launcher import group_key
 from tests.conftest import TINY_UPSTREAM, run_downstream_cli
 

@@ -21,7 +21,7 @@ from matplotlib.image import imread
 from omegaconf import OmegaConf
 
 from downstream.results import ResultsFileError, load_run, scan_runs
-from downstream.runner import run_experiment
+from downstream.training.runner import run_experiment
 from scripts import make_table
 from tests.conftest import CONFIG_DIR, MINI_SUPERB, compose_config, run_downstream_cli
 from tests.test_runner import FAST

@@ -14,15 +14,23 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from downstream.distributed import SilentRunLogger, barrier, init_distributed, rank_info
-from downstream.feature_cache import HiddenStateCache, open_hidden_state_cache
+from downstream.heads import count_parameters
 from downstream.tasks.base import Task
-from downstream.trainer import Branch, Trainer, TrainerSettings, count_parameters, pick_device
+from downstream.training.branch import Branch
+from downstream.training.cache import HiddenStateCache, open_hidden_state_cache
+from downstream.training.distributed import barrier, init_distributed, rank_info
+from downstream.training.loading import pick_device
+from downstream.training.run_log import SilentRunLogger
+from downstream.training.settings import TrainerSettings
+from downstream.training.trainer import Trainer
 from upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("auto", "superb", "demo")
+#: Keys of a task config that the runner reads and the task does not take: the head to build on the
+#: interface (``build_branch``) and the trainer schedules (``resolve_trainer_settings``).
+RUNNER_TASK_KEYS = ("head", "schedules")
 
 
 def seed_everything(seed: int) -> None:
@@ -53,6 +61,14 @@ def resolve_trainer_settings(cfg: DictConfig) -> TrainerSettings:
     )
 
 
+def build_task(task_config: DictConfig) -> Task:
+    """The task of a ``task`` config node: its ``_target_`` class with every key but ``RUNNER_TASK_KEYS``."""
+    arguments = OmegaConf.to_container(task_config, resolve=True)
+    for key in RUNNER_TASK_KEYS:
+        arguments.pop(key, None)
+    return hydra.utils.instantiate(arguments, _recursive_=False)
+
+
 def load_complete_results(run_dir: Path) -> dict[str, Any] | None:
     """The run's results.json if it exists and parses (a finished run), else None."""
     path = run_dir / "results.json"
@@ -72,7 +88,7 @@ def build_branch(
     interface = hydra.utils.instantiate(
         cfg.interface, num_layers=upstream.num_layers, hidden_size=upstream.hidden_size
     )
-    head = task.build_head(interface.output_size, head_config=cfg.task.head)
+    head = task.build_head(interface.output_size, cfg.task.head)
     # under torchrun only rank 0 writes the curve, results.json and W&B
     logger = (
         hydra.utils.instantiate(cfg.logger, run_dir=run_dir) if rank_info().is_main else SilentRunLogger()
@@ -218,7 +234,7 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
             settings.limit_eval_batches,
         )
     seed_everything(first.seed)
-    task = hydra.utils.instantiate(first.task, _recursive_=False)
+    task = build_task(first.task)
     task.check_data()
     upstream = hydra.utils.instantiate(first.upstream)
     branches = [build_branch(jobs[i].cfg, upstream, task, settings, jobs[i].run_dir) for i in pending]
