@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from scipy.optimize import brentq
 from sklearn.metrics import roc_curve
 
+from downstream import reporting
 from downstream.data.corpus import DataLayoutError
 from downstream.data.fluent_commands import SLOTS, read_fluent_commands
 from downstream.data.ml_superb import normalize_transcript, read_ml_superb
@@ -27,7 +28,7 @@ from downstream.tasks.base import accumulate_statistics
 from downstream.tasks.ic import IntentClassification
 from downstream.tasks.ml_superb import UNKNOWN, MonolingualSpeechRecognition, MultilingualSpeechRecognition
 from downstream.tasks.sv import SpeakerVerification
-from tests.conftest import MINI_SUPERB, TINY_UPSTREAM
+from tests.helpers import MINI_SUPERB, TINY_UPSTREAM, write_finished_run
 
 VOXCELEB = MINI_SUPERB / "VoxCeleb1"
 FLUENT = MINI_SUPERB / "FluentSpeechCommands"
@@ -429,35 +430,30 @@ def test_ml_superb_vocabulary_unknown_characters_lid_and_cer():
 def write_results(
     run_dir: Path, task: str, metric: str, higher: bool, test: dict, overrides: list[str]
 ) -> None:
-    (run_dir / ".hydra").mkdir(parents=True)
-    results = {
-        "task": task,
-        "metric": metric,
-        "higher_is_better": higher,
-        "interface": "weighted_sum",
-        "upstream": "hubert (s3prl)",
-        "upstream_config": "s3prl",
-        "seed": 0,
-        "fold": None,
-        "schedule": "superb",
-        "trainable_params": {"interface": 13, "head": 1000, "upstream": 0},
-        "dev": test,
-        "test": test,
-        "layer_weights": None,
-        "overrides": [f"task={task}", "interface=weighted_sum", *overrides],
-    }
-    (run_dir / "results.json").write_text(json.dumps(results))
+    write_finished_run(
+        run_dir,
+        task=task,
+        metric=metric,
+        higher_is_better=higher,
+        interface="weighted_sum",
+        upstream="hubert (s3prl)",
+        upstream_config="s3prl",
+        seed=0,
+        schedule="superb",
+        trainable_params={"interface": 13, "head": 1000, "upstream": 0},
+        dev=test,
+        test=test,
+        overrides=(f"task={task}", "interface=weighted_sum", *overrides),
+    )
 
 
 def test_table_averages_mono_languages_and_gives_lid_its_own_column(tmp_path):
-    from scripts import make_table
-
     sweep = tmp_path / "multirun" / "table2"
     write_results(sweep / "a", "ml_mono", "cer", False, {"cer": 30.0}, ["task.language=eng1"])
     write_results(sweep / "b", "ml_mono", "cer", False, {"cer": 40.0}, ["task.language=fra1"])
     write_results(sweep / "c", "ml_multi", "cer", False, {"cer": 20.0, "lid_acc": 90.0}, [])
     write_results(sweep / "d", "sv", "eer", False, {"eer": 6.0, "min_dcf": 0.4}, [])
-    table = make_table.aggregate(make_table.collect_runs([sweep]))
+    table = reporting.aggregate(reporting.collect_runs([sweep]))
     assert [(c.task, c.metric) for c in table.columns] == [
         ("sv", "eer"),
         ("ml_mono", "cer"),
@@ -475,7 +471,7 @@ def test_table_averages_mono_languages_and_gives_lid_its_own_column(tmp_path):
         "ml_multi": 24.4,
         "lid": 84.6,
     }  # HuBERT Base, weighted sum
-    assert "LID acc" in make_table.render(table)
+    assert "LID acc" in reporting.render(table)
 
 
 # ---------------------------------------------------------------- two steps of every new task

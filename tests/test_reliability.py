@@ -31,7 +31,7 @@ from downstream.data.audio import AudioDecodeError
 from downstream.data.corpus import DataLayoutError
 from downstream.runner import run_experiment
 from downstream.trainer import EXIT_STOPPED_EARLY, NonFiniteLossError
-from tests.conftest import REPO_ROOT, TINY_UPSTREAM, compose_config
+from tests.helpers import REPO_ROOT, TINY_UPSTREAM, compose_config
 
 TINY = TINY_UPSTREAM
 # PR on the mini corpus, long enough to be interrupted after its first checkpoint (step 5).

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from downstream.runner import Job, resolved_job_config, run_experiment, run_jobs
 from hydra_plugins.shared_upstream_launcher.launcher import group_key
-from tests.conftest import TINY_UPSTREAM, run_downstream_cli
+from tests.helpers import TINY_UPSTREAM, run_downstream_cli
 
 FAST = [
     "trainer.max_steps=4",

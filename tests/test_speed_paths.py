@@ -19,7 +19,7 @@ from downstream.feature_cache import HiddenStateCacheError, open_hidden_state_ca
 from downstream.runner import build_branch, resolve_trainer_settings, run_experiment
 from downstream.trainer import NonFiniteLossError, Trainer, pick_device, split_dataset
 from scripts import benchmark
-from tests.conftest import TINY_UPSTREAM
+from tests.helpers import TINY_UPSTREAM
 from upstream.tiny import TinyUpstream
 
 FAST = [
