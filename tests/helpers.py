@@ -3,6 +3,7 @@ project's Hydra config, and writing results.json records. Fixtures live in conft
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -78,3 +79,17 @@ def write_finished_run(run_dir: Path, config_yaml: str | None = None, **fields: 
         (run_dir / ".hydra" / "config.yaml").write_text(config_yaml)
     (run_dir / RESULTS_FILE).write_text(results.to_json())
     return results
+
+
+def read_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``<run_dir>/curve.jsonl``."""
+    return [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines()]
+
+
+def best_dev_record(curve: list[dict[str, Any]], metric: str, higher_is_better: bool) -> dict[str, Any]:
+    """The dev evaluation a run should keep: the first with the best ``metric`` (a later tie does not
+    replace it)."""
+    evaluations = [record for record in curve if record["split"] == "dev"]
+    assert len(evaluations) >= 2, "choosing a best step needs at least two dev evaluations"
+    sign = -1.0 if higher_is_better else 1.0
+    return min(evaluations, key=lambda record: (sign * record[metric], record["step"]))

@@ -133,6 +133,7 @@ def reference(tmp_path_factory) -> Path:
 # -- preemption: SIGKILL, SIGTERM, torn checkpoints, a full disk --------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_then_sigterm_then_relaunch_matches_an_uninterrupted_run(reference, tmp_path, caplog):
     """Launch 1 is killed with SIGKILL just after a checkpoint (possibly while writing the next one);
     launch 2 resumes and is stopped with SIGTERM: it finishes its update, checkpoints and exits with 75;
@@ -231,6 +232,7 @@ def _full_disk_launch(seed_dir: Path, out_dir: Path) -> tuple[int, str, Path, st
     return process.returncode, output, after, f"could not write {after}/last.pt: File too large (errno 27)"
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_keeps_the_previous_checkpoint_and_says_so(reference, tmp_path):
     seed_dir = tmp_path / "seed"
     run_in_process([*SCHEDULE, "trainer.stop_after_steps=10"], seed_dir)
@@ -252,6 +254,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint_and_says_so(refere
 # -- several processes ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_match_one_process_with_the_same_global_batch(tmp_path):
     """torchrun --nproc_per_node 2 on gloo (CPU) with grad_accum=1 against one process with grad_accum=2.
 

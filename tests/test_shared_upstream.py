@@ -64,6 +64,7 @@ def test_group_key_ignores_only_interface_and_head_settings(make_config):
     assert key(["interface=weighted_sum", "task=sid"]) != base
 
 
+@pytest.mark.slow
 def test_shared_upstream_launcher_sweep(tmp_path):
     """`-m ... hydra/launcher=shared_upstream` writes one results.json per job, as separate runs would."""
     sweep_dir = tmp_path / "sweep"

@@ -683,6 +683,7 @@ def launch_sweep(sweep_dir: Path, *overrides: str) -> None:
     run_downstream_cli(["-m", *TINY_SWEEP, f"hydra.sweep.dir={sweep_dir}", *overrides])
 
 
+@pytest.mark.slow
 def test_multirun_table_and_relaunch_skips_finished_jobs(tmp_path):
     sweep_dir = tmp_path / "sweep"
     launch_sweep(sweep_dir, "interface=weighted_sum,last_layer")
