@@ -720,3 +720,23 @@ def test_multirun_table_and_relaunch_skips_finished_jobs(tmp_path):
     assert sweep_dir / cfg.hydra.job.override_dirname == finished.parent
     run_experiment(cfg, finished.parent, overrides=overrides)
     assert finished.stat().st_mtime_ns > finished_mtime
+
+
+def test_published_numbers_file_is_checked_against_the_interface_configs(tmp_path):
+    from downstream.reporting.published import DATA_FILE, load_published
+
+    text = DATA_FILE.read_text()
+    # Table 2: 5 models x 3 interfaces x 7 tasks; SUPERB adds FBANK (2 interfaces x 4 tasks), wav2vec 2.0
+    # (4 tasks) and HuBERT Base's ASR and SID (its PR and ER are Table 2's, the first source listed)
+    published = load_published(DATA_FILE)
+    assert len(published.references) == 5 * 3 * 7 + 2 * 4 + 4 + 2
+    assert published.references[("HuBERT Base", "weighted_sum", "pr")] == reporting.Reference(
+        5.41, "paper T2"
+    )
+    bad = tmp_path / "published.yaml"
+    bad.write_text(text.replace("        hconv: [33.9, 24.0,", "        h_conv: [33.9, 24.0,"))
+    with pytest.raises(ValueError, match="names interface 'h_conv', which is not a config"):
+        load_published(bad)
+    bad.write_text(text.replace("[35.1, 24.4, 84.6, 64.92, 98.34, 5.11, 5.41]", "[35.1, 24.4]"))
+    with pytest.raises(ValueError, match="HuBERT Base / weighted_sum has 2 values for 7 columns"):
+        load_published(bad)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from interfaces.configs import interface_config_names
+
 DATA_FILE = Path(__file__).with_name("published.yaml")
 
 
@@ -41,6 +43,7 @@ def load_published(path: Path = DATA_FILE) -> PublishedNumbers:
     models = data["models"]
     references: dict[tuple[str, str, str], Reference] = {}
     citations = {}
+    interfaces = interface_config_names()
     for source in data["sources"]:
         name, columns = source["name"], source["columns"]
         citations[name] = source["citation"]
@@ -51,6 +54,11 @@ def load_published(path: Path = DATA_FILE) -> PublishedNumbers:
             if model not in models:
                 raise ValueError(f"{path}: source {name!r} has a row for {model!r}, not under models:")
             for interface, values in rows.items():
+                if interface not in interfaces:
+                    raise ValueError(
+                        f"{path}: {name} / {model} names interface {interface!r}, which is not a config in "
+                        f"configs/interface/ ({interfaces})"
+                    )
                 if len(values) != len(columns):
                     raise ValueError(
                         f"{path}: {name} / {model} / {interface} has {len(values)} values "
