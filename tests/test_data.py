@@ -97,6 +97,7 @@ def test_librispeech_splits_have_disjoint_speakers():
     )
 
 
+@pytest.mark.slow
 def test_mini_transcripts_are_covered_by_both_lexicons_identically():
     shipped = load_lexicon(LIBRISPEECH / "librispeech-lexicon.txt")
     cmu = load_lexicon(None)

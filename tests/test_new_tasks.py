@@ -508,7 +508,10 @@ METRICS = {
 }
 
 
-@pytest.mark.parametrize("task", sorted(TASK_OVERRIDES))
+@pytest.mark.parametrize(
+    "task",
+    [pytest.param(task, marks=[pytest.mark.slow] if task == "ic" else []) for task in sorted(TASK_OVERRIDES)],
+)
 def test_two_step_run_of_every_new_task(make_config, tmp_path, task):
     overrides = [f"task={task}", *FAST, *TASK_OVERRIDES[task]]
     if task == "sv":

@@ -160,6 +160,7 @@ def test_sigkill_then_sigterm_then_relaunch_matches_an_uninterrupted_run(referen
     assert_same_run(run_dir, reference)
 
 
+@pytest.mark.slow
 def test_torn_checkpoint_is_reported_and_the_previous_one_is_used(reference, tmp_path, caplog):
     run_dir = tmp_path / "run"
     assert run_in_process([*SCHEDULE, "trainer.stop_after_steps=15"], run_dir) is None
@@ -439,13 +440,15 @@ def test_bad_corpus_fails_before_training_with_no_outputs(tmp_path, damage, erro
             ["interface=single_layer", "interface.layer=7", *TINY],
             r"layer must be a layer index in \[-3, 2\].*got 7",
         ),
-        (
+        pytest.param(  # importing torchaudio's bundles and s3prl's hub takes seconds
             ["upstream=torchaudio", "upstream.bundle=HUBERT_BSE", "upstream.pretrained=false"],
             r"did you mean HUBERT_BASE",
+            marks=pytest.mark.slow,
         ),
-        (
+        pytest.param(
             ["upstream=s3prl", "upstream.name=hubret"],
             r"upstream.name='hubret' is not an s3prl upstream; did you mean hubert",
+            marks=pytest.mark.slow,
         ),
     ],
     ids=["interface-hyperparameter", "torchaudio-bundle-name", "s3prl-name"],

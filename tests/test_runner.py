@@ -36,11 +36,11 @@ RESULT_KEYS = {
     ("task", "interface"),
     [
         ("pr", "weighted_sum"),
-        ("pr", "pca_concat"),
-        ("asr", "hconv"),
-        ("sid", "cls_pooling"),
         ("er", "group_ws"),
-        ("er", "layer_attention"),
+        pytest.param("pr", "pca_concat", marks=pytest.mark.slow),
+        pytest.param("asr", "hconv", marks=pytest.mark.slow),
+        pytest.param("sid", "cls_pooling", marks=pytest.mark.slow),
+        pytest.param("er", "layer_attention", marks=pytest.mark.slow),
     ],
 )
 def test_two_step_run_of_every_task(make_config, tmp_path, task, interface):
@@ -87,6 +87,7 @@ def test_results_record_layer_weights_and_parameter_counts(make_config, tmp_path
     assert results["trainable_params"]["head"] == head_params
 
 
+@pytest.mark.slow
 def test_resume_after_stop_matches_uninterrupted_run(make_config, tmp_path):
     common = ["trainer.max_steps=6", "trainer.eval_every=3", "trainer.save_every=2", *TWO_STEP_RUN[2:]]
     straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
@@ -109,6 +110,7 @@ def test_resume_after_stop_matches_uninterrupted_run(make_config, tmp_path):
     assert losses["resumed"] == losses["straight"]
 
 
+@pytest.mark.slow
 def test_finished_run_is_skipped_unless_overwrite(make_config, tmp_path):
     cfg = make_config(TWO_STEP_RUN, run_dir=tmp_path)
     run_experiment(cfg, tmp_path)

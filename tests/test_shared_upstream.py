@@ -29,6 +29,7 @@ def assert_same_metrics(together: dict, alone: dict) -> None:
             assert together[split][key] == pytest.approx(alone[split][key], abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("task", "interfaces"),
     [

@@ -136,6 +136,7 @@ def test_every_paper_experiment_exists_and_documents_its_command():
         assert all(launch[0] == f"experiment={name}" for launch in launches), launches
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
 def test_documented_launches_compose_job_by_job(name):
     """Each documented launch expands into jobs that all compose, land in the experiment's fixed sweep
@@ -589,27 +590,34 @@ def add_group_ws_run(root: Path) -> None:
     )
 
 
-def test_plots_are_valid_pngs_per_run_and_a_parameter_summary(tmp_path, sweep):
-    roots, _ = sweep
-    add_group_ws_run(roots[1])
-    collection = reporting.collect_runs(roots)
-    written = reporting.write_plots(collection, tmp_path / "plots")
-    weight_plots = sorted(p.name for p in (tmp_path / "plots" / "layer_weights").iterdir())
-    with_weights = [run for run in collection.runs if run.results.layer_weights]
-    assert len(weight_plots) == len(with_weights) == 3 + 2 + 2 + 1  # weighted_sum runs and the group_ws run
-    assert "b__interface=group_ws,task=pr.png" in weight_plots
-    for name in ("comparison.png", "trainable_params.png", "trainable_params.md"):
-        assert tmp_path / "plots" / name in written
+def test_command_line_writes_pngs_per_run_a_comparison_and_a_parameter_summary(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    weights = list(np.linspace(0.0, 1.0, 13))
+    write_run(root, "ws", task="pr", interface="weighted_sum", test=5.0, layer_weights=weights)
+    write_run(
+        root, "hconv", task="er", interface="hconv", test=66.0, params={"interface": 4424832, "head": 2000}
+    )
+    add_group_ws_run(root)
+    plots = tmp_path / "plots"
+    assert make_table_main([str(root), "--plots", str(plots)]) == 0
+    written = {Path(line.removeprefix("wrote ")) for line in capsys.readouterr().err.splitlines()}
+    weight_plots = {path.name for path in (plots / "layer_weights").iterdir()}
+    assert weight_plots == {"sweep__ws.png", "sweep__interface=group_ws,task=pr.png"}  # hconv has none
+    names = {"comparison.png", "trainable_params.png", "trainable_params.md"}
+    assert written == {plots / name for name in names} | {plots / "layer_weights" / n for n in weight_plots}
     for path in written:
         if path.suffix == ".png":
             assert_png(path)
-    summary = markdown_table((tmp_path / "plots" / "trainable_params.md").read_text())
+    summary = markdown_table((plots / "trainable_params.md").read_text())
     counts = {
         (row["interface"], row["task"]): tuple(row[f"{part} params"] for part in ("interface", "head"))
         for row in summary
     }
-    assert counts[("group_ws", "pr")] == ("1,180,416", "2,000")
-    assert counts[("hconv", "er")] == ("4,424,832", "2,000")
+    assert counts == {
+        ("weighted_sum", "pr"): ("13", "1,000"),
+        ("group_ws", "pr"): ("1,180,416", "2,000"),
+        ("hconv", "er"): ("4,424,832", "2,000"),
+    }
     assert {row["upstream params (trainable)"] for row in summary} == {"0"}
 
 
@@ -659,17 +667,19 @@ def test_parameter_plot_has_interface_and_head_bars_on_a_log_axis(sweep):
     assert 13 in [bar.get_width() for bar in artists(figure.axes[0], "interface")]
 
 
-def test_command_line_writes_table_and_plots(tmp_path, sweep, capsys):
+def test_command_line_writes_the_table_and_lists_incomplete_runs(tmp_path, sweep, capsys):
     roots, values = sweep
     output = tmp_path / "table.csv"
-    status = make_table_main(
-        [*map(str, roots), "--format", "csv", "--output", str(output), "--plots", str(tmp_path / "p")]
-    )
+    status = make_table_main([*map(str, roots), "--format", "csv", "--output", str(output)])
     assert status == 0
     rows = list(csv.DictReader(output.open()))
     assert len(rows) == len(values)
     assert "incomplete (not in the table)" in capsys.readouterr().err
-    assert (tmp_path / "p" / "trainable_params.png").is_file()
+    with pytest.raises(SystemExit):
+        make_table_main([str(tmp_path / "nowhere")])
+    assert (
+        "nowhere' does not exist or is not a directory" in capsys.readouterr().err
+    )  # one line, no traceback
 
 
 # ---------------------------------------------------------------- a real multirun of run_downstream.py

@@ -191,6 +191,7 @@ def test_fp32_is_exact_under_an_outer_autocast():
     assert torch.equal(plain, inside)
 
 
+@pytest.mark.slow
 def test_compile_traces_the_whole_forward_as_one_graph_with_eager_results():
     """compile=True on the tiny model: one dynamo graph (no breaks), same numbers. The "eager" backend keeps
     this CPU test cheap; the default inductor backend is exercised by the GPU benchmark."""
