@@ -56,10 +56,12 @@ def plot_comparison(table: Table) -> Figure:
     Artists carry gids for inspection: "mean" bars, "runs" and "published" scatter collections.
     """
     columns = table.columns
-    row_count = max((sum((row, c.task) in table.cells for row in table.rows) for c in columns), default=1)
-    figure = new_figure(max(4.0, 0.9 * row_count + 1.5) * min(len(columns), 3), 4.2 * -(-len(columns) // 3))
+    grid_columns = min(len(columns), 3)
+    grid_rows = -(-len(columns) // 3)  # ceil: three panels per line
+    most_rows = max((sum((row, c.task) in table.cells for row in table.rows) for c in columns), default=1)
+    figure = new_figure(max(4.0, 0.9 * most_rows + 1.5) * grid_columns, 4.2 * grid_rows)
     for index, column in enumerate(columns):
-        axes = figure.add_subplot(-(-len(columns) // 3), min(len(columns), 3), index + 1)
+        axes = figure.add_subplot(grid_rows, grid_columns, index + 1)
         rows = [row for row in table.rows if (row, column.task) in table.cells]
         cells = [table.cells[(row, column.task)] for row in rows]
         positions = np.arange(len(rows))
