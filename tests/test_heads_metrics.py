@@ -106,20 +106,33 @@ def test_error_rate_of_empty_reference_is_an_error():
         error_rate_percent(0, 0)
 
 
+def runs_of_true(flags: torch.Tensor) -> int:
+    """How many contiguous stretches of True a 1-D bool tensor holds."""
+    padded = torch.cat([torch.zeros(1, dtype=torch.bool), flags])
+    return int((padded[1:] & ~padded[:-1]).sum())
+
+
 def test_spec_augment_masks_within_bounds():
     torch.manual_seed(2)
-    features = torch.ones(8, 100, 60)
-    lengths = torch.tensor([100, 80, 60, 50, 40, 30, 20, 10])
+    batch = 64
+    features = torch.rand(batch, 100, 60) + 1.0  # no zeros before masking
+    lengths = torch.randint(10, 101, (batch,))
     out = spec_augment(
         features, lengths, num_freq_masks=2, max_freq_width=5, num_time_masks=2, max_time_width=4
     )
     assert out.shape == features.shape
-    zero_channels = (out == 0).all(dim=1).sum(dim=1)  # channels zeroed at every frame
-    assert (zero_channels <= 2 * 5).all()
+    zeroed = out == 0
+    torch.testing.assert_close(out[~zeroed], features[~zeroed])  # what is not masked is untouched
+    masked_channels = zeroed.all(dim=1)  # [B, D]: channels zeroed at every frame
+    masked_frames = zeroed.all(dim=2)  # [B, T]: frames zeroed in every channel
+    assert torch.equal(zeroed, masked_channels.unsqueeze(1) | masked_frames.unsqueeze(2))
     for b, n in enumerate(lengths.tolist()):
-        zero_frames = (out[b] == 0).all(dim=1)
-        assert zero_frames.sum() <= 2 * 4
-        assert not zero_frames[n:].any()  # time masks stay inside the valid frames
+        assert masked_channels[b].sum() <= 2 * 5 and runs_of_true(masked_channels[b]) <= 2
+        assert masked_frames[b].sum() <= 2 * 4 and runs_of_true(masked_frames[b]) <= 2
+        assert not masked_frames[b, n:].any()  # time masks stay inside the valid frames
+    # each mask is 0..max wide, so both of a kind are empty with probability 1/36 (freq) or 1/25 (time)
+    assert masked_channels.any(dim=1).float().mean() > 0.8
+    assert masked_frames.any(dim=1).float().mean() > 0.8
 
 
 def test_spec_augment_with_zero_widths_is_identity():

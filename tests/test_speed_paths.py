@@ -21,7 +21,7 @@ from downstream.training.loading import pick_device, split_dataset
 from downstream.training.runner import build_branch, build_task, resolve_trainer_settings, run_experiment
 from downstream.training.trainer import Trainer
 from scripts import benchmark
-from tests.conftest import TINY_UPSTREAM
+from tests.helpers import TINY_UPSTREAM
 from upstream.tiny import TinyUpstream
 
 FAST = [
@@ -66,6 +66,7 @@ def train_losses(run_dir) -> list[float]:
     return [record["loss"] for record in map(json.loads, lines) if record["split"] == "train"]
 
 
+@pytest.mark.slow
 def test_cached_runs_equal_plain_runs_on_float16_states_and_skip_the_upstream(make_config, tmp_path):
     cache = [f"cache.dir={tmp_path / 'cache'}", "cache.enabled=true"]
     counting = f"upstream._target_={__name__}.CountingTinyUpstream"
@@ -100,6 +101,7 @@ def test_cached_runs_equal_plain_runs_on_float16_states_and_skip_the_upstream(ma
     assert second["interface"] == "hconv" and len(train_losses(second_dir)) == 4
 
 
+@pytest.mark.slow
 def test_cache_lookup_equals_the_upstream_up_to_float16_rounding(make_config, tmp_path):
     cfg = make_config([*FAST, f"cache.dir={tmp_path}", "cache.enabled=true"])
     settings = resolve_trainer_settings(cfg)
@@ -214,6 +216,7 @@ def test_nonfinite_updates_are_skipped_without_a_sync_and_counted(make_config, t
     assert branch.scheduler.last_epoch == trainer.step == 6
 
 
+@pytest.mark.slow
 def test_step_benchmark_prints_its_table_on_cpu(tmp_path, capsys):
     output = tmp_path / "step.json"
     benchmark.main(
