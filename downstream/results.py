@@ -32,7 +32,12 @@ class RunResults:
     ``trainable_params`` maps interface/head/upstream to trainable parameter counts (upstream 0 when frozen);
     ``dev``/``test`` map metric names to values (``test`` always holds ``metric``); ``layer_weights`` is a
     list over layers, a list per group, or None for interfaces that do not weigh layers; ``too_long`` is
-    {max_seconds, policy, <split>: count} or None without a length limit. Keys this schema does not know
+    {max_seconds, policy, <split>: count} or None without a length limit. ``trainer`` holds every trainer
+    setting as the run used it (lr, batch_size, grad_accum, max_steps, eval_every, ...), ``environment``
+    where it ran ({packages: {torch, torchaudio, transformers, s3prl, ...: version}, python, torch_threads,
+    device, device_name, cuda}), ``config_hash`` the 8 hex digits of its result-affecting settings that
+    name its folder (``downstream.training.identity``); the three are None in records written before they
+    were added. Keys this schema does not know
     (written by a newer runner) are kept in ``extra`` and written back unchanged.
     """
 
@@ -57,6 +62,9 @@ class RunResults:
     too_long: dict[str, Any] | None = None
     layer_weights: list[float] | list[list[float]] | None = None
     overrides: tuple[str, ...] = ()
+    trainer: dict[str, Any] | None = None
+    environment: dict[str, Any] | None = None
+    config_hash: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # the order results.json has always had (the runner's), then anything in extra
@@ -82,6 +90,9 @@ class RunResults:
         "test",
         "layer_weights",
         "overrides",
+        "trainer",
+        "environment",
+        "config_hash",
     )
 
     def __post_init__(self) -> None:
