@@ -49,7 +49,7 @@ IDENTITY_FILE = "identity.json"
 #: Files that hold a run's state: a folder with any of them is a run that a relaunch would continue or skip.
 RUN_STATE_FILES = ("results.json", "last.pt", "last.pt.previous", "best.pt", "best.pt.previous")
 SCHEDULES = ("auto", "superb", "demo")
-_MAX_READABLE = 150  # characters of a sweep job's readable folder name before the hash
+_MAX_READABLE = 200  # characters of a sweep job's readable folder name before the hash
 
 
 class RunConfigMismatchError(ValueError):
@@ -146,15 +146,25 @@ def _run_hash(*, _root_: DictConfig) -> str:
         return UNRESOLVED
 
 
+def _readable_override(override: str) -> str:
+    """``key=value`` for a folder name: a path value (with ``/``) becomes its last two parts joined by ``_``
+    (``task.data_root=/data/LibriSpeech`` reads ``task.data_root=data_LibriSpeech``; the hash tells paths apart)."""
+    key, separator, value = override.partition("=")
+    if "/" in value or "\\" in value:
+        parts = [part for part in re.split(r"[/\\]+", value) if part]
+        value = "_".join(parts[-2:])
+    return re.sub(r"[/\\\x00]", "_", key + separator + value)
+
+
 def job_dirname(overrides: list[str], identity_hash: str) -> str:
-    """A sweep job's folder name: its result-affecting overrides (sorted, ``,``-joined, no path separators:
-    ``task.data_root=/a/b`` reads ``task.data_root=_a_b``), cut to a readable length, then ``-<hash>``."""
+    """A sweep job's folder name: its result-affecting overrides (sorted, ``,``-joined, no path separators,
+    ``_readable_override``), cut to a readable length, then ``-<hash>``."""
     kept = []
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if key.startswith("hydra") or is_excluded(key):
             continue
-        kept.append(re.sub(r"[/\\\x00]", "_", override))
+        kept.append(_readable_override(override))
     readable = ",".join(sorted(kept))[:_MAX_READABLE]
     return f"{readable}-{identity_hash}" if readable else identity_hash
 
