@@ -56,9 +56,12 @@ ConfigStore.instance().store(
 
 
 def group_key(resolved: dict[str, Any]) -> str:
-    """Everything that must be equal for two jobs to share one upstream forward."""
+    """Everything that must be equal for two jobs to share one upstream forward: all but PER_BRANCH_KEYS
+    and the trainer settings that are a branch's own (its optimizer: ``BRANCH_SETTINGS``)."""
+    from downstream.training.branch import BRANCH_SETTINGS
+
     shared = json.loads(json.dumps(resolved))
-    for dotted in PER_BRANCH_KEYS:
+    for dotted in (*PER_BRANCH_KEYS, *(f"trainer.{name}" for name in BRANCH_SETTINGS)):
         *parents, leaf = dotted.split(".")
         node = shared
         for parent in parents:
