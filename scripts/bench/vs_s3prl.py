@@ -107,7 +107,7 @@ S3PRL_PHONE_VOCAB = ["SIL", "SPN", *PHONES]
 MODELS: dict[str, dict[str, Any]] = {
     "tiny": {
         "model": {
-            "conv_feature_layers": "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2",
+            "conv_feature_layers": "[(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2",  # != D: keeps post_extract_proj
             "encoder_layers": 2,
             "encoder_embed_dim": 32,
             "encoder_ffn_embed_dim": 64,
