@@ -707,9 +707,21 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, str]]:
                 "updates/s vs s3prl": f"{m['updates_per_s'] / base['updates_per_s']:.2f}x" if base else "-",
                 "audio s/s vs s3prl": f"{m['audio_s_per_s'] / base['audio_s_per_s']:.2f}x" if base else "-",
                 "peak memory vs s3prl": f"{m['peak_mib'] / base['peak_mib']:.2f}" if base else "-",
+                "updates/s vs s3prl, per round": per_round(results, runner),
             }
         )
     return rows
+
+
+def per_round(results: dict[str, list[dict[str, Any]]], runner: str) -> str:
+    """updates/s over the same round's s3prl run, round by round (pairs run back to back share the load)."""
+    pairs = zip(results.get("s3prl", []), results[runner], strict=False)
+    ratios = [
+        f"{r['updates_per_s'] / b['updates_per_s']:.2f}"
+        for b, r in pairs
+        if "error" not in r and "error" not in b
+    ]
+    return ", ".join(ratios) or "-"
 
 
 def markdown_table(rows: list[dict[str, str]]) -> str:
