@@ -23,6 +23,9 @@ static compile sees few shapes. Variants (``--variants``):
 - ``bf16+nomask+compile``: the unmasked path under ``torch.compile(dynamic=False)`` (one shape per bucket);
 - ``bf16+nomask+cudagraphs``: the same with ``mode="reduce-overhead"`` (CUDA graphs; static shapes only).
 
+The upstream runs with the product's ``upstream.padding_mode`` unless ``--padding-mode`` says otherwise (the
+default, ``exact``, computes HuBERT Base's first group norm over valid frames only).
+
 Per variant: ms per forward (the mean of ``--steps`` calls after ``--warmup``, one device synchronisation
 at the end), x real time, speed-up over fp32, peak memory (CUDA max_memory_allocated; CPU: process peak
 RSS), first call (compilation included) and the largest per-layer relative error against fp32,
@@ -71,7 +74,7 @@ VARIANTS: dict[str, tuple[str, bool, bool, str | None]] = {
 }
 
 
-def tiny_hubert(precision: str) -> TorchaudioModelUpstream:
+def tiny_hubert(precision: str, **options: Any) -> TorchaudioModelUpstream:
     """A 2-layer HuBERT-shaped torchaudio model (CPU smoke runs)."""
     from torchaudio.models import wav2vec2_model
 
@@ -93,7 +96,7 @@ def tiny_hubert(precision: str) -> TorchaudioModelUpstream:
         encoder_layer_drop=0.0,
         aux_num_out=None,
     )
-    return TorchaudioModelUpstream(model, name="tiny hubert (torchaudio)", precision=precision)
+    return TorchaudioModelUpstream(model, name="tiny hubert (torchaudio)", precision=precision, **options)
 
 
 def unmasked_transformer_states(
@@ -114,15 +117,18 @@ def unmasked_transformer_states(
 
 
 def build(
-    model: str, variant: str, device: torch.device, backend: str = "inductor"
+    model: str, variant: str, device: torch.device, backend: str = "inductor", padding_mode: str | None = None
 ) -> TorchaudioModelUpstream:
     precision, _, unmasked, compile_mode = VARIANTS[variant]
+    options = {} if padding_mode is None else {"padding_mode": padding_mode}
     torch.manual_seed(0)  # the same random weights for every variant
     with torch.device(device):  # initialise on the device (HuBERT Large's CPU init takes seconds)
         if model == "tiny":
-            upstream = tiny_hubert(precision)
+            upstream = tiny_hubert(precision, **options)
         else:  # bf16: the seeded fp32 weights, rounded (the product casts after initialising)
-            upstream = TorchaudioUpstream(bundle=BUNDLES[model], pretrained=False, precision=precision)
+            upstream = TorchaudioUpstream(
+                bundle=BUNDLES[model], pretrained=False, precision=precision, **options
+            )
     upstream = upstream.to(device)
     if unmasked:
         upstream.transformer_states = types.MethodType(unmasked_transformer_states, upstream)
@@ -210,7 +216,7 @@ def measure(
     lengths = torch.full((args.batch_size,), samples, device=device)
     row: dict[str, Any] = {"model": model, "variant": variant}
     with tf32(use_tf32):
-        upstream = build(model, variant, device, args.compile_backend)
+        upstream = build(model, variant, device, args.compile_backend, args.padding_mode)
         first, seconds = time_calls(
             functools.partial(upstream, wavs, lengths), args.steps, args.warmup, device
         )
@@ -292,6 +298,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bucket-seconds", type=float, default=2.0, help="pad varied batches to multiples of this"
     )
     parser.add_argument("--duration-scale", type=float, default=1.0, help="scale the varied durations")
+    parser.add_argument("--padding-mode", default=None, help="upstream.padding_mode (default: the product's)")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (smoke: eager)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown here")
@@ -360,7 +367,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     heading = (
         f"{datetime.date.today().isoformat()}, {describe_machine(device.type)}; random-weight HuBERT, "
         f"{args.batch_size} x {args.seconds:g} s equal-length batch, mean of {args.steps} calls after "
-        f"{args.warmup} warm-up (and a first call)"
+        f"{args.warmup} warm-up (and a first call); upstream.padding_mode {args.padding_mode or 'default'}"
         + (
             f"; {args.varied_batches} varied batches padded to {args.bucket_seconds:g} s buckets"
             if args.varied_batches
