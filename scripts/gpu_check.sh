@@ -4,11 +4,13 @@
 #
 #   OUT=/somewhere bash scripts/gpu_check.sh                       # on the GPU machine, from the repo root
 #   GPU_CHECK_SMOKE=1 OUT=/tmp/gpu_check bash scripts/gpu_check.sh  # CPU plumbing check: tiny upstream, few steps
-#   GPU_CHECK_PARTS=environment,forward_base,forward_large,vs_s3prl OUT=... bash scripts/gpu_check.sh  # issue 19's parts
+#   GPU_CHECK_PARTS=environment,forward_base,forward_large,vs_s3prl,ctc_step_tests OUT=... bash scripts/gpu_check.sh
 #
 # GPU_CHECK_PARTS (comma-separated part names) runs only those parts; the others are listed as "not selected".
-# Issue 19's parts (about 8.5 minutes by their budgets): forward_base / forward_large (scripts/bench/hubert_forward.py:
-# HuBERT Base / Large forward, 32 x 12 s, fp32 / TF32 / bf16 / unmasked attention / torch.compile, error vs fp32)
+# Issue 19's parts (budgets add up to 9.5 minutes; the total budget check stops at GPU_CHECK_BUDGET):
+# ctc_step_tests (tests/test_ctc_step.py: synchronising CUDA calls of a training step vs torch's CTC alone),
+# forward_base / forward_large (scripts/bench/hubert_forward.py: HuBERT Base / Large forward, 32 x 12 s,
+# fp32 / TF32 / bf16 / unmasked attention / torch.compile, error vs fp32)
 # and vs_s3prl (scripts/bench/vs_s3prl.py: this runner vs s3prl 0.4.18's on SUPERB PR, HuBERT Base random weights).
 #
 # Writes under $OUT: summary.md (part, status, seconds), env.txt, step_precision.{md,json},
@@ -147,6 +149,9 @@ part interfaces_fp32 60 python3 scripts/benchmark.py interfaces "${INTERFACE_BEN
   --output "$OUT/interfaces_fp32.md"
 part interfaces_bf16 60 python3 scripts/benchmark.py interfaces "${INTERFACE_BENCH[@]}" --precision bf16 \
   --output "$OUT/interfaces_bf16.md"
+
+# Issue 19: the training step's synchronising calls are only those inside torch's CUDA CTC (skipped on a CPU)
+part ctc_step_tests 60 python3 -m pytest -q -p no:cacheprovider -rs tests/test_ctc_step.py
 
 # Issue 19: the upstream forward's variants (Base with bucketed varied batches, then Large) and the head-to-head
 # with s3prl's runner. Compilation is the slow part (about 40 s per compiled variant on an H200).

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from scripts.bench import hubert_forward, vs_s3prl
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def test_synthetic_durations_match_train_clean_100():
