@@ -600,7 +600,10 @@ def run_child(runner: str, spec: dict[str, Any], timeout: float) -> dict[str, An
     spec_file.write_text(json.dumps(spec))
     log = Path(spec["workdir"]) / "log.txt"
     command = [sys.executable, "-m", "scripts.bench.vs_s3prl", "--child", runner, str(spec_file)]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "SSL_BENCH_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    path = os.pathsep.join(
+        filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+    )  # keeps carried wheels
+    env = {**os.environ, "PYTHONPATH": path, "SSL_BENCH_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     if spec["threads"]:
         env["OMP_NUM_THREADS"] = str(spec["threads"])
     began = time.perf_counter()
