@@ -74,8 +74,10 @@ else
   VARIANTS=fp32,fp32+tf32,bf16,bf16+compile
   SHARED=(--interfaces "$EIGHT" --shared 3,8)
   INTERFACE_BENCH=(--device cuda --repeats 5 --warmup 2)
-  FORWARD_BASE=(--models base --device cuda --varied-batches 4
-                --variants fp32,tf32,bf16,bf16+nomask,bf16+compile,bf16+compile-static,bf16+nomask+compile,bf16+nomask+cudagraphs)
+  # compiled variants last (about 40 s of compilation each, bf16+compile-static once more per bucket of the
+  # varied batches); the tables are rewritten after every variant, so a part cut short keeps its rows
+  FORWARD_BASE=(--models base --device cuda --varied-batches 3 --bucket-seconds 4
+                --variants fp32,tf32,bf16,bf16+nomask,bf16+nomask+compile,bf16+nomask+cudagraphs,bf16+compile,bf16+compile-static)
   FORWARD_LARGE=(--models large --device cuda --variants fp32,tf32,bf16,bf16+nomask,bf16+nomask+compile)
   # 150 updates (15 warm-up) per runner, 5,280 synthetic train-clean-100-like utterances (about 18.6 h, one epoch)
   VS_S3PRL=(--model base --device cuda --updates 150 --warmup-updates 15 --repeats 1 --timeout 110

@@ -333,7 +333,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise SystemExit(f"--variants: fp32 first, then any of {list(VARIANTS)}; got {variants}")
     if device.type != "cuda" and "bf16+nomask+cudagraphs" in variants:
         raise SystemExit("bf16+nomask+cudagraphs needs a CUDA device")
-    rows = []
+    heading = (
+        f"{datetime.date.today().isoformat()}, {describe_machine(device.type)}; random-weight HuBERT, "
+        f"{args.batch_size} x {args.seconds:g} s equal-length batch, mean of {args.steps} calls after "
+        f"{args.warmup} warm-up (and a first call); upstream.padding_mode {args.padding_mode or 'default'}"
+        + (
+            f"; {args.varied_batches} varied batches padded to {args.bucket_seconds:g} s buckets"
+            if args.varied_batches
+            else ""
+        )
+    )
+    rows: list[dict[str, Any]] = []
     for model in args.models.split(","):
         reference = None
         for variant in variants:
@@ -353,10 +363,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 f"{model} {variant}: {json.dumps(result['row'])} ({time.perf_counter() - began:.0f} s)",
                 flush=True,
             )
+            write_outputs(rows, heading, args)  # after every variant: a run cut short keeps what it measured
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         del reference
+    print(write_outputs(rows, heading, args))
+    return rows
+
+
+def write_outputs(rows: list[dict[str, Any]], heading: str, args: argparse.Namespace) -> str:
+    """The markdown (and JSON) of the rows so far, written to --output / --json; returns the markdown."""
     fp32 = {row["model"]: row["ms"] for row in rows if row["variant"] == "fp32" and "ms" in row}
     table = [
         format_row(row, fp32.get(row["model"]))
@@ -364,23 +381,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         else {"model": row["model"], "variant": row["variant"], "ms / forward": row["error"]}
         for row in rows
     ]
-    heading = (
-        f"{datetime.date.today().isoformat()}, {describe_machine(device.type)}; random-weight HuBERT, "
-        f"{args.batch_size} x {args.seconds:g} s equal-length batch, mean of {args.steps} calls after "
-        f"{args.warmup} warm-up (and a first call); upstream.padding_mode {args.padding_mode or 'default'}"
-        + (
-            f"; {args.varied_batches} varied batches padded to {args.bucket_seconds:g} s buckets"
-            if args.varied_batches
-            else ""
-        )
-    )
     text = f"{heading}\n\n{markdown_table(table)}\n"
-    print(text)
     if args.output:
         args.output.write_text(text)
     if args.json:
         args.json.write_text(json.dumps({"heading": heading, "rows": rows}, indent=1))
-    return rows
+    return text
 
 
 if __name__ == "__main__":
