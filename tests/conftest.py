@@ -61,3 +61,19 @@ def compose_config(overrides: list[str] | None = None, run_dir: Path | None = No
 def make_config():
     yield compose_config
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster (tests/slurm_cluster.py) for the session; skips, saying why, where it
+    cannot start (not root, packages missing). Its daemons are stopped by their pids at the end."""
+    from tests.slurm_cluster import SlurmCluster, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no SLURM cluster: {reason}")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

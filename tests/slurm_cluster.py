@@ -97,7 +97,9 @@ class SlurmCluster:
                     "SlurmUser=root",
                     "SlurmdUser=root",
                     "AuthType=auth/munge",
-                    f"AuthInfo=socket={folder / 'munge' / 'munge.socket'}",
+                    # cred_expire: also how long a requeued job waits before it may start again (120 s
+                    # by default); 10 s keeps the requeue tests short.
+                    f"AuthInfo=socket={folder / 'munge' / 'munge.socket'},cred_expire=10",
                     "CredType=cred/munge",
                     "ProctrackType=proctrack/linuxproc",
                     "TaskPlugin=task/none",
@@ -105,6 +107,9 @@ class SlurmCluster:
                     "SelectTypeParameters=CR_CPU_Memory",
                     "ReturnToService=2",
                     "SchedulerType=sched/backfill",
+                    # look at pending jobs every 2 s (default 60 s): a requeued job starts soon after its
+                    # requeue delay instead of at the next minute
+                    "SchedulerParameters=sched_interval=2,bf_interval=2",
                     "AccountingStorageType=accounting_storage/none",
                     "JobAcctGatherType=jobacct_gather/none",
                     "JobCompType=jobcomp/none",
@@ -121,8 +126,9 @@ class SlurmCluster:
                     "SlurmdDebug=info",
                     f"NodeName={self.hostname} NodeAddr=127.0.0.1 CPUs={self.cpus} "
                     f"RealMemory={memory_mb} State=UNKNOWN",
+                    # OverSubscribe: up to 8 jobs share a CPU, so the tests' one-CPU jobs all run at once
                     f"PartitionName={self.partition} Nodes={self.hostname} Default=YES "
-                    "MaxTime=INFINITE State=UP",
+                    "MaxTime=INFINITE State=UP OverSubscribe=FORCE:8",
                     "",
                 ]
             )

@@ -230,16 +230,23 @@ class SlurmLauncher(SubmititSlurmLauncher):
         from downstream.trainer import EXIT_STOPPED_EARLY
 
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        status = EXIT_STOPPED_EARLY if all(job.timed_out for job in unfinished) else 1
         for job in unfinished:
+            why = job.why
+            if _is_time_out(why):
+                why = (
+                    f"it reached its time limit (timeout_min={self.params.get('timeout_min')}) more often than "
+                    f"max_num_timeout={self.params.get('max_num_timeout')} allows; its last checkpoint is kept "
+                    f"({why})"
+                )
             log.error(
                 "job #%d did not finish: %s\n  folder: %s\n  continue it: %s%s",
                 job.index,
-                job.why.replace("\n", "\n    "),
+                why.replace("\n", "\n    "),
                 job.run_dir,
                 self.continue_command(job.overrides, sweep_dir),
                 f"\n  SLURM log: {job.slurm_log}" if job.slurm_log else "",
             )
-        status = EXIT_STOPPED_EARLY if all(job.timed_out for job in unfinished) else 1
         log.error(
             "%d of %d job(s) did not finish (the others kept their results). Relaunching the sweep's command "
             "with hydra.sweep.dir=%s continues them and submits nothing for finished jobs. Exit status %d.",
