@@ -224,13 +224,14 @@ def sweep_and_relaunch(cluster, tmp: Path) -> dict:
 
 
 def time_limit_with_a_failing_job(cluster, tmp: Path) -> dict:
-    """upstream.hidden_size=32 reaches its time limit and is requeued; =30 fails (not a multiple of 4 heads)."""
+    """Three jobs: upstream.hidden_size=32 reaches its time limit and is requeued; =30 fails (not a multiple
+    of the 4 heads); =16 is cancelled with scancel while it runs (SLURM ends it without a result)."""
     sweep = tmp / "time_limit"
     process = start_sweep(
         cluster,
         [
             "interface=weighted_sum",
-            "upstream.hidden_size=32,30",
+            "upstream.hidden_size=32,30,16",
             *TRAINING,
             "hydra/launcher=slurm",
             *RESOURCES,
@@ -241,6 +242,8 @@ def time_limit_with_a_failing_job(cluster, tmp: Path) -> dict:
     )
     run_dir = run_dir_with(sweep, WIDTH)
     job_id, environment = first_job(sweep, process)
+    cancelled_dir = run_dir_with(sweep, "upstream.hidden_size=16")
+    cluster.run(["scancel", job_id.replace("_0", "_2")])
     stall_after_first_checkpoint(run_dir, environment, process)
     code, output = finish(process)
     submitit_log = "".join(p.read_text() for p in (sweep / ".submitit").glob(f"{job_id}/*_log.*"))
@@ -249,6 +252,7 @@ def time_limit_with_a_failing_job(cluster, tmp: Path) -> dict:
         output=output,
         run_dir=run_dir,
         failed_dir=run_dir_with(sweep, "upstream.hidden_size=30", 0),
+        cancelled_dir=cancelled_dir,
         submitit_log=submitit_log,
         sweep=sweep,
     )
@@ -357,7 +361,7 @@ def sbatch_recipe(cluster, tmp: Path) -> dict:
 
 SCENARIOS = {
     "test_two_interface_sweep_equals_local_runs_and_its_relaunch_submits_nothing": sweep_and_relaunch,
-    "test_time_limit_checkpoints_requeues_and_resumes_while_a_failing_job_is_reported": (
+    "test_time_limit_requeues_and_resumes_while_failed_and_cancelled_jobs_are_reported": (
         time_limit_with_a_failing_job
     ),
     "test_job_past_max_num_timeout_is_reported_and_its_command_continues_it": time_limit_too_often,
@@ -415,9 +419,9 @@ def test_two_interface_sweep_equals_local_runs_and_its_relaunch_submits_nothing(
 
 
 @pytest.mark.slow
-def test_time_limit_checkpoints_requeues_and_resumes_while_a_failing_job_is_reported(scenarios, references):
+def test_time_limit_requeues_and_resumes_while_failed_and_cancelled_jobs_are_reported(scenarios, references):
     record = scenarios[
-        "test_time_limit_checkpoints_requeues_and_resumes_while_a_failing_job_is_reported"
+        "test_time_limit_requeues_and_resumes_while_failed_and_cancelled_jobs_are_reported"
     ].result()
     output, run_dir = record["output"], record["run_dir"]
     assert record["code"] == 1, output[-3000:]  # one job failed
@@ -428,14 +432,18 @@ def test_time_limit_checkpoints_requeues_and_resumes_while_a_failing_job_is_repo
     assert "Requeued job" in record["submitit_log"]
     assert re.search(r"resumed at step \d+", log)
     assert_same_run(run_dir, references["weighted_sum"])
-    # the failing job: one message with the reason, the folder and the command that continues it
+    # the failing and the cancelled job: one message each, with the reason, the folder and the command
     messages = unfinished_messages(output)
-    assert len(messages) == 1, output[-3000:]
-    assert "upstream.hidden_size must be a positive multiple of num_heads=4, got 30" in messages[0]
-    assert f"folder: {record['failed_dir']}" in messages[0]
-    assert f"hydra.sweep.dir={record['sweep']}" in messages[0] and "upstream.hidden_size=30" in messages[0]
+    assert len(messages) == 2, output[-3000:]
+    failed, cancelled = messages
+    assert failed.startswith("job #1 did not finish") and cancelled.startswith("job #2 did not finish")
+    assert "upstream.hidden_size must be a positive multiple of num_heads=4, got 30" in failed
+    assert f"folder: {record['failed_dir']}" in failed
+    assert f"hydra.sweep.dir={record['sweep']}" in failed and "upstream.hidden_size=30" in failed
+    assert "SLURM ended it (state CANCELLED) before it wrote a result" in cancelled
+    assert f"folder: {record['cancelled_dir']}" in cancelled and "upstream.hidden_size=16" in cancelled
     assert "Traceback" not in output and "UncompletedJobError" not in output
-    assert "1 of 2 job(s) did not finish" in output
+    assert "2 of 3 job(s) did not finish" in output
 
 
 @pytest.mark.slow
@@ -524,6 +532,7 @@ def test_shared_sweep_stopped_by_sigterm_exits_75_with_complete_per_job_logs_and
     assert not (dirs["hconv"] / "last.pt").exists()
     for name in ("weighted_sum", "last_layer"):
         log = log_of(dirs[name])
+        assert not re.search(r"#\d+ : ", log), log  # no launch line of another job
         assert re.search(r"stopped at step \d+ \(SIGTERM\) with a checkpoint", log)
         assert f"{name} -> 32 features" in log
         others = [n for n in names if n != name]
