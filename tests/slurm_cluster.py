@@ -205,11 +205,6 @@ class SlurmCluster:
             timeout=60,
         )
 
-    def job_ids(self) -> set[str]:
-        """Every job the controller knows, finished ones included (kept for MinJobAge seconds)."""
-        out = self.run(["squeue", "-h", "-t", "all", "-o", "%i"]).stdout
-        return {line.strip() for line in out.splitlines() if line.strip()}
-
     def stop(self) -> None:
         """Cancel remaining jobs, then end slurmd, slurmctld and munged (in that order) by their pids."""
         if "slurmctld" in self.processes and self.processes["slurmctld"].poll() is None:
