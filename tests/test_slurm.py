@@ -400,7 +400,7 @@ def scenarios(request, slurm_cluster, tmp_path_factory) -> dict[str, Future]:
 @pytest.fixture(scope="module")
 def references(tmp_path_factory) -> dict[str, Path]:
     """Uninterrupted in-process runs of TRAINING (one thread), per interface: what every SLURM run must equal."""
-    from downstream.runner import run_experiment
+    from downstream.training.runner import run_experiment
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -5,7 +5,7 @@
 Each job is first set up by Hydra as usual (its own directory with .hydra/ and its resolved config).
 Jobs are then grouped by everything except the interface and the head (``group_key``), at most
 ``max_group_size`` per group (``group_jobs``); a group trains all its (interface, head, optimizer) sets on one
-upstream forward per batch (downstream.runner.run_jobs), so a K-interface sweep pays for the upstream once
+upstream forward per batch (downstream.training.runner.run_jobs), so a K-interface sweep pays for the upstream once
 instead of K times. A job that cannot be grouped (another task, upstream, seed or trainer setting, or a
 fine-tuned upstream) runs on its own, as with the basic launcher. Every job still gets its own results.json,
 equal to that of the job run alone, and its own complete log file (``train_group``).
@@ -101,7 +101,7 @@ def group_jobs(keys: Sequence[str], max_group_size: int) -> list[list[int]]:
 class PreparedJob:
     """A job Hydra has set up (directory, .hydra/, resolved config) but not trained."""
 
-    job: Any  # downstream.runner.Job: the resolved config, run directory and overrides
+    job: Any  # downstream.training.runner.Job: the resolved config, run directory and overrides
     log_file: Path  # the job's own log file (Hydra's job log: <run dir>/run_downstream.log)
     index: int  # the job's number in the sweep (hydra.job.num)
 
@@ -142,7 +142,7 @@ def prepare_jobs(
 
 def _prepare_job(cfg: DictConfig):
     """Runs inside Hydra's run_job: the job's directory exists and HydraConfig is the job's."""
-    from downstream.runner import Job, resolved_job_config
+    from downstream.training.runner import Job, resolved_job_config
 
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
@@ -184,7 +184,7 @@ def train_group(group: Sequence[PreparedJob]) -> list[dict[str, Any] | None]:
 
     While it trains, every job's log file receives the group's shared lines and the job's own lines,
     appended (a resumed job's file holds all its launches). Exceptions propagate."""
-    from downstream.runner import run_jobs
+    from downstream.training.runner import run_jobs
 
     run_dirs = [str(p.job.run_dir) for p in group]
     handlers = []
@@ -208,7 +208,7 @@ def train_group(group: Sequence[PreparedJob]) -> list[dict[str, Any] | None]:
 
 def exit_stopped_early(sweep_dir: str) -> None:
     """End the sweep with status 75 (EX_TEMPFAIL), saying how to continue it."""
-    from downstream.trainer import EXIT_STOPPED_EARLY
+    from downstream.training.preemption import EXIT_STOPPED_EARLY
 
     log.info(
         "the sweep stopped before the end (exit status %d); relaunch the same command with "
@@ -233,7 +233,7 @@ class SharedUpstreamLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from downstream.trainer import stop_signals
+        from downstream.training.preemption import stop_signals
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None

@@ -197,7 +197,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
 
     def _finished_results(self, overrides: list[str], index: int) -> tuple[Path, dict[str, Any] | None]:
         """The job's run directory, and its results when it already finished (None: it must run)."""
-        from downstream.runner import load_complete_results
+        from downstream.training.runner import load_complete_results
 
         assert self.config is not None and self.hydra_context is not None
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -227,7 +227,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
 
     def report_unfinished(self, unfinished: list[Unfinished], sweep_dir: Path, total: int) -> None:
         """One message per unfinished job, then exit 75 (all stopped at their time limit) or 1."""
-        from downstream.trainer import EXIT_STOPPED_EARLY
+        from downstream.training.preemption import EXIT_STOPPED_EARLY
 
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         status = EXIT_STOPPED_EARLY if all(job.timed_out for job in unfinished) else 1
@@ -270,7 +270,7 @@ class SharedUpstreamSlurmLauncher(SlurmLauncher):
         self.max_group_size = max_group_size
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from downstream.runner import load_complete_results
+        from downstream.training.runner import load_complete_results
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -325,7 +325,7 @@ class GroupJob:
     no result, so the requeued job runs it again."""
 
     def __call__(self, group: list[PreparedJob]) -> list[dict[str, Any] | None]:
-        from downstream.trainer import EXIT_STOPPED_EARLY
+        from downstream.training.preemption import EXIT_STOPPED_EARLY
 
         root = logging.getLogger()
         if not root.handlers:  # submitit starts a bare interpreter: log to its stderr file, as Hydra would
