@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from hydra_plugins.shared_upstream_launcher.launcher import group_jobs
-from tests.conftest import REPO_ROOT, TINY_UPSTREAM, compose_config
+from tests.helpers import REPO_ROOT, TINY_UPSTREAM, compose_config
 from tests.test_reliability import assert_same_run
 
 # The tiny upstream without its width, which the failure scenario sweeps.
