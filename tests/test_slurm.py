@@ -119,13 +119,15 @@ def first_job(sweep: Path, process: subprocess.Popen, timeout_s: float = SCENARI
         time.sleep(0.1)
 
 
-# Sends a signal to a job's Python process (found by SLURM variables in its environment) once a file exists.
-# It runs as its own process, so that it reacts within milliseconds even while the test process is busy.
+# Sends a signal to a job's Python process (found by SLURM variables in its environment, other than the pid
+# to skip) once a file exists that is newer than a given time. It runs as its own process, so that it reacts
+# within milliseconds even while the test process is busy.
 SIGNAL_JOB = r"""
 import os, signal, sys, time
 from pathlib import Path
 
-signal_name, checkpoint, *variables = sys.argv[1:]
+signal_name, path, newer_than_ns, skip_pid, *variables = sys.argv[1:]
+path, newer_than_ns, skip_pid = Path(path), int(newer_than_ns), int(skip_pid)
 wanted = [v.encode() for v in variables]
 
 
@@ -136,7 +138,11 @@ def task_pid():
             environment = (proc / "environ").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
-        if b"python" in program.rsplit(b"/", 1)[-1] and all(w in environment for w in wanted):
+        if (
+            proc.name != str(skip_pid)
+            and b"python" in program.rsplit(b"/", 1)[-1]
+            and all(w in environment for w in wanted)
+        ):
             return int(proc.name)
 
 
@@ -144,36 +150,51 @@ pid = None
 while pid is None:
     pid = task_pid()
     time.sleep(0.05)
-while not Path(checkpoint).exists():
+while not (path.exists() and path.stat().st_mtime_ns > newer_than_ns):
     time.sleep(0.005)
 os.kill(pid, getattr(signal, signal_name))
 print(pid)
 """
 
 
-def signal_job_when(path: Path, signum: str, environment: dict[str, str]) -> subprocess.Popen:
+def signal_job_when(
+    path: Path, signum: str, environment: dict[str, str], newer_than_ns: int = 0, skip_pid: int = 0
+) -> subprocess.Popen:
     """Start a watcher that sends ``signum`` (a name) to the job's Python process, found by these SLURM
-    variables in its environment, as soon as ``path`` exists; ``signal_sent`` waits for it."""
+    variables in its environment (and not ``skip_pid``), as soon as ``path`` exists with a modification
+    time after ``newer_than_ns``; ``signal_sent`` waits for it."""
     variables = [f"{key}={value}" for key, value in environment.items()]
     return subprocess.Popen(
-        [sys.executable, "-c", SIGNAL_JOB, signum, str(path), *variables], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SIGNAL_JOB, signum, str(path), str(newer_than_ns), str(skip_pid), *variables],
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
-def signal_sent(watcher: subprocess.Popen, path: Path, process: subprocess.Popen | None = None) -> None:
+def signal_sent(watcher: subprocess.Popen, process: subprocess.Popen | None = None) -> int:
+    """Wait for the watcher's signal; returns the pid it was sent to."""
+    deadline = time.monotonic() + SCENARIO_TIMEOUT_S
     try:
-        wait_for(path, process)
-        watcher.wait(timeout=60)
+        while watcher.poll() is None:
+            if process is not None and process.poll() is not None:
+                raise AssertionError(f"the launch ended before the signal:\n{process.stdout.read()[-3000:]}")
+            assert time.monotonic() < deadline, "no signal within the scenario's time"
+            time.sleep(0.1)
     finally:
         watcher.kill()
-    assert watcher.returncode == 0 and watcher.stdout.read().strip(), f"no signal was sent after {path}"
+    pid = watcher.stdout.read().strip()
+    assert watcher.returncode == 0 and pid, "no signal was sent"
+    return int(pid)
 
 
-def stall_after_first_checkpoint(run_dir: Path, environment: dict[str, str], process=None) -> None:
-    """SIGSTOP the job's Python process as soon as it has written its first checkpoint; SLURM's time-limit
-    signal comes with a SIGCONT and wakes it (see the module docstring)."""
-    checkpoint = run_dir / "last.pt"
-    signal_sent(signal_job_when(checkpoint, "SIGSTOP", environment), checkpoint, process)
+def stall_after_checkpoint(
+    run_dir: Path, environment: dict[str, str], process=None, newer_than_ns: int = 0, skip_pid: int = 0
+) -> int:
+    """SIGSTOP the job's Python process as soon as it has written a checkpoint (newer than
+    ``newer_than_ns``); SLURM's next signal comes with a SIGCONT and wakes it (see the module docstring).
+    Returns the stopped pid."""
+    watcher = signal_job_when(run_dir / "last.pt", "SIGSTOP", environment, newer_than_ns, skip_pid)
+    return signal_sent(watcher, process)
 
 
 def log_of(run_dir: Path) -> str:
@@ -257,8 +278,8 @@ def time_limit_with_a_failing_job(cluster, tmp: Path) -> dict:
     # job 2's process is killed as soon as it runs; job 0 stalls after its first checkpoint
     task_2 = {"SLURM_ARRAY_JOB_ID": environment["SLURM_ARRAY_JOB_ID"], "SLURM_ARRAY_TASK_ID": "2"}
     kill = signal_job_when(sweep, "SIGKILL", task_2)
-    stall_after_first_checkpoint(run_dir, environment, process)
-    signal_sent(kill, sweep, process)
+    stall_after_checkpoint(run_dir, environment, process)
+    signal_sent(kill, process)
     code, output = finish(process)
     submitit_log = "".join(p.read_text() for p in (sweep / ".submitit").glob(f"{job_id}/*_log.*"))
     return dict(
@@ -288,7 +309,7 @@ def time_limit_too_often(cluster, tmp: Path) -> dict:
         ],
     )
     run_dir = run_dir_with(sweep, WIDTH)
-    stall_after_first_checkpoint(run_dir, first_job(sweep, process)[1], process)
+    stall_after_checkpoint(run_dir, first_job(sweep, process)[1], process)
     code, output = finish(process)
     gave_up = dict(code=code, output=output)
     # Continue with the printed command, as a user would; a continuation that meets the one-minute limit
@@ -306,8 +327,10 @@ def time_limit_too_often(cluster, tmp: Path) -> dict:
     return dict(gave_up=gave_up, continuations=continuations, run_dir=run_dir, sweep=sweep)
 
 
-def shared_group_preempted(cluster, tmp: Path) -> dict:
-    """hydra/launcher=shared_upstream_slurm: two interfaces in one SLURM job, requeued by scontrol."""
+def shared_group_time_limit_then_preempted(cluster, tmp: Path) -> dict:
+    """hydra/launcher=shared_upstream_slurm: two interfaces in one SLURM job. Launch 1 reaches the time
+    limit (submitit requeues the group); launch 2 is requeued with scontrol requeue after a checkpoint of its
+    own (SIGTERM); launch 3 finishes."""
     sweep = tmp / "shared"
     process = start_sweep(
         cluster,
@@ -317,17 +340,28 @@ def shared_group_preempted(cluster, tmp: Path) -> dict:
             *TRAINING,
             "hydra/launcher=shared_upstream_slurm",
             *RESOURCES,
-            *ROOMY,
+            *TIME_LIMITED,
+            "hydra.launcher.max_num_timeout=3",
             f"hydra.sweep.dir={sweep}",
         ],
     )
     dirs = {name: run_dir_with(sweep, f"interface={name}") for name in ("weighted_sum", "last_layer")}
-    for run_dir in dirs.values():
-        wait_for(run_dir / "last.pt", process)
-    job_id, _ = first_job(sweep, process)
-    cluster.run(["scontrol", "requeue", job_id])
+    job_id, environment = first_job(sweep, process)
+    checkpoint = dirs["weighted_sum"] / "last.pt"
+    first = stall_after_checkpoint(dirs["weighted_sum"], environment, process)
+    while Path(f"/proc/{first}").exists():  # launch 1 checkpoints at the time limit and is requeued
+        time.sleep(0.1)
+    second = stall_after_checkpoint(
+        dirs["weighted_sum"],
+        environment,
+        process,
+        newer_than_ns=checkpoint.stat().st_mtime_ns,
+        skip_pid=first,
+    )
+    cluster.run(["scontrol", "requeue", job_id])  # SLURM's SIGCONT and SIGTERM wake launch 2
     code, output = finish(process)
-    return dict(code=code, output=output, dirs=dirs, sweep=sweep)
+    submitit_log = "".join(p.read_text() for p in (sweep / ".submitit").glob(f"{job_id}/*_log.*"))
+    return dict(code=code, output=output, dirs=dirs, launches=(first, second), submitit_log=submitit_log)
 
 
 def sbatch_recipe(cluster, tmp: Path) -> dict:
@@ -358,7 +392,7 @@ def sbatch_recipe(cluster, tmp: Path) -> dict:
         check=True,
     )
     job_id = submitted.stdout.strip().split(";")[0]
-    stall_after_first_checkpoint(run_dir, {"SLURM_JOB_ID": job_id})
+    stall_after_checkpoint(run_dir, {"SLURM_JOB_ID": job_id})
     deadline = time.monotonic() + SCENARIO_TIMEOUT_S
     while (state := slurm_job_field(cluster, job_id, "JobState")) not in ("COMPLETED", "FAILED", "CANCELLED"):
         assert time.monotonic() < deadline, f"job {job_id} still {state}"
@@ -378,7 +412,9 @@ SCENARIOS = {
         time_limit_with_a_failing_job
     ),
     "test_job_past_max_num_timeout_is_reported_and_its_command_continues_it": time_limit_too_often,
-    "test_shared_upstream_group_requeued_by_scontrol_resumes_both_jobs": shared_group_preempted,
+    "test_shared_upstream_group_requeues_at_the_time_limit_and_by_scontrol_and_resumes_both_jobs": (
+        shared_group_time_limit_then_preempted
+    ),
     "test_readme_sbatch_recipe_requeues_itself_at_the_time_limit_and_finishes": sbatch_recipe,
 }
 
@@ -478,16 +514,22 @@ def test_job_past_max_num_timeout_is_reported_and_its_command_continues_it(scena
 
 
 @pytest.mark.slow
-def test_shared_upstream_group_requeued_by_scontrol_resumes_both_jobs(scenarios, references):
-    record = scenarios["test_shared_upstream_group_requeued_by_scontrol_resumes_both_jobs"].result()
+def test_shared_upstream_group_requeues_at_the_time_limit_and_by_scontrol_and_resumes_both_jobs(
+    scenarios, references
+):
+    record = scenarios[
+        "test_shared_upstream_group_requeues_at_the_time_limit_and_by_scontrol_and_resumes_both_jobs"
+    ].result()
     assert record["code"] == 0, record["output"][-3000:]
     assert "trains 2 job(s) on one upstream" in record["output"]
+    assert "Requeued job" in record["submitit_log"]  # submitit's requeue at the time limit
     dirs = record["dirs"]
     for name, run_dir in dirs.items():
         other = str(dirs["last_layer" if name == "weighted_sum" else "weighted_sum"])
         log = log_of(run_dir)
-        assert "SIGTERM: checkpointing at the end of this update" in log
-        assert re.search(r"resumed at step \d+", log)
+        assert "SIGUSR2: checkpointing at the end of this update" in log  # launch 1, time limit
+        assert "SIGTERM: checkpointing at the end of this update" in log  # launch 2, scontrol requeue
+        assert len(re.findall(r"resumed at step \d+", log)) >= 2
         assert f"{name} -> 32 features" in log and re.search(r"best step \d+", log)
         assert not any(other in line and str(run_dir) not in line for line in log.splitlines()), log
         # trained together with another head: equal to the job alone up to float summation order
