@@ -197,8 +197,6 @@ class SlurmLauncher(SubmititSlurmLauncher):
 
     def _finished_results(self, overrides: list[str], index: int) -> tuple[Path, dict[str, Any] | None]:
         """The job's run directory, and its results when it already finished (None: it must run)."""
-        from downstream.training.runner import load_complete_results
-
         assert self.config is not None and self.hydra_context is not None
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(sweep_config):
@@ -211,7 +209,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
             overwrite = bool(sweep_config.get("overwrite", False))
         finally:
             HydraConfig.instance().cfg = previous
-        return run_dir, None if overwrite else load_complete_results(run_dir)
+        return run_dir, finished_results(run_dir, overwrite)
 
     def continue_command(self, overrides: Sequence[str], sweep_dir: Path) -> str:
         """The command line that continues these job overrides in the same sweep folder on SLURM."""
@@ -270,8 +268,6 @@ class SharedUpstreamSlurmLauncher(SlurmLauncher):
         self.max_group_size = max_group_size
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from downstream.training.runner import load_complete_results
-
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -283,7 +279,7 @@ class SharedUpstreamSlurmLauncher(SlurmLauncher):
         position = {p.index: i for i, p in enumerate(prepared)}
         pending = []
         for p in prepared:
-            results = None if p.job.cfg.get("overwrite", False) else load_complete_results(p.job.run_dir)
+            results = finished_results(p.job.run_dir, bool(p.job.cfg.get("overwrite", False)))
             if results is None:
                 pending.append(p)
             else:
@@ -315,6 +311,13 @@ class SharedUpstreamSlurmLauncher(SlurmLauncher):
         if unfinished:
             self.report_unfinished(unfinished, sweep_dir, len(prepared))
         return returns
+
+
+def finished_results(run_dir: Path, overwrite: bool) -> dict[str, Any] | None:
+    """A job's results when it already finished and is not to be redone (None: it must be submitted)."""
+    from downstream.training.runner import load_complete_results
+
+    return None if overwrite else load_complete_results(run_dir)
 
 
 class GroupJob:
