@@ -17,6 +17,14 @@ from downstream.tasks.base import Batch, Statistics, Task
 BLANK = "<blank>"
 
 
+def ctc_target_tensors(targets: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (concatenated targets [sum of lengths], target lengths [B]), both long, on the
+    host: the 1-D target layout ``F.ctc_loss`` takes."""
+    lengths = torch.tensor([len(target) for target in targets], dtype=torch.long)
+    flat = torch.tensor([token for target in targets for token in target], dtype=torch.long)
+    return flat, lengths
+
+
 class CTCTask(Task):
     """Frame logits [B, T, V] against token sequences with CTC (blank = index 0).
 
@@ -79,20 +87,40 @@ class CTCTask(Task):
             return features
         return spec_augment(features, lengths, **self.spec_augment)
 
+    def collate(self, items: list[dict], split: str, utterances: list[Utterance]) -> Batch:
+        """``Task.collate`` plus the CTC targets as tensors (``ctc_target_tensors``), built here, in the
+        DataLoader's workers; the DataLoader pins them on CUDA so the loss copies them asynchronously."""
+        batch = super().collate(items, split, utterances)
+        batch["ctc_targets"], batch["ctc_target_lengths"] = ctc_target_tensors(batch["targets"])
+        return batch
+
     def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
-        targets = batch["targets"]
-        target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
-        flat_targets = torch.tensor([i for t in targets for i in t], dtype=torch.long)
+        """CTC loss of logits [B, T, V] over ``frame_lengths`` [B], averaged as torch's ``reduction="mean"``:
+        each utterance's loss divided by its target length (at least 1), then the mean over the batch;
+        infinite losses (targets longer than the frames allow) count as zero.
+
+        No host synchronisation of its own: the targets come from ``collate`` (a batch without them, e.g.
+        one built by hand, gets them here) and are copied with ``non_blocking=True``; the target lengths stay
+        on the host, where torch's CTC reads them, and go to the device asynchronously for the average.
+        torch's CUDA CTC kernels still copy the lengths to the device themselves, and read ``frame_lengths``
+        on the host when they live on the device (both are synchronising copies inside ``F.ctc_loss``).
+        """
+        if "ctc_targets" in batch:
+            targets, target_lengths = batch["ctc_targets"], batch["ctc_target_lengths"]
+        else:
+            targets, target_lengths = ctc_target_tensors(batch["targets"])
+        device = logits.device
         log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
-        return F.ctc_loss(
+        losses = F.ctc_loss(
             log_probs,
-            flat_targets.to(logits.device),
+            targets.to(device, non_blocking=True),
             frame_lengths,
-            target_lengths.to(logits.device),
+            target_lengths,
             blank=0,
-            reduction="mean",
+            reduction="none",
             zero_infinity=True,
         )
+        return (losses / target_lengths.to(device, non_blocking=True).clamp(min=1)).mean()
 
     # -- evaluation -------------------------------------------------------------------------
     def eval_statistics(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> Statistics:

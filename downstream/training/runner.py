@@ -257,7 +257,7 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
         branch.halving_pool = halving_pool(jobs[index].cfg)
     for index, branch in zip(pending, branches, strict=True):
         log.info(
-            "%s | %s (L=%d, D=%d) | %s -> %d features | schedule %s: %d steps, lr %g | %s",
+            "%s | %s (L=%d, D=%d) | %s -> %d features | schedule %s: %d steps, lr %g | precision %s, tf32 %s | %s",
             first.task_name,
             upstream.name,
             upstream.num_layers,
@@ -267,6 +267,8 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
             pick_schedule(first),
             settings.max_steps,
             branch.settings.lr,
+            settings.precision,
+            "on" if settings.tf32 else "off",
             branch.run_dir,
         )
     cache = build_hidden_state_cache(first, upstream, task, settings)
