@@ -23,6 +23,7 @@ RECORD = {
     "schedule": "demo",
     "trainable_params": {"interface": 3, "head": 9000, "upstream": 0},
     "steps": 2,
+    "lr": 0.001,
     "limit_eval_batches": 2,
     "best_step": 2,
     "skipped_updates": 0,
@@ -31,6 +32,7 @@ RECORD = {
     "test": {"acc": 30.0},
     "layer_weights": [0.2, 0.3, 0.5],
     "overrides": ["task=er", "task.fold=1"],
+    "stopped_early": {"step": 2, "rank": 2, "of": 2},
 }
 
 

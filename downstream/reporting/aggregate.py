@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from downstream.reporting.collect import Collection, RowKey, Run, interface_params_by_row, row_sort_key
+from downstream.reporting.lr_choice import run_lr
 from downstream.reporting.published import Reference, published_reference
 from downstream.results import RESULTS_FILE, ResultsFileError
 
@@ -47,6 +48,8 @@ class Cell:
     folds: tuple
     reference: Reference | None
     best: bool = False
+    #: the learning rate of the cell's runs in a table of dev-chosen learning rates (else None)
+    lr: float | None = None
 
     @property
     def n(self) -> int:
@@ -128,6 +131,7 @@ def aggregate(collection: Collection, split: str = "test") -> Table:
             seeds=tuple(run.results.seed for run in runs),
             folds=tuple(run.results.fold for run in runs),
             reference=published_reference(row.model, row.interface_name, task) if row.comparable else None,
+            lr=run_lr(runs[0].results) if collection.chosen_lr else None,
         )
         for (row, task), runs in grouped.items()
     }

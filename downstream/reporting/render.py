@@ -25,6 +25,7 @@ CSV_FIELDS = (
     "best",
     "published",
     "published_source",
+    "lr",
 )
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
@@ -45,6 +46,8 @@ def _cell_suffix(cell: Cell) -> str:
     fold_note = cell.fold_note()
     if fold_note:
         details.append(fold_note)
+    if cell.lr is not None:
+        details.append(f"lr {cell.lr:g}")
     return f"({', '.join(details)})"
 
 
@@ -126,6 +129,7 @@ def long_frame(table: Table) -> pd.DataFrame:
                     "best": str(cell.best).lower(),
                     "published": None if cell.reference is None else cell.reference.value,
                     "published_source": "" if cell.reference is None else cell.reference.source,
+                    "lr": cell.lr,
                 }
             )
     return pd.DataFrame(records, columns=CSV_FIELDS)

@@ -36,6 +36,7 @@ class TrainerSettings:
     log_every: int = 50
     stop_after_steps: int | None = None
     limit_eval_batches: int | None = None
+    halving_steps: list[int] | None = None  # successive halving (downstream/training/halving.py)
 
     @classmethod
     def resolve(cls, trainer_config: dict[str, Any], schedule: dict[str, Any]) -> TrainerSettings:
@@ -73,6 +74,17 @@ class TrainerSettings:
             raise ValueError(f"trainer.device must be auto, cpu or cuda, got {self.device!r}")
         if (self.batch_size is None) == (self.max_batch_seconds is None):
             raise ValueError("set exactly one of trainer.batch_size and trainer.max_batch_seconds")
+        halving = self.halving_steps
+        if halving is not None and (
+            list(halving) != sorted(set(halving))
+            or any(
+                not isinstance(s, int) or s < 1 or s % self.eval_every or s >= self.max_steps for s in halving
+            )
+        ):
+            raise ValueError(
+                "trainer.halving_steps must be increasing evaluation steps (multiples of trainer.eval_every="
+                f"{self.eval_every}) below trainer.max_steps={self.max_steps}, got {list(halving)}"
+            )
         workers = self.num_workers
         if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
             raise ValueError(f"trainer.num_workers must be a count >= 0 or 'auto', got {workers!r}")

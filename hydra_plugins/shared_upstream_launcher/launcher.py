@@ -1,9 +1,10 @@
-"""``hydra/launcher=shared_upstream``: jobs that differ only in interface and head run in one process.
+"""``hydra/launcher=shared_upstream``: jobs that differ only in interface, head and optimizer run in one process.
 
     python run_downstream.py -m interface=weighted_sum,hconv,cls_pooling hydra/launcher=shared_upstream
 
 Each job is first set up by Hydra as usual (its own directory with .hydra/ and its resolved config).
-Jobs are then grouped by everything except the interface and the head (``group_key``), at most
+Jobs are then grouped by everything except the interface, the head and the optimizer settings (learning
+rates, optimizer, weight decay, scheduler, warmup: ``group_key``), at most
 ``max_group_size`` per group (``group_jobs``); a group trains all its (interface, head, optimizer) sets on one
 upstream forward per batch (downstream.training.runner.run_jobs), so a K-interface sweep pays for the upstream once
 instead of K times. A job that cannot be grouped (another task, upstream, seed or trainer setting, or a
@@ -68,9 +69,12 @@ ConfigStore.instance().store(
 
 
 def group_key(resolved: dict[str, Any]) -> str:
-    """Everything that must be equal for two jobs to share one upstream forward."""
+    """Everything that must be equal for two jobs to share one upstream forward: all but PER_BRANCH_KEYS
+    and the trainer settings that are a branch's own (its optimizer: ``BRANCH_SETTINGS``)."""
+    from downstream.training.branch import BRANCH_SETTINGS
+
     shared = json.loads(json.dumps(resolved))
-    for dotted in PER_BRANCH_KEYS:
+    for dotted in (*PER_BRANCH_KEYS, *(f"trainer.{name}" for name in BRANCH_SETTINGS)):
         *parents, leaf = dotted.split(".")
         node = shared
         for parent in parents:
