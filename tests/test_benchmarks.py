@@ -5,6 +5,7 @@ never how fast anything is."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -123,3 +124,12 @@ def test_hubert_forward_smoke_reports_every_variant_within_tolerance(tmp_path):
         assert row["max_layer_rel_err"] < hubert_forward.TOLERANCE
     assert rows[0]["max_layer_rel_err"] == 0.0 and rows[1]["max_layer_rel_err"] > 0  # bf16 is not fp32
     assert rows[3]["varied_shapes"] >= 1 and "varied_x_real_time" not in rows[2]
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(path.stem for path in (REPO_ROOT / "scripts" / "bench").glob("*.py") if path.stem != "__init__"),
+)
+def test_every_benchmark_module_imports(module):
+    """scripts/benchmark.py imports every subcommand's module: one that no longer imports breaks them all."""
+    importlib.import_module(f"scripts.bench.{module}")
