@@ -32,7 +32,10 @@ class RunResults:
     ``trainable_params`` maps interface/head/upstream to trainable parameter counts (upstream 0 when frozen);
     ``dev``/``test`` map metric names to values (``test`` always holds ``metric``); ``layer_weights`` is a
     list over layers, a list per group, or None for interfaces that do not weigh layers; ``too_long`` is
-    {max_seconds, policy, <split>: count} or None without a length limit. Keys this schema does not know
+    {max_seconds, policy, <split>: count} or None without a length limit; ``data_policy`` is what the
+    pre-training data check (``downstream.training.data_check``) changed or left out, per split and kind
+    ({split: {too_short, too_long, ctc_infeasible, empty_transcript, oov, utterances}}; None in records
+    written before it existed). Keys this schema does not know
     (written by a newer runner) are kept in ``extra`` and written back unchanged.
     """
 
@@ -55,6 +58,7 @@ class RunResults:
     best_step: int | None = None
     skipped_updates: int | None = None
     too_long: dict[str, Any] | None = None
+    data_policy: dict[str, dict[str, Any]] | None = None
     layer_weights: list[float] | list[list[float]] | None = None
     overrides: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
@@ -78,6 +82,7 @@ class RunResults:
         "best_step",
         "skipped_updates",
         "too_long",
+        "data_policy",
         "dev",
         "test",
         "layer_weights",
