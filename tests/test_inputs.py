@@ -104,6 +104,26 @@ def test_too_short_audio_is_found_before_training_padded_to_the_upstreams_minimu
         upstream(torch.zeros(1, 300), torch.tensor([300]))
 
 
+@pytest.mark.slow
+def test_the_minimum_is_the_upstreams_own_sew_needs_720_samples(tmp_path):
+    """600 samples pass a 400-sample CNN but not SEW's (13 convolutions, then 2 frames pooled)."""
+    from tests.test_hf_families import load, save_tiny_family
+
+    sew = load(save_tiny_family(tmp_path / "sew", "sew"))
+    corpus = write_librispeech(tmp_path / "ls", {s: [*NORMAL, (600, "NO")] for s in SPLIT_FOLDERS})
+    task = SpeechRecognition(str(corpus))
+    task.check_data()
+    report = check_inputs(task, sew)
+    assert sew.min_samples == 720 and report["test"]["too_short"]["min_samples"] == 720
+    assert report["test"]["too_short"]["count"] == 1
+    item = split_dataset(task, "test", seed=0)[3]["wav"]
+    _, frames = sew(item[None], torch.tensor([item.shape[0]]))
+    assert item.shape == (720,) and frames.tolist() == [1]
+    tiny_task = SpeechRecognition(str(corpus))
+    tiny_task.check_data()
+    assert check_inputs(tiny_task, tiny_upstream())["test"]["too_short"]["count"] == 0
+
+
 def test_too_short_skip_leaves_training_audio_out_and_keeps_dev_and_test_whole(tmp_path):
     corpus = write_librispeech(tmp_path, {split: [*NORMAL, (300, "NO")] for split in SPLIT_FOLDERS})
     task = SpeechRecognition(str(corpus), on_too_short="skip")
@@ -190,7 +210,12 @@ def test_infeasible_ctc_utterances_are_counted_named_and_optionally_left_out_of_
 
 def test_the_ctc_check_is_one_implementation_for_pr_and_ml_superb(tmp_path):
     splits = {split: [*NORMAL, (1600, "HELLO WORLD GOOD MORNING")] for split in SPLIT_FOLDERS}
-    task = PhonemeRecognition(str(write_librispeech(tmp_path / "ls", splits)), on_ctc_infeasible="skip")
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_text(
+        "HELLO HH AH0 L OW1\nWORLD W ER1 L D\nGOOD G UH1 D\nMORNING M AO1 R N IH0 NG\nYES Y EH1 S\n"
+    )
+    corpus = write_librispeech(tmp_path / "ls", splits)
+    task = PhonemeRecognition(str(corpus), lexicon=str(lexicon), on_ctc_infeasible="skip")
     task.check_data()
     report = check_inputs(task, tiny_upstream())
     assert report["train"]["ctc_infeasible"]["count"] == 1 and report["train"]["utterances"] == 3
