@@ -18,7 +18,13 @@ from downstream.data.ml_superb import read_ml_superb
 from downstream.reporting import aggregate, collect_runs, render
 from downstream.results import RunResults
 from downstream.tasks.asr import WORD_BOUNDARY, SpeechRecognition
-from downstream.tasks.ctc import ctc_min_frames, masked_ctc_loss, normalised_characters
+from downstream.tasks.ctc import (
+    ctc_min_frames,
+    ctc_min_frames_tensor,
+    ctc_target_tensors,
+    masked_ctc_loss,
+    normalised_characters,
+)
 from downstream.tasks.ml_superb import MonolingualSpeechRecognition
 from downstream.tasks.pr import PhonemeRecognition
 from downstream.tasks.sid import SpeakerIdentification
@@ -164,7 +170,7 @@ def test_an_infeasible_utterance_is_left_out_of_the_ctc_loss_average():
     targets = [[1, 2, 3], [1, 2, 3, 4, 1, 2]]  # 3 tokens in 6 frames; 6 tokens in 4 frames
     frames = torch.tensor([6, 4])
     log_probs = F.log_softmax(logits, dim=-1).transpose(0, 1)
-    loss = masked_ctc_loss(log_probs, targets, frames)
+    loss = masked_ctc_loss(log_probs, *ctc_target_tensors(targets), ctc_min_frames_tensor(targets), frames)
     alone = F.ctc_loss(
         F.log_softmax(logits[:1], dim=-1).transpose(0, 1),
         torch.tensor(targets[0]),
@@ -186,7 +192,10 @@ def test_an_infeasible_utterance_is_left_out_of_the_ctc_loss_average():
     assert torch.all(logits.grad[1] == 0) and logits.grad[0].abs().sum() > 0
     # repeats need a blank between them: [1, 1] needs 3 frames
     assert ctc_min_frames([1, 1]) == 3 and ctc_min_frames([1, 2]) == 2 and ctc_min_frames([]) == 0
-    nothing = masked_ctc_loss(log_probs[:, 1:], targets[1:], frames[1:])
+    rest = targets[1:]
+    nothing = masked_ctc_loss(
+        log_probs[:, 1:], *ctc_target_tensors(rest), ctc_min_frames_tensor(rest), frames[1:]
+    )
     assert nothing.item() == 0.0 and nothing.requires_grad
 
 

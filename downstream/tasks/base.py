@@ -46,11 +46,17 @@ class Batch(_PaddedWaveforms, total=False):
     Always: ``wavs`` [B, N] float32 at 16 kHz, zero-padded; ``wav_lengths`` [B] long (samples); ``indices``
     [B] long, positions in the split's utterance list; ``targets``: one encoded target per utterance
     (``Task.encode``: token ids, a class id, slot ids, or None where evaluation needs none). SV adds the
-    ``split`` and the ``utterance_ids`` its trial scoring looks up.
+    ``split`` and the ``utterance_ids`` its trial scoring looks up. CTC tasks add ``ctc_targets`` (every
+    utterance's token ids concatenated, long), ``ctc_target_lengths`` [B] long and ``ctc_min_frames`` [B]
+    long (frames each target needs to be alignable), built on the host in
+    the DataLoader's workers so that the loss needs no host-side work (``downstream.tasks.ctc``).
     """
 
     split: str
     utterance_ids: list[str]
+    ctc_targets: torch.Tensor
+    ctc_target_lengths: torch.Tensor
+    ctc_min_frames: torch.Tensor
 
 
 def accumulate_statistics(totals: dict[str, Any], statistics: Statistics) -> dict[str, Any]:

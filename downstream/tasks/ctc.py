@@ -32,35 +32,41 @@ def ctc_min_frames(target: Sequence[int]) -> int:
     return len(target) + repeats
 
 
+def ctc_min_frames_tensor(targets: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``ctc_min_frames`` of every target, [B] long on the host."""
+    return torch.tensor([ctc_min_frames(target) for target in targets], dtype=torch.long)
+
+
 def masked_ctc_loss(
     log_probs: torch.Tensor,
-    targets: Sequence[Sequence[int]],
+    targets: torch.Tensor,
+    target_lengths: torch.Tensor,
+    min_frames: torch.Tensor,
     frame_lengths: torch.Tensor,
 ) -> torch.Tensor:
     """CTC loss of a batch averaged over its feasible utterances only.
 
-    ``log_probs`` [T, B, V] (log-softmax, blank 0), ``targets`` token ids per utterance, ``frame_lengths``
-    [B]. Each utterance's loss is divided by its target length (at least 1), as torch's ``reduction='mean'``
-    does, and the batch loss is the mean over utterances with ``frame_lengths >= ctc_min_frames``: an
-    utterance that cannot be aligned is left out of the average (torch's mean with ``zero_infinity``
-    would count it as 0 and shrink the loss). A batch with no feasible utterance gives a zero loss that
-    still has a graph (so backward and gradient accumulation work).
+    ``log_probs`` [T, B, V] (log-softmax, blank 0); ``targets`` the concatenated token ids and
+    ``target_lengths`` [B] (``ctc_target_tensors``, lengths on the host); ``min_frames`` [B]
+    (``ctc_min_frames_tensor``); ``frame_lengths`` [B]. Each utterance's loss is divided by its target
+    length (at least 1), as torch's ``reduction='mean'`` does, and the batch loss is the mean over the
+    utterances with ``frame_lengths >= min_frames``: one that cannot be aligned is left out of the average
+    (torch's mean with ``zero_infinity`` counts it as 0 and shrinks the loss). A batch with no feasible
+    utterance gives a zero loss that still has a graph (backward and gradient accumulation work). The
+    mask and the average stay on the device (no host synchronisation).
     """
     device = log_probs.device
-    target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
-    flat_targets = torch.tensor([i for t in targets for i in t], dtype=torch.long)
     losses = F.ctc_loss(
         log_probs,
-        flat_targets.to(device),
+        targets.to(device, non_blocking=True),
         frame_lengths,
-        target_lengths.to(device),
+        target_lengths,
         blank=0,
         reduction="none",
         zero_infinity=True,
     )
-    required = torch.tensor([ctc_min_frames(t) for t in targets], dtype=torch.long, device=device)
-    feasible = (frame_lengths.to(device) >= required).to(losses.dtype)
-    per_token = losses / target_lengths.to(device).clamp(min=1).to(losses.dtype)
+    feasible = (frame_lengths.to(device) >= min_frames.to(device, non_blocking=True)).to(losses.dtype)
+    per_token = losses / target_lengths.to(device, non_blocking=True).clamp(min=1).to(losses.dtype)
     return (per_token * feasible).sum() / feasible.sum().clamp(min=1)
 
 
@@ -78,6 +84,14 @@ def normalised_characters(tokens: Sequence[str], word_boundary: str) -> list[str
     if units and units[-1] == " ":
         units.pop()
     return units
+
+
+def ctc_target_tensors(targets: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (concatenated targets [sum of lengths], target lengths [B]), both long, on the
+    host: the 1-D target layout ``F.ctc_loss`` takes."""
+    lengths = torch.tensor([len(target) for target in targets], dtype=torch.long)
+    flat = torch.tensor([token for target in targets for token in target], dtype=torch.long)
+    return flat, lengths
 
 
 class CTCTask(Task):
@@ -191,10 +205,35 @@ class CTCTask(Task):
             return features
         return spec_augment(features, lengths, **self.spec_augment)
 
+    def collate(self, items: list[dict], split: str, utterances: list[Utterance]) -> Batch:
+        """``Task.collate`` plus the CTC targets as tensors (``ctc_target_tensors``) and the frames each
+        needs (``ctc_min_frames_tensor``), built here, in the
+        DataLoader's workers; the DataLoader pins them on CUDA so the loss copies them asynchronously."""
+        batch = super().collate(items, split, utterances)
+        batch["ctc_targets"], batch["ctc_target_lengths"] = ctc_target_tensors(batch["targets"])
+        batch["ctc_min_frames"] = ctc_min_frames_tensor(batch["targets"])
+        return batch
+
     def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """``masked_ctc_loss``: the mean over the batch's feasible utterances of loss / target length."""
+        """CTC loss of logits [B, T, V] over ``frame_lengths`` [B]: ``masked_ctc_loss``, the mean over the
+        batch's feasible utterances of each one's loss divided by its target length (torch's
+        ``reduction="mean"`` over the utterances CTC can align; an infeasible one is left out of the average
+        rather than counted as zero).
+
+        No host synchronisation of its own: the targets, their lengths and the frames each needs come from
+        ``collate`` (a batch without them, e.g. one built by hand, gets them here) and are copied with
+        ``non_blocking=True``; the target lengths stay on the host, where torch's CTC reads them. torch's
+        CUDA CTC kernels still copy the lengths to the device themselves, and read ``frame_lengths`` on the
+        host when they live on the device (both are synchronising copies inside ``F.ctc_loss``).
+        """
+        if "ctc_targets" in batch:
+            targets, target_lengths = batch["ctc_targets"], batch["ctc_target_lengths"]
+            min_frames = batch["ctc_min_frames"]
+        else:
+            targets, target_lengths = ctc_target_tensors(batch["targets"])
+            min_frames = ctc_min_frames_tensor(batch["targets"])
         log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
-        return masked_ctc_loss(log_probs, batch["targets"], frame_lengths)
+        return masked_ctc_loss(log_probs, targets, target_lengths, min_frames, frame_lengths)
 
     # -- evaluation -------------------------------------------------------------------------
     def eval_statistics(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> Statistics:

@@ -234,7 +234,7 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
     branches = [build_branch(jobs[i].cfg, upstream, task, settings, jobs[i].run_dir) for i in pending]
     for index, branch in zip(pending, branches, strict=True):
         log.info(
-            "%s | %s (L=%d, D=%d) | %s -> %d features | schedule %s: %d steps, lr %g | %s",
+            "%s | %s (L=%d, D=%d) | %s -> %d features | schedule %s: %d steps, lr %g | precision %s, tf32 %s | %s",
             first.task_name,
             upstream.name,
             upstream.num_layers,
@@ -244,6 +244,8 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
             pick_schedule(first),
             settings.max_steps,
             settings.lr,
+            settings.precision,
+            "on" if settings.tf32 else "off",
             branch.run_dir,
         )
     cache = build_hidden_state_cache(first, upstream, task, settings)

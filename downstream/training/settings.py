@@ -28,6 +28,7 @@ class TrainerSettings:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     precision: str = "fp32"
+    tf32: bool = False
     device: str = "auto"
     num_workers: int | str = 0
     max_bad_steps: int = 10
@@ -62,6 +63,8 @@ class TrainerSettings:
             raise ValueError(f"trainer.lr must be > 0, got {self.lr}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.tf32, bool):
+            raise ValueError(f"trainer.tf32 must be true or false, got {self.tf32!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"trainer.optimizer must be adam or adamw, got {self.optimizer!r}")
         if self.scheduler not in ("none", "linear_warmup"):
@@ -73,3 +76,13 @@ class TrainerSettings:
         workers = self.num_workers
         if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
             raise ValueError(f"trainer.num_workers must be a count >= 0 or 'auto', got {workers!r}")
+
+
+def apply_tf32(enabled: bool) -> None:
+    """trainer.tf32: let fp32 matrix products (and cuDNN convolutions) run on TF32 tensor cores (Ampere and
+    newer GPUs; inputs rounded to a 10-bit mantissa, fp32 accumulation). False restores PyTorch's defaults:
+    fp32 matrix products in full fp32 (``torch.set_float32_matmul_precision("highest")``), cuDNN convolutions
+    allowed TF32 (``torch.backends.cudnn.allow_tf32``, PyTorch's default, left as it is). Process-wide."""
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    if enabled:
+        torch.backends.cudnn.allow_tf32 = True

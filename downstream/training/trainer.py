@@ -41,7 +41,7 @@ from downstream.training.distributed import (
 )
 from downstream.training.loading import HiddenStateSource, pick_device, split_loader
 from downstream.training.preemption import pass_signal_on, record_stop_signals
-from downstream.training.settings import PRECISIONS, TrainerSettings
+from downstream.training.settings import PRECISIONS, TrainerSettings, apply_tf32
 from upstream.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class Trainer:
         self.seed = seed
         self.branches = branches
         self.device = pick_device(settings.device)
+        apply_tf32(settings.tf32)
         self.autocast_dtype = PRECISIONS[settings.precision]
         self.upstream = upstream.to(self.device)
         self.hidden_state_cache = hidden_state_cache
