@@ -471,6 +471,21 @@ def test_a_dev_split_of_empty_references_fails_before_training(tmp_path):
         check_inputs(task, tiny_upstream())
 
 
+def test_what_the_data_policies_changed_is_a_note_under_the_table(tmp_path):
+    write_er_run(tmp_path, "fold1", 1, 0, 60.0)
+    policy = {
+        "train": {"too_short": {"count": 2, "policy": "padded"}, "utterances": 10},
+        "test": {"too_short": {"count": 0, "policy": "padded"}, "oov": {"words": 3, "all_oov_left_out": 1}},
+    }
+    results = RunResults.load(tmp_path / "fold1")
+    (tmp_path / "fold1" / "results.json").write_text(
+        RunResults.from_dict({**results.to_dict(), "data_policy": policy}).to_json()
+    )
+    markdown = render(aggregate(collect_runs([tmp_path])), "markdown")
+    assert "data policies of " in markdown
+    assert "fold1: train: 2 too_short (padded); test: 1 oov (all-OOV left out)" in markdown
+
+
 def test_data_policy_round_trips_and_old_records_still_load():
     record = {
         "task": "asr",
