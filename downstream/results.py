@@ -35,8 +35,11 @@ class RunResults:
     {max_seconds, policy, <split>: count} or None without a length limit. ``lr`` is the head's learning
     rate (trainer.lr, after the schedule). ``stopped_early`` is None for a run trained to the end, or
     {step, rank, of} when successive halving stopped it (downstream/training/halving.py): it ranked ``rank``
-    of ``of`` in its pool at that step. Keys this schema does not know
-    (written by a newer runner) are kept in ``extra`` and written back unchanged.
+    of ``of`` in its pool at that step. ``data_policy`` is what the pre-training data check
+    (``downstream.training.data_check``) changed or left out, per split and kind ({split: {too_short,
+    too_long, ctc_infeasible, empty_transcript, oov, utterances}}; None in records written before it
+    existed). Keys this schema does not know (written by a newer runner) are kept in ``extra`` and
+    written back unchanged.
     """
 
     task: str
@@ -59,6 +62,7 @@ class RunResults:
     best_step: int | None = None
     skipped_updates: int | None = None
     too_long: dict[str, Any] | None = None
+    data_policy: dict[str, dict[str, Any]] | None = None
     layer_weights: list[float] | list[list[float]] | None = None
     overrides: tuple[str, ...] = ()
     stopped_early: dict[str, int] | None = None
@@ -84,6 +88,7 @@ class RunResults:
         "best_step",
         "skipped_updates",
         "too_long",
+        "data_policy",
         "dev",
         "test",
         "layer_weights",

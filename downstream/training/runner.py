@@ -18,6 +18,7 @@ from downstream.results import ResultsFileError, RunResults, too_long_record
 from downstream.tasks.base import Task
 from downstream.training.branch import BRANCH_SETTINGS, Branch
 from downstream.training.cache import HiddenStateCache, open_hidden_state_cache
+from downstream.training.data_check import check_inputs
 from downstream.training.distributed import barrier, init_distributed, rank_info
 from downstream.training.loading import pick_device
 from downstream.training.run_log import SilentRunLogger
@@ -111,6 +112,7 @@ def build_results(
     settings: TrainerSettings,
     outcome: dict[str, Any],
     overrides: list[str] | None,
+    data_policy: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The results.json record of one finished run."""
     weights = branch.interface.layer_weights()
@@ -137,6 +139,7 @@ def build_results(
         best_step=outcome["best_step"],
         skipped_updates=outcome["bad_steps"],
         too_long=too_long_record(task.max_seconds, task.on_too_long, outcome.get("too_long")),
+        data_policy=data_policy,
         dev=outcome["dev"],
         test=outcome["test"],
         layer_weights=None if weights is None else weights.detach().float().cpu().tolist(),
@@ -252,6 +255,7 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
     task = build_task(first.task)
     task.check_data()
     upstream = hydra.utils.instantiate(first.upstream)
+    data_policy = check_inputs(task, upstream)  # before any dataset: pads, leaves out, counts
     branches = [build_branch(jobs[i].cfg, upstream, task, job_settings[i], jobs[i].run_dir) for i in pending]
     for index, branch in zip(pending, branches, strict=True):
         branch.halving_pool = halving_pool(jobs[index].cfg)
@@ -279,7 +283,14 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
             continue
         job = jobs[index]
         results[index] = build_results(
-            job.cfg, task, upstream, branch, job_settings[index], outcomes[position], job.overrides
+            job.cfg,
+            task,
+            upstream,
+            branch,
+            job_settings[index],
+            outcomes[position],
+            job.overrides,
+            data_policy,
         )
         branch.logger.finish(results[index])
         log.info("results: %s", job.run_dir / "results.json")
