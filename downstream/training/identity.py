@@ -43,6 +43,7 @@ EXCLUDED_KEYS = (
     "cache.dir",  # where the hidden-state cache lives (cache.enabled and cache.splits do count: fp16 states)
     "cache.max_gb",
     "upstream.cache_dir",  # where downloaded weights are looked for; the model is named by upstream.model
+    "lr_search",  # experiment=lr_search's grid: which jobs the sweep has (each job's trainer.lr counts)
 )
 
 IDENTITY_FILE = "identity.json"

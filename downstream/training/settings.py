@@ -64,6 +64,7 @@ ALLOWED: dict[str, tuple[Any, str]] = {
     "warmup_steps": _count(0),
     "grad_clip": _number(0, strict=True),
     "precision": _choice(*PRECISIONS),
+    "tf32": _choice(True, False),
     "device": _choice("auto", "cpu", "cuda"),
     "num_workers": (
         lambda value: value == "auto" or (_is_int(value) and value >= 0),
@@ -95,6 +96,7 @@ class TrainerSettings:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     precision: str = "fp32"
+    tf32: bool = False
     device: str = "auto"
     num_workers: int | str = 0
     max_bad_steps: int = 10
@@ -102,6 +104,7 @@ class TrainerSettings:
     log_every: int = 50
     stop_after_steps: int | None = None
     limit_eval_batches: int | None = None
+    halving_steps: list[int] | None = None  # successive halving (downstream/training/halving.py)
 
     @classmethod
     def from_config(cls, trainer_config: dict[str, Any]) -> TrainerSettings:
@@ -135,6 +138,16 @@ class TrainerSettings:
                 f"set exactly one of trainer.batch_size (now {self.batch_size}) and trainer.max_batch_seconds "
                 f"(now {self.max_batch_seconds})"
             )
+        halving = self.halving_steps
+        if halving is not None and (
+            not isinstance(halving, list | tuple)
+            or list(halving) != sorted(set(halving))
+            or any(not _is_int(s) or s < 1 or s % self.eval_every or s >= self.max_steps for s in halving)
+        ):
+            raise ConfigValueError(
+                "trainer.halving_steps must be increasing evaluation steps (multiples of trainer.eval_every="
+                f"{self.eval_every}) below trainer.max_steps={self.max_steps}, got {halving!r}"
+            )
 
     def record(self) -> dict[str, Any]:
         """Every setting as the run uses it (results.json ``trainer``): ``interface_lr`` and ``save_every``
@@ -143,3 +156,13 @@ class TrainerSettings:
         record["interface_lr"] = self.interface_lr or self.lr
         record["save_every"] = self.save_every or self.eval_every
         return record
+
+
+def apply_tf32(enabled: bool) -> None:
+    """trainer.tf32: let fp32 matrix products (and cuDNN convolutions) run on TF32 tensor cores (Ampere and
+    newer GPUs; inputs rounded to a 10-bit mantissa, fp32 accumulation). False restores PyTorch's defaults:
+    fp32 matrix products in full fp32 (``torch.set_float32_matmul_precision("highest")``), cuDNN convolutions
+    allowed TF32 (``torch.backends.cudnn.allow_tf32``, PyTorch's default, left as it is). Process-wide."""
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    if enabled:
+        torch.backends.cudnn.allow_tf32 = True
