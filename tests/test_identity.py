@@ -109,7 +109,7 @@ def test_the_schedule_and_an_explicit_value_that_equals_it_are_one_identity(make
 
 
 def test_excluded_keys_are_listed_once_and_exist_in_the_config(make_config):
-    cfg = compose_config(["logger=wandb", "upstream=hf"])
+    cfg = compose_config(["logger=wandb", "upstream=hf", "experiment=lr_search"])
     for key in EXCLUDED_KEYS:
         assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", key
     identity = identity_config(cfg)
