@@ -46,6 +46,8 @@ def _choice(*allowed: Any):
     def check(value: Any) -> bool:
         return any(value == option and type(value) is type(option) for option in allowed)
 
+    if allowed == (True, False):
+        return check, "true or false"
     return check, "one of " + ", ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)
 
 
