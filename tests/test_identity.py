@@ -289,6 +289,19 @@ def test_errors_end_with_one_message_and_status_1(tmp_path, overrides, first_lin
 
 
 @pytest.mark.slow
+def test_a_failing_sweep_job_reports_itself_once_and_the_other_jobs_still_run(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    failed = cli(["-m", *TWO_STEP_RUN, "task=er", "trainer.lr=abc,0.01", f"hydra.sweep.dir={sweep_dir}"])
+    assert failed.returncode == 1
+    # the job's own message when it failed, and Hydra's list of failed jobs at the end
+    assert failed.stderr.count("error: ConfigValueError: trainer.lr='abc'") == 2
+    assert "Traceback" not in failed.stderr
+    (finished,) = sweep_dir.glob("*/results.json")
+    assert json.loads(finished.read_text())["trainer"]["lr"] == 0.01
+    assert "trainer.lr=0.01," in finished.parent.name
+
+
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_exits_130_then_the_relaunch_resumes(tmp_path):
     run_dir = tmp_path / "run"
     schedule = [*TINY_UPSTREAM, "trainer.max_steps=400", "trainer.eval_every=400", "trainer.save_every=3"]
