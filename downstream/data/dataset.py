@@ -99,8 +99,12 @@ class AudioDataset(Dataset):
         return start, start + self.crop_samples
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        utterance = self.utterances[index]
         start, stop = self.crop_window(index)
-        wav = load_audio(self.utterances[index].path, self.sample_rate, start=start, stop=stop)
+        stop = utterance.num_samples if stop is None else stop
+        # relative to the file: an utterance may be a window [start, start + num_samples) of a longer recording
+        start, stop = utterance.start + start, utterance.start + stop
+        wav = load_audio(utterance.path, self.sample_rate, start=start, stop=stop)
         return {"wav": wav, "index": index}
 
 
