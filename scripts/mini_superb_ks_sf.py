@@ -17,8 +17,10 @@ validation_list.txt / testing_list.txt agree with the rule. The background-noise
 noises named after the real ones (white, pink, a band-passed running tap, ...), each NOISE_SECONDS long so
 the last partial 1 s window is exercised; the test set's ``_silence_`` clips are 1 s of other noise.
 
-SNIPS: sentences from a few SNIPS intents (SF_TEMPLATES) with SNIPS slot types; every split has its own
-sentences, and each of a split's voices speaks a share of them. The voices carry the SNIPS speaker names of
+SNIPS: short sentences from a few SNIPS intents (SF_TEMPLATES, used in turn, so every split has them all)
+with SNIPS slot types; dev and test sentences are never said in training; each training sentence is said by
+one voice (variety of sentences matters more than repetition for a model to generalise), each dev and test
+sentence by every voice of the split. The voices carry the SNIPS speaker names of
 SUPERB's split (train: US voices; dev and test: others), drawn from espeak-ng's voices like every other
 mini-SUPERB speaker; train voices use en-us / en-us-nyc accents, dev and test the British and Caribbean ones.
 """
@@ -93,19 +95,29 @@ SNIPS_ACCENTS = {
 # (intent, template); {slot} is filled with one of SF_VALUES[slot] and tagged with the slot type.
 SF_TEMPLATES = (
     ("PlayMusic", "PLAY {artist}"),
-    ("PlayMusic", "PLAY {artist} ON {service}"),
-    ("PlayMusic", "PLAY SOME {genre} MUSIC"),
-    ("GetWeather", "WHAT IS THE WEATHER IN {city}"),
-    ("GetWeather", "WILL IT RAIN IN {city} {timeRange}"),
-    ("BookRestaurant", "BOOK A TABLE FOR {party_size_number} IN {city}"),
+    ("PlayMusic", "PLAY {genre} ON {service}"),
+    ("GetWeather", "WEATHER IN {city}"),
+    ("GetWeather", "RAIN IN {city} {timeRange}"),
     ("BookRestaurant", "BOOK A {restaurant_type} FOR {party_size_number}"),
-    ("AddToPlaylist", "ADD {artist} TO MY {playlist} PLAYLIST"),
+    ("BookRestaurant", "TABLE FOR {party_size_number} IN {city}"),
+    ("AddToPlaylist", "ADD {artist} TO {playlist}"),
 )
 SF_VALUES = {
-    "artist": ("ADELE", "JOHN LENNON", "MILES DAVIS", "ELTON JOHN", "BOB MARLEY", "NINA SIMONE"),
+    "artist": (
+        "ADELE",
+        "JOHN LENNON",
+        "MILES DAVIS",
+        "ELTON JOHN",
+        "BOB MARLEY",
+        "NINA SIMONE",
+        "STING",
+        "NORAH JONES",
+        "RAY CHARLES",
+        "EDITH PIAF",
+    ),
     "service": ("SPOTIFY", "YOUTUBE", "DEEZER", "PANDORA"),
     "genre": ("JAZZ", "ROCK", "BLUES", "REGGAE"),
-    "city": ("PARIS", "BOSTON", "LONDON", "CHICAGO", "MADRID", "TOKYO"),
+    "city": ("PARIS", "BOSTON", "LONDON", "CHICAGO", "MADRID", "TOKYO", "DENVER", "BERLIN"),
     "timeRange": ("TOMORROW", "TONIGHT", "THIS WEEKEND", "NEXT MONDAY"),
     "party_size_number": ("TWO", "FOUR", "SIX", "TEN"),
     "restaurant_type": ("PIZZERIA", "STEAKHOUSE", "DINER", "BISTRO"),
@@ -124,8 +136,8 @@ class MoreSizes:
     ks_test_silence: int = 8
     ks_noises: int = len(NOISES)
     # SNIPS: sentences per split (train, valid, test) and how many of them each voice of the split says.
-    sf_sentences: tuple[int, int, int] = (40, 6, 6)
-    sf_per_speaker: tuple[int, int, int] = (20, 6, 6)
+    sf_sentences: tuple[int, int, int] = (160, 7, 7)
+    sf_per_speaker: tuple[int, int, int] = (20, 7, 7)
     sf_speakers: tuple[int, int, int] = (8, 4, 4)  # the first this many names of each split
 
 
@@ -248,11 +260,11 @@ def write_speech_commands(out: Path, sizes: MoreSizes, synthesize) -> None:
 # -- Audio SNIPS --------------------------------------------------------------------------------------
 
 
-def snips_sentence(rng: random.Random) -> tuple[list[str], list[str], str]:
-    """(words, one tag per word, intent) from a random SF_TEMPLATES entry."""
-    intent, template = rng.choice(SF_TEMPLATES)
+def snips_sentence(rng: random.Random, template: int) -> tuple[list[str], list[str], str]:
+    """(words, one tag per word, intent) from SF_TEMPLATES[template] with random slot values."""
+    intent, text = SF_TEMPLATES[template]
     words, tags = [], []
-    for item in template.split():
+    for item in text.split():
         match = re.fullmatch(r"\{(\w+)\}", item)
         if match:
             value = rng.choice(SF_VALUES[match.group(1)]).split()
@@ -277,27 +289,43 @@ def snips_speakers(rng: random.Random, split: str, count: int) -> dict[str, Spea
     return voices
 
 
+def split_sentences(rng: random.Random, count: int, avoid: list, distinct: bool) -> list:
+    """``count`` sentences, the templates in turn, none of them in ``avoid`` (and no repeats if ``distinct``)."""
+    texts: list[tuple[list[str], list[str], str]] = []
+    for _ in range(100 * count):
+        if len(texts) == count:
+            break
+        sentence = snips_sentence(rng, len(texts) % len(SF_TEMPLATES))
+        if sentence not in avoid and not (distinct and sentence in texts):
+            texts.append(sentence)
+    if len(texts) < count:
+        raise SystemExit(f"make_mini_superb: SF_VALUES allow too few sentences ({len(texts)} of {count})")
+    rng.shuffle(texts)
+    return texts
+
+
 def write_snips(out: Path, sizes: MoreSizes, synthesize) -> None:
-    """Audio SNIPS layout (see the module docstring)."""
+    """Audio SNIPS layout (see the module docstring). dev and test sentences are drawn first, distinct and
+    never said in training; training sentences may repeat (each is said by one voice)."""
     rng = random.Random(f"{SEED}-snips")
     root = out / SNIPS
     lines: list[str] = []
     tag_counts: Counter = Counter()
+    texts = {}
+    for split, count in (("valid", sizes.sf_sentences[1]), ("test", sizes.sf_sentences[2])):
+        texts[split] = split_sentences(rng, count, [s for t in texts.values() for s in t], distinct=True)
+    texts["train"] = split_sentences(
+        rng, sizes.sf_sentences[0], texts["valid"] + texts["test"], distinct=False
+    )
     splits = ("train", "valid", "test")
-    for split, sentences, per_speaker, speakers in zip(
-        splits, sizes.sf_sentences, sizes.sf_per_speaker, sizes.sf_speakers, strict=True
-    ):
-        texts: list[tuple[list[str], list[str], str]] = []
-        while len(texts) < sentences:  # distinct sentences within a split
-            sentence = snips_sentence(rng)
-            if sentence not in texts:
-                texts.append(sentence)
+    for split, per_speaker, speakers in zip(splits, sizes.sf_per_speaker, sizes.sf_speakers, strict=True):
+        sentences = len(texts[split])
         voices = snips_speakers(rng, split, speakers)
         for position, (name, voice) in enumerate(voices.items()):
             # consecutive shares, wrapping around, so every sentence is said by about as many voices
             chosen = sorted((position * per_speaker + k) % sentences for k in range(per_speaker))
             for number in chosen:
-                words, tags, intent = texts[number]
+                words, tags, intent = texts[split][number]
                 utterance_id = f"{name}-snips-{split}-{number}"
                 write_flac(
                     root / split / f"{utterance_id}.flac", synthesize(" ".join(words), voice, NEUTRAL, rng)
@@ -383,10 +411,12 @@ def readme_section(out: Path) -> str:
         for split in ("train", "valid", "test"):
             ids = [line.split()[0] for line in lines if f"-snips-{split}-" in line.split()[0]]
             voices = len({utterance_id.split("-")[0] for utterance_id in ids})
-            sentences = len({utterance_id.rsplit("-", 1)[1] for utterance_id in ids})
+            sentences = len(
+                {line.split("\t")[0].split(maxsplit=1)[1] for line in lines if line.split()[0] in ids}
+            )
             paths = [snips / split / f"{utterance_id}.flac" for utterance_id in ids]
             rows.append(
-                f"| SNIPS {split} ({sentences} sentences) | {len(ids)} | {voices} | {_minutes(paths):.1f} |"
+                f"| SNIPS {split} ({sentences} distinct sentences) | {len(ids)} | {voices} | {_minutes(paths):.1f} |"
             )
         text.append(
             "Audio SNIPS (SF): `SNIPS/all.iob.snips.txt` (lines `<Speaker>-snips-<split>-<n> BOS <WORDS> EOS<TAB>O "
