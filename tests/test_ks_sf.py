@@ -4,6 +4,7 @@ implementation, and the mini-corpus generator."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import re
 import shutil
@@ -17,6 +18,7 @@ import torch
 from downstream.data.audio import load_audio
 from downstream.data.corpus import DataLayoutError
 from downstream.data.dataset import AudioDataset
+from downstream.data.sampler import BucketBatchSampler
 from downstream.data.snips import SPEAKERS, read_snips, slot_types
 from downstream.data.speech_commands import CLASSES, KEYWORDS, read_speech_commands
 from downstream.slot_filling import (
@@ -29,6 +31,12 @@ from downstream.slot_filling import (
     tagged_transcript,
     tagged_words,
 )
+from downstream.tasks.ks import KeywordSpotting
+from downstream.tasks.sf import SlotFilling, normalise_words
+from downstream.training.loading import split_loader
+from downstream.training.runner import run_experiment
+from downstream.training.settings import TrainerSettings
+from tests.helpers import REPO_ROOT
 
 MINI = Path(__file__).resolve().parent.parent / "data" / "mini_superb"
 KS_ROOT = MINI / "SpeechCommands" / "speech_commands_v0.01"
@@ -418,3 +426,159 @@ def test_only_option_rewrites_ks_and_sf_and_leaves_the_rest(tmp_path):
     assert (out / "README.md").read_text() == readme
     with pytest.raises(SystemExit, match="--only takes ks, sf"):
         make_mini_superb.main(["--out", str(out), "--only", "ks,xx"])
+
+
+# -- KS task: class-balanced sampling -----------------------------------------------------------------------
+
+
+def test_weighted_sampler_draws_in_proportion_and_stays_deterministic():
+    lengths = [16000] * 6
+    weights = [3.0, 1.0, 0.0, 1.0, 1.0, 2.0]
+    sampler = BucketBatchSampler(lengths, batch_size=4, weights=weights, seed=5)
+    again = BucketBatchSampler(lengths, batch_size=4, weights=weights, seed=5)
+    draws = Counter()
+    for epoch in range(2000):
+        batches = sampler.epoch_batches(epoch)
+        assert batches == again.epoch_batches(epoch)  # a function of (seed, epoch): resumable
+        assert sum(len(batch) for batch in batches) == 6  # as many draws as utterances, with replacement
+        draws.update(index for batch in batches for index in batch)
+    assert draws[2] == 0
+    for index, weight in enumerate(weights):
+        assert draws[index] / 12000 == pytest.approx(weight / 8, abs=0.01)
+    with pytest.raises(ValueError, match="need shuffle=True"):
+        BucketBatchSampler(lengths, batch_size=4, weights=weights, shuffle=False)
+    with pytest.raises(ValueError, match="6 finite non-negative numbers"):
+        BucketBatchSampler(lengths, batch_size=4, weights=[1.0, -1.0, 1, 1, 1, 1])
+    with pytest.raises(ValueError, match="sum to 0"):
+        BucketBatchSampler(lengths, batch_size=4, weights=[0.0] * 6)
+
+
+def test_keyword_spotting_trains_on_class_balanced_batches():
+    task = KeywordSpotting(str(KS_ROOT))
+    assert task.num_outputs == 12 and task.test_root == str(KS_TEST)
+    train = task.utterances("train")
+    weights = task.train_sample_weights()
+    mass = Counter()
+    for utterance, weight in zip(train, weights, strict=True):
+        mass[utterance.label] += weight
+    assert all(value == pytest.approx(1.0) for value in mass.values()) and len(mass) == 12
+    settings = TrainerSettings.resolve(
+        {"device": "cpu", "num_workers": 0},
+        {"lr": 1e-3, "batch_size": 16, "grad_accum": 1, "max_steps": 1, "eval_every": 1},
+    )
+    loader = split_loader(task, "train", settings, torch.device("cpu"), seed=0)
+    sampler = (
+        loader.batch_sampler.sampler if hasattr(loader.batch_sampler, "sampler") else loader.batch_sampler
+    )
+    drawn = Counter()
+    for epoch in range(30):
+        drawn.update(train[i].label for batch in sampler.epoch_batches(epoch) for i in batch)
+    total = sum(drawn.values())
+    # the archive holds 60 _unknown_ and 12 _silence_ of 192; drawn, every class is about 1/12
+    assert all(count / total == pytest.approx(1 / 12, abs=0.02) for count in drawn.values())
+    assert task.metrics({"correct": 3, "total": 4}) == {"acc": 75.0}
+
+
+# -- SF task: targets and metrics through the task ------------------------------------------------------
+
+
+def test_sf_normalisation_follows_s3prl():
+    words = ["ADD", "B&B", "&", "-", "CAFÉ", "?", "L'ÉTÉ", "楽園"]
+    tags = ["O", "entity_name", "entity_name", "O", "playlist", "O", "playlist", "track"]
+    kept, kept_tags, dropped = normalise_words(words, tags)
+    assert kept == ["ADD", "BB", "AND", "CAFE", "L'ETE"]
+    assert kept_tags == ["O", "entity_name", "entity_name", "playlist", "playlist"]
+    assert dropped == Counter({"&": 1, "楽": 1, "園": 1})
+
+
+def perfect_logits(ids: list[int], vocabulary: int, frames: int) -> torch.Tensor:
+    """Frame logits whose greedy CTC decoding is ``ids``: each token on one frame, a blank after it."""
+    logits = torch.full((frames, vocabulary), -10.0)
+    logits[:, 0] = 10.0
+    for position, token in enumerate(ids):
+        logits[2 * position, 0], logits[2 * position, token] = -10.0, 10.0
+    return logits
+
+
+def test_slot_filling_task_scores_its_own_targets_and_a_wrong_hypothesis():
+    task = SlotFilling(str(SNIPS_ROOT))
+    vocabulary = task.vocabulary
+    assert vocabulary[:3] == ["<blank>", " ", "'"] and {"B-city", "E-city", "B-artist"} <= set(vocabulary)
+    dev = task.utterances("dev")
+    batch = task.collate([{"wav": torch.zeros(160), "index": i} for i in range(4)], "dev", dev)
+    for utterance, target in zip(dev[:4], batch["targets"], strict=True):
+        assert tagged_transcript(task.decode(target)) == " ".join(
+            tagged_words(utterance.words, utterance.tags)
+        )
+    frames = 2 * max(len(t) for t in batch["targets"]) + 1
+    logits = torch.stack([perfect_logits(t, len(vocabulary), frames) for t in batch["targets"]])
+    lengths = torch.full((4,), frames)
+    perfect = task.metrics(task.eval_statistics(logits, lengths, batch))
+    assert perfect == {"slot_type_f1": 100.0, "slot_value_cer": 0.0, "wer": 0.0}
+    # a hypothesis without slot tokens: the words are right, the slots all missing
+    plain = [[i for i in t if not vocabulary[i].startswith(("B-", "E-"))] for t in batch["targets"]]
+    logits = torch.stack([perfect_logits(t, len(vocabulary), frames) for t in plain])
+    missing = task.metrics(task.eval_statistics(logits, lengths, batch))
+    assert missing == {"slot_type_f1": 0.0, "slot_value_cer": 100.0, "wer": 0.0}
+    assert task.loss(logits.log_softmax(-1), lengths, batch).item() > 0
+    with pytest.raises(ValueError, match="task.speakers has keys \\['valid'\\]"):
+        SlotFilling(str(SNIPS_ROOT), speakers={"valid": ["Amy"]})
+
+
+# -- short runs that learn ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_keyword_spotting_demo_learns(make_config, tmp_path):
+    """The demo schedule on the mini corpus with the pretrained tiny upstream beats the majority class."""
+    overrides = ["task=ks", "upstream=tiny_pretrained", "schedule=demo", "trainer.max_steps=100"]
+    results = run_experiment(make_config(overrides, run_dir=tmp_path), tmp_path, overrides=overrides)
+    test = read_speech_commands(KS_ROOT, "test", test_root=KS_TEST)
+    majority = 100 * max(Counter(u.label for u in test).values()) / len(test)
+    assert results["test"]["acc"] > majority + 15
+
+
+def best_constant_slot_scores(references: list[str], train_references: list[str]) -> tuple[float, float]:
+    """Chance level: the best slot-type F1 of one hypothesis said for every utterance (any set of up to three
+    slot types), and the slot-value CER of saying every type with its most frequent training value."""
+    types = sorted({t for text in train_references for t in parse_slots(text)})
+    best_f1 = max(
+        slot_type_f1(references, [" ".join(f"B-{t} X E-{t}" for t in chosen)] * len(references))
+        for size in (1, 2, 3)
+        for chosen in itertools.combinations(types, size)
+    )
+    values = {t: Counter(v for text in train_references for v in parse_slots(text).get(t, [])) for t in types}
+    constant = " ".join(f"B-{t} {values[t].most_common(1)[0][0]} E-{t}" for t in types)
+    return best_f1, slot_value_cer(references, [constant] * len(references))
+
+
+@pytest.mark.slow
+def test_slot_filling_demo_learns(make_config, tmp_path):
+    """The demo schedule (300 steps) with a small one-layer BiLSTM head, no SpecAugment (its 4 x 50-channel
+    masks hide about half of the tiny model's 192 features) and cached hidden states: better than any
+    hypothesis that ignores the audio."""
+    overrides = [
+        "task=sf",
+        "upstream=tiny_pretrained",
+        "schedule=demo",
+        "task.head.hidden_size=128",
+        "task.head.lstm_size=192",
+        "task.head.num_lstm_layers=1",
+        "task.spec_augment=null",
+        "cache.enabled=true",
+        f"cache.dir={tmp_path / 'cache'}",
+    ]
+    results = run_experiment(make_config(overrides, run_dir=tmp_path), tmp_path, overrides=overrides)
+
+    def references(split: str) -> list[str]:
+        return [" ".join(tagged_words(u.words, u.tags)) for u in read_snips(SNIPS_ROOT, split)]
+
+    chance_f1, chance_cer = best_constant_slot_scores(references("test"), references("train"))
+    assert results["test"]["slot_type_f1"] > chance_f1 + 5
+    assert results["test"]["slot_value_cer"] < chance_cer - 10
+
+
+def test_readme_task_table_has_a_row_for_every_task_config():
+    readme = (REPO_ROOT / "README.md").read_text()
+    for config in sorted((REPO_ROOT / "configs" / "task").glob("*.yaml")):
+        assert re.search(rf"^\| `{config.stem}` \|", readme, re.MULTILINE), config.stem

@@ -55,6 +55,8 @@ CORPUS_FOLDERS = {
     "ic": "FluentSpeechCommands",
     "ml_mono": "ML-SUPERB",
     "ml_multi": "ML-SUPERB",
+    "ks": "SpeechCommands/speech_commands_v0.01",
+    "sf": "SNIPS",
 }
 ML_MONO_LANGUAGES = {
     "eng1",
@@ -247,12 +249,13 @@ def test_table4_fine_tunes_hubert_base_with_the_three_paper_rows():
     }
 
 
-def test_superb_covers_the_four_tasks_and_every_er_fold():
+def test_superb_covers_its_tasks_and_every_er_fold():
     jobs = launched("superb")
     tasks = defaultdict(set)
     for job in jobs:
         tasks[job_value(job, "task")].add(job_value(job, "task.fold"))
-    assert tasks == {"pr": {None}, "asr": {None}, "sid": {None}, "er": {"1", "2", "3", "4", "5"}}
+    single_runs = ("pr", "asr", "sid", "ks", "ic", "sf", "sv")
+    assert tasks == {**{task: {None} for task in single_runs}, "er": {"1", "2", "3", "4", "5"}}
     assert compose_config(["experiment=superb"]).hydra.runtime.choices.interface == "weighted_sum"
 
 

@@ -44,6 +44,9 @@ SILENCE = "_silence_"
 #: The 12 KS classes in s3prl's order (class index = position).
 CLASSES = (*KEYWORDS, UNKNOWN, SILENCE)
 BACKGROUND_NOISE = "_background_noise_"
+#: The folder names the two archives unpack to (s3prl's instructions put them side by side).
+TRAIN_ARCHIVE = "speech_commands_v0.01"
+TEST_ARCHIVE = "speech_commands_test_set_v0.01"
 SPLIT_LISTS = {"dev": "validation_list.txt", "test": "testing_list.txt"}
 SILENCE_WINDOW_SAMPLES = SAMPLE_RATE  # 1 s
 LAYOUT = (
