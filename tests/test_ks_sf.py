@@ -15,6 +15,7 @@ import editdistance
 import pytest
 import torch
 
+from downstream import reporting
 from downstream.data.audio import load_audio
 from downstream.data.corpus import DataLayoutError
 from downstream.data.dataset import AudioDataset
@@ -36,7 +37,7 @@ from downstream.tasks.sf import SlotFilling, normalise_words
 from downstream.training.loading import split_loader
 from downstream.training.runner import run_experiment
 from downstream.training.settings import TrainerSettings
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, write_finished_run
 
 MINI = Path(__file__).resolve().parent.parent / "data" / "mini_superb"
 KS_ROOT = MINI / "SpeechCommands" / "speech_commands_v0.01"
@@ -582,3 +583,42 @@ def test_readme_task_table_has_a_row_for_every_task_config():
     readme = (REPO_ROOT / "README.md").read_text()
     for config in sorted((REPO_ROOT / "configs" / "task").glob("*.yaml")):
         assert re.search(rf"^\| `{config.stem}` \|", readme, re.MULTILINE), config.stem
+
+
+def test_table_has_ks_and_both_sf_columns_with_superbs_hubert_base_numbers(tmp_path):
+    sweep = tmp_path / "multirun" / "superb"
+    for name, task, metric, scores in (
+        ("a", "ks", "acc", {"acc": 95.0}),
+        ("b", "sf", "slot_type_f1", {"slot_type_f1": 87.0, "slot_value_cer": 27.0, "wer": 9.0}),
+    ):
+        write_finished_run(
+            sweep / name,
+            task=task,
+            metric=metric,
+            higher_is_better=True,
+            interface="weighted_sum",
+            upstream="hubert (s3prl)",
+            upstream_config="s3prl",
+            seed=0,
+            schedule="superb",
+            trainable_params={"interface": 13, "head": 1000, "upstream": 0},
+            dev=scores,
+            test=scores,
+            overrides=(f"task={task}", "interface=weighted_sum"),
+        )
+    table = reporting.aggregate(reporting.collect_runs([sweep]))
+    columns = [(c.task, c.title, c.arrow) for c in table.columns]
+    assert columns == [("ks", "KS acc", "↑"), ("sf", "SF F1", "↑"), ("sf_cer", "SF CER", "↓")]
+    cells = {task: table.cells[(table.rows[0], task)] for task in ("ks", "sf", "sf_cer")}
+    assert {task: cell.values for task, cell in cells.items()} == {
+        "ks": (95.0,),
+        "sf": (87.0,),
+        "sf_cer": (27.0,),
+    }
+    # SUPERB (arXiv 2105.01051), HuBERT Base with the weighted sum
+    assert {task: cell.reference.value for task, cell in cells.items()} == {
+        "ks": 96.30,
+        "sf": 88.53,
+        "sf_cer": 25.20,
+    }
+    assert "SF CER" in reporting.render(table)
