@@ -273,7 +273,9 @@ def test_corpora_default_is_the_mini_corpus():
 def test_launcher_configs_compose(launcher):
     cfg = compose_config(["experiment=table2", f"hydra/launcher={launcher}"])
     target = cfg.hydra.launcher._target_
-    if "slurm" in launcher:
+    if launcher == "slurm":  # the plugin's launcher, extended (tests/test_slurm.py runs it on SLURM)
+        assert target == "hydra_plugins.shared_upstream_launcher.slurm.SlurmLauncher"
+    elif "slurm" in launcher:
         assert target == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     else:
         assert target == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
