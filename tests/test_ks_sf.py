@@ -463,9 +463,16 @@ def test_keyword_spotting_trains_on_class_balanced_batches():
     for utterance, weight in zip(train, weights, strict=True):
         mass[utterance.label] += weight
     assert all(value == pytest.approx(1.0) for value in mass.values()) and len(mass) == 12
-    settings = TrainerSettings.resolve(
-        {"device": "cpu", "num_workers": 0},
-        {"lr": 1e-3, "batch_size": 16, "grad_accum": 1, "max_steps": 1, "eval_every": 1},
+    settings = TrainerSettings.from_config(
+        {
+            "device": "cpu",
+            "num_workers": 0,
+            "lr": 1e-3,
+            "batch_size": 16,
+            "grad_accum": 1,
+            "max_steps": 1,
+            "eval_every": 1,
+        }
     )
     loader = split_loader(task, "train", settings, torch.device("cpu"), seed=0)
     sampler = (
