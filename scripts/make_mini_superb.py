@@ -17,6 +17,8 @@ espeak-ng) and read by the same readers as the real corpora (downstream/data):
 Usage:
     python scripts/make_mini_superb.py                      # (re)writes data/mini_superb
     python scripts/make_mini_superb.py --out /tmp/mini --tiny   # a few utterances per corpus, for tests
+    python scripts/make_mini_superb.py --only ks,sf         # (re)writes only Speech Commands and SNIPS
+                                                            # (scripts/mini_superb_ks_sf.py), the rest unchanged
 
 Parameters (the committed corpus was made with exactly these; the output is byte-for-byte deterministic
 for a given espeak-ng and libsndfile version):
@@ -719,7 +721,31 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (replaced if it exists)")
     parser.add_argument("--tiny", action="store_true", help="a few utterances per corpus (tests)")
+    parser.add_argument(
+        "--only",
+        help="comma-separated corpora to (re)write into an existing --out, leaving the others as they are: "
+        "ks (Speech Commands), sf (SNIPS); see scripts/mini_superb_ks_sf.py",
+    )
     args = parser.parse_args(argv)
+    from scripts import mini_superb_ks_sf  # noqa: PLC0415 - it imports this module
+
+    if args.only is not None:
+        names = [name.strip() for name in args.only.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(mini_superb_ks_sf.CORPORA))
+        if unknown or not names:
+            raise SystemExit(
+                f"make_mini_superb: --only takes {', '.join(mini_superb_ks_sf.CORPORA)}, got {args.only!r}"
+            )
+        readme = args.out / "README.md"
+        if not (readme.is_file() and readme.read_text().startswith("# mini-SUPERB")):
+            raise SystemExit(
+                f"make_mini_superb: --only needs an existing mini-SUPERB folder as --out, got '{args.out}'"
+            )
+        with tempfile.TemporaryDirectory() as workdir:
+            mini_superb_ks_sf.write_corpora(args.out, names, Synthesizer(Path(workdir)), tiny=args.tiny)
+        mini_superb_ks_sf.update_readme(args.out)
+        print(readme.read_text(), file=sys.stderr)
+        return
     sizes = TINY if args.tiny else Sizes()
     lexicon = check_vocabulary()
     if args.out.exists() and any(args.out.iterdir()):
@@ -738,7 +764,9 @@ def main(argv: list[str] | None = None) -> None:
         sv = write_sv_trials(args.out, sizes)
         fluent = write_fluent_commands(args.out, sizes, synthesize)
         ml_superb = write_ml_superb(args.out, sizes, synthesize)
+        mini_superb_ks_sf.write_corpora(args.out, list(mini_superb_ks_sf.CORPORA), synthesize, tiny=args.tiny)
     write_readme(args.out, librispeech, voxceleb, iemocap, sv, fluent, ml_superb)
+    mini_superb_ks_sf.update_readme(args.out)
     print((args.out / "README.md").read_text(), file=sys.stderr)
 
 
