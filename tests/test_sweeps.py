@@ -592,6 +592,28 @@ def add_group_ws_run(root: Path) -> None:
     )
 
 
+def test_layer_weight_bars_stand_at_the_hidden_states_the_upstream_kept(tmp_path):
+    # upstream.layers='1::2' on a 7-state model keeps states 1, 3 and 5: the three weights are theirs, not 0, 1, 2
+    write_finished_run(
+        tmp_path / "sweep" / "run",
+        task="pr",
+        metric="per",
+        higher_is_better=False,
+        interface="weighted_sum",
+        upstream="tiny",
+        trainable_params={"interface": 3, "head": 1000, "upstream": 0},
+        test={"per": 50.0},
+        num_layers=3,
+        layer_ids=[1, 3, 5],
+        layer_weights=[0.2, 0.3, 0.5],
+    )
+    (run,) = reporting.collect_runs([tmp_path / "sweep"]).runs
+    axes = reporting.plot_layer_weights(run).axes[0]
+    bars = {round(bar.get_x() + bar.get_width() / 2, 6): bar.get_height() for bar in axes.patches}
+    assert bars == {1.0: 0.2, 3.0: 0.3, 5.0: 0.5}
+    assert list(axes.get_xticks()) == [1, 3, 5]
+
+
 def test_command_line_writes_pngs_per_run_a_comparison_and_a_parameter_summary(tmp_path, capsys):
     root = tmp_path / "sweep"
     weights = list(np.linspace(0.0, 1.0, 13))

@@ -189,27 +189,35 @@ def plot_trainable_params(summary: list[dict]) -> Figure:
 
 
 def plot_layer_weights(run: Run) -> Figure:
-    """Bars of the run's learned weight per layer; grouped weights ([G, L] or one list per group) by group."""
+    """Bars of the run's learned weight per layer; grouped weights ([G, L] or one list per group) by group.
+
+    A bar stands at its hidden state's index in the upstream (``layer_ids``: with ``upstream.layers`` a subset,
+    the i-th weight belongs to state ``layer_ids[i]``, not to state i)."""
     weights = run.results.layer_weights
     figure = new_figure(7, 3.2)
     axes = figure.add_subplot()
     grouped = bool(weights) and isinstance(weights[0], list)
+    stacked = grouped and len({len(group) for group in weights}) == 1
+    num_states = len(weights[0]) if stacked else sum(map(len, weights)) if grouped else len(weights)
+    layer_ids = run.results.layer_ids
+    positions = np.asarray(
+        layer_ids if layer_ids is not None and len(layer_ids) == num_states else range(num_states)
+    )
     if not grouped:
-        axes.bar(np.arange(len(weights)), weights, color="tab:blue")
-    elif (
-        len({len(group) for group in weights}) == 1
-    ):  # [G, L]: stacked, so disjoint groups give one bar per layer
+        axes.bar(positions, weights, color="tab:blue")
+    elif stacked:  # [G, L]: stacked, so disjoint groups give one bar per layer
         bottom = np.zeros(len(weights[0]))
         for index, group in enumerate(weights):
-            axes.bar(np.arange(len(group)), group, bottom=bottom, label=f"group {index + 1}")
+            axes.bar(positions, group, bottom=bottom, label=f"group {index + 1}")
             bottom += np.asarray(group, dtype=float)
     else:  # one list per contiguous group of layers
         start = 0
         for index, group in enumerate(weights):
-            axes.bar(np.arange(start, start + len(group)), group, label=f"group {index + 1}")
+            axes.bar(positions[start : start + len(group)], group, label=f"group {index + 1}")
             start += len(group)
     if grouped:
         axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes.set_xticks(positions)
     axes.set_xlabel("layer (0 = transformer input)")
     axes.set_ylabel("weight")
     score = run.results.score("test")

@@ -123,6 +123,8 @@ def build_results(
         upstream_config=cfg.upstream_config,
         num_layers=upstream.num_layers,
         hidden_size=upstream.hidden_size,
+        layer_ids=list(upstream.layer_ids),
+        frame_rate=upstream.frame_rate,
         seed=cfg.seed,
         fold=cfg.task.get("fold"),
         schedule=pick_schedule(cfg),
