@@ -174,7 +174,14 @@ def test_successive_halving_stops_half_at_the_first_decision_and_resume_keeps_it
 
 
 def write_search_run(
-    root: Path, name: str, interface: str, lr: float | None, dev: float, test: float, seed=0
+    root: Path,
+    name: str,
+    interface: str,
+    lr: float | None,
+    dev: float,
+    test: float,
+    seed=0,
+    stopped_early=None,
 ):
     overrides = [f"interface={interface}", f"seed={seed}"] + ([f"trainer.lr={lr}"] if lr is not None else [])
     write_finished_run(
@@ -191,7 +198,30 @@ def write_search_run(
         dev={"per": dev},
         test={"per": test},
         overrides=tuple(overrides),
+        stopped_early=stopped_early,
     )
+
+
+def test_full_table_says_which_runs_successive_halving_stopped(tmp_path, capsys):
+    """A run cut by successive halving trained fewer steps than its row label suggests: the table says so."""
+    root = tmp_path / "lr"
+    write_search_run(root, "ws-2", "weighted_sum", 1e-2, dev=12.0, test=30.0)
+    write_search_run(
+        root,
+        "ws-3",
+        "weighted_sum",
+        1e-3,
+        dev=20.0,
+        test=22.0,
+        stopped_early={"step": 500, "rank": 2, "of": 2},
+    )
+    assert make_table_main([str(root)]) == 0
+    markdown = capsys.readouterr().out
+    assert (
+        "stopped early by successive halving (trained fewer steps): "
+        "weighted_sum (trainer.lr=0.001) (hubert (s3prl), pr) at step 500" in markdown
+    )
+    assert "trainer.lr=0.01) (hubert (s3prl), pr) at step" not in markdown  # the run trained to the end
 
 
 def test_table_of_chosen_learning_rates(tmp_path, capsys):

@@ -201,6 +201,13 @@ def collect_runs(roots: Iterable[str | Path], chosen_lr: bool = False) -> Collec
                 + (f", fold {fold}" if fold is not None else "")
                 + f" are all averaged in: {', '.join(names)}"
             )
+    stopped = [
+        f"{run.row.interface} ({run.row.upstream}, {run.results.task}) at step {run.results.stopped_early['step']}"
+        for run in runs
+        if run.results.stopped_early
+    ]
+    if stopped:
+        notes.append("stopped early by successive halving (trained fewer steps): " + "; ".join(stopped))
     return Collection(runs=runs, incomplete=scan.incomplete, notes=notes, chosen_lr=chosen_lr)
 
 
