@@ -454,6 +454,21 @@ def test_markdown_marks_best_shows_published_numbers_and_partial_folds(sweep):
     assert "- published: paper T2 = Shih & Harwath, arXiv 2406.12209, Table 2; SUPERB = " in markdown
 
 
+def test_a_dev_table_says_the_published_numbers_beside_it_are_test_scores(sweep):
+    roots, _ = sweep
+    table = reporting.aggregate(reporting.collect_runs(roots), split="dev")
+    markdown = reporting.render(table, "markdown")
+    assert [key for key in markdown_table(markdown)[0] if "published" in key] == [
+        "PR published (test)",
+        "SID published (test)",
+        "ER published (test)",
+    ]
+    assert "- published numbers are test-set scores, beside this table's dev scores." in markdown
+    assert "PR publ. (test)" in reporting.render(table, "latex")
+    pr_axes = reporting.plot_comparison(table).axes[[c.task for c in table.columns].index("pr")]
+    assert "published (test)" in [text.get_text() for text in pr_axes.get_legend().get_texts()]
+
+
 def test_csv_is_one_parseable_line_per_cell(sweep):
     roots, values = sweep
     table = reporting.aggregate(reporting.collect_runs(roots))

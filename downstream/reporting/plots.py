@@ -19,6 +19,7 @@ from matplotlib.patches import Patch
 
 from downstream.reporting.aggregate import Table, aggregate
 from downstream.reporting.collect import Collection, Run, interface_params_by_row, row_sort_key
+from downstream.reporting.render import published_split_suffix
 from interfaces.configs import interface_config_names
 
 TRAINABLE_PARTS = ("interface", "head", "upstream")
@@ -85,7 +86,14 @@ def plot_comparison(table: Table) -> Figure:
         if published:
             x, y = zip(*published, strict=True)
             axes.scatter(
-                x, y, s=90, marker="*", color="tab:red", zorder=4, label="published", gid="published"
+                x,
+                y,
+                s=90,
+                marker="*",
+                color="tab:red",
+                zorder=4,
+                label="published" + published_split_suffix(table),
+                gid="published",
             )
         axes.set_xticks(positions, [row.label for row in rows], rotation=30, ha="right", fontsize="small")
         pad = max(0.0, (3 - len(rows)) / 2)  # a lone bar stays bar-sized and centred

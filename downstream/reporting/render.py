@@ -51,6 +51,11 @@ def _cell_suffix(cell: Cell) -> str:
     return f"({', '.join(details)})"
 
 
+def published_split_suffix(table: Table) -> str:
+    """Published numbers are test-set scores: a table of another split says so where they stand."""
+    return "" if table.split == "test" else " (test)"
+
+
 def footer_lines(table: Table) -> list[str]:
     """What the numbers are, the published sources (when any is shown) and the table's notes."""
     lines = [
@@ -60,6 +65,8 @@ def footer_lines(table: Table) -> list[str]:
     if table.references_in():
         sources = "; ".join(f"{name} = {citation}" for name, citation in PUBLISHED.citations.items())
         lines.append(f"published: {sources}.")
+        if table.split != "test":
+            lines.append(f"published numbers are test-set scores, beside this table's {table.split} scores.")
     lines.extend(table.notes)
     return lines
 
@@ -94,7 +101,7 @@ def render_markdown(table: Table) -> str:
         table,
         value_text,
         lambda reference: f"{reference.value:.2f} ({reference.source})",
-        lambda column: f"{column.task.upper()} published",
+        lambda column: f"{column.task.upper()} published{published_split_suffix(table)}",
         "–",
     )
     frame.columns = [f"{c.title} {c.arrow}" if not isinstance(c, str) else c for c in frame.columns]
@@ -154,7 +161,7 @@ def render_latex(table: Table) -> str:
         table,
         value_text,
         lambda reference: f"{reference.value:.2f}",
-        lambda column: latex_escape(f"{column.task.upper()} publ."),
+        lambda column: latex_escape(f"{column.task.upper()} publ.{published_split_suffix(table)}"),
         "--",
     )
     frame[["upstream", "interface"]] = frame[["upstream", "interface"]].map(latex_escape)
