@@ -7,18 +7,33 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from downstream import reporting
 from downstream.lr_search import REPORT_FILE, sweep_values
 from downstream.results import RunResults
 from downstream.training.halving import halve
-from downstream.training.runner import Job, resolved_job_config, run_experiment, run_jobs
+from downstream.training.runner import (
+    Job,
+    resolve_trainer_settings,
+    resolved_job_config,
+    run_experiment,
+    run_jobs,
+)
 from scripts.make_table import main as make_table_main
-from tests.helpers import read_curve, run_downstream_cli, write_finished_run
+from tests.helpers import (
+    CONFIG_DIR,
+    REPO_ROOT,
+    compose_config,
+    read_curve,
+    run_downstream_cli,
+    write_finished_run,
+)
 from tests.test_shared_upstream import FAST, assert_same_metrics
 
 LRS = ("0.001", "0.01", "0.1")
@@ -305,3 +320,26 @@ def test_halving_steps_must_be_evaluation_steps(make_config):
         with pytest.raises(ValueError, match=r"trainer.halving_steps must be increasing evaluation steps"):
             resolve_trainer_settings(cfg)
     assert resolve_trainer_settings(make_config([*FAST, "trainer.halving_steps=[2]"])).halving_steps == [2]
+
+
+def documented_lr_search_launches() -> list[list[str]]:
+    """The overrides of every `python run_downstream.py -m experiment=lr_search ...` line in the README and in
+    the experiment file's header (shell comments dropped)."""
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    lines += [
+        line.lstrip("# ") for line in (CONFIG_DIR / "experiment" / "lr_search.yaml").read_text().splitlines()
+    ]
+    prefix = "python run_downstream.py -m experiment=lr_search"
+    return [shlex.split(line, comments=True)[3:] for line in lines if line.startswith(prefix)]
+
+
+@pytest.mark.parametrize("launch", documented_lr_search_launches(), ids=" ".join)
+def test_documented_lr_search_launches_pass_the_settings_check_on_the_shipped_corpus(launch):
+    """Each documented command, with the first value of every swept key, gets past the trainer settings check
+    (e.g. halving steps that are evaluation steps of the schedule the command runs under)."""
+    job = []
+    for override in OverridesParser.create().parse_overrides(launch):
+        key = override.get_key_element()
+        value = next(override.sweep_string_iterator()) if override.is_sweep_override() else None
+        job.append(override.input_line if value is None else f"{key}={value}")
+    resolve_trainer_settings(compose_config([*job, "trainer.lr=0.001"]))
