@@ -469,6 +469,25 @@ def test_a_dev_table_says_the_published_numbers_beside_it_are_test_scores(sweep)
     assert "published (test)" in [text.get_text() for text in pr_axes.get_legend().get_texts()]
 
 
+def test_a_random_weight_model_is_not_compared_with_the_published_model(tmp_path):
+    # torchaudio's upstream.pretrained=false: HuBERT Base's architecture with random weights
+    write_run(
+        tmp_path,
+        "random",
+        task="pr",
+        interface="hconv",
+        test=90.0,
+        upstream="HUBERT_BASE (torchaudio, random init)",
+    )
+    write_run(
+        tmp_path, "pretrained", task="pr", interface="hconv", test=3.5, upstream="HUBERT_BASE (torchaudio)"
+    )
+    table = reporting.aggregate(reporting.collect_runs([tmp_path]))
+    references = {row.upstream: table.cells[(row, "pr")].reference for row in table.rows}
+    assert references["HUBERT_BASE (torchaudio, random init)"] is None
+    assert references["HUBERT_BASE (torchaudio)"].value == 3.07  # the paper's Table 2, HuBERT Base HConv PR
+
+
 def test_csv_is_one_parseable_line_per_cell(sweep):
     roots, values = sweep
     table = reporting.aggregate(reporting.collect_runs(roots))
