@@ -343,3 +343,15 @@ def test_documented_lr_search_launches_pass_the_settings_check_on_the_shipped_co
         value = next(override.sweep_string_iterator()) if override.is_sweep_override() else None
         job.append(override.input_line if value is None else f"{key}={value}")
     resolve_trainer_settings(compose_config([*job, "trainer.lr=0.001"]))
+
+
+@pytest.mark.slow
+def test_halving_steps_on_a_run_alone_in_its_pool_warn_that_they_do_nothing(make_config, tmp_path, caplog):
+    """A plain run (or a sweep outside the shared launcher) has nothing to rank its lr against: the halving
+    setting would silently do nothing, so the launch says so."""
+    overrides = [*FAST, "trainer.max_steps=2", "trainer.eval_every=1", "trainer.halving_steps=[1]"]
+    with caplog.at_level("WARNING", logger="downstream.training.runner"):
+        results = run_experiment(make_config(overrides, run_dir=tmp_path), tmp_path)
+    assert results["stopped_early"] is None
+    (warning,) = [r.getMessage() for r in caplog.records if "halving_steps" in r.getMessage()]
+    assert warning.startswith(f"trainer.halving_steps=[1] has no effect on {tmp_path}: no other branch")
