@@ -95,6 +95,9 @@ def test_results_record_the_upstreams_layer_subset_and_frame_rate(make_config, t
     assert results["num_layers"] == 2 and results["layer_ids"] == [0, 2]
     assert len(results["layer_weights"]) == 2
     assert results["frame_rate"] == 16000 / 320
+    logged = [record for record in read_curve(tmp_path) if record["split"] == "layer_weights"]
+    assert logged and all({"layer_0", "layer_2"} <= set(record) for record in logged)  # named by hidden state
+    assert not any("layer_1" in record for record in logged)
 
 
 @pytest.mark.slow
