@@ -727,7 +727,8 @@ def test_parameter_plot_has_interface_and_head_bars_on_a_log_axis(sweep):
 
 def test_command_line_writes_the_table_and_lists_incomplete_runs(tmp_path, sweep, capsys):
     roots, values = sweep
-    output = tmp_path / "table.csv"
+    # a folder that does not exist yet, as --plots allows
+    output = tmp_path / "tables" / "table2" / "table.csv"
     status = make_table_main([*map(str, roots), "--format", "csv", "--output", str(output)])
     assert status == 0
     rows = list(csv.DictReader(output.open()))
