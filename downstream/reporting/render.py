@@ -57,13 +57,16 @@ def published_split_suffix(table: Table) -> str:
 
 
 def footer_lines(table: Table) -> list[str]:
-    """What the numbers are, the published sources (when any is shown) and the table's notes."""
+    """What the numbers are, the published sources of the numbers shown (if any) and the table's notes."""
     lines = [
         f"{table.split} split; mean ± sample standard deviation (ddof=1) over seeds and folds, n = runs; "
         "best mean per column marked (↓ lower is better, ↑ higher is better).",
     ]
     if table.references_in():
-        sources = "; ".join(f"{name} = {citation}" for name, citation in PUBLISHED.citations.items())
+        shown = {cell.reference.source for cell in table.cells.values() if cell.reference is not None}
+        sources = "; ".join(
+            f"{name} = {citation}" for name, citation in PUBLISHED.citations.items() if name in shown
+        )
         lines.append(f"published: {sources}.")
         if table.split != "test":
             lines.append(f"published numbers are test-set scores, beside this table's {table.split} scores.")
