@@ -38,8 +38,15 @@ class RunResults:
     {max_seconds, policy, <split>: count} or None without a length limit. ``lr`` is the head's learning
     rate (trainer.lr, after the schedule). ``stopped_early`` is None for a run trained to the end, or
     {step, rank, of} when successive halving stopped it (downstream/training/halving.py): it ranked ``rank``
-    of ``of`` in its pool at that step. Keys this schema does not know
-    (written by a newer runner) are kept in ``extra`` and written back unchanged.
+    of ``of`` in its pool at that step. ``data_policy`` is what the pre-training data check
+    (``downstream.training.data_check``) changed or left out, per split and kind ({split: {too_short,
+    too_long, ctc_infeasible, empty_transcript, oov, utterances}}; None in records written before it
+    existed). ``trainer`` holds every trainer setting as the run used it (lr, batch_size, grad_accum,
+    max_steps, eval_every, ...), ``environment`` where it ran ({packages: {torch, torchaudio, transformers,
+    s3prl, ...: version}, python, torch_threads, device, device_name, cuda}), ``config_hash`` the 8 hex
+    digits of its result-affecting settings that name its folder (``downstream.training.identity``); the
+    three are None in records written before they were added. Keys this schema does not know (written by a
+    newer runner) are kept in ``extra`` and written back unchanged.
     """
 
     task: str
@@ -64,9 +71,13 @@ class RunResults:
     best_step: int | None = None
     skipped_updates: int | None = None
     too_long: dict[str, Any] | None = None
+    data_policy: dict[str, dict[str, Any]] | None = None
     layer_weights: list[float] | list[list[float]] | None = None
     overrides: tuple[str, ...] = ()
     stopped_early: dict[str, int] | None = None
+    trainer: dict[str, Any] | None = None
+    environment: dict[str, Any] | None = None
+    config_hash: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # the order results.json has always had (the runner's), then anything in extra
@@ -91,11 +102,15 @@ class RunResults:
         "best_step",
         "skipped_updates",
         "too_long",
+        "data_policy",
         "dev",
         "test",
         "layer_weights",
         "overrides",
         "stopped_early",
+        "trainer",
+        "environment",
+        "config_hash",
     )
 
     def __post_init__(self) -> None:

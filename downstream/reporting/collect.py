@@ -165,6 +165,24 @@ def describe_rows(
     return rows, notes
 
 
+def data_policy_summary(results: RunResults) -> str | None:
+    """What the pre-training data check changed or left out (results.json ``data_policy``), as
+    'train: 2 too_short (padded); test: 1 oov all-OOV left out', or None when it changed nothing."""
+    parts = []
+    for split, record in (results.data_policy or {}).items():
+        found = []
+        for kind, entry in record.items():
+            if not isinstance(entry, dict):
+                continue
+            count = entry.get("all_oov_left_out") if kind == "oov" else entry.get("count")
+            if count:
+                label = "all-OOV left out" if kind == "oov" else entry.get("policy", "")
+                found.append(f"{count} {kind} ({label})")
+        if found:
+            parts.append(f"{split}: {', '.join(found)}")
+    return "; ".join(parts) or None
+
+
 def collect_runs(roots: Iterable[str | Path], chosen_lr: bool = False) -> Collection:
     """Every finished run under ``roots`` with its row, and the incomplete job directories.
 
@@ -201,6 +219,10 @@ def collect_runs(roots: Iterable[str | Path], chosen_lr: bool = False) -> Collec
                 + (f", fold {fold}" if fold is not None else "")
                 + f" are all averaged in: {', '.join(names)}"
             )
+    for run in runs:
+        summary = data_policy_summary(run.results)
+        if summary:
+            notes.append(f"data policies of {run.name}: {summary}")
     stopped = [
         f"{run.row.interface} ({run.row.upstream}, {run.results.task}) at step {run.results.stopped_early['step']}"
         for run in runs
