@@ -196,6 +196,20 @@ def plot_trainable_params(summary: list[dict]) -> Figure:
 # ---------------------------------------------------------------- layer weights
 
 
+TITLE_WIDTH = 100  # characters of a title line that fit the 7-inch layer-weight figure at fontsize "small"
+
+
+def wrap_name(name: str, width: int) -> list[str]:
+    """A run name cut into lines of at most ``width`` characters, preferably after a comma (sweep job
+    folders are comma-separated overrides, often longer than a figure is wide)."""
+    lines, rest = [], name
+    while len(rest) > width:
+        cut = rest.rfind(",", 0, width) + 1 or width
+        lines.append(rest[:cut])
+        rest = rest[cut:]
+    return [*lines, rest]
+
+
 def plot_layer_weights(run: Run) -> Figure:
     """Bars of the run's learned weight per layer; grouped weights ([G, L] or one list per group) by group.
 
@@ -231,7 +245,7 @@ def plot_layer_weights(run: Run) -> Figure:
     score = run.results.score("test")
     axes.set_title(
         f"{run.row.upstream} / {run.row.interface} / {run.results.task} "
-        f"(test {run.results.metric} {score:.2f})\n{run.name}",
+        f"(test {run.results.metric} {score:.2f})\n" + "\n".join(wrap_name(run.name, TITLE_WIDTH)),
         fontsize="small",
     )
     figure.tight_layout()
