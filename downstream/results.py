@@ -31,7 +31,10 @@ class RunResults:
 
     ``trainable_params`` maps interface/head/upstream to trainable parameter counts (upstream 0 when frozen);
     ``dev``/``test`` map metric names to values (``test`` always holds ``metric``); ``layer_weights`` is a
-    list over layers, a list per group, or None for interfaces that do not weigh layers; ``too_long`` is
+    list over layers, a list per group, or None for interfaces that do not weigh layers; ``layer_ids`` are the
+    upstream's hidden states the interface saw (``upstream.layers``; 0 = the encoder input), so
+    ``layer_weights[i]`` belongs to hidden state ``layer_ids[i]``; ``frame_rate`` is the upstream's output frames
+    per second (Hz); ``too_long`` is
     {max_seconds, policy, <split>: count} or None without a length limit. ``lr`` is the head's learning
     rate (trainer.lr, after the schedule). ``stopped_early`` is None for a run trained to the end, or
     {step, rank, of} when successive halving stopped it (downstream/training/halving.py): it ranked ``rank``
@@ -57,6 +60,8 @@ class RunResults:
     upstream_config: str | None = None
     num_layers: int | None = None
     hidden_size: int | None = None
+    layer_ids: list[int] | None = None
+    frame_rate: float | None = None
     seed: int | None = None
     fold: int | None = None
     schedule: str | None = None
@@ -85,6 +90,8 @@ class RunResults:
         "upstream_config",
         "num_layers",
         "hidden_size",
+        "layer_ids",
+        "frame_rate",
         "seed",
         "fold",
         "schedule",

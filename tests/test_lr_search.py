@@ -7,18 +7,33 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from downstream import reporting
 from downstream.lr_search import REPORT_FILE, sweep_values
 from downstream.results import RunResults
 from downstream.training.halving import halve
-from downstream.training.runner import Job, resolved_job_config, run_experiment, run_jobs
+from downstream.training.runner import (
+    Job,
+    resolve_trainer_settings,
+    resolved_job_config,
+    run_experiment,
+    run_jobs,
+)
 from scripts.make_table import main as make_table_main
-from tests.helpers import read_curve, run_downstream_cli, write_finished_run
+from tests.helpers import (
+    CONFIG_DIR,
+    REPO_ROOT,
+    compose_config,
+    read_curve,
+    run_downstream_cli,
+    write_finished_run,
+)
 from tests.test_shared_upstream import FAST, assert_same_metrics
 
 LRS = ("0.001", "0.01", "0.1")
@@ -174,7 +189,14 @@ def test_successive_halving_stops_half_at_the_first_decision_and_resume_keeps_it
 
 
 def write_search_run(
-    root: Path, name: str, interface: str, lr: float | None, dev: float, test: float, seed=0
+    root: Path,
+    name: str,
+    interface: str,
+    lr: float | None,
+    dev: float,
+    test: float,
+    seed=0,
+    stopped_early=None,
 ):
     overrides = [f"interface={interface}", f"seed={seed}"] + ([f"trainer.lr={lr}"] if lr is not None else [])
     write_finished_run(
@@ -191,7 +213,30 @@ def write_search_run(
         dev={"per": dev},
         test={"per": test},
         overrides=tuple(overrides),
+        stopped_early=stopped_early,
     )
+
+
+def test_full_table_says_which_runs_successive_halving_stopped(tmp_path, capsys):
+    """A run cut by successive halving trained fewer steps than its row label suggests: the table says so."""
+    root = tmp_path / "lr"
+    write_search_run(root, "ws-2", "weighted_sum", 1e-2, dev=12.0, test=30.0)
+    write_search_run(
+        root,
+        "ws-3",
+        "weighted_sum",
+        1e-3,
+        dev=20.0,
+        test=22.0,
+        stopped_early={"step": 500, "rank": 2, "of": 2},
+    )
+    assert make_table_main([str(root)]) == 0
+    markdown = capsys.readouterr().out
+    assert (
+        "stopped early by successive halving (trained fewer steps): "
+        "weighted_sum (trainer.lr=0.001) (hubert (s3prl), pr) at step 500" in markdown
+    )
+    assert "trainer.lr=0.01) (hubert (s3prl), pr) at step" not in markdown  # the run trained to the end
 
 
 def test_table_of_chosen_learning_rates(tmp_path, capsys):
@@ -275,3 +320,38 @@ def test_halving_steps_must_be_evaluation_steps(make_config):
         with pytest.raises(ValueError, match=r"trainer.halving_steps must be increasing evaluation steps"):
             resolve_trainer_settings(cfg)
     assert resolve_trainer_settings(make_config([*FAST, "trainer.halving_steps=[2]"])).halving_steps == [2]
+
+
+def documented_lr_search_launches() -> list[list[str]]:
+    """The overrides of every `python run_downstream.py -m experiment=lr_search ...` line in the README and in
+    the experiment file's header (shell comments dropped)."""
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    lines += [
+        line.lstrip("# ") for line in (CONFIG_DIR / "experiment" / "lr_search.yaml").read_text().splitlines()
+    ]
+    prefix = "python run_downstream.py -m experiment=lr_search"
+    return [shlex.split(line, comments=True)[3:] for line in lines if line.startswith(prefix)]
+
+
+@pytest.mark.parametrize("launch", documented_lr_search_launches(), ids=" ".join)
+def test_documented_lr_search_launches_pass_the_settings_check_on_the_shipped_corpus(launch):
+    """Each documented command, with the first value of every swept key, gets past the trainer settings check
+    (e.g. halving steps that are evaluation steps of the schedule the command runs under)."""
+    job = []
+    for override in OverridesParser.create().parse_overrides(launch):
+        key = override.get_key_element()
+        value = next(override.sweep_string_iterator()) if override.is_sweep_override() else None
+        job.append(override.input_line if value is None else f"{key}={value}")
+    resolve_trainer_settings(compose_config([*job, "trainer.lr=0.001"]))
+
+
+@pytest.mark.slow
+def test_halving_steps_on_a_run_alone_in_its_pool_warn_that_they_do_nothing(make_config, tmp_path, caplog):
+    """A plain run (or a sweep outside the shared launcher) has nothing to rank its lr against: the halving
+    setting would silently do nothing, so the launch says so."""
+    overrides = [*FAST, "trainer.max_steps=2", "trainer.eval_every=1", "trainer.halving_steps=[1]"]
+    with caplog.at_level("WARNING", logger="downstream.training.runner"):
+        results = run_experiment(make_config(overrides, run_dir=tmp_path), tmp_path)
+    assert results["stopped_early"] is None
+    (warning,) = [r.getMessage() for r in caplog.records if "halving_steps" in r.getMessage()]
+    assert warning.startswith(f"trainer.halving_steps=[1] has no effect on {tmp_path}: no other branch")

@@ -18,6 +18,8 @@ RECORD = {
     "upstream_config": "tiny",
     "num_layers": 3,
     "hidden_size": 32,
+    "layer_ids": [0, 1, 2],
+    "frame_rate": 50.0,
     "seed": 0,
     "fold": 1,
     "schedule": "demo",

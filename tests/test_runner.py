@@ -89,6 +89,18 @@ def test_results_record_layer_weights_and_parameter_counts(make_config, tmp_path
     assert results["trainable_params"]["head"] == head_params
 
 
+def test_results_record_the_upstreams_layer_subset_and_frame_rate(make_config, tmp_path):
+    cfg = make_config(["interface=weighted_sum", "upstream.layers=[0,2]", *TWO_STEP_RUN], run_dir=tmp_path)
+    results = run_experiment(cfg, tmp_path)
+    # the tiny upstream has 3 hidden states at HuBERT's CNN rate: 16000 / 320 samples per frame
+    assert results["num_layers"] == 2 and results["layer_ids"] == [0, 2]
+    assert len(results["layer_weights"]) == 2
+    assert results["frame_rate"] == 16000 / 320
+    logged = [record for record in read_curve(tmp_path) if record["split"] == "layer_weights"]
+    assert logged and all({"layer_0", "layer_2"} <= set(record) for record in logged)  # named by hidden state
+    assert not any("layer_1" in record for record in logged)
+
+
 @pytest.mark.slow
 def test_resume_after_stop_matches_uninterrupted_run(make_config, tmp_path):
     common = ["trainer.max_steps=6", "trainer.eval_every=3", "trainer.save_every=2", *TWO_STEP_RUN[2:]]

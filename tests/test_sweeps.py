@@ -458,6 +458,43 @@ def test_markdown_marks_best_shows_published_numbers_and_partial_folds(sweep):
     assert "- published: paper T2 = Shih & Harwath, arXiv 2406.12209, Table 2; SUPERB = " in markdown
 
 
+def test_a_dev_table_says_the_published_numbers_beside_it_are_test_scores(sweep):
+    roots, _ = sweep
+    table = reporting.aggregate(reporting.collect_runs(roots), split="dev")
+    markdown = reporting.render(table, "markdown")
+    assert [key for key in markdown_table(markdown)[0] if "published" in key] == [
+        "PR published (test)",
+        "SID published (test)",
+        "ER published (test)",
+    ]
+    assert "- published numbers are test-set scores, beside this table's dev scores." in markdown
+    assert "PR publ. (test)" in reporting.render(table, "latex")
+    pr_axes = reporting.plot_comparison(table).axes[[c.task for c in table.columns].index("pr")]
+    assert "published (test)" in [text.get_text() for text in pr_axes.get_legend().get_texts()]
+
+
+def test_a_random_weight_model_is_not_compared_with_the_published_model(tmp_path):
+    # torchaudio's upstream.pretrained=false: HuBERT Base's architecture with random weights
+    write_run(
+        tmp_path,
+        "random",
+        task="pr",
+        interface="hconv",
+        test=90.0,
+        upstream="HUBERT_BASE (torchaudio, random init)",
+    )
+    write_run(
+        tmp_path, "pretrained", task="pr", interface="hconv", test=3.5, upstream="HUBERT_BASE (torchaudio)"
+    )
+    table = reporting.aggregate(reporting.collect_runs([tmp_path]))
+    references = {row.upstream: table.cells[(row, "pr")].reference for row in table.rows}
+    assert references["HUBERT_BASE (torchaudio, random init)"] is None
+    assert references["HUBERT_BASE (torchaudio)"].value == 3.07  # the paper's Table 2, HuBERT Base HConv PR
+    footer = reporting.render(table, "markdown").split("\n\n")[1]
+    assert "- published: paper T2 = Shih & Harwath, arXiv 2406.12209, Table 2." in footer
+    assert "SUPERB = " not in footer  # no number of the SUPERB paper is shown: its citation is not listed
+
+
 def test_csv_is_one_parseable_line_per_cell(sweep):
     roots, values = sweep
     table = reporting.aggregate(reporting.collect_runs(roots))
@@ -596,6 +633,43 @@ def add_group_ws_run(root: Path) -> None:
     )
 
 
+def test_layer_weight_bars_stand_at_the_hidden_states_the_upstream_kept(tmp_path):
+    # upstream.layers='1::2' on a 7-state model keeps states 1, 3 and 5: the three weights are theirs, not 0, 1, 2
+    write_finished_run(
+        tmp_path / "sweep" / "run",
+        task="pr",
+        metric="per",
+        higher_is_better=False,
+        interface="weighted_sum",
+        upstream="tiny",
+        trainable_params={"interface": 3, "head": 1000, "upstream": 0},
+        test={"per": 50.0},
+        num_layers=3,
+        layer_ids=[1, 3, 5],
+        layer_weights=[0.2, 0.3, 0.5],
+    )
+    (run,) = reporting.collect_runs([tmp_path / "sweep"]).runs
+    axes = reporting.plot_layer_weights(run).axes[0]
+    bars = {round(bar.get_x() + bar.get_width() / 2, 6): bar.get_height() for bar in axes.patches}
+    assert bars == {1.0: 0.2, 3.0: 0.3, 5.0: 0.5}
+    assert list(axes.get_xticks()) == [1, 3, 5]
+
+
+def test_layer_weight_title_of_a_long_sweep_job_name_stays_inside_the_figure(tmp_path):
+    # 224 characters, as sweep job folders often are (a figure line holds about 100)
+    name = ",".join(f"trainer.option_{i}=value_{i}" for i in range(9))
+    write_run(
+        tmp_path / "sweep", name, task="pr", interface="weighted_sum", test=5.0, layer_weights=[0.5, 0.5]
+    )
+    (run,) = reporting.collect_runs([tmp_path / "sweep"]).runs
+    figure = reporting.plot_layer_weights(run)
+    figure.canvas.draw()
+    title = figure.axes[0].title
+    extent, page = title.get_window_extent(), figure.bbox
+    assert page.x0 <= extent.x0 and extent.x1 <= page.x1 and extent.y1 <= page.y1
+    assert "".join(title.get_text().split("\n")[1:]) == run.name  # wrapped, nothing lost
+
+
 def test_command_line_writes_pngs_per_run_a_comparison_and_a_parameter_summary(tmp_path, capsys):
     root = tmp_path / "sweep"
     weights = list(np.linspace(0.0, 1.0, 13))
@@ -675,7 +749,8 @@ def test_parameter_plot_has_interface_and_head_bars_on_a_log_axis(sweep):
 
 def test_command_line_writes_the_table_and_lists_incomplete_runs(tmp_path, sweep, capsys):
     roots, values = sweep
-    output = tmp_path / "table.csv"
+    # a folder that does not exist yet, as --plots allows
+    output = tmp_path / "tables" / "table2" / "table.csv"
     status = make_table_main([*map(str, roots), "--format", "csv", "--output", str(output)])
     assert status == 0
     rows = list(csv.DictReader(output.open()))

@@ -48,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--plots", type=Path, default=None, help="write the comparison, parameter and layer-weight plots here"
     )
-    parser.add_argument("--output", type=Path, default=None, help="write the table here instead of stdout")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="write the table here instead of stdout (folders are created)",
+    )
     parser.add_argument(
         "--chosen-lr",
         action="store_true",
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     text = render(table, args.format)
     if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)  # as --plots creates its folder
         args.output.write_text(text)
     else:
         sys.stdout.write(text)

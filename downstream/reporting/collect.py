@@ -223,6 +223,13 @@ def collect_runs(roots: Iterable[str | Path], chosen_lr: bool = False) -> Collec
         summary = data_policy_summary(run.results)
         if summary:
             notes.append(f"data policies of {run.name}: {summary}")
+    stopped = [
+        f"{run.row.interface} ({run.row.upstream}, {run.results.task}) at step {run.results.stopped_early['step']}"
+        for run in runs
+        if run.results.stopped_early
+    ]
+    if stopped:
+        notes.append("stopped early by successive halving (trained fewer steps): " + "; ".join(stopped))
     return Collection(runs=runs, incomplete=scan.incomplete, notes=notes, chosen_lr=chosen_lr)
 
 

@@ -19,6 +19,7 @@ from matplotlib.patches import Patch
 
 from downstream.reporting.aggregate import Table, aggregate
 from downstream.reporting.collect import Collection, Run, interface_params_by_row, row_sort_key
+from downstream.reporting.render import published_split_suffix
 from interfaces.configs import interface_config_names
 
 TRAINABLE_PARTS = ("interface", "head", "upstream")
@@ -85,7 +86,14 @@ def plot_comparison(table: Table) -> Figure:
         if published:
             x, y = zip(*published, strict=True)
             axes.scatter(
-                x, y, s=90, marker="*", color="tab:red", zorder=4, label="published", gid="published"
+                x,
+                y,
+                s=90,
+                marker="*",
+                color="tab:red",
+                zorder=4,
+                label="published" + published_split_suffix(table),
+                gid="published",
             )
         axes.set_xticks(positions, [row.label for row in rows], rotation=30, ha="right", fontsize="small")
         pad = max(0.0, (3 - len(rows)) / 2)  # a lone bar stays bar-sized and centred
@@ -188,34 +196,56 @@ def plot_trainable_params(summary: list[dict]) -> Figure:
 # ---------------------------------------------------------------- layer weights
 
 
+TITLE_WIDTH = 100  # characters of a title line that fit the 7-inch layer-weight figure at fontsize "small"
+
+
+def wrap_name(name: str, width: int) -> list[str]:
+    """A run name cut into lines of at most ``width`` characters, preferably after a comma (sweep job
+    folders are comma-separated overrides, often longer than a figure is wide)."""
+    lines, rest = [], name
+    while len(rest) > width:
+        cut = rest.rfind(",", 0, width) + 1 or width
+        lines.append(rest[:cut])
+        rest = rest[cut:]
+    return [*lines, rest]
+
+
 def plot_layer_weights(run: Run) -> Figure:
-    """Bars of the run's learned weight per layer; grouped weights ([G, L] or one list per group) by group."""
+    """Bars of the run's learned weight per layer; grouped weights ([G, L] or one list per group) by group.
+
+    A bar stands at its hidden state's index in the upstream (``layer_ids``: with ``upstream.layers`` a subset,
+    the i-th weight belongs to state ``layer_ids[i]``, not to state i)."""
     weights = run.results.layer_weights
     figure = new_figure(7, 3.2)
     axes = figure.add_subplot()
     grouped = bool(weights) and isinstance(weights[0], list)
+    stacked = grouped and len({len(group) for group in weights}) == 1
+    num_states = len(weights[0]) if stacked else sum(map(len, weights)) if grouped else len(weights)
+    layer_ids = run.results.layer_ids
+    positions = np.asarray(
+        layer_ids if layer_ids is not None and len(layer_ids) == num_states else range(num_states)
+    )
     if not grouped:
-        axes.bar(np.arange(len(weights)), weights, color="tab:blue")
-    elif (
-        len({len(group) for group in weights}) == 1
-    ):  # [G, L]: stacked, so disjoint groups give one bar per layer
+        axes.bar(positions, weights, color="tab:blue")
+    elif stacked:  # [G, L]: stacked, so disjoint groups give one bar per layer
         bottom = np.zeros(len(weights[0]))
         for index, group in enumerate(weights):
-            axes.bar(np.arange(len(group)), group, bottom=bottom, label=f"group {index + 1}")
+            axes.bar(positions, group, bottom=bottom, label=f"group {index + 1}")
             bottom += np.asarray(group, dtype=float)
     else:  # one list per contiguous group of layers
         start = 0
         for index, group in enumerate(weights):
-            axes.bar(np.arange(start, start + len(group)), group, label=f"group {index + 1}")
+            axes.bar(positions[start : start + len(group)], group, label=f"group {index + 1}")
             start += len(group)
     if grouped:
         axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes.set_xticks(positions)
     axes.set_xlabel("layer (0 = transformer input)")
     axes.set_ylabel("weight")
     score = run.results.score("test")
     axes.set_title(
         f"{run.row.upstream} / {run.row.interface} / {run.results.task} "
-        f"(test {run.results.metric} {score:.2f})\n{run.name}",
+        f"(test {run.results.metric} {score:.2f})\n" + "\n".join(wrap_name(run.name, TITLE_WIDTH)),
         fontsize="small",
     )
     figure.tight_layout()

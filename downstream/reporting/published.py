@@ -75,8 +75,11 @@ PUBLISHED = load_published()
 
 
 def paper_model(upstream_label: str) -> str | None:
-    """The published model an upstream label names ("hubert (s3prl)" -> "HuBERT Base"), or None."""
-    match = re.fullmatch(r"\s*(.+?)\s*\([^()]*\)\s*", upstream_label)
+    """The published model an upstream label names ("hubert (s3prl)" -> "HuBERT Base"), or None; None also
+    for a model with random weights ("HUBERT_BASE (torchaudio, random init)": the architecture, not the model)."""
+    match = re.fullmatch(r"\s*(.+?)\s*\(([^()]*)\)\s*", upstream_label)
+    if match and "random init" in match.group(2):
+        return None
     name = match.group(1) if match else upstream_label
     return PUBLISHED.aliases.get(_normalise_name(name))
 

@@ -56,8 +56,13 @@ def _cell_suffix(cell: Cell) -> str:
     return f"({', '.join(details)})"
 
 
+def published_split_suffix(table: Table) -> str:
+    """Published numbers are test-set scores: a table of another split says so where they stand."""
+    return "" if table.split == "test" else " (test)"
+
+
 def footer_lines(table: Table) -> list[str]:
-    """What the numbers are, the published sources (when any is shown) and the table's notes."""
+    """What the numbers are, the published sources of the numbers shown (if any) and the table's notes."""
     lines = [
         f"{table.split} split; mean ± sample standard deviation (ddof=1), n = runs; ER (folds) and ML-SUPERB "
         "monolingual (language sets): the mean over folds/languages of each one's mean over its seeds, ± the "
@@ -65,8 +70,13 @@ def footer_lines(table: Table) -> list[str]:
         "higher is better).",
     ]
     if table.references_in():
-        sources = "; ".join(f"{name} = {citation}" for name, citation in PUBLISHED.citations.items())
+        shown = {cell.reference.source for cell in table.cells.values() if cell.reference is not None}
+        sources = "; ".join(
+            f"{name} = {citation}" for name, citation in PUBLISHED.citations.items() if name in shown
+        )
         lines.append(f"published: {sources}.")
+        if table.split != "test":
+            lines.append(f"published numbers are test-set scores, beside this table's {table.split} scores.")
     lines.extend(table.notes)
     return lines
 
@@ -101,7 +111,7 @@ def render_markdown(table: Table) -> str:
         table,
         value_text,
         lambda reference: f"{reference.value:.2f} ({reference.source})",
-        lambda column: f"{column.task.upper()} published",
+        lambda column: f"{column.task.upper()} published{published_split_suffix(table)}",
         "–",
     )
     frame.columns = [f"{c.title} {c.arrow}" if not isinstance(c, str) else c for c in frame.columns]
@@ -163,7 +173,7 @@ def render_latex(table: Table) -> str:
         table,
         value_text,
         lambda reference: f"{reference.value:.2f}",
-        lambda column: latex_escape(f"{column.task.upper()} publ."),
+        lambda column: latex_escape(f"{column.task.upper()} publ.{published_split_suffix(table)}"),
         "--",
     )
     frame[["upstream", "interface"]] = frame[["upstream", "interface"]].map(latex_escape)

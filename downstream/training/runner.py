@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,8 @@ def build_results(
         upstream_config=cfg.upstream_config,
         num_layers=upstream.num_layers,
         hidden_size=upstream.hidden_size,
+        layer_ids=list(upstream.layer_ids),
+        frame_rate=upstream.frame_rate,
         seed=cfg.seed,
         fold=cfg.task.get("fold"),
         schedule=schedule_of(cfg),
@@ -277,6 +280,17 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
     branches = [build_branch(jobs[i].cfg, upstream, task, job_settings[i], jobs[i].run_dir) for i in pending]
     for index, branch in zip(pending, branches, strict=True):
         branch.halving_pool = halving_pool(jobs[index].cfg)
+    if settings.halving_steps:
+        pool_sizes = Counter(branch.halving_pool for branch in branches)
+        for branch in branches:
+            if pool_sizes[branch.halving_pool] == 1:
+                log.warning(
+                    "trainer.halving_steps=%s has no effect on %s: no other branch of this launch has its "
+                    "interface and head config, and successive halving ranks the branches of one interface "
+                    "trained together (experiment=lr_search, or a sweep under hydra/launcher=shared_upstream)",
+                    list(settings.halving_steps),
+                    branch.run_dir,
+                )
     for index, branch in zip(pending, branches, strict=True):
         log.info(
             "%s | %s (L=%d, D=%d) | %s -> %d features | schedule %s: %d steps, lr %g | precision %s, tf32 %s | %s",

@@ -263,8 +263,9 @@ class Trainer:
             branch.logger.log(self.step, "dev", metrics)
             weights = branch.interface.layer_weights()
             if weights is not None and weights.dim() == 1:
+                ids = self.upstream.layer_ids or range(len(weights))  # hidden-state indices (upstream.layers)
                 branch.logger.log(
-                    self.step, "layer_weights", {f"layer_{i}": float(w) for i, w in enumerate(weights)}
+                    self.step, "layer_weights", {f"layer_{ids[i]}": float(w) for i, w in enumerate(weights)}
                 )
             summary = ", ".join(f"{key} {value:.2f}" for key, value in metrics.items())
             log.info(
