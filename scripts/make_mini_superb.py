@@ -13,10 +13,13 @@ espeak-ng) and read by the same readers as the real corpora (downstream/data):
     VoxCeleb1/veri_test.txt, VoxCeleb1/dev_trials.txt      SV trials '<1|0> <path> <path>' over the VoxCeleb1 audio
     FluentSpeechCommands/data/{train,valid,test}_data.csv + wavs/speakers/<speakerId>/<id>.flac
     ML-SUPERB/<dataset>/<language>/wav/<id>.flac + transcript_{1h,10min}_train.txt, transcript_10min_{dev,test}.txt
+    Diarization/{train,dev,test}/ (Kaldi-style: wav.scp, segments, utt2spk, reco2dur, rttm) and
+    quesst14Database/ (QUESST 2014): made by scripts/mini_superb_sd_qbe.py, see there
 
 Usage:
     python scripts/make_mini_superb.py                      # (re)writes data/mini_superb
     python scripts/make_mini_superb.py --out /tmp/mini --tiny   # a few utterances per corpus, for tests
+    python scripts/make_mini_superb.py --only sd,qbe        # rewrite only these in data/mini_superb
 
 Parameters (the committed corpus was made with exactly these; the output is byte-for-byte deterministic
 for a given espeak-ng and libsndfile version):
@@ -713,13 +716,41 @@ Total size {size_mb:.1f} MB.
     (out / "README.md").write_text(text)
 
 
+def write_only(out: Path, names: tuple[str, ...], tiny: bool) -> None:
+    """``--only``: rewrite the corpora ``names`` inside an existing mini-SUPERB folder and their README sections."""
+    from scripts import mini_superb_sd_qbe
+
+    unknown = sorted(set(names) - set(mini_superb_sd_qbe.CORPORA))
+    if unknown:
+        raise SystemExit(
+            f"make_mini_superb: --only names unknown corpora {unknown}; choose from {mini_superb_sd_qbe.CORPORA}"
+        )
+    readme = out / "README.md"
+    if not (readme.is_file() and readme.read_text().startswith("# mini-SUPERB")):
+        raise SystemExit(f"make_mini_superb: --only needs an existing mini-SUPERB folder, '{out}' is not one")
+    with tempfile.TemporaryDirectory() as workdir:
+        sections = mini_superb_sd_qbe.write(out, names, tiny, Synthesizer(Path(workdir)))
+    mini_superb_sd_qbe.update_readme(out, sections)
+    print(readme.read_text(), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
+    from scripts import mini_superb_sd_qbe  # imports this module: loaded here, not at the top
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (replaced if it exists)")
     parser.add_argument("--tiny", action="store_true", help="a few utterances per corpus (tests)")
+    parser.add_argument(
+        "--only",
+        help="comma-separated corpora to (re)write into an existing --out, every other file left as it is "
+        f"(one of: {', '.join(mini_superb_sd_qbe.CORPORA)})",
+    )
     args = parser.parse_args(argv)
+    if args.only:
+        write_only(args.out, tuple(args.only.split(",")), args.tiny)
+        return
     sizes = TINY if args.tiny else Sizes()
     lexicon = check_vocabulary()
     if args.out.exists() and any(args.out.iterdir()):
@@ -738,7 +769,9 @@ def main(argv: list[str] | None = None) -> None:
         sv = write_sv_trials(args.out, sizes)
         fluent = write_fluent_commands(args.out, sizes, synthesize)
         ml_superb = write_ml_superb(args.out, sizes, synthesize)
+        sections = mini_superb_sd_qbe.write(args.out, mini_superb_sd_qbe.CORPORA, args.tiny, synthesize)
     write_readme(args.out, librispeech, voxceleb, iemocap, sv, fluent, ml_superb)
+    mini_superb_sd_qbe.update_readme(args.out, sections)
     print((args.out / "README.md").read_text(), file=sys.stderr)
 
 
