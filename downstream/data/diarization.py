@@ -70,16 +70,15 @@ class Recording(Utterance):
         return tuple(sorted({turn.speaker for turn in self.turns}))
 
 
-def _table(
-    path: Path, fields: int | None, what: str, line_format: str, min_fields: int = 2
-) -> list[list[str]]:
-    """Non-empty lines of a Kaldi table split on whitespace; DataLayoutError naming the line otherwise."""
+def _table(path: Path, fields: int, what: str, line_format: str) -> list[list[str]]:
+    """Non-empty lines of a Kaldi table split into ``fields`` columns on whitespace (the last one keeps any
+    further spaces, as a path may); DataLayoutError naming the line otherwise."""
     rows = []
     for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        columns = line.split() if fields is None else line.split(maxsplit=fields - 1)
-        if len(columns) < min_fields or (fields is not None and len(columns) != fields):
+        columns = line.split(maxsplit=fields - 1)
+        if len(columns) != fields:
             raise DataLayoutError(f"{what} '{path}' line {line_number} is not '{line_format}': {line!r}")
         rows.append(columns)
     if not rows:
