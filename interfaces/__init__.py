@@ -2,6 +2,7 @@
 
 Each is built as ``Class(num_layers, hidden_size, **hyperparameters)`` (configs/interface/<name>.yaml) and maps
 hidden states [L, B, T, D] and valid-frame counts [B] to features [B, T, output_size].
+``from_ssl_interface_config`` builds them from the config fields of the paper's own SSL_Interface package.
 """
 
 from interfaces.base import Interface, NotFittedError, frame_mask, zero_padded_frames
@@ -12,6 +13,7 @@ from interfaces.hconv import HierarchicalConv
 from interfaces.layer_attention import LayerAttention
 from interfaces.pca_concat import PCAConcat
 from interfaces.single_layer import LastLayer, SingleLayer
+from interfaces.ssl_interface import from_ssl_interface_config
 from interfaces.weighted_sum import WeightedSum
 
 __all__ = [
@@ -27,5 +29,6 @@ __all__ = [
     "SingleLayer",
     "WeightedSum",
     "frame_mask",
+    "from_ssl_interface_config",
     "zero_padded_frames",
 ]

@@ -1,13 +1,16 @@
 """The interface contract: layer-wise hidden states in, one feature sequence out.
 
 Also the small helpers every interface shares: frame masks, hyperparameter checks that fail at
-construction time with the parameter, the value and the allowed range, and SUPERB's per-layer
-normalisation.
+construction time with the parameter, the value and the allowed range, SUPERB's per-layer
+normalisation (``normalize``, applied by the base class for every interface), and loading state dicts
+saved by the paper's own interface code (SSL_Interface, github.com/atosystem/SSL_Interface) through a
+per-class key map.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -97,23 +100,41 @@ class Interface(nn.Module):
     """Maps hidden states [L, B, T, D] and valid-frame counts [B] to features [B, T, D'].
 
     Subclasses set ``output_size`` (D') in ``__init__`` and implement ``combine``; ``forward``
-    validates the input and zeroes padded frames, so every interface honours the padding rule:
-    frames past ``lengths[b]`` never change the output at valid frames, and padded outputs are 0.
+    validates the input, applies ``normalize`` and zeroes padded frames, so every interface honours the
+    padding rule: frames past ``lengths[b]`` never change the output at valid frames, and padded outputs are 0.
+
+    ``normalize`` (every interface, default False): before combining, each layer's vector of each frame is
+    layer-normed over its D features without affine parameters, (h - mean(h)) / sqrt(var(h) + 1e-5), as
+    SUPERB's featurizer and SSL_Interface's base class do. ``fit`` of interfaces that need it sees the
+    same normalised features.
     """
 
     #: True for interfaces that must see training features (``fit``) before the first step.
-    needs_fit: bool = False
+    needs_fit: ClassVar[bool] = False
+    #: True for interfaces whose ``layer_weights()`` returns weights over layers (False: it returns None).
+    weighs_layers: ClassVar[bool] = False
+    #: State-dict keys of SSL_Interface's module (relative to this module) -> this class's keys; see
+    #: ``ssl_interface_key_map``. Empty for interfaces that SSL_Interface does not have.
+    ssl_interface_state_dict_keys: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, num_layers: int, hidden_size: int) -> None:
+    def __init__(self, num_layers: int, hidden_size: int, normalize: bool = False) -> None:
         super().__init__()
         owner = type(self).__name__
         self.num_layers = check_int(owner, "num_layers", num_layers, 1)
         self.hidden_size = check_int(owner, "hidden_size", hidden_size, 1)
+        if not isinstance(normalize, bool):
+            raise ValueError(f"{owner}: normalize must be true or false, got {normalize!r}")
+        self.normalize = normalize
         self.output_size: int = hidden_size
 
     def combine(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """[L, B, T, D] -> [B, T, D']; padded frames may hold anything, ``forward`` zeroes them."""
+        """[L, B, T, D] (already normalised when ``normalize``) -> [B, T, D']; padded frames may hold
+        anything, ``forward`` zeroes them."""
         raise NotImplementedError
+
+    def normalize_input(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states [L, B, T, D], layer-normed per layer and frame (no affine) when ``normalize``, else unchanged."""
+        return normalize_layers(hidden_states) if self.normalize else hidden_states
 
     def check_inputs(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> None:
         """ValueError unless hidden_states is [L, B, T, D] with this interface's L and D and lengths is [B]."""
@@ -128,14 +149,23 @@ class Interface(nn.Module):
         if lengths.shape != (batch_size,):
             raise ValueError(f"lengths must be [B] with B={batch_size}, got shape {tuple(lengths.shape)}")
 
-    def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden_states [L, B, T, D], lengths [B] (valid frames per sequence; None: all T frames valid,
+        as SSL_Interface's ``forward(stacked_hs)`` assumes) -> features [B, T, output_size], 0 past lengths.
+
+        Raises ValueError for shapes that do not match this interface, NotFittedError before ``fit``
+        for interfaces that need it."""
+        if lengths is None and hidden_states.dim() == 4:
+            batch_size, num_frames = hidden_states.shape[1:3]
+            lengths = torch.full((batch_size,), num_frames, dtype=torch.long, device=hidden_states.device)
         self.check_inputs(hidden_states, lengths)
         if not self.is_fitted:
             raise NotFittedError(
                 f"{type(self).__name__} must be fitted on training features (interface.fit(batches)) "
                 "or loaded from a fitted state dict before forward"
             )
-        return zero_padded_frames(self.combine(hidden_states, lengths), lengths)
+        features = self.combine(self.normalize_input(hidden_states), lengths)
+        return zero_padded_frames(features, lengths)
 
     @property
     def is_fitted(self) -> bool:
@@ -144,11 +174,52 @@ class Interface(nn.Module):
 
     def extra_repr(self) -> str:
         """Subclasses append their hyperparameters to this: ``f"{super().extra_repr()}, name=value"``."""
-        return f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, output_size={self.output_size}"
+        return (
+            f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, "
+            f"output_size={self.output_size}, normalize={self.normalize}"
+        )
 
     def layer_weights(self) -> torch.Tensor | None:
-        """Normalised weights over layers ([L] or [groups, L]) for interfaces that weigh layers, else None."""
+        """Normalised weights over layers ([L] or [groups, L]) when ``weighs_layers``, else None."""
         return None
+
+    def ssl_interface_key_map(self) -> dict[str, str]:
+        """SSL_Interface state-dict key -> this module's key, for the keys this instance has.
+
+        ``load_state_dict`` renames these keys before loading, so a state dict saved from SSL_Interface's
+        module loads here (as the whole dict, or under a prefix inside a larger model's dict). Default: the
+        class's ``ssl_interface_state_dict_keys``, restricted to keys this instance has; subclasses whose keys depend
+        on the architecture (HConv's number of convolutions) override it."""
+        if not self.ssl_interface_state_dict_keys:
+            return {}
+        own = set(self.state_dict())
+        return {theirs: ours for theirs, ours in self.ssl_interface_state_dict_keys.items() if ours in own}
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: Mapping[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # state_dict is load_state_dict's own copy (documented by torch), so renaming in place is safe; the
+        # children (convolutions, ...) load after this and find their keys under our names. SSL_Interface keys
+        # that this instance has no place for stay as they are, so a strict load names them as unexpected.
+        for their_key, our_key in self.ssl_interface_key_map().items():
+            if prefix + their_key not in state_dict:
+                continue
+            if prefix + our_key in state_dict:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: both {prefix + their_key!r} (SSL_Interface's key) "
+                    f"and {prefix + our_key!r} (ours) are present; pass a state dict from one of the two"
+                )
+            state_dict[prefix + our_key] = state_dict.pop(prefix + their_key)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def fit(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Fit non-trainable state on training features; ``batches`` yields (hidden_states, lengths)."""

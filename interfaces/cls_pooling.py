@@ -70,8 +70,9 @@ class CLSPooling(Interface):
         dim_feedforward: int = 2048,
         dropout: float = 0.1,
         layer_embedding: bool = False,
+        normalize: bool = False,
     ) -> None:
-        super().__init__(num_layers, hidden_size)
+        super().__init__(num_layers, hidden_size, normalize)
         owner = type(self).__name__
         self.num_tf_layers = check_int(owner, "num_tf_layers", num_tf_layers, 1)
         self.nhead = check_int(owner, "nhead", nhead, 1, hidden_size)

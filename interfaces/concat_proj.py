@@ -35,9 +35,14 @@ class ConcatProjection(Interface):
     """
 
     def __init__(
-        self, num_layers: int, hidden_size: int, output_dim: int | None = None, output_norm: bool = True
+        self,
+        num_layers: int,
+        hidden_size: int,
+        output_dim: int | None = None,
+        output_norm: bool = True,
+        normalize: bool = False,
     ) -> None:
-        super().__init__(num_layers, hidden_size)
+        super().__init__(num_layers, hidden_size, normalize)
         self.output_size = check_output_dim(type(self).__name__, output_dim, hidden_size)
         self.output_norm = bool(output_norm)
         self.projection = FeatureProjection(num_layers * hidden_size, self.output_size, self.output_norm)

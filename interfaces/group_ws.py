@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from interfaces.base import Interface, check_int, check_output_dim, mix_layers, normalize_layers
+from interfaces.base import Interface, check_int, check_output_dim, mix_layers
 from interfaces.concat_proj import FeatureProjection
 
 
@@ -35,6 +35,8 @@ class GroupedWeightedSum(Interface):
     G = 1 is a weighted sum followed by a projection; G = L is concat + projection.
     """
 
+    weighs_layers = True
+
     def __init__(
         self,
         num_layers: int,
@@ -44,12 +46,11 @@ class GroupedWeightedSum(Interface):
         normalize: bool = False,
         output_norm: bool = True,
     ) -> None:
-        super().__init__(num_layers, hidden_size)
+        super().__init__(num_layers, hidden_size, normalize)
         owner = type(self).__name__
         self.groups = contiguous_groups(owner, num_layers, num_groups)
         self.num_groups = num_groups
         self.output_size = check_output_dim(owner, output_dim, hidden_size)
-        self.normalize = bool(normalize)
         self.output_norm = bool(output_norm)
         membership = torch.zeros(num_groups, num_layers, dtype=torch.bool)
         for group, layers in enumerate(self.groups):
@@ -64,8 +65,6 @@ class GroupedWeightedSum(Interface):
         return torch.softmax(logits.masked_fill(~self.membership, float("-inf")), dim=-1)
 
     def combine(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if self.normalize:
-            hidden_states = normalize_layers(hidden_states)
         group_sums = mix_layers(self.group_weights(), hidden_states)  # [B, T, G, D]
         return self.projection(group_sums.flatten(2))
 
@@ -74,7 +73,4 @@ class GroupedWeightedSum(Interface):
 
     def extra_repr(self) -> str:
         spans = ", ".join(f"{layers.start}-{layers.stop - 1}" for layers in self.groups)
-        return (
-            f"{super().extra_repr()}, groups=[{spans}], "
-            f"normalize={self.normalize}, output_norm={self.output_norm}"
-        )
+        return f"{super().extra_repr()}, groups=[{spans}], output_norm={self.output_norm}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from interfaces.base import Interface, check_int, frame_mask, normalize_layers
+from interfaces.base import Interface, check_int, frame_mask
 
 
 class LayerAttention(Interface):
@@ -20,12 +20,13 @@ class LayerAttention(Interface):
     Output size D. ``layer_weights()`` reports a_{:,t} averaged over the valid frames of the latest forward.
     """
 
+    weighs_layers = True
+
     def __init__(
         self, num_layers: int, hidden_size: int, scorer_dim: int = 64, normalize: bool = False
     ) -> None:
-        super().__init__(num_layers, hidden_size)
+        super().__init__(num_layers, hidden_size, normalize)
         self.scorer_dim = check_int(type(self).__name__, "scorer_dim", scorer_dim, 1)
-        self.normalize = bool(normalize)
         self.scorer_hidden = nn.Linear(hidden_size, scorer_dim)
         # No output bias: a constant added to every layer's score cancels in the softmax.
         self.scorer_out = nn.Linear(scorer_dim, 1, bias=False)
@@ -35,8 +36,6 @@ class LayerAttention(Interface):
         self.output_size = hidden_size
 
     def combine(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if self.normalize:
-            hidden_states = normalize_layers(hidden_states)
         scores = self.scorer_out(torch.tanh(self.scorer_hidden(hidden_states))).squeeze(-1)  # [L, B, T]
         weights = torch.softmax(scores.float() + self.layer_bias.float()[:, None, None], dim=0)
         self._record_mean_weights(weights.detach(), lengths)
@@ -53,4 +52,4 @@ class LayerAttention(Interface):
         return self.mean_weights.clone()
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, scorer_dim={self.scorer_dim}, normalize={self.normalize}"
+        return f"{super().extra_repr()}, scorer_dim={self.scorer_dim}"

@@ -22,6 +22,7 @@ class PCAConcat(Interface):
     ``fit(batches)`` streams (hidden_states [L, B, T, D], lengths [B]) batches, accumulating in float64 the
     per-layer frame count, sum and sum of outer products over valid frames only, until ``max_fit_frames``
     frames are seen (the remaining batches are not read); then cov_l = (S_l - n mu_l mu_l^T) / (n - 1).
+    With ``normalize``, fit and forward both see the layer-normed hidden states.
     mu, V and the eigenvalues are buffers, so a saved state dict restores a fitted interface.
     Forward before fit (or before loading a fitted state dict) raises NotFittedError.
     """
@@ -29,9 +30,14 @@ class PCAConcat(Interface):
     needs_fit = True
 
     def __init__(
-        self, num_layers: int, hidden_size: int, output_dim: int | None = None, max_fit_frames: int = 100_000
+        self,
+        num_layers: int,
+        hidden_size: int,
+        output_dim: int | None = None,
+        max_fit_frames: int = 100_000,
+        normalize: bool = False,
     ) -> None:
-        super().__init__(num_layers, hidden_size)
+        super().__init__(num_layers, hidden_size, normalize)
         owner = type(self).__name__
         target_dim = check_output_dim(owner, output_dim, hidden_size)
         check_int(owner, "output_dim", target_dim, num_layers, num_layers * hidden_size)
@@ -62,7 +68,8 @@ class PCAConcat(Interface):
         # Statistics are float64, which autocast never lowers, so fit is exact under any autocast context.
         for hidden_states, lengths in batches:
             self.check_inputs(hidden_states, lengths)
-            frames = hidden_states[:, frame_mask(lengths, hidden_states.shape[2])]  # [L, N, D]
+            valid = frame_mask(lengths, hidden_states.shape[2])
+            frames = self.normalize_input(hidden_states)[:, valid]  # [L, N, D]
             frames = frames[:, : self.max_fit_frames - count].double()
             if frame_sum is None:
                 frame_sum = frames.new_zeros(self.num_layers, self.hidden_size)

@@ -14,8 +14,10 @@ class SingleLayer(Interface):
     layer. Output size D. ``layer_weights()`` is the one-hot vector of the chosen layer.
     """
 
-    def __init__(self, num_layers: int, hidden_size: int, layer: int = -1) -> None:
-        super().__init__(num_layers, hidden_size)
+    weighs_layers = True
+
+    def __init__(self, num_layers: int, hidden_size: int, layer: int = -1, normalize: bool = False) -> None:
+        super().__init__(num_layers, hidden_size, normalize)
         self.layer = check_layer_index(type(self).__name__, "layer", layer, num_layers)
         self.output_size = hidden_size
 
@@ -34,5 +36,5 @@ class SingleLayer(Interface):
 class LastLayer(SingleLayer):
     """The final hidden state as the features: y_t = h_{L-1, t}; no trainable parameters."""
 
-    def __init__(self, num_layers: int, hidden_size: int) -> None:
-        super().__init__(num_layers, hidden_size, layer=-1)
+    def __init__(self, num_layers: int, hidden_size: int, normalize: bool = False) -> None:
+        super().__init__(num_layers, hidden_size, layer=-1, normalize=normalize)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from interfaces.base import Interface, check_layer_subset, mix_layers, normalize_layers
+from interfaces.base import Interface, check_layer_subset, mix_layers
 
 
 class WeightedSum(Interface):
@@ -20,13 +20,18 @@ class WeightedSum(Interface):
     where n is layer norm without affine over the D features when ``normalize`` is true, else the identity.
     At initialisation every used layer weighs 1/|S|, so y is the mean of the used layers.
     Trainable parameters: |S| (13 for HuBERT Base). Output size D.
+
+    Equal to SSL_Interface's ``WeightSumInterface`` and s3prl's featurizer; a state dict saved from
+    SSL_Interface loads directly (its ``weighte_sum_weights`` [sic] is our ``weight_logits``).
     """
+
+    weighs_layers = True
+    ssl_interface_state_dict_keys = {"weighte_sum_weights": "weight_logits"}
 
     def __init__(
         self, num_layers: int, hidden_size: int, normalize: bool = False, layers: Sequence[int] | None = None
     ) -> None:
-        super().__init__(num_layers, hidden_size)
-        self.normalize = bool(normalize)
+        super().__init__(num_layers, hidden_size, normalize)
         self.layers = check_layer_subset(type(self).__name__, "layers", layers, num_layers)
         self.uses_all_layers = self.layers == list(range(num_layers))
         self.register_buffer("layer_index", torch.tensor(self.layers, dtype=torch.long), persistent=False)
@@ -36,8 +41,6 @@ class WeightedSum(Interface):
     def combine(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if not self.uses_all_layers:
             hidden_states = hidden_states.index_select(0, self.layer_index)
-        if self.normalize:
-            hidden_states = normalize_layers(hidden_states)
         weights = torch.softmax(self.weight_logits.float(), dim=0)
         return mix_layers(weights.unsqueeze(0), hidden_states).squeeze(2)
 
@@ -49,4 +52,4 @@ class WeightedSum(Interface):
 
     def extra_repr(self) -> str:
         layers = "all" if self.uses_all_layers else self.layers
-        return f"{super().extra_repr()}, normalize={self.normalize}, layers={layers}"
+        return f"{super().extra_repr()}, layers={layers}"

@@ -3,6 +3,7 @@
 python scripts/benchmark.py interfaces [--device cpu]   # forward+backward time of every interface
 python scripts/benchmark.py data                        # decoding + batching speed on the mini corpus
 python scripts/benchmark.py step [overrides ...]        # upstream forward vs full training step
+python scripts/benchmark.py upstream --archs ...        # real-sized encoders, random weights: forward time
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.bench import data as data_bench  # noqa: E402
 from scripts.bench import interfaces as interfaces_bench  # noqa: E402
 from scripts.bench import train_step as step_bench  # noqa: E402
+from scripts.bench import upstream_forward as upstream_bench  # noqa: E402
 
-SUBCOMMANDS = {"interfaces": interfaces_bench, "data": data_bench, "step": step_bench}
+SUBCOMMANDS = {
+    "interfaces": interfaces_bench,
+    "data": data_bench,
+    "step": step_bench,
+    "upstream": upstream_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -151,7 +151,38 @@ def test_hconv_large_model_size():
     interface = build("hconv", 25, 1024)
     assert interface.layer_counts == [25, 9, 3]
     assert interface.output_size == 1023
-    assert trainable_count(interface) == pytest.approx(6.99e6, rel=0.01)
+    assert trainable_count(interface) == (1024 * 1024 * 5 + 1024) + (1024 * 341 * 5 + 341) == 6_990_165
+
+
+@pytest.mark.parametrize(
+    ("kernel_size", "stride", "padding", "layer_counts", "params"),
+    [
+        # The issue's example: padding follows the kernel (3 // 2 = 1), not a fixed 2.
+        (3, 2, None, [13, 7, 4, 2], 2 * (768 * 768 * 3 + 768) + 768 * 384 * 3 + 384),
+        (7, 3, None, [13, 5, 2], (768 * 768 * 7 + 768) + (768 * 384 * 7 + 384)),
+        (3, 2, 2, [13, 8, 5, 4], 2 * (768 * 768 * 3 + 768) + 768 * 192 * 3 + 192),  # explicit padding wins
+    ],
+)
+def test_hconv_padding_defaults_to_half_the_kernel(kernel_size, stride, padding, layer_counts, params):
+    overrides = [f"interface.kernel_size={kernel_size}", f"interface.stride={stride}"]
+    if padding is not None:
+        overrides.append(f"interface.padding={padding}")
+    interface = build("hconv", 13, 768, overrides)
+    assert interface.padding == (kernel_size // 2 if padding is None else padding)
+    assert interface.layer_counts == layer_counts
+    assert trainable_count(interface) == params
+    assert [conv.padding for conv in interface.convs] == [(interface.padding,)] * len(interface.convs)
+
+
+def test_hconv_kernel3_stride2_is_the_issue_figure():
+    assert trainable_count(HierarchicalConv(13, 768, kernel_size=3, stride=2)) == 4_425_600
+
+
+def test_hconv_output_dim_is_checked_against_the_architecture():
+    assert HierarchicalConv(13, 768, output_dim=768).output_size == 768
+    assert HierarchicalConv(25, 1024, output_dim=1023).output_size == 1023
+    with pytest.raises(ValueError, match=r"output_dim=1024 but .* = 1023 features"):
+        HierarchicalConv(25, 1024, output_dim=1024)
 
 
 # ------------------------------------------------------------------------------ the contract, all configs
@@ -171,6 +202,41 @@ def test_padding_never_leaks_into_valid_frames(name):
     for b, length in enumerate(lengths.tolist()):
         torch.testing.assert_close(padded[b, :length], plain[b, :length], atol=1e-5, rtol=1e-5)
         assert torch.all(padded[b, length:] == 0) and torch.all(plain[b, length:] == 0)
+
+
+@pytest.mark.parametrize("name", INTERFACE_NAMES)
+def test_normalize_is_layer_norm_of_the_input_for_every_interface(name):
+    # Same weights; normalize=true on raw hidden states must equal normalize=false on hidden states
+    # layer-normed by hand (no affine, eps 1e-5, per layer and frame over D), fit included.
+    torch.manual_seed(0)
+    normalized = build(name, overrides=["interface.normalize=true"])
+    plain = build(name, overrides=["interface.normalize=false"])
+    plain.load_state_dict(normalized.state_dict())
+    assert normalized.normalize and not plain.normalize
+    hidden, lengths = random_batch()
+    hidden = hidden * torch.linspace(0.5, 9.0, SMALL_D) + 4.0  # far from normalised already
+    mean = hidden.mean(-1, keepdim=True)
+    by_hand = (hidden - mean) / torch.sqrt(((hidden - mean) ** 2).mean(-1, keepdim=True) + 1e-5)
+    if normalized.needs_fit:
+        fit_hidden, fit_lengths = random_batch(lengths=(40, 30), seed=1)
+        fit_hidden = fit_hidden * torch.linspace(0.5, 9.0, SMALL_D) + 4.0
+        fit_mean = fit_hidden.mean(-1, keepdim=True)
+        fit_by_hand = (fit_hidden - fit_mean) / torch.sqrt(
+            ((fit_hidden - fit_mean) ** 2).mean(-1, keepdim=True) + 1e-5
+        )
+        normalized.fit([(fit_hidden, fit_lengths)])
+        plain.fit([(fit_by_hand, fit_lengths)])
+    normalized.eval(), plain.eval()
+    with torch.no_grad():
+        expected = plain(by_hand, lengths)
+        torch.testing.assert_close(normalized(hidden, lengths), expected, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(plain(hidden, lengths), expected, atol=1e-2)  # normalize changed something
+
+
+def test_lengths_default_to_every_frame_valid():
+    interface = build("hconv")
+    hidden, _ = random_batch(lengths=(9, 9, 9))
+    torch.testing.assert_close(interface(hidden), interface(hidden, torch.tensor([9, 9, 9])))
 
 
 @pytest.mark.parametrize("name", INTERFACE_NAMES)
@@ -220,7 +286,9 @@ def test_layer_weights_are_normalised_or_absent(name):
     interface = ready(build(name))
     interface(*random_batch())
     weights = interface.layer_weights()
-    if name in {"concat_proj", "pca_concat", "hconv", "cls_pooling"}:
+    weighs_layers = name not in {"concat_proj", "pca_concat", "hconv", "cls_pooling"}
+    assert type(interface).weighs_layers is weighs_layers
+    if not weighs_layers:
         assert weights is None
         return
     assert weights.shape[-1] == SMALL_L and weights.dim() in (1, 2)
@@ -245,6 +313,9 @@ def test_wrong_input_shape_is_a_clear_error():
     [
         ("hconv", 2, 768, [], ["num_layers", "2", ">= 3"]),
         ("hconv", 13, 768, ["interface.stride=1"], ["stride", "1", ">= 2"]),
+        ("hconv", 13, 768, ["interface.output_dim=767"], ["output_dim=767", "768 features"]),
+        ("weighted_sum", 13, 768, ["interface.normalize=1"], ["normalize", "true or false", "1"]),
+        ("hconv", 13, 768, ["interface.normalize=yes"], ["normalize", "true or false", "yes"]),
         ("single_layer", 13, 768, ["interface.layer=13"], ["layer", "13", "[-13, 12]"]),
         ("single_layer", 13, 768, ["interface.layer=-14"], ["layer", "-14", "[-13, 12]"]),
         ("weighted_sum", 13, 768, ["interface.layers=[0,13]"], ["layers", "13", "[-13, 12]"]),
@@ -404,7 +475,8 @@ def test_hconv_matches_explicit_layer_axis_convolutions(num_layers, layer_counts
             for conv in interface.convs:
                 w, bias = conv.weight.detach().numpy(), conv.bias.detach().numpy()
                 features = reference_relu_conv(features, w, bias, stride=3, padding=2)
-            np.testing.assert_allclose(output[b, t], features.T.reshape(-1), atol=1e-5, rtol=1e-5)
+            # Channel-major: the remaining layers of channel 0, then of channel 1, ...
+            np.testing.assert_allclose(output[b, t], features.reshape(-1), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("num_tf_layers", [1, 2])
@@ -558,5 +630,6 @@ def test_classes_build_without_hydra():
     assert ConcatProjection(13, 768, output_dim=128).output_size == 128
     assert PCAConcat(13, 768, output_dim=130).output_size == 130
     assert HierarchicalConv(13, 768).output_size == 768
+    assert HierarchicalConv(13, 768, kernel_size=5, stride=3, output_dim=768, normalize=True).normalize
     assert CLSPooling(13, 768).output_size == 768
     assert LayerAttention(13, 768).output_size == 768

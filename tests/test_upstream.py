@@ -118,18 +118,21 @@ def test_pre_layer_norm_transformer_padding_too():
     assert_padding_equals_single_runs(TinyUpstream(layer_norm_first=True, **TINY), [8000, 3000])
 
 
-def test_group_norm_cnn_padding_behaviour_is_as_documented():
-    """Group-norm CNNs (Base models) see the zero padding: a padded row equals its single run zero-padded
-    to the batch length exactly, and differs from the unpadded single run."""
-    upstream = TinyUpstream(extractor_mode="group_norm", **TINY)
+def test_group_norm_cnn_padding_modes():
+    """Group-norm CNNs (Base models). padding_mode=s3prl: the first layer's statistics include the zero
+    padding, so a padded row equals its single run zero-padded to the batch length and differs from the
+    unpadded single run. padding_mode=exact (default): statistics over valid samples, so a padded row
+    equals its unpadded single run."""
+    s3prl = TinyUpstream(extractor_mode="group_norm", padding_mode="s3prl", **TINY)
     wavs, wav_lengths = padded_batch([12000, 5000])
-    batch_states, frame_lengths = upstream(wavs, wav_lengths)
+    batch_states, frame_lengths = s3prl(wavs, wav_lengths)
     for index in range(2):
-        zero_padded, _ = upstream(wavs[index : index + 1], wav_lengths[index : index + 1])
+        zero_padded, _ = s3prl(wavs[index : index + 1], wav_lengths[index : index + 1])
         torch.testing.assert_close(batch_states[:, index], zero_padded[:, 0], atol=1e-5, rtol=0)
     valid = int(frame_lengths[1])
-    unpadded, _ = upstream(wavs[1:2, :5000], wav_lengths[1:2])
+    unpadded, _ = s3prl(wavs[1:2, :5000], wav_lengths[1:2])
     assert (batch_states[:, 1, :valid] - unpadded[:, 0, :valid]).abs().max() > 1e-2
+    assert_padding_equals_single_runs(TinyUpstream(extractor_mode="group_norm", **TINY), [12000, 5000, 731])
 
 
 # --- precision, compile ---------------------------------------------------------------------------
@@ -221,8 +224,15 @@ def test_bad_inputs_name_the_parameter():
     upstream = TinyUpstream(**TINY)
     with pytest.raises(ValueError, match=r"wavs must be \[B, N\]"):
         upstream(torch.zeros(8000), torch.tensor([8000]))
-    with pytest.raises(ValueError, match=r"wav_lengths must lie in \[400, 8000\]"):
+    with pytest.raises(ValueError, match=r"wav_lengths\[1\] = 399 samples is shorter .*min_samples = 400"):
         upstream(torch.zeros(2, 8000), torch.tensor([8000, 399]))
+    # a batch whose padded length is itself below the minimum (issue 14: the range was printed [400, 300])
+    with pytest.raises(
+        ValueError, match=r"wav_lengths\[0\] = 300 samples is shorter .*min_samples = 400 \(25 ms"
+    ):
+        upstream(torch.zeros(1, 300), torch.tensor([300]))
+    with pytest.raises(ValueError, match=r"wav_lengths\[0\] = 9000 samples exceeds the padded length"):
+        upstream(torch.zeros(1, 8000), torch.tensor([9000]))
     with pytest.raises(ValueError, match=r"wav_lengths must be \[B\]"):
         upstream(torch.zeros(2, 8000), torch.tensor([8000]))
 
@@ -404,6 +414,18 @@ def test_s3prl_local_checkpoints_load_with_every_layer(tmp_path, family):
         shorter, _ = upstream(wavs[1:, :4000], wav_lengths[1:])
         valid = cnn_frames(4000)
         assert (hidden_states[:, 1, :valid] - shorter[:, 0, :valid]).abs().max() > 1e-3
+
+
+def test_s3prl_layer_subset_keeps_exactly_those_states(tmp_path):
+    """upstream.layers on a source whose extract returns every state: the base class keeps the subset."""
+    from upstream.s3prl_hub import S3prlUpstream
+
+    checkpoint = save_tiny_s3prl_checkpoint("hubert", tmp_path / "hubert.pt")
+    full = S3prlUpstream(name="hubert_local", path=str(checkpoint))
+    subset = S3prlUpstream(name="hubert_local", path=str(checkpoint), layers=[0, -1])
+    assert (subset.num_layers, subset.total_layers, subset.layer_ids) == (2, 3, (0, 2))
+    batch = padded_batch([8000, 8000])
+    torch.testing.assert_close(subset(*batch)[0], full(*batch)[0][[0, 2]], atol=1e-6, rtol=0)
 
 
 def test_s3prl_layer_order_matches_torchaudio_on_the_same_weights(tmp_path):

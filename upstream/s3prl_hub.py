@@ -10,7 +10,7 @@ from torch import nn
 
 from upstream import _s3prl_compat
 from upstream._offline import CheckpointNotFoundError, load_offline_first, missing_checkpoint_message
-from upstream.base import Upstream
+from upstream.base import LayerSelection, Upstream
 
 LOCAL_SUFFIXES = ("_local", "_custom", "_url")
 
@@ -51,13 +51,16 @@ class S3prlUpstream(Upstream):
         lr: float = 1e-5,
         precision: str = "fp32",
         compile: bool = False,
+        layers: LayerSelection = None,
     ) -> None:
         if compile:
             raise ValueError(
                 "upstream.compile=true is not supported for s3prl upstreams (s3prl collects hidden states with "
                 "forward hooks); use the hf or torchaudio source for torch.compile"
             )
-        super().__init__(trainable=trainable, lr=lr, name=f"{name} (s3prl)", precision=precision)
+        super().__init__(
+            trainable=trainable, lr=lr, name=f"{name} (s3prl)", precision=precision, layers=layers
+        )
         _s3prl_compat.install()  # before s3prl is imported
         from s3prl import hub
         from s3prl.nn import S3PRLUpstream

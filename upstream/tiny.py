@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torchaudio.models import wav2vec2_model
 
+from upstream.base import LayerSelection
 from upstream.torchaudio_bundle import TorchaudioModelUpstream
 
 # The wav2vec 2.0 / HuBERT CNN's kernels and strides (T = floor((n - 400) / 320) + 1), with few channels.
@@ -23,7 +24,8 @@ class TinyUpstream(TorchaudioModelUpstream):
 
     L = num_transformer_layers + 1 (the ``num_layers`` attribute). The CNN uses per-frame layer norm
     (``extractor_mode="layer_norm"``) by default, so a padded batch equals single runs at valid frames;
-    ``extractor_mode="group_norm"`` reproduces the Base models' padding behaviour.
+    ``extractor_mode="group_norm"`` has the Base models' first-layer group norm (see ``padding_mode`` in
+    TorchaudioModelUpstream).
 
     ``checkpoint``: a torchaudio state dict for exactly this architecture (e.g. the one shipped in
     data/tiny_hubert/, pretrained on the mini corpus by scripts/pretrain_tiny_hubert.py) replaces the
@@ -44,6 +46,8 @@ class TinyUpstream(TorchaudioModelUpstream):
         precision: str = "fp32",
         compile: bool = False,
         checkpoint: str | None = None,
+        padding_mode: str = "exact",
+        layers: LayerSelection = None,
     ) -> None:
         if num_transformer_layers < 1:
             raise ValueError(f"upstream.num_transformer_layers must be >= 1, got {num_transformer_layers}")
@@ -86,6 +90,8 @@ class TinyUpstream(TorchaudioModelUpstream):
             lr=lr,
             precision=precision,
             compile=compile,
+            padding_mode=padding_mode,
+            layers=layers,
         )
 
 

@@ -15,7 +15,7 @@ from torchaudio.models.wav2vec2.wavlm_attention import WavLMSelfAttention
 from torchaudio.pipelines import Wav2Vec2Bundle
 
 from upstream._offline import CheckpointNotFoundError, load_offline_first, missing_checkpoint_message
-from upstream.base import Upstream
+from upstream.base import PADDING_MODES, LayerSelection, MaskedGroupNorm, Upstream
 
 # layer_norm over each whole utterance, as fairseq and torchaudio's bundles normalise the waveform.
 FAIRSEQ_WAVEFORM_NORM_EPS = 1e-5
@@ -30,13 +30,17 @@ class TorchaudioModelUpstream(Upstream):
     as in fairseq/s3prl and Hugging Face (torchaudio's own ``extract_features`` skips that norm and the
     transformer input). L = layers + 1.
 
-    Padding: the padded frames are zeroed and masked out of attention (a key padding mask), so for a
-    CNN with per-frame layer norm (``extractor_mode="layer_norm"``: Large models, XLS-R, the tiny model) a
-    padded batch equals each utterance run alone at its valid frames. A ``group_norm`` CNN (HuBERT Base,
-    wav2vec 2.0 Base, WavLM Base/Base+) normalises each channel over the whole padded length in its
-    first layer, so zero padding shifts those statistics: each utterance then gets exactly what it would
-    get run alone after zero-padding to the batch's length, not what it gets unpadded (s3prl and
-    Hugging Face behave the same way). Attention uses PyTorch's scaled_dot_product_attention.
+    Padding: the padded frames are zeroed before the positional convolution and masked out of attention
+    (a key padding mask), so for a CNN with per-frame layer norm (``extractor_mode="layer_norm"``: Large
+    models, XLS-R, the tiny model) a padded batch equals each utterance run alone at its valid frames. A
+    ``group_norm`` CNN (HuBERT Base, wav2vec 2.0 Base, WavLM Base/Base+) normalises each channel of its
+    first convolution over time. ``padding_mode="exact"`` (default) takes those statistics over each
+    utterance's valid frames (``MaskedGroupNorm``), so a padded utterance equals its single run there
+    too; ``padding_mode="s3prl"`` keeps the statistics over the whole padded length, as s3prl, fairseq
+    and Hugging Face compute them: each utterance then gets what it would get run alone after
+    zero-padding to the batch's length. Attention uses PyTorch's scaled_dot_product_attention.
+    ``layers`` keeps a subset of the hidden states (see ``Upstream``); layers above the last kept one
+    are not run.
     """
 
     def __init__(
@@ -48,8 +52,14 @@ class TorchaudioModelUpstream(Upstream):
         lr: float = 1e-5,
         precision: str = "fp32",
         compile: bool = False,
+        padding_mode: str = "exact",
+        layers: LayerSelection = None,
     ) -> None:
-        super().__init__(trainable=trainable, lr=lr, name=name, precision=precision, compile=compile)
+        super().__init__(
+            trainable=trainable, lr=lr, name=name, precision=precision, compile=compile, layers=layers
+        )
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"upstream.padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if not isinstance(model, Wav2Vec2Model):
             raise TypeError(f"{name}: expected a torchaudio.models.Wav2Vec2Model, got {type(model).__name__}")
         self.model = model
@@ -63,13 +73,25 @@ class TorchaudioModelUpstream(Upstream):
         self.hidden_size = model.encoder.feature_projection.projection.out_features
         self._is_wavlm = isinstance(transformer.layers[0].attention, WavLMSelfAttention)
         self.waveform_norm_eps = waveform_norm_eps
+        self.padding_mode = padding_mode
+        first_block = model.feature_extractor.conv_layers[0]
+        self._masked_norm: MaskedGroupNorm | None = None
+        if padding_mode == "exact" and isinstance(first_block.layer_norm, torch.nn.GroupNorm):
+            self._masked_norm = MaskedGroupNorm(first_block.layer_norm)
         self.finalize_setup()
 
     def extract(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         # torchaudio's extract_features returns only the layer outputs, zeroes padding with boolean indexing
         # (a host sync on GPU) and, for WavLM, fails on padded batches (its attention takes only a key padding
         # mask). These are the same steps with the transformer input kept and those two points fixed.
-        features, frame_lengths = self.model.feature_extractor(wavs, wav_lengths)
+        if self._masked_norm is not None:
+            first = (wav_lengths - self.conv_kernels[0]).div(self.conv_strides[0], rounding_mode="floor") + 1
+            self._masked_norm.lengths = first
+        try:
+            features, frame_lengths = self.model.feature_extractor(wavs, wav_lengths)
+        finally:
+            if self._masked_norm is not None:
+                self._masked_norm.lengths = None
         return self.transformer_states(self.model.encoder.feature_projection(features), frame_lengths)
 
     def transformer_states(self, x: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
@@ -89,13 +111,17 @@ class TorchaudioModelUpstream(Upstream):
         else:  # [B, 1, T, T], True = attend
             attend = ~padding[:, None, None, :]
             mask_kwargs = {"attention_mask": attend.expand(-1, 1, x.shape[1], -1)}
-        states = [x]
+        keep = set(self.layer_ids) if self.layer_ids else set(range(len(transformer.layers) + 1))
+        states = [x] if 0 in keep else []
         position_bias = None  # WavLM's relative position bias, computed by its first layer
-        for layer in transformer.layers:
+        last = len(transformer.layers)
+        for index, layer in enumerate(transformer.layers[: max(keep)], start=1):
             x, position_bias = layer(x, position_bias=position_bias, **mask_kwargs)
-            states.append(x)
-        if not transformer.layer_norm_first:  # torchaudio's flag: True means the norm comes before the layers
-            states[-1] = transformer.layer_norm(states[-1])
+            if index == last and not transformer.layer_norm_first:
+                # torchaudio's flag: True means the norm comes before the layers (post-LN "Base" models)
+                x = transformer.layer_norm(x)
+            if index in keep:
+                states.append(x)
         return torch.stack(states)
 
 
@@ -138,6 +164,8 @@ class TorchaudioUpstream(TorchaudioModelUpstream):
         lr: float = 1e-5,
         precision: str = "fp32",
         compile: bool = False,
+        padding_mode: str = "exact",
+        layers: LayerSelection = None,
     ) -> None:
         if path is not None and (Path(path) / "config.json").is_file():
             from upstream.hf import load_hf_model
@@ -166,6 +194,8 @@ class TorchaudioUpstream(TorchaudioModelUpstream):
             lr=lr,
             precision=precision,
             compile=compile,
+            padding_mode=padding_mode,
+            layers=layers,
         )
 
     @staticmethod
