@@ -22,26 +22,23 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from downstream.training.distributed import environment_rank, environment_world_size, shutdown_distributed
+
 os.environ.setdefault("SSL_BENCH_ROOT", str(Path(__file__).resolve().parent))
-
-
-def torchrun_rank() -> int:
-    """This process's rank under torchrun (0 without it)."""
-    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
 def prepare_torchrun_arguments(argv: list[str]) -> list[str]:
     """Command-line arguments for this torchrun rank. Every rank composes the same config and run directory;
     ranks other than 0 leave Hydra's .hydra/ record to rank 0. A sweep's default folder is named after the
     launch time, which the ranks would not agree on, so torchrun sweeps must name hydra.sweep.dir."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if environment_world_size() <= 1:
         return argv
     if ("-m" in argv or "--multirun" in argv) and not any(a.startswith("hydra.sweep.dir=") for a in argv):
         raise SystemExit(
             "run_downstream.py under torchrun with -m/--multirun: set hydra.sweep.dir=<folder> so that every "
             "rank writes to the same sweep folder"
         )
-    return argv if torchrun_rank() == 0 else [*argv, "hydra.output_subdir=null"]
+    return argv if environment_rank() == 0 else [*argv, "hydra.output_subdir=null"]
 
 
 class _RankPrefix(logging.Filter):
@@ -57,11 +54,10 @@ class _RankPrefix(logging.Filter):
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from downstream.distributed import shutdown_distributed
-    from downstream.runner import run_experiment
-    from downstream.trainer import EXIT_STOPPED_EARLY
+    from downstream.training.preemption import EXIT_STOPPED_EARLY
+    from downstream.training.runner import run_experiment
 
-    rank = torchrun_rank()
+    rank = environment_rank()
     if rank > 0:  # rank 0 reports progress; the others only their warnings and errors, marked with the rank
         root = logging.getLogger()
         root.setLevel(logging.WARNING)

@@ -1,9 +1,10 @@
 """Downstream heads: the task-specific modules on top of an interface's features [B, T, D'].
 
 Every head takes ``input_size`` (the interface's ``output_size``), ``num_outputs`` (vocabulary or class
-count), ``hidden_size`` and ``extra_params``. ``extra_params`` widens ``hidden_size`` until the head has
-about that many more parameters than at its default width: the paper's Table 3 baseline, a weighted
-sum with a downstream as large as HConv's interface plus the usual head.
+count), ``hidden_size`` and ``extra_params``. ``extra_params`` widens one size of the head (``widened_size``)
+until it has at least that many more parameters than at its configured width: the paper's Table 3
+baseline, a weighted sum with a downstream as large as HConv's interface plus the usual head. Sizes are
+counted exactly by building the head on the meta device (no memory, no formula to keep in step).
 """
 
 from __future__ import annotations
@@ -16,22 +17,39 @@ from torch import nn
 
 from interfaces.base import frame_mask, zero_padded_frames
 
-ParamCounter = Callable[[int, int, int], int]
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    """The number of parameters of ``module`` (only those with requires_grad, unless ``trainable_only``
+    is False). Any module: heads, interfaces, upstreams."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def widened_hidden_size(
-    count_params: ParamCounter, input_size: int, hidden_size: int, num_outputs: int, extra_params: int
-) -> int:
-    """Smallest hidden size h with count(h) >= count(hidden_size) + extra_params (count grows with h)."""
+def meta_parameter_count(build: Callable[[], nn.Module]) -> int:
+    """Every parameter of the module ``build()`` returns, constructed on the meta device (exact, allocates
+    nothing)."""
+    with torch.device("meta"):
+        return count_parameters(build(), trainable_only=False)
+
+
+def widened_size(build: Callable[[int], nn.Module], size: int, extra_params: int | None) -> int:
+    """The smallest s >= ``size`` whose module ``build(s)`` has at least ``extra_params`` more parameters
+    than ``build(size)`` (the count must grow with s); ``size`` when ``extra_params`` is None or 0. Raises
+    ValueError for a negative ``extra_params``."""
+    if not extra_params:
+        return size
     if extra_params < 0:
         raise ValueError(f"head.extra_params must be >= 0, got {extra_params}")
-    target = count_params(input_size, hidden_size, num_outputs) + extra_params
-    low, high = hidden_size, max(hidden_size, 1)
-    while count_params(input_size, high, num_outputs) < target:
+
+    def count(candidate: int) -> int:
+        return meta_parameter_count(lambda: build(candidate))
+
+    target = count(size) + extra_params
+    low, high = size, max(size, 1)
+    while count(high) < target:
         high *= 2
     while low < high:
         middle = (low + high) // 2
-        if count_params(input_size, middle, num_outputs) < target:
+        if count(middle) < target:
             low = middle + 1
         else:
             high = middle
@@ -60,17 +78,12 @@ class FrameLinearHead(nn.Module):
     ) -> None:
         super().__init__()
         _check_sizes(input_size, hidden_size, num_outputs)
-        if extra_params:
-            hidden_size = widened_hidden_size(
-                self.count_params, input_size, hidden_size, num_outputs, extra_params
-            )
+        hidden_size = widened_size(
+            lambda size: FrameLinearHead(input_size, num_outputs, size), hidden_size, extra_params
+        )
         self.hidden_size = hidden_size
         self.project = nn.Linear(input_size, hidden_size)
         self.output = nn.Linear(hidden_size, num_outputs)
-
-    @staticmethod
-    def count_params(input_size: int, hidden_size: int, num_outputs: int) -> int:
-        return input_size * hidden_size + hidden_size + hidden_size * num_outputs + num_outputs
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.output(self.project(features))
@@ -98,12 +111,11 @@ class BiLSTMHead(nn.Module):
         _check_sizes(input_size, hidden_size, num_outputs)
         if num_lstm_layers < 1:
             raise ValueError(f"head.num_lstm_layers must be >= 1, got {num_lstm_layers}")
-        if extra_params:
-
-            def count(d_in: int, size: int, n_out: int) -> int:
-                return self.count_params(d_in, hidden_size, n_out, size, num_lstm_layers)
-
-            lstm_size = widened_hidden_size(count, input_size, lstm_size, num_outputs, extra_params)
+        lstm_size = widened_size(
+            lambda size: BiLSTMHead(input_size, num_outputs, hidden_size, size, num_lstm_layers, dropout),
+            lstm_size,
+            extra_params,
+        )
         self.hidden_size = hidden_size
         self.lstm_size = lstm_size
         self.project = nn.Linear(input_size, hidden_size)
@@ -116,17 +128,6 @@ class BiLSTMHead(nn.Module):
             dropout=dropout if num_lstm_layers > 1 else 0.0,
         )
         self.output = nn.Linear(2 * lstm_size, num_outputs)
-
-    @staticmethod
-    def count_params(
-        input_size: int, hidden_size: int, num_outputs: int, lstm_size: int = 1024, num_lstm_layers: int = 2
-    ) -> int:
-        projection = input_size * hidden_size + hidden_size
-        lstm = 0
-        for layer in range(num_lstm_layers):
-            layer_input = hidden_size if layer == 0 else 2 * lstm_size
-            lstm += 2 * 4 * lstm_size * (layer_input + lstm_size + 2)
-        return projection + lstm + 2 * lstm_size * num_outputs + num_outputs
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         projected = self.project(features)
@@ -150,15 +151,12 @@ class MeanPoolClassifier(nn.Module):
     ) -> None:
         super().__init__()
         _check_sizes(input_size, hidden_size, num_outputs)
-        if extra_params:
-            hidden_size = widened_hidden_size(
-                self.count_params, input_size, hidden_size, num_outputs, extra_params
-            )
+        hidden_size = widened_size(
+            lambda size: MeanPoolClassifier(input_size, num_outputs, size), hidden_size, extra_params
+        )
         self.hidden_size = hidden_size
         self.project = nn.Linear(input_size, hidden_size)
         self.output = nn.Linear(hidden_size, num_outputs)
-
-    count_params = staticmethod(FrameLinearHead.count_params)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         projected = self.project(features)
@@ -198,12 +196,9 @@ class XVectorHead(nn.Module):
         _check_sizes(input_size, hidden_size, num_outputs)
         if stats_size < 1:
             raise ValueError(f"head.stats_size must be >= 1, got {stats_size}")
-        if extra_params:
-
-            def count(d_in: int, size: int, n_out: int) -> int:
-                return self.count_params(d_in, size, n_out, stats_size)
-
-            hidden_size = widened_hidden_size(count, input_size, hidden_size, num_outputs, extra_params)
+        hidden_size = widened_size(
+            lambda size: XVectorHead(input_size, num_outputs, size, stats_size), hidden_size, extra_params
+        )
         self.hidden_size = hidden_size
         self.project = nn.Linear(input_size, hidden_size)
         widths = [hidden_size] * len(self.TDNN_LAYERS) + [stats_size]
@@ -215,24 +210,6 @@ class XVectorHead(nn.Module):
         self.training_layer = nn.Linear(hidden_size, hidden_size)
         self.speaker_weights = nn.Parameter(torch.empty(hidden_size, num_outputs))
         nn.init.xavier_normal_(self.speaker_weights)
-
-    @classmethod
-    def count_params(cls, input_size: int, hidden_size: int, num_outputs: int, stats_size: int = 1500) -> int:
-        widths = [hidden_size] * len(cls.TDNN_LAYERS) + [stats_size]
-        tdnn = sum(
-            widths[i] * widths[i + 1] * kernel + widths[i + 1]
-            for i, (kernel, _) in enumerate(cls.TDNN_LAYERS)
-        )
-        return (
-            input_size * hidden_size
-            + hidden_size
-            + tdnn
-            + 2 * stats_size * hidden_size
-            + hidden_size
-            + hidden_size * hidden_size
-            + hidden_size
-            + hidden_size * num_outputs
-        )
 
     def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Speaker embeddings [B, hidden_size] of features [B, T, D'] with valid lengths [B]."""
@@ -298,12 +275,13 @@ class TransformerCTCHead(nn.Module):
             raise ValueError(
                 f"head.hidden_size ({hidden_size}) must be a multiple of head.num_heads ({num_heads})"
             )
-        if extra_params:
-
-            def count(d_in: int, size: int, n_out: int) -> int:
-                return self.count_params(d_in, hidden_size, n_out, bottleneck_size, num_layers, size)
-
-            ff_size = widened_hidden_size(count, input_size, ff_size, num_outputs, extra_params)
+        ff_size = widened_size(
+            lambda size: TransformerCTCHead(
+                input_size, num_outputs, hidden_size, bottleneck_size, num_layers, num_heads, size, dropout
+            ),
+            ff_size,
+            extra_params,
+        )
         self.hidden_size = hidden_size
         self.ff_size = ff_size
         self.bottleneck = nn.Linear(input_size, bottleneck_size)
@@ -315,21 +293,6 @@ class TransformerCTCHead(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden_size)
         self.output = nn.Linear(hidden_size, num_outputs)
-
-    @staticmethod
-    def count_params(
-        input_size: int,
-        hidden_size: int,
-        num_outputs: int,
-        bottleneck_size: int = 80,
-        num_layers: int = 2,
-        ff_size: int = 1024,
-    ) -> int:
-        front = input_size * bottleneck_size + bottleneck_size + bottleneck_size * hidden_size + hidden_size
-        attention = 4 * hidden_size * hidden_size + 4 * hidden_size
-        feed_forward = 2 * hidden_size * ff_size + ff_size + hidden_size
-        layer = attention + feed_forward + 4 * hidden_size  # + two LayerNorms
-        return front + num_layers * layer + 2 * hidden_size + hidden_size * num_outputs + num_outputs
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         frames = torch.relu(self.input_layer(self.bottleneck(features)))

@@ -41,6 +41,13 @@ def error_rate_percent(edits: float, reference_length: float) -> float:
     return 100.0 * edits / reference_length
 
 
+def accuracy_percent(correct: float, total: float) -> float:
+    """100 * correct / total (classification, intent and language-identification accuracy)."""
+    if total <= 0:
+        raise ValueError("accuracy over an empty evaluation set")
+    return 100.0 * correct / total
+
+
 # -- speaker verification: detection error rates over scored trials ----------------------------------
 
 

@@ -1,15 +1,16 @@
-"""Reading finished runs back: one results.json per run directory, found under sweep directories.
+"""The results record of a run (results.json): one schema for the runner that writes it, the table code
+that reads it back, and the tests.
 
 A run directory is a Hydra job directory (it holds ``.hydra/``). The runner writes ``results.json`` into it
 only when the run completed, so a job directory without one is an incomplete run (still running, stopped,
-or crashed). This module only reads; the runner writes results.json with its own code.
+or crashed). :class:`RunResults` is the record; :func:`load_run` and :func:`scan_runs` find and read them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 RESULTS_FILE = "results.json"
 HYDRA_DIR = ".hydra"
 REQUIRED_KEYS = ("task", "metric", "higher_is_better", "interface", "upstream", "trainable_params", "test")
+TRAINABLE_PARTS = ("interface", "head", "upstream")
 
 
 class ResultsFileError(ValueError):
@@ -24,91 +26,166 @@ class ResultsFileError(ValueError):
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    """One finished run, as recorded in its results.json (metrics in percent for per/wer/cer/acc)."""
+class RunResults:
+    """What one finished run records in results.json. Error rates and accuracies are in percent.
 
-    run_dir: Path
+    ``trainable_params`` maps interface/head/upstream to trainable parameter counts (upstream 0 when frozen);
+    ``dev``/``test`` map metric names to values (``test`` always holds ``metric``); ``layer_weights`` is a
+    list over layers, a list per group, or None for interfaces that do not weigh layers; ``too_long`` is
+    {max_seconds, policy, <split>: count} or None without a length limit. Keys this schema does not know
+    (written by a newer runner) are kept in ``extra`` and written back unchanged.
+    """
+
     task: str
     metric: str
     higher_is_better: bool
     interface: str
     upstream: str
-    upstream_config: str | None
-    seed: int | None
-    fold: int | None
-    schedule: str | None
     trainable_params: dict[str, int]
-    dev: dict[str, float]
     test: dict[str, float]
-    layer_weights: list[float] | list[list[float]] | None
-    overrides: tuple[str, ...]
-    raw: dict[str, Any] = field(repr=False, compare=False)
+    dev: dict[str, float] = field(default_factory=dict)
+    upstream_config: str | None = None
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    seed: int | None = None
+    fold: int | None = None
+    schedule: str | None = None
+    steps: int | None = None
+    limit_eval_batches: int | None = None
+    best_step: int | None = None
+    skipped_updates: int | None = None
+    too_long: dict[str, Any] | None = None
+    layer_weights: list[float] | list[list[float]] | None = None
+    overrides: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # the order results.json has always had (the runner's), then anything in extra
+    KEY_ORDER = (
+        "task",
+        "metric",
+        "higher_is_better",
+        "interface",
+        "upstream",
+        "upstream_config",
+        "num_layers",
+        "hidden_size",
+        "seed",
+        "fold",
+        "schedule",
+        "trainable_params",
+        "steps",
+        "limit_eval_batches",
+        "best_step",
+        "skipped_updates",
+        "too_long",
+        "dev",
+        "test",
+        "layer_weights",
+        "overrides",
+    )
+
+    def __post_init__(self) -> None:
+        clash = set(self.extra) & set(self.KEY_ORDER)
+        if clash:
+            raise ValueError(f"extra must not repeat a schema key, got {sorted(clash)}")
 
     def score(self, split: str = "test") -> float:
-        """The run's task metric on ``split`` (test or dev)."""
+        """The run's task metric on ``split`` ('test' or 'dev'); ValueError if that split lacks it."""
         scores = {"test": self.test, "dev": self.dev}.get(split)
         if scores is None:
             raise ValueError(f"split must be 'test' or 'dev', got {split!r}")
         if self.metric not in scores:
-            raise ResultsFileError(
-                f"{self.run_dir / RESULTS_FILE}: '{split}' has no '{self.metric}' entry (it has {sorted(scores)})"
-            )
+            raise ResultsFileError(f"'{split}' has no '{self.metric}' entry (it has {sorted(scores)})")
         return float(scores[self.metric])
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of results.json: schema keys in their usual order, then ``extra``'s keys."""
+        payload = {key: getattr(self, key) for key in self.KEY_ORDER}
+        payload["overrides"] = list(self.overrides)
+        return {**payload, **self.extra}
 
-def _require(condition: bool, path: Path, message: str) -> None:
-    if not condition:
-        raise ResultsFileError(f"{path}: {message}")
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, payload: Any, source: str | Path = "results") -> RunResults:
+        """Validate a results.json object; ResultsFileError names ``source`` and what is wrong.
+
+        Only REQUIRED_KEYS must be present (records written before a key was added still read)."""
+
+        def require(condition: bool, message: str) -> None:
+            if not condition:
+                raise ResultsFileError(f"{source}: {message}")
+
+        require(isinstance(payload, dict), f"expected a JSON object, got {type(payload).__name__}")
+        missing = [key for key in REQUIRED_KEYS if key not in payload]
+        require(not missing, f"missing keys {missing}; a finished run records {list(REQUIRED_KEYS)}")
+        params = payload["trainable_params"]
+        require(
+            isinstance(params, dict),
+            f"'trainable_params' must map {'/'.join(TRAINABLE_PARTS)} to counts, got {params!r}",
+        )
+        for split in ("test", "dev"):
+            scores = payload.get(split) or {}
+            require(isinstance(scores, dict), f"'{split}' must map metric names to numbers, got {scores!r}")
+        require(
+            payload["metric"] in payload["test"],
+            f"'test' has no '{payload['metric']}' entry (the run's metric); it has {sorted(payload['test'])}",
+        )
+        known = {key: payload[key] for key in cls.KEY_ORDER if key in payload}
+        known.update(
+            task=str(payload["task"]),
+            metric=str(payload["metric"]),
+            higher_is_better=bool(payload["higher_is_better"]),
+            interface=str(payload["interface"]),
+            upstream=str(payload["upstream"]),
+            trainable_params={key: int(value) for key, value in params.items()},
+            dev=dict(payload.get("dev") or {}),
+            test=dict(payload["test"]),
+            overrides=tuple(payload.get("overrides") or ()),
+        )
+        extra = {key: value for key, value in payload.items() if key not in cls.KEY_ORDER}
+        return cls(**known, extra=extra)
+
+    @classmethod
+    def from_json(cls, text: str, source: str | Path = "results") -> RunResults:
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ResultsFileError(f"{source}: not valid JSON ({error})") from error
+        return cls.from_dict(payload, source)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunResults:
+        """Read ``<run_dir>/results.json``; ResultsFileError naming the file if it is missing or invalid."""
+        path = Path(run_dir) / RESULTS_FILE
+        if not path.is_file():
+            raise ResultsFileError(
+                f"{path}: no such file (the run did not finish, or this is not a run directory)"
+            )
+        return cls.from_json(path.read_text(), path)
+
+
+def too_long_record(
+    max_seconds: float | None, policy: str, counts: Mapping[str, int] | None
+) -> dict[str, Any] | None:
+    """results.json's ``too_long``: the limit, the policy and the count per split (None without a limit)."""
+    if max_seconds is None or counts is None:
+        return None
+    return {"max_seconds": max_seconds, "policy": policy, **counts}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished run found on disk: its directory and its results."""
+
+    run_dir: Path
+    results: RunResults
 
 
 def load_run(run_dir: str | Path) -> RunRecord:
     """Read ``<run_dir>/results.json``; raise ResultsFileError naming the file and the problem."""
-    run_dir = Path(run_dir)
-    path = run_dir / RESULTS_FILE
-    if not path.is_file():
-        raise ResultsFileError(
-            f"{path}: no such file (the run did not finish, or this is not a run directory)"
-        )
-    try:
-        payload = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ResultsFileError(f"{path}: not valid JSON ({error})") from error
-    _require(isinstance(payload, dict), path, f"expected a JSON object, got {type(payload).__name__}")
-    missing = [key for key in REQUIRED_KEYS if key not in payload]
-    _require(not missing, path, f"missing keys {missing}; a finished run records {list(REQUIRED_KEYS)}")
-    _require(
-        isinstance(payload["trainable_params"], dict),
-        path,
-        f"'trainable_params' must map interface/head/upstream to counts, got {payload['trainable_params']!r}",
-    )
-    for split in ("test", "dev"):
-        scores = payload.get(split) or {}
-        _require(
-            isinstance(scores, dict), path, f"'{split}' must map metric names to numbers, got {scores!r}"
-        )
-    _require(
-        payload["metric"] in payload["test"],
-        path,
-        f"'test' has no '{payload['metric']}' entry (the run's metric); it has {sorted(payload['test'])}",
-    )
-    return RunRecord(
-        run_dir=run_dir,
-        task=str(payload["task"]),
-        metric=str(payload["metric"]),
-        higher_is_better=bool(payload["higher_is_better"]),
-        interface=str(payload["interface"]),
-        upstream=str(payload["upstream"]),
-        upstream_config=payload.get("upstream_config"),
-        seed=payload.get("seed"),
-        fold=payload.get("fold"),
-        schedule=payload.get("schedule"),
-        trainable_params={key: int(value) for key, value in payload["trainable_params"].items()},
-        dev=dict(payload.get("dev") or {}),
-        test=dict(payload["test"]),
-        layer_weights=payload.get("layer_weights"),
-        overrides=tuple(payload.get("overrides") or ()),
-        raw=payload,
-    )
+    return RunRecord(Path(run_dir), RunResults.load(run_dir))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from downstream.augment import spec_augment
-from downstream.heads import BiLSTMHead, FrameLinearHead, MeanPoolClassifier, widened_hidden_size
+from downstream.heads import (
+    BiLSTMHead,
+    FrameLinearHead,
+    MeanPoolClassifier,
+    meta_parameter_count,
+    widened_size,
+)
 from downstream.metrics import ctc_greedy_decode, edit_statistics, error_rate_percent
 
 
@@ -25,13 +31,9 @@ def numel(module: torch.nn.Module) -> int:
         (BiLSTMHead, {"hidden_size": 32, "lstm_size": 24, "num_lstm_layers": 2}),
     ],
 )
-def test_head_parameter_formula_matches_module(head_class, kwargs):
+def test_meta_device_parameter_count_matches_module(head_class, kwargs):
     head = head_class(input_size=40, num_outputs=7, **kwargs)
-    if head_class is BiLSTMHead:
-        expected = BiLSTMHead.count_params(40, kwargs["hidden_size"], 7, kwargs["lstm_size"], 2)
-    else:
-        expected = head_class.count_params(40, kwargs["hidden_size"], 7)
-    assert numel(head) == expected
+    assert meta_parameter_count(lambda: head_class(input_size=40, num_outputs=7, **kwargs)) == numel(head)
 
 
 @pytest.mark.parametrize("head_class", [FrameLinearHead, MeanPoolClassifier])
@@ -47,13 +49,13 @@ def test_extra_params_widens_lstm():
     base = numel(BiLSTMHead(input_size=48, num_outputs=30, hidden_size=32, lstm_size=16))
     wide = BiLSTMHead(input_size=48, num_outputs=30, hidden_size=32, lstm_size=16, extra_params=50_000)
     assert numel(wide) >= base + 50_000
-    narrower = BiLSTMHead.count_params(48, 32, 30, wide.lstm_size - 1, 2)
+    narrower = numel(BiLSTMHead(input_size=48, num_outputs=30, hidden_size=32, lstm_size=wide.lstm_size - 1))
     assert narrower < base + 50_000
 
 
-def test_widened_hidden_size_rejects_negative_budget():
+def test_widened_size_rejects_negative_budget():
     with pytest.raises(ValueError, match="extra_params"):
-        widened_hidden_size(FrameLinearHead.count_params, 10, 4, 3, -1)
+        widened_size(lambda size: FrameLinearHead(10, 3, size), 4, -1)
 
 
 def test_head_rejects_bad_sizes():
@@ -104,20 +106,33 @@ def test_error_rate_of_empty_reference_is_an_error():
         error_rate_percent(0, 0)
 
 
+def runs_of_true(flags: torch.Tensor) -> int:
+    """How many contiguous stretches of True a 1-D bool tensor holds."""
+    padded = torch.cat([torch.zeros(1, dtype=torch.bool), flags])
+    return int((padded[1:] & ~padded[:-1]).sum())
+
+
 def test_spec_augment_masks_within_bounds():
     torch.manual_seed(2)
-    features = torch.ones(8, 100, 60)
-    lengths = torch.tensor([100, 80, 60, 50, 40, 30, 20, 10])
+    batch = 64
+    features = torch.rand(batch, 100, 60) + 1.0  # no zeros before masking
+    lengths = torch.randint(10, 101, (batch,))
     out = spec_augment(
         features, lengths, num_freq_masks=2, max_freq_width=5, num_time_masks=2, max_time_width=4
     )
     assert out.shape == features.shape
-    zero_channels = (out == 0).all(dim=1).sum(dim=1)  # channels zeroed at every frame
-    assert (zero_channels <= 2 * 5).all()
+    zeroed = out == 0
+    torch.testing.assert_close(out[~zeroed], features[~zeroed])  # what is not masked is untouched
+    masked_channels = zeroed.all(dim=1)  # [B, D]: channels zeroed at every frame
+    masked_frames = zeroed.all(dim=2)  # [B, T]: frames zeroed in every channel
+    assert torch.equal(zeroed, masked_channels.unsqueeze(1) | masked_frames.unsqueeze(2))
     for b, n in enumerate(lengths.tolist()):
-        zero_frames = (out[b] == 0).all(dim=1)
-        assert zero_frames.sum() <= 2 * 4
-        assert not zero_frames[n:].any()  # time masks stay inside the valid frames
+        assert masked_channels[b].sum() <= 2 * 5 and runs_of_true(masked_channels[b]) <= 2
+        assert masked_frames[b].sum() <= 2 * 4 and runs_of_true(masked_frames[b]) <= 2
+        assert not masked_frames[b, n:].any()  # time masks stay inside the valid frames
+    # each mask is 0..max wide, so both of a kind are empty with probability 1/36 (freq) or 1/25 (time)
+    assert masked_channels.any(dim=1).float().mean() > 0.8
+    assert masked_frames.any(dim=1).float().mean() > 0.8
 
 
 def test_spec_augment_with_zero_widths_is_identity():

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, run_downstream_cli
+from tests.helpers import REPO_ROOT, run_downstream_cli
 from upstream.base import parse_layer_selection
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -565,7 +565,7 @@ def test_hub_ids_offline_missing_then_cached(tiny_dirs, tmp_path, monkeypatch, m
 @pytest.mark.parametrize("selection", ["upstream.layers='::2'", "upstream.layers=[0,2]"])
 def test_layer_subset_from_the_command_line(tmp_path, selection):
     """upstream.layers as a user types it: the interface is built for the subset (L = 2 of 3)."""
-    from tests.conftest import TINY_UPSTREAM
+    from tests.helpers import TINY_UPSTREAM
 
     run_dir = tmp_path / "run"
     run_downstream_cli(

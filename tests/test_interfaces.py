@@ -68,8 +68,8 @@ def ready(interface: Interface, seed: int = 1) -> Interface:
 # ---------------------------------------------------------------------------------------------- configs
 
 
-def test_config_set_is_the_issue_table():
-    assert set(INTERFACE_NAMES) == EXPECTED_NAMES
+def test_config_set_holds_the_issue_table():
+    assert set(INTERFACE_NAMES) >= EXPECTED_NAMES  # an added interface needs no edit here
 
 
 @pytest.mark.parametrize("name", INTERFACE_NAMES)

@@ -29,9 +29,10 @@ from hydra.errors import InstantiationException
 
 from downstream.data.audio import AudioDecodeError
 from downstream.data.corpus import DataLayoutError
-from downstream.runner import run_experiment
-from downstream.trainer import EXIT_STOPPED_EARLY, NonFiniteLossError
-from tests.conftest import REPO_ROOT, TINY_UPSTREAM, compose_config
+from downstream.training.branch import NonFiniteLossError
+from downstream.training.preemption import EXIT_STOPPED_EARLY
+from downstream.training.runner import run_experiment
+from tests.helpers import REPO_ROOT, TINY_UPSTREAM, compose_config
 
 TINY = TINY_UPSTREAM
 # PR on the mini corpus, long enough to be interrupted after its first checkpoint (step 5).
@@ -133,6 +134,7 @@ def reference(tmp_path_factory) -> Path:
 # -- preemption: SIGKILL, SIGTERM, torn checkpoints, a full disk --------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_then_sigterm_then_relaunch_matches_an_uninterrupted_run(reference, tmp_path, caplog):
     """Launch 1 is killed with SIGKILL just after a checkpoint (possibly while writing the next one);
     launch 2 resumes and is stopped with SIGTERM: it finishes its update, checkpoints and exits with 75;
@@ -159,6 +161,7 @@ def test_sigkill_then_sigterm_then_relaunch_matches_an_uninterrupted_run(referen
     assert_same_run(run_dir, reference)
 
 
+@pytest.mark.slow
 def test_torn_checkpoint_is_reported_and_the_previous_one_is_used(reference, tmp_path, caplog):
     run_dir = tmp_path / "run"
     assert run_in_process([*SCHEDULE, "trainer.stop_after_steps=15"], run_dir) is None
@@ -231,6 +234,7 @@ def _full_disk_launch(seed_dir: Path, out_dir: Path) -> tuple[int, str, Path, st
     return process.returncode, output, after, f"could not write {after}/last.pt: File too large (errno 27)"
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_keeps_the_previous_checkpoint_and_says_so(reference, tmp_path):
     seed_dir = tmp_path / "seed"
     run_in_process([*SCHEDULE, "trainer.stop_after_steps=10"], seed_dir)
@@ -252,6 +256,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint_and_says_so(refere
 # -- several processes ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_match_one_process_with_the_same_global_batch(tmp_path):
     """torchrun --nproc_per_node 2 on gloo (CPU) with grad_accum=1 against one process with grad_accum=2.
 
@@ -436,13 +441,15 @@ def test_bad_corpus_fails_before_training_with_no_outputs(tmp_path, damage, erro
             ["interface=single_layer", "interface.layer=7", *TINY],
             r"layer must be a layer index in \[-3, 2\].*got 7",
         ),
-        (
+        pytest.param(  # importing torchaudio's bundles and s3prl's hub takes seconds
             ["upstream=torchaudio", "upstream.bundle=HUBERT_BSE", "upstream.pretrained=false"],
             r"did you mean HUBERT_BASE",
+            marks=pytest.mark.slow,
         ),
-        (
+        pytest.param(
             ["upstream=s3prl", "upstream.name=hubret"],
             r"upstream.name='hubret' is not an s3prl upstream; did you mean hubert",
+            marks=pytest.mark.slow,
         ),
     ],
     ids=["interface-hyperparameter", "torchaudio-bundle-name", "s3prl-name"],

@@ -7,9 +7,9 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from downstream.runner import Job, resolved_job_config, run_experiment, run_jobs
+from downstream.training.runner import Job, resolved_job_config, run_experiment, run_jobs
 from hydra_plugins.shared_upstream_launcher.launcher import group_key
-from tests.conftest import TINY_UPSTREAM, run_downstream_cli
+from tests.helpers import TINY_UPSTREAM, run_downstream_cli
 
 FAST = [
     "trainer.max_steps=4",
@@ -29,6 +29,7 @@ def assert_same_metrics(together: dict, alone: dict) -> None:
             assert together[split][key] == pytest.approx(alone[split][key], abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("task", "interfaces"),
     [
@@ -64,6 +65,7 @@ def test_group_key_ignores_only_interface_and_head_settings(make_config):
     assert key(["interface=weighted_sum", "task=sid"]) != base
 
 
+@pytest.mark.slow
 def test_shared_upstream_launcher_sweep(tmp_path):
     """`-m ... hydra/launcher=shared_upstream` writes one results.json per job, as separate runs would."""
     sweep_dir = tmp_path / "sweep"

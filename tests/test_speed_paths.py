@@ -15,11 +15,13 @@ from torch.utils.data import DataLoader
 
 from downstream.data.dataset import collate_wavs
 from downstream.data.sampler import BucketBatchSampler
-from downstream.feature_cache import HiddenStateCacheError, open_hidden_state_cache
-from downstream.runner import build_branch, resolve_trainer_settings, run_experiment
-from downstream.trainer import NonFiniteLossError, Trainer, pick_device, split_dataset
+from downstream.training.branch import NonFiniteLossError
+from downstream.training.cache import HiddenStateCacheError, open_hidden_state_cache
+from downstream.training.loading import pick_device, split_dataset
+from downstream.training.runner import build_branch, build_task, resolve_trainer_settings, run_experiment
+from downstream.training.trainer import Trainer
 from scripts import benchmark
-from tests.conftest import TINY_UPSTREAM
+from tests.helpers import TINY_UPSTREAM
 from upstream.tiny import TinyUpstream
 
 FAST = [
@@ -64,6 +66,7 @@ def train_losses(run_dir) -> list[float]:
     return [record["loss"] for record in map(json.loads, lines) if record["split"] == "train"]
 
 
+@pytest.mark.slow
 def test_cached_runs_equal_plain_runs_on_float16_states_and_skip_the_upstream(make_config, tmp_path):
     cache = [f"cache.dir={tmp_path / 'cache'}", "cache.enabled=true"]
     counting = f"upstream._target_={__name__}.CountingTinyUpstream"
@@ -76,7 +79,7 @@ def test_cached_runs_equal_plain_runs_on_float16_states_and_skip_the_upstream(ma
 
     # The first run fills the cache: one upstream call per batch of 2 of each split, none while training.
     cfg = make_config(FAST)
-    task = hydra.utils.instantiate(cfg.task, _recursive_=False)
+    task = build_task(cfg.task)
     fill_batches = sum(math.ceil(len(task.utterances(split)) / 2) for split in ("train", "dev", "test"))
     assert CountingTinyUpstream.calls == fill_batches
     assert sorted(path.name.split("-")[0] for path in (tmp_path / "cache").iterdir()) == [
@@ -98,10 +101,11 @@ def test_cached_runs_equal_plain_runs_on_float16_states_and_skip_the_upstream(ma
     assert second["interface"] == "hconv" and len(train_losses(second_dir)) == 4
 
 
+@pytest.mark.slow
 def test_cache_lookup_equals_the_upstream_up_to_float16_rounding(make_config, tmp_path):
     cfg = make_config([*FAST, f"cache.dir={tmp_path}", "cache.enabled=true"])
     settings = resolve_trainer_settings(cfg)
-    task = hydra.utils.instantiate(cfg.task, _recursive_=False)
+    task = build_task(cfg.task)
     upstream = hydra.utils.instantiate(cfg.upstream)
     device = pick_device(settings.device)
     cache = open_hidden_state_cache(
@@ -135,7 +139,7 @@ def float16_cache_bytes(cfg, task, splits) -> int:
 def test_cache_refuses_a_size_over_max_gb_and_states_the_size(make_config, tmp_path):
     overrides = [*FAST, f"cache.dir={tmp_path / 'cache'}", "cache.enabled=true", "cache.max_gb=0.0001"]
     cfg = make_config(overrides, run_dir=tmp_path / "run")
-    task = hydra.utils.instantiate(cfg.task, _recursive_=False)
+    task = build_task(cfg.task)
     size = float16_cache_bytes(cfg, task, ("train", "dev", "test"))
     assert size > 0.0001e9
     with pytest.raises(HiddenStateCacheError, match=re.escape(f"would need {size / 1e9:.3g} GB")):
@@ -166,7 +170,7 @@ def test_cache_refuses_what_it_cannot_serve(make_config, tmp_path, overrides, me
 def test_nonfinite_updates_are_skipped_without_a_sync_and_counted(make_config, tmp_path):
     cfg = make_config([*FAST, "trainer.max_bad_steps=2"], run_dir=tmp_path)
     settings = resolve_trainer_settings(cfg)
-    task = hydra.utils.instantiate(cfg.task, _recursive_=False)
+    task = build_task(cfg.task)
     upstream = hydra.utils.instantiate(cfg.upstream)
     branch = build_branch(cfg, upstream, task, settings, tmp_path)
     trainer = Trainer(settings, upstream, task, [branch], seed=cfg.seed)
@@ -212,6 +216,7 @@ def test_nonfinite_updates_are_skipped_without_a_sync_and_counted(make_config, t
     assert branch.scheduler.last_epoch == trainer.step == 6
 
 
+@pytest.mark.slow
 def test_step_benchmark_prints_its_table_on_cpu(tmp_path, capsys):
     output = tmp_path / "step.json"
     benchmark.main(

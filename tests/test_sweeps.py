@@ -1,11 +1,13 @@
-"""Sweeps and tables: the experiment and launcher configs compose job by job, and scripts/make_table.py
-turns run directories into the right cells (checked against numpy on results.json files built here)."""
+"""Sweeps and tables: the experiment and launcher configs compose job by job, and downstream.reporting
+(scripts/reporting.py) turns run directories into the right cells (checked against numpy on results.json
+files built here) and figures."""
 
 from __future__ import annotations
 
 import csv
 import functools
 import io
+import itertools
 import json
 import re
 import shlex
@@ -14,17 +16,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
+from downstream import reporting
 from downstream.results import ResultsFileError, load_run, scan_runs
-from downstream.runner import run_experiment
-from scripts import make_table
-from tests.conftest import CONFIG_DIR, MINI_SUPERB, compose_config, run_downstream_cli
-from tests.test_runner import FAST
+from downstream.training.runner import run_experiment
+from scripts.make_table import main as make_table_main
+from tests.helpers import (
+    CONFIG_DIR,
+    MINI_SUPERB,
+    TWO_STEP_RUN,
+    compose_config,
+    run_downstream_cli,
+    write_finished_run,
+)
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 PAPER_EXPERIMENTS = ("table1", "table2", "table3", "table4", "superb")
@@ -80,14 +88,20 @@ def documented_launches(name: str) -> list[list[str]]:
 
 
 def sweep_jobs(arguments: list[str]) -> list[list[str]]:
-    """Every job's overrides, expanded by Hydra's own basic sweeper from sweep params + command line."""
+    """Every job's overrides as Hydra's basic sweeper expands sweep params + command line: one entry per
+    key (a later value replaces an earlier one in its place), the cartesian product of the swept values."""
     parser = OverridesParser.create()
     fixed = [o.input_line for o in parser.parse_overrides(arguments) if not o.is_sweep_override()]
     sweep_params = compose_config(fixed).hydra.sweeper.params or {}
     params = [f"{key}={value}" for key, value in sweep_params.items()]
-    overrides = parser.parse_overrides(params + arguments)
-    (jobs,) = BasicSweeper.split_arguments(overrides, None)
-    return jobs
+    choices: dict[str, list[str]] = {}
+    for override in parser.parse_overrides(params + arguments):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def covering_jobs(jobs: list[list[str]]) -> list[list[str]]:
@@ -102,7 +116,7 @@ def covering_jobs(jobs: list[list[str]]) -> list[list[str]]:
 
 
 def job_value(job: list[str], key: str) -> str | None:
-    values = [value for k, value in map(make_table.parse_override, job) if k == key]
+    values = [value for k, value in map(reporting.parse_override, job) if k == key]
     return values[-1] if values else None
 
 
@@ -122,6 +136,7 @@ def test_every_paper_experiment_exists_and_documents_its_command():
         assert all(launch[0] == f"experiment={name}" for launch in launches), launches
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
 def test_documented_launches_compose_job_by_job(name):
     """Each documented launch expands into jobs that all compose, land in the experiment's fixed sweep
@@ -135,7 +150,7 @@ def test_documented_launches_compose_job_by_job(name):
             assert cfg.hydra.sweep.dir == f"multirun/{name}"
             choices = cfg.hydra.runtime.choices
             assert choices.experiment == name
-            for key, value in map(make_table.parse_override, job):
+            for key, value in map(reporting.parse_override, job):
                 if key in ("interface", "task", "upstream"):
                     assert choices[key] == value
                 elif key != "experiment":
@@ -147,7 +162,7 @@ def test_documented_launches_compose_job_by_job(name):
                 assert cfg.task.fold in range(1, 6)
     excluded = set(compose_config([f"experiment={name}"]).hydra.job.config.override_dirname.exclude_keys)
     job_dirs = {
-        frozenset(o for o in job if make_table.parse_override(o)[0] not in excluded) for job in all_jobs
+        frozenset(o for o in job if reporting.parse_override(o)[0] not in excluded) for job in all_jobs
     }
     assert len(job_dirs) == len(all_jobs), "two jobs of one experiment would share a directory"
 
@@ -293,32 +308,29 @@ def write_run(
     config: str | None = None,
 ) -> Path:
     """A finished job directory: .hydra/ (with config.yaml if given) and results.json."""
-    run_dir = sweep_dir / name
-    (run_dir / ".hydra").mkdir(parents=True)
-    if config is not None:
-        (run_dir / ".hydra" / "config.yaml").write_text(config)
     metric, higher = METRICS[task]
-    results = {
-        "task": task,
-        "metric": metric,
-        "higher_is_better": higher,
-        "interface": interface,
-        "upstream": upstream,
-        "upstream_config": "s3prl",
-        "num_layers": 13,
-        "hidden_size": 768,
-        "seed": seed,
-        "fold": fold,
-        "schedule": schedule,
-        "trainable_params": params or {"interface": 13, "head": 1000, "upstream": 0},
-        "best_step": 10,
-        "dev": {metric: test + 1.0},
-        "test": {metric: test},
-        "layer_weights": layer_weights,
-        "overrides": [f"task={task}", f"interface={interface}", f"seed={seed}", *overrides],
-    }
-    (run_dir / "results.json").write_text(json.dumps(results))
-    return run_dir
+    write_finished_run(
+        sweep_dir / name,
+        config_yaml=config,
+        task=task,
+        metric=metric,
+        higher_is_better=higher,
+        interface=interface,
+        upstream=upstream,
+        upstream_config="s3prl",
+        num_layers=13,
+        hidden_size=768,
+        seed=seed,
+        fold=fold,
+        schedule=schedule,
+        trainable_params=params or {"interface": 13, "head": 1000, "upstream": 0},
+        best_step=10,
+        dev={metric: test + 1.0},
+        test={metric: test},
+        layer_weights=layer_weights,
+        overrides=(f"task={task}", f"interface={interface}", f"seed={seed}", *overrides),
+    )
+    return sweep_dir / name
 
 
 @pytest.fixture
@@ -365,13 +377,13 @@ def by_labels(table, upstream: str, interface: str, task: str):
 
 def test_cells_are_mean_and_sample_std_of_their_runs(sweep):
     roots, values = sweep
-    table = make_table.aggregate(make_table.collect_runs(roots))
+    table = reporting.aggregate(reporting.collect_runs(roots))
     for (interface, task), scores in values.items():
         cell = by_labels(table, "hubert (s3prl)", interface, task)
         assert cell.n == len(scores)
         assert cell.mean == pytest.approx(np.mean(scores))
         assert cell.std == pytest.approx(np.std(scores, ddof=1))
-    dev = make_table.aggregate(make_table.collect_runs(roots), split="dev")
+    dev = reporting.aggregate(reporting.collect_runs(roots), split="dev")
     assert by_labels(dev, "hubert (s3prl)", "hconv", "pr").mean == pytest.approx(
         np.mean(values[("hconv", "pr")]) + 1
     )
@@ -379,7 +391,7 @@ def test_cells_are_mean_and_sample_std_of_their_runs(sweep):
 
 def test_best_mark_follows_the_metric_direction(sweep):
     roots, _ = sweep
-    table = make_table.aggregate(make_table.collect_runs(roots))
+    table = reporting.aggregate(reporting.collect_runs(roots))
     assert by_labels(table, "hubert (s3prl)", "hconv", "pr").best  # PER: lower is better
     assert not by_labels(table, "hubert (s3prl)", "weighted_sum", "pr").best
     assert by_labels(table, "hubert (s3prl)", "hconv", "er").best  # accuracy: higher is better
@@ -390,40 +402,60 @@ def test_best_mark_follows_the_metric_direction(sweep):
 
 def test_incomplete_runs_are_listed_not_averaged(sweep):
     roots, _ = sweep
-    collection = make_table.collect_runs(roots)
+    collection = reporting.collect_runs(roots)
     assert collection.incomplete == [(roots[1] / "interface=cls_pooling,task=pr").resolve()]
-    table = make_table.aggregate(collection)
+    table = reporting.aggregate(collection)
     assert all(row.interface_name != "cls_pooling" for row in table.rows)
-    markdown = make_table.render(table, "markdown")
+    markdown = reporting.render(table, "markdown")
     assert (
         "Incomplete runs (1" in markdown
         and "interface=cls_pooling,task=pr" in markdown.split("Incomplete")[1]
     )
-    assert "interface=cls_pooling,task=pr" in make_table.render(table, "latex")
+    assert "interface=cls_pooling,task=pr" in reporting.render(table, "latex")
+
+
+def markdown_table(text: str) -> list[dict[str, str]]:
+    """The rows of the first markdown table in ``text`` as {header: cell text}."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    split = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+    header, rule, *rows = split
+    assert all(set(cell) <= set(":-") for cell in rule), rule
+    return [dict(zip(header, row, strict=True)) for row in rows]
 
 
 def test_markdown_marks_best_shows_published_numbers_and_partial_folds(sweep):
     roots, values = sweep
-    markdown = make_table.render(make_table.aggregate(make_table.collect_runs(roots)), "markdown")
-    lines = markdown.splitlines()
-    assert (
-        lines[0]
-        == "| upstream | interface | PR PER ↓ | PR published | SID acc ↑ | SID published | ER acc ↑ | ER published |"
-    )
-    hconv = next(line for line in lines if "| hconv |" in line)
+    markdown = reporting.render(reporting.aggregate(reporting.collect_runs(roots)), "markdown")
+    rows = markdown_table(markdown)
+    assert list(rows[0]) == [
+        "upstream",
+        "interface",
+        "PR PER ↓",
+        "PR published",
+        "SID acc ↑",
+        "SID published",
+        "ER acc ↑",
+        "ER published",
+    ]
+    # rows go from the fewest trainable interface parameters (weighted_sum: 13) to the most (hconv)
+    assert [row["interface"] for row in rows] == ["weighted_sum", "hconv"]
+    weighted, hconv = rows
     pr = values[("hconv", "pr")]
-    assert f"**{np.mean(pr):.2f} ± {np.std(pr, ddof=1):.2f}** (n=2)" in hconv
-    assert "3.07 (paper T2)" in hconv and "68.49 (paper T2)" in hconv  # HuBERT Base HConv: PR PER, ER acc
-    weighted = next(line for line in lines if "| weighted_sum |" in line)
-    assert "5.41 (paper T2)" in weighted and "81.42 (SUPERB)" in weighted
-    assert "(n=2, folds 1,2 of 5)" in weighted  # ER with two of the five folds
-    assert "(n=5)" in hconv  # all five folds: nothing to flag
+    assert hconv["PR PER ↓"] == f"**{np.mean(pr):.2f} ± {np.std(pr, ddof=1):.2f}** (n=2)"
+    # HuBERT Base HConv in the paper's Table 2: PR PER, ER acc; it has no SID number and no SID run
+    assert (hconv["PR published"], hconv["ER published"]) == ("3.07 (paper T2)", "68.49 (paper T2)")
+    assert hconv["SID acc ↑"] == "–" and hconv["SID published"] == "–"
+    assert (weighted["PR published"], weighted["SID published"]) == ("5.41 (paper T2)", "81.42 (SUPERB)")
+    er = values[("weighted_sum", "er")]
+    assert weighted["ER acc ↑"] == f"{np.mean(er):.2f} ± {np.std(er, ddof=1):.2f} (n=2, folds 1,2 of 5)"
+    assert hconv["ER acc ↑"].endswith("** (n=5)")  # all five folds: nothing to flag, and the best
+    assert "- published: paper T2 = Shih & Harwath, arXiv 2406.12209, Table 2; SUPERB = " in markdown
 
 
 def test_csv_is_one_parseable_line_per_cell(sweep):
     roots, values = sweep
-    table = make_table.aggregate(make_table.collect_runs(roots))
-    rows = list(csv.DictReader(io.StringIO(make_table.render(table, "csv"))))
+    table = reporting.aggregate(reporting.collect_runs(roots))
+    rows = list(csv.DictReader(io.StringIO(reporting.render(table, "csv"))))
     assert len(rows) == len(values)
     for row in rows:
         scores = values[(row["interface"], row["task"])]
@@ -439,13 +471,13 @@ def test_csv_is_one_parseable_line_per_cell(sweep):
 
 def test_latex_escapes_names_and_bolds_the_best(sweep):
     roots, values = sweep
-    latex = make_table.render(make_table.aggregate(make_table.collect_runs(roots)), "latex")
+    latex = reporting.render(reporting.aggregate(reporting.collect_runs(roots)), "latex")
     assert r"\begin{tabular}{ll" in latex and r"\end{tabular}" in latex
     assert r"weighted\_sum" in latex and "weighted_sum" not in latex.split(r"\end{tabular}")[0]
     assert rf"\textbf{{{np.mean(values[('hconv', 'pr')]):.2f}}}" in latex
     assert r"PR PER $\downarrow$" in latex and r"ER acc $\uparrow$" in latex
     with pytest.raises(ValueError, match="format must be one of"):
-        make_table.render(make_table.aggregate(make_table.collect_runs(roots)), "html")
+        reporting.render(reporting.aggregate(reporting.collect_runs(roots)), "html")
 
 
 def test_rows_are_told_apart_by_what_differs(tmp_path):
@@ -479,7 +511,7 @@ def test_rows_are_told_apart_by_what_differs(tmp_path):
         overrides=("trainer.max_steps=9",),
         params={"interface": 13, "head": 1000, "upstream": 94_000_000},
     )
-    collection = make_table.collect_runs([root])
+    collection = reporting.collect_runs([root])
     labels = {(run.name, run.row.upstream, run.row.interface, run.row.comparable) for run in collection.runs}
     assert labels == {
         ("sweep/g2", "hubert (s3prl)", "group_ws (num_groups=2)", False),
@@ -488,18 +520,18 @@ def test_rows_are_told_apart_by_what_differs(tmp_path):
         ("sweep/tuned", "hubert (s3prl), fine-tuned", "weighted_sum", False),
     }
     assert "all runs: trainer.max_steps=9" in collection.notes  # shared by every run: a note, not a label
-    table = make_table.aggregate(collection)
+    table = reporting.aggregate(collection)
     assert all(cell.reference is None for cell in table.cells.values())  # none is the published setting
 
 
 def test_demo_schedule_rows_get_no_published_number_and_mixed_schedules_label_rows(tmp_path):
     write_run(tmp_path / "s", "demo", task="pr", interface="weighted_sum", test=50.0, schedule="demo")
     write_run(tmp_path / "s", "full", task="pr", interface="weighted_sum", test=5.0)
-    table = make_table.aggregate(make_table.collect_runs([tmp_path / "s"]))
+    table = reporting.aggregate(reporting.collect_runs([tmp_path / "s"]))
     references = {row.interface: table.cells[(row, "pr")].reference for row in table.rows}
     assert references == {
         "weighted_sum (schedule=demo)": None,
-        "weighted_sum (schedule=superb)": make_table.Reference(5.41, "paper T2"),
+        "weighted_sum (schedule=superb)": reporting.Reference(5.41, "paper T2"),
     }
 
 
@@ -510,7 +542,7 @@ def test_conflicting_metrics_and_bad_results_files_are_named(tmp_path):
     payload |= {"metric": "cer", "test": {"cer": 2.0}}
     (other / "results.json").write_text(json.dumps(payload))
     with pytest.raises(ValueError, match="task 'pr' is scored as per .* but as cer"):
-        make_table.aggregate(make_table.collect_runs([tmp_path / "s"]))
+        reporting.aggregate(reporting.collect_runs([tmp_path / "s"]))
     payload.pop("higher_is_better")
     (run / "results.json").write_text(json.dumps(payload))
     with pytest.raises(ResultsFileError, match=r"one/results.json: missing keys \['higher_is_better'\]"):
@@ -523,18 +555,18 @@ def test_conflicting_metrics_and_bad_results_files_are_named(tmp_path):
 
 
 def test_paper_model_names_map_to_published_rows():
-    assert make_table.paper_model("hubert (s3prl)") == "HuBERT Base"
-    assert make_table.paper_model("hubert_large_ll60k (s3prl)") == "HuBERT Large"
-    assert make_table.paper_model("microsoft/wavlm-large (hf)") == "WavLM Large"
-    assert make_table.paper_model("WAV2VEC2_XLSR53 (torchaudio)") == "XLSR-53"
-    assert make_table.paper_model("tiny (random)") is None
-    assert make_table.published_reference("XLSR-53", "cls_pooling", "pr") == make_table.Reference(
+    assert reporting.paper_model("hubert (s3prl)") == "HuBERT Base"
+    assert reporting.paper_model("hubert_large_ll60k (s3prl)") == "HuBERT Large"
+    assert reporting.paper_model("microsoft/wavlm-large (hf)") == "WavLM Large"
+    assert reporting.paper_model("WAV2VEC2_XLSR53 (torchaudio)") == "XLSR-53"
+    assert reporting.paper_model("tiny (random)") is None
+    assert reporting.published_reference("XLSR-53", "cls_pooling", "pr") == reporting.Reference(
         5.27, "paper T2"
     )
-    assert make_table.published_reference("FBANK", "weighted_sum", "asr") == make_table.Reference(
+    assert reporting.published_reference("FBANK", "weighted_sum", "asr") == reporting.Reference(
         23.18, "SUPERB"
     )
-    assert make_table.published_reference("WavLM Base", "weighted_sum", "asr") is None
+    assert reporting.published_reference("WavLM Base", "weighted_sum", "asr") is None
 
 
 def assert_png(path: Path) -> np.ndarray:
@@ -544,12 +576,11 @@ def assert_png(path: Path) -> np.ndarray:
     return image
 
 
-def test_plots_are_valid_pngs_per_run_and_a_parameter_summary(tmp_path, sweep):
-    roots, _ = sweep
+def add_group_ws_run(root: Path) -> None:
     grouped = np.full((2, 13), 0.0)
     grouped[0, :7], grouped[1, 7:] = 1 / 7, 1 / 6
     write_run(
-        roots[1],
+        root,
         "interface=group_ws,task=pr",
         task="pr",
         interface="group_ws",
@@ -557,38 +588,104 @@ def test_plots_are_valid_pngs_per_run_and_a_parameter_summary(tmp_path, sweep):
         layer_weights=grouped.tolist(),
         params={"interface": 1_180_416, "head": 2000, "upstream": 0},
     )
-    collection = make_table.collect_runs(roots)
-    written = make_table.write_plots(collection, tmp_path / "plots")
-    weight_plots = sorted(p.name for p in (tmp_path / "plots" / "layer_weights").iterdir())
-    with_weights = [run for run in collection.runs if run.record.layer_weights]
-    assert len(weight_plots) == len(with_weights) == 3 + 2 + 2 + 1  # weighted_sum runs and the group_ws run
-    assert "b__interface=group_ws,task=pr.png" in weight_plots
+
+
+def test_command_line_writes_pngs_per_run_a_comparison_and_a_parameter_summary(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    weights = list(np.linspace(0.0, 1.0, 13))
+    write_run(root, "ws", task="pr", interface="weighted_sum", test=5.0, layer_weights=weights)
+    write_run(
+        root, "hconv", task="er", interface="hconv", test=66.0, params={"interface": 4424832, "head": 2000}
+    )
+    add_group_ws_run(root)
+    plots = tmp_path / "plots"
+    assert make_table_main([str(root), "--plots", str(plots)]) == 0
+    written = {Path(line.removeprefix("wrote ")) for line in capsys.readouterr().err.splitlines()}
+    weight_plots = {path.name for path in (plots / "layer_weights").iterdir()}
+    assert weight_plots == {"sweep__ws.png", "sweep__interface=group_ws,task=pr.png"}  # hconv has none
+    names = {"comparison.png", "trainable_params.png", "trainable_params.md"}
+    assert written == {plots / name for name in names} | {plots / "layer_weights" / n for n in weight_plots}
     for path in written:
         if path.suffix == ".png":
             assert_png(path)
-    summary = (tmp_path / "plots" / "trainable_params.md").read_text()
-    assert "| hubert (s3prl) | group_ws | pr | 1,180,416 | 2,000 | 0 |" in summary
-    assert "| hubert (s3prl) | hconv | er | 4,424,832 | 2,000 | 0 |" in summary
-    assert_png(tmp_path / "plots" / "trainable_params.png")
+    summary = markdown_table((plots / "trainable_params.md").read_text())
+    counts = {
+        (row["interface"], row["task"]): tuple(row[f"{part} params"] for part in ("interface", "head"))
+        for row in summary
+    }
+    assert counts == {
+        ("weighted_sum", "pr"): ("13", "1,000"),
+        ("group_ws", "pr"): ("1,180,416", "2,000"),
+        ("hconv", "er"): ("4,424,832", "2,000"),
+    }
+    assert {row["upstream params (trainable)"] for row in summary} == {"0"}
 
 
-def test_command_line_writes_table_and_plots(tmp_path, sweep, capsys):
+def artists(axes, gid: str) -> list:
+    return [artist for artist in [*axes.patches, *axes.collections] if artist.get_gid() == gid]
+
+
+def test_comparison_figure_has_every_run_the_mean_and_the_published_number(sweep):
+    roots, values = sweep
+    table = reporting.aggregate(reporting.collect_runs(roots))
+    figure = reporting.plot_comparison(table)
+    assert len(figure.axes) == len(table.columns) == 3  # one panel per task
+    for axes, column in zip(figure.axes, table.columns, strict=True):
+        rows = [row for row in table.rows if (row, column.task) in table.cells]
+        assert [label.get_text() for label in axes.get_xticklabels()] == [row.label for row in rows]
+        means = [bar.get_height() for bar in artists(axes, "mean")]
+        expected = [np.mean(values[(row.interface, column.task)]) for row in rows]
+        assert means == pytest.approx(expected)
+        (runs,) = artists(axes, "runs")  # every seed / fold is a dot of its own
+        dots = sorted(runs.get_offsets()[:, 1])
+        assert dots == pytest.approx(sorted(v for row in rows for v in values[(row.interface, column.task)]))
+        (published,) = artists(axes, "published")
+        stars = sorted(published.get_offsets()[:, 1])
+        references = [table.cells[(row, column.task)].reference for row in rows]
+        assert stars == pytest.approx(sorted(r.value for r in references if r is not None))
+    pr_axes = figure.axes[[c.task for c in table.columns].index("pr")]
+    assert sorted(artists(pr_axes, "published")[0].get_offsets()[:, 1]) == pytest.approx([3.07, 5.41])
+
+
+def test_parameter_plot_has_interface_and_head_bars_on_a_log_axis(sweep):
+    roots, _ = sweep
+    add_group_ws_run(roots[1])
+    summary = reporting.parameter_summary(reporting.collect_runs(roots))
+    figure = reporting.plot_trainable_params(summary)
+    tasks = sorted({entry["task"] for entry in summary})
+    assert len(figure.axes) == len(tasks) == 3
+    for axes, task in zip(figure.axes, tasks, strict=True):
+        assert axes.get_xscale() == "log"
+        entries = [entry for entry in summary if entry["task"] == task]
+        for part in ("interface", "head"):
+            widths = [bar.get_width() for bar in artists(axes, part)]
+            assert widths == [entry[f"{part}_params"][1] for entry in entries]
+        assert artists(axes, "upstream") == []  # no run fine-tunes its upstream
+        low, high = axes.get_xlim()
+        for bar in artists(axes, "interface"):  # weighted_sum's 13 weights are a bar one can see
+            assert np.log(bar.get_width() / low) / np.log(high / low) > 0.1
+    assert 13 in [bar.get_width() for bar in artists(figure.axes[0], "interface")]
+
+
+def test_command_line_writes_the_table_and_lists_incomplete_runs(tmp_path, sweep, capsys):
     roots, values = sweep
     output = tmp_path / "table.csv"
-    status = make_table.main(
-        [*map(str, roots), "--format", "csv", "--output", str(output), "--plots", str(tmp_path / "p")]
-    )
+    status = make_table_main([*map(str, roots), "--format", "csv", "--output", str(output)])
     assert status == 0
     rows = list(csv.DictReader(output.open()))
     assert len(rows) == len(values)
     assert "incomplete (not in the table)" in capsys.readouterr().err
-    assert (tmp_path / "p" / "trainable_params.png").is_file()
+    with pytest.raises(SystemExit):
+        make_table_main([str(tmp_path / "nowhere")])
+    assert (
+        "nowhere' does not exist or is not a directory" in capsys.readouterr().err
+    )  # one line, no traceback
 
 
 # ---------------------------------------------------------------- a real multirun of run_downstream.py
 
 # ER fold 1 on the mini corpus: the quickest task to set up (PR first reads its pronunciation lexicon).
-TINY_SWEEP = ["task=er", "task.fold=1", *FAST]
+TINY_SWEEP = ["task=er", "task.fold=1", *TWO_STEP_RUN]
 
 
 def launch_sweep(sweep_dir: Path, *overrides: str) -> None:
@@ -596,13 +693,14 @@ def launch_sweep(sweep_dir: Path, *overrides: str) -> None:
     run_downstream_cli(["-m", *TINY_SWEEP, f"hydra.sweep.dir={sweep_dir}", *overrides])
 
 
+@pytest.mark.slow
 def test_multirun_table_and_relaunch_skips_finished_jobs(tmp_path):
     sweep_dir = tmp_path / "sweep"
     launch_sweep(sweep_dir, "interface=weighted_sum,last_layer")
     results = {path.parent.name: json.loads(path.read_text()) for path in sweep_dir.glob("*/results.json")}
     assert sorted(r["interface"] for r in results.values()) == ["last_layer", "weighted_sum"]
 
-    table = make_table.aggregate(make_table.collect_runs([sweep_dir]))
+    table = reporting.aggregate(reporting.collect_runs([sweep_dir]))
     assert [row.interface for row in table.rows] == ["last_layer", "weighted_sum"]  # shared overrides: notes
     for row in table.rows:
         (written,) = [r for r in results.values() if r["interface"] == row.interface]
@@ -610,7 +708,7 @@ def test_multirun_table_and_relaunch_skips_finished_jobs(tmp_path):
         assert cell.n == 1 and cell.mean == written["test"]["acc"] and cell.folds == (1,)
         assert row.upstream == written["upstream"]
     assert "all runs: trainer.max_steps=2" in table.notes
-    plots = make_table.write_plots(make_table.collect_runs([sweep_dir]), tmp_path / "plots")
+    plots = reporting.write_plots(reporting.collect_runs([sweep_dir]), tmp_path / "plots")
     assert [p.parent.name for p in plots if "weighted_sum" in p.name] == [
         "layer_weights"
     ]  # last_layer has none
@@ -619,7 +717,7 @@ def test_multirun_table_and_relaunch_skips_finished_jobs(tmp_path):
     finished = next(sweep_dir.glob("interface=weighted_sum,*/results.json"))
     unfinished = next(sweep_dir.glob("interface=last_layer,*/results.json"))
     unfinished.unlink()
-    assert make_table.collect_runs([sweep_dir]).incomplete == [unfinished.parent.resolve()]
+    assert reporting.collect_runs([sweep_dir]).incomplete == [unfinished.parent.resolve()]
     finished_mtime = finished.stat().st_mtime_ns
     launch_sweep(sweep_dir, "interface=weighted_sum,last_layer")
     assert finished.stat().st_mtime_ns == finished_mtime
@@ -632,3 +730,23 @@ def test_multirun_table_and_relaunch_skips_finished_jobs(tmp_path):
     assert sweep_dir / cfg.hydra.job.override_dirname == finished.parent
     run_experiment(cfg, finished.parent, overrides=overrides)
     assert finished.stat().st_mtime_ns > finished_mtime
+
+
+def test_published_numbers_file_is_checked_against_the_interface_configs(tmp_path):
+    from downstream.reporting.published import DATA_FILE, load_published
+
+    text = DATA_FILE.read_text()
+    # Table 2: 5 models x 3 interfaces x 7 tasks; SUPERB adds FBANK (2 interfaces x 4 tasks), wav2vec 2.0
+    # (4 tasks) and HuBERT Base's ASR and SID (its PR and ER are Table 2's, the first source listed)
+    published = load_published(DATA_FILE)
+    assert len(published.references) == 5 * 3 * 7 + 2 * 4 + 4 + 2
+    assert published.references[("HuBERT Base", "weighted_sum", "pr")] == reporting.Reference(
+        5.41, "paper T2"
+    )
+    bad = tmp_path / "published.yaml"
+    bad.write_text(text.replace("        hconv: [33.9, 24.0,", "        h_conv: [33.9, 24.0,"))
+    with pytest.raises(ValueError, match="names interface 'h_conv', which is not a config"):
+        load_published(bad)
+    bad.write_text(text.replace("[35.1, 24.4, 84.6, 64.92, 98.34, 5.11, 5.41]", "[35.1, 24.4]"))
+    with pytest.raises(ValueError, match="HuBERT Base / weighted_sum has 2 values for 7 columns"):
+        load_published(bad)

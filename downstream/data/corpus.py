@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from pathlib import Path
 import soundfile
 
 from downstream.data.audio import SAMPLE_RATE, AudioDecodeError, resampled_length
+from downstream.files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -169,13 +169,9 @@ def _write_manifest(manifest: Path, rows: dict[str, tuple[int, int, AudioInfo]])
     lines = [_MANIFEST_HEADER]
     for path, (size, mtime, info) in sorted(rows.items()):
         lines.append(f"{path}\t{size}\t{mtime}\t{info.frames}\t{info.sample_rate}\t{info.channels}")
+    text = ("\n".join(lines) + "\n").encode("utf-8")
     try:
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=manifest.parent, prefix=manifest.name, delete=False
-        ) as handle:
-            handle.write("\n".join(lines) + "\n")
-        os.replace(handle.name, manifest)
+        write_atomically(manifest, lambda stream: stream.write(text))
     except OSError as error:
         logger.debug("could not write the audio manifest cache %s: %s", manifest, error)
 

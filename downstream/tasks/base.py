@@ -1,9 +1,18 @@
-"""The task contract: a task is a dataset + a head + a loss + a metric, driven by the one trainer."""
+"""The task contract: a task is a dataset + a head + a loss + a metric, driven by the one trainer.
+
+The engine (``downstream.training``) calls a task's public methods in this order: ``check_data`` (every
+split read and encoded before training), ``num_outputs`` and ``build_head`` (the head on the interface's
+``output_size``), ``collate`` in the DataLoader, then per batch ``augment`` and ``loss`` (training) or
+``eval_statistics`` (evaluation), and ``metrics`` once per split over the accumulated statistics. The head
+and the trainer schedules live in the task's config (``task.head``, ``task.schedules``); the runner reads
+them, the task never sees them.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import hydra.utils
 import torch
@@ -16,6 +25,26 @@ SPLITS = ("train", "dev", "test")
 
 #: One batch's evaluation statistics: numbers (counts, edit distances) or lists of per-utterance records.
 Statistics = Mapping[str, float | list]
+
+
+class _PaddedWaveforms(TypedDict):
+    wavs: torch.Tensor
+    wav_lengths: torch.Tensor
+    indices: torch.Tensor
+    targets: list[Any]
+
+
+class Batch(_PaddedWaveforms, total=False):
+    """What ``Task.collate`` returns and the trainer hands back to ``loss`` and ``eval_statistics``.
+
+    Always: ``wavs`` [B, N] float32 at 16 kHz, zero-padded; ``wav_lengths`` [B] long (samples); ``indices``
+    [B] long, positions in the split's utterance list; ``targets``: one encoded target per utterance
+    (``Task.encode``: token ids, a class id, slot ids, or None where evaluation needs none). SV adds the
+    ``split`` and the ``utterance_ids`` its trial scoring looks up.
+    """
+
+    split: str
+    utterance_ids: list[str]
 
 
 def accumulate_statistics(totals: dict[str, Any], statistics: Statistics) -> dict[str, Any]:
@@ -36,14 +65,12 @@ def accumulate_statistics(totals: dict[str, Any], statistics: Statistics) -> dic
     return totals
 
 
-class Task:
+class Task(ABC):
     """Base class of every downstream task.
 
-    Subclasses set ``name``, ``metric`` (the primary metric's key), ``higher_is_better`` and
-    implement ``read_split`` (corpus split -> utterances), ``encode`` (utterance -> training target),
-    ``num_outputs``, ``loss``, ``eval_statistics`` (one batch's statistics: additive counts, or lists of
-    per-utterance records; see ``accumulate_statistics``) and ``metrics`` (accumulated statistics ->
-    metrics in percent). The trainer only ever calls the public methods below.
+    Subclasses set ``name`` (the config name), ``metric`` (the key of the primary metric, chosen on dev),
+    ``higher_is_better``, and implement the abstract methods below. Every metric is in percent except
+    where a task says otherwise (SV's ``min_dcf`` is a normalised cost).
     """
 
     name: str = "task"
@@ -52,30 +79,26 @@ class Task:
     #: Random crop length of training utterances in seconds (None: whole utterances).
     train_crop_seconds: float | None = None
 
-    def __init__(
-        self,
-        data_root: str,
-        head: Mapping[str, Any],
-        schedules: Mapping[str, Any],
-        max_seconds: float | None = None,
-        on_too_long: str = "crop",
-    ) -> None:
-        """``max_seconds``: utterances longer than this are cropped to a random window or skipped
-        (``on_too_long``: crop | skip); either way they are counted and logged."""
+    def __init__(self, data_root: str, max_seconds: float | None = None, on_too_long: str = "crop") -> None:
+        """``data_root``: the corpus as distributed. ``max_seconds``: utterances longer than this are
+        cropped to a random window or skipped (``on_too_long``: crop | skip); either way they are counted
+        and logged."""
         self.data_root = str(data_root)
         self.max_seconds = max_seconds
         self.on_too_long = on_too_long
-        self.head_config = dict(head)
-        self.schedules = {name: dict(values) for name, values in schedules.items()}
         self._utterances: dict[str, list[Utterance]] = {}
         self._targets: dict[str, dict[str, Any]] = {}
 
     # -- data -------------------------------------------------------------------------------
+    @abstractmethod
     def read_split(self, split: str) -> list[Utterance]:
-        raise NotImplementedError
+        """The utterances of ``split`` (train, dev or test) under ``data_root``. Raises
+        ``downstream.data.corpus.DataLayoutError`` naming the missing or malformed file."""
 
+    @abstractmethod
     def encode(self, utterance: Utterance, split: str) -> Any:
-        raise NotImplementedError
+        """The training target of ``utterance`` (what ``Batch.targets`` holds). Raises ValueError naming the
+        utterance when its label or token is unknown to the training split."""
 
     def check_data(self) -> None:
         """Read every split now, so a bad corpus fails before training with a clear message."""
@@ -83,6 +106,7 @@ class Task:
             self.utterances(split)
 
     def utterances(self, split: str) -> list[Utterance]:
+        """The utterances of ``split``, read and encoded once. Raises ValueError for an unknown or empty split."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if split not in self._utterances:
@@ -94,36 +118,43 @@ class Task:
             self._targets[split] = {utterance.id: self.encode(utterance, split) for utterance in utterances}
         return self._utterances[split]
 
-    def collate(self, items: list[dict], split: str, utterances: list[Utterance]) -> dict[str, Any]:
-        """Pad the waveforms and attach the targets; item indices point into ``utterances``."""
+    def collate(self, items: list[dict], split: str, utterances: list[Utterance]) -> Batch:
+        """Pad the waveforms (``collate_wavs``) and attach the targets; item indices point into ``utterances``."""
         batch = collate_wavs(items)
         targets = self._targets[split]
         batch["targets"] = [targets[utterances[index].id] for index in batch["indices"].tolist()]
-        return batch
+        return batch  # type: ignore[return-value]
 
     # -- model ------------------------------------------------------------------------------
     @property
+    @abstractmethod
     def num_outputs(self) -> int:
-        raise NotImplementedError
+        """The head's output count: vocabulary size with the CTC blank, classes, or summed slot sizes."""
 
-    def build_head(self, input_size: int, head_config: Mapping[str, Any] | None = None) -> nn.Module:
-        """The head from ``head_config`` (default: the task config's ``head``), sized by the interface's
-        output_size and the task's number of outputs."""
-        config = self.head_config if head_config is None else head_config
-        return hydra.utils.instantiate(config, input_size=input_size, num_outputs=self.num_outputs)
+    def build_head(self, input_size: int, head_config: Mapping[str, Any]) -> nn.Module:
+        """The head of ``head_config`` (the task config's ``head`` node, a ``_target_`` config) with
+        ``input_size`` (the interface's output_size D') and ``num_outputs``."""
+        return hydra.utils.instantiate(head_config, input_size=input_size, num_outputs=self.num_outputs)
 
     def augment(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Training-time feature augmentation (identity unless a task overrides it)."""
+        """Training-time augmentation of the interface's features [B, T, D'] with valid frame counts [B];
+        same shape out. Identity unless a task overrides it (ASR, ML-SUPERB: SpecAugment)."""
         return features
 
-    def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The scalar training loss (mean over the batch) of the head's output: ``logits`` [B, T, V] for
+        CTC tasks, [B, C] for utterance classification (IC: [B, sum of slot sizes]), cosines
+        [B, speakers] for SV in training mode; ``frame_lengths`` [B] valid frames."""
 
     # -- evaluation -------------------------------------------------------------------------
-    def eval_statistics(
-        self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]
-    ) -> Statistics:
-        raise NotImplementedError
+    @abstractmethod
+    def eval_statistics(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> Statistics:
+        """One batch's statistics of the head's eval-mode output (shapes as in ``loss``; SV: embeddings
+        [B, E]): additive numbers (``edits``/``reference_units``, ``correct``/``total``, ...) or lists of
+        per-utterance records, folded over batches and ranks by ``accumulate_statistics``."""
 
+    @abstractmethod
     def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:
-        raise NotImplementedError
+        """Corpus-level metrics of a split's accumulated statistics, keyed by name (``metric`` among
+        them); percent unless the task says otherwise. Raises ValueError on an empty evaluation set."""

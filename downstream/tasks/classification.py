@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from downstream.data.corpus import Utterance
+from downstream.metrics import accuracy_percent
 from downstream.tasks.base import Task
 
 
@@ -18,8 +20,9 @@ class ClassificationTask(Task):
     metric = "acc"
     higher_is_better = True
 
+    @abstractmethod
     def labels(self) -> list[str]:
-        raise NotImplementedError
+        """The class names; the index of a name is its class id (the head's output position)."""
 
     @property
     def num_outputs(self) -> int:
@@ -48,6 +51,4 @@ class ClassificationTask(Task):
         return {"correct": correct, "total": len(targets)}
 
     def metrics(self, statistics: Mapping[str, float]) -> dict[str, float]:
-        if statistics["total"] <= 0:
-            raise ValueError("accuracy over an empty evaluation set")
-        return {"acc": 100.0 * statistics["correct"] / statistics["total"]}
+        return {"acc": accuracy_percent(statistics["correct"], statistics["total"])}

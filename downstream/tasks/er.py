@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from downstream.data.corpus import Utterance
@@ -20,12 +19,10 @@ class EmotionRecognition(ClassificationTask):
     def __init__(
         self,
         data_root: str,
-        head: Mapping[str, Any],
-        schedules: Mapping[str, Any],
         fold: int = 1,
         **options: Any,
     ) -> None:
-        super().__init__(data_root, head, schedules, **options)
+        super().__init__(data_root, **options)
         if fold not in range(1, 6):
             raise ValueError(f"task.fold must be 1, 2, 3, 4 or 5 (the session left out for test), got {fold}")
         self.fold = fold

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from downstream.data.corpus import Utterance
 from downstream.data.fluent_commands import SLOTS, IntentUtterance, read_fluent_commands
-from downstream.tasks.base import Statistics, Task
+from downstream.metrics import accuracy_percent
+from downstream.tasks.base import Batch, Statistics, Task
 
 
 class IntentClassification(Task):
@@ -26,10 +27,8 @@ class IntentClassification(Task):
     metric = "acc"
     higher_is_better = True
 
-    def __init__(
-        self, data_root: str, head: Mapping[str, Any], schedules: Mapping[str, Any], **options: Any
-    ) -> None:
-        super().__init__(data_root, head, schedules, **options)
+    def __init__(self, data_root: str, **options: Any) -> None:
+        super().__init__(data_root, **options)
         self._slot_values: list[list[str]] | None = None
         self._slot_ids: list[dict[str, int]] | None = None
 
@@ -69,15 +68,13 @@ class IntentClassification(Task):
         """The head output [B, sum of slot sizes] split into one [B, slot size] block per slot."""
         return list(torch.split(logits, [len(values) for values in self.slot_values()], dim=-1))
 
-    def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         targets = torch.tensor(batch["targets"], dtype=torch.long, device=logits.device)
         blocks = self.slot_logits(logits.float())
         return sum(F.cross_entropy(block, targets[:, slot]) for slot, block in enumerate(blocks))
 
     # -- evaluation -------------------------------------------------------------------------
-    def eval_statistics(
-        self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]
-    ) -> Statistics:
+    def eval_statistics(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> Statistics:
         targets = torch.tensor(batch["targets"], dtype=torch.long)
         predictions = torch.stack([block.argmax(dim=-1).cpu() for block in self.slot_logits(logits)], dim=1)
         right = predictions == targets  # [B, slots]
@@ -87,10 +84,8 @@ class IntentClassification(Task):
         return statistics
 
     def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:
-        if statistics["total"] <= 0:
-            raise ValueError("accuracy over an empty evaluation set")
         total = statistics["total"]
-        metrics = {"acc": 100.0 * statistics["correct"] / total}
+        metrics = {"acc": accuracy_percent(statistics["correct"], total)}
         for name in SLOTS:
-            metrics[f"{name}_acc"] = 100.0 * statistics[f"{name}_correct"] / total
+            metrics[f"{name}_acc"] = accuracy_percent(statistics[f"{name}_correct"], total)
         return metrics

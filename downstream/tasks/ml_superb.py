@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
-from downstream.augment import spec_augment
 from downstream.data.corpus import Utterance, check_choice
 from downstream.data.ml_superb import DURATIONS, MONOLINGUAL_SETS, normalize_transcript, read_ml_superb
-from downstream.metrics import ctc_greedy_decode
+from downstream.metrics import accuracy_percent
 from downstream.tasks.asr import WORD_BOUNDARY
 from downstream.tasks.base import Statistics
 from downstream.tasks.ctc import CTCTask
@@ -37,13 +34,11 @@ class MLSuperbSpeechRecognition(CTCTask):
     def __init__(
         self,
         data_root: str,
-        head: Mapping[str, Any],
-        schedules: Mapping[str, Any],
         duration: str = "1h",
         spec_augment: Mapping[str, int] | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(data_root, head, schedules, **options)
+        super().__init__(data_root, **options)
         check_choice(f"task ({self.name})", "duration", duration, DURATIONS)
         self.duration = duration
         self.spec_augment = dict(spec_augment) if spec_augment else None
@@ -69,11 +64,6 @@ class MLSuperbSpeechRecognition(CTCTask):
             char if char in known or char == WORD_BOUNDARY else UNKNOWN for char in self.characters(utterance)
         ]
 
-    def augment(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if not self.spec_augment:
-            return features
-        return spec_augment(features, lengths, **self.spec_augment)
-
 
 class MonolingualSpeechRecognition(MLSuperbSpeechRecognition):
     """ML-SUPERB's monolingual track: ``language`` is one of its sets (``MONOLINGUAL_SETS``: 'eng1' trains
@@ -89,12 +79,10 @@ class MonolingualSpeechRecognition(MLSuperbSpeechRecognition):
     def __init__(
         self,
         data_root: str,
-        head: Mapping[str, Any],
-        schedules: Mapping[str, Any],
         language: str = "eng1",
         **options: Any,
     ) -> None:
-        super().__init__(data_root, head, schedules, **options)
+        super().__init__(data_root, **options)
         check_choice("task (ml_mono)", "language", language, tuple(MONOLINGUAL_SETS))
         self.language = language
 
@@ -113,12 +101,10 @@ class MultilingualSpeechRecognition(MLSuperbSpeechRecognition):
     def __init__(
         self,
         data_root: str,
-        head: Mapping[str, Any],
-        schedules: Mapping[str, Any],
         lid: bool = True,
         **options: Any,
     ) -> None:
-        super().__init__(data_root, head, schedules, **options)
+        super().__init__(data_root, **options)
         self.lid = lid
         self._language_tokens: list[str] | None = None
 
@@ -151,15 +137,13 @@ class MultilingualSpeechRecognition(MLSuperbSpeechRecognition):
         languages = set(self.language_tokens())
         return [token for token in tokens if token not in languages]
 
-    def eval_statistics(
-        self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]
-    ) -> Statistics:
-        statistics = dict(super().eval_statistics(logits, frame_lengths, batch))
+    def sequence_statistics(self, references: list[list[str]], hypotheses: list[list[str]]) -> Statistics:
+        """CER statistics without the language tokens, and with ``lid`` the utterances whose first decoded
+        language token is the reference's (``lid_correct`` of ``lid_total``)."""
+        statistics = dict(super().sequence_statistics(references, hypotheses))
         if not self.lid:
             return statistics
         languages = set(self.language_tokens())
-        hypotheses = [self.decode(ids) for ids in ctc_greedy_decode(logits, frame_lengths)]
-        references = [self.decode(ids) for ids in batch["targets"]]
         correct = 0
         for reference, hypothesis in zip(references, hypotheses, strict=True):
             predicted = next((token for token in hypothesis if token in languages), None)
@@ -170,9 +154,7 @@ class MultilingualSpeechRecognition(MLSuperbSpeechRecognition):
     def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:
         metrics = super().metrics(statistics)
         if self.lid:
-            if statistics["lid_total"] <= 0:
-                raise ValueError("LID accuracy over an empty evaluation set")
-            metrics["lid_acc"] = 100.0 * statistics["lid_correct"] / statistics["lid_total"]
+            metrics["lid_acc"] = accuracy_percent(statistics["lid_correct"], statistics["lid_total"])
         return metrics
 
 

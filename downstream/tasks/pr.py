@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,13 @@ class PhonemeRecognition(CTCTask):
     def __init__(
         self,
         data_root: str,
-        head: Mapping[str, Any],
-        schedules: Mapping[str, Any],
         lexicon: str | None = None,
         train_split: str = "train-clean-100",
         dev_split: str = "dev-clean",
         test_split: str = "test-clean",
         **options: Any,
     ) -> None:
-        super().__init__(data_root, head, schedules, **options)
+        super().__init__(data_root, **options)
         if lexicon is not None and not Path(lexicon).is_file():
             raise FileNotFoundError(
                 f"task.lexicon: no file at {lexicon}; expected a librispeech-lexicon.txt "

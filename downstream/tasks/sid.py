@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from downstream.data.corpus import Utterance
@@ -19,12 +18,10 @@ class SpeakerIdentification(ClassificationTask):
     def __init__(
         self,
         data_root: str,
-        head: Mapping[str, Any],
-        schedules: Mapping[str, Any],
         train_crop_seconds: float | None = 8.0,
         **options: Any,
     ) -> None:
-        super().__init__(data_root, head, schedules, **options)
+        super().__init__(data_root, **options)
         self.train_crop_seconds = train_crop_seconds
 
     def read_split(self, split: str) -> list[Utterance]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from downstream.data.corpus import Utterance, label_vocabulary
 from downstream.data.voxceleb1 import Trial, read_trials, read_voxceleb1_sv
 from downstream.metrics import equal_error_rate, minimum_detection_cost
-from downstream.tasks.base import Statistics, Task
+from downstream.tasks.base import Batch, Statistics, Task
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,6 @@ class SpeakerVerification(Task):
     def __init__(
         self,
         data_root: str,
-        head: Mapping[str, Any],
-        schedules: Mapping[str, Any],
         test_trials: str = "veri_test.txt",
         dev_trials: str = "dev_trials.txt",
         train_crop_seconds: float | None = 8.0,
@@ -54,7 +52,7 @@ class SpeakerVerification(Task):
         min_dcf_p_target: float = 0.01,
         **options: Any,
     ) -> None:
-        super().__init__(data_root, head, schedules, **options)
+        super().__init__(data_root, **options)
         if am_softmax_scale <= 0:
             raise ValueError(f"task.am_softmax_scale must be > 0, got {am_softmax_scale}")
         if not 0.0 <= am_softmax_margin < 1.0:
@@ -117,16 +115,14 @@ class SpeakerVerification(Task):
     def num_outputs(self) -> int:
         return len(self.speakers())
 
-    def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         """AM-softmax over the head's cosines [B, speakers]: cross-entropy of s * (cos - m * one_hot(y))."""
         targets = torch.tensor(batch["targets"], dtype=torch.long, device=logits.device)
         margins = F.one_hot(targets, logits.shape[-1]).to(torch.float32) * self.am_softmax_margin
         return F.cross_entropy(self.am_softmax_scale * (logits.float() - margins), targets)
 
     # -- evaluation -------------------------------------------------------------------------
-    def eval_statistics(
-        self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]
-    ) -> Statistics:
+    def eval_statistics(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> Statistics:
         """One (split, utterance id, embedding) record per utterance; ``logits`` are the embeddings [B, E]."""
         if logits.dim() != 2:
             raise ValueError(

@@ -4,7 +4,7 @@
 
 Each job is first set up by Hydra as usual (its own directory with .hydra/ and its resolved config).
 Jobs are then grouped by everything except the interface and the head; a group trains all its
-(interface, head, optimizer) sets on one upstream forward per batch (downstream.runner.run_jobs), so a
+(interface, head, optimizer) sets on one upstream forward per batch (downstream.training.runner.run_jobs), so a
 K-interface sweep pays for the upstream once instead of K times. A job that cannot be grouped (another
 task, upstream, seed or trainer setting, or a fine-tuned upstream) runs on its own, as with the basic
 launcher. Every job still gets its own results.json, equal to that of the job run alone.
@@ -81,7 +81,7 @@ class SharedUpstreamLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from downstream.runner import Job, run_jobs
+        from downstream.training.runner import Job, run_jobs
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -139,7 +139,7 @@ class SharedUpstreamLauncher(Launcher):
 
 def _prepare_job(cfg: DictConfig):
     """Runs inside Hydra's run_job: the job's directory exists and HydraConfig is the job's."""
-    from downstream.runner import Job, resolved_job_config
+    from downstream.training.runner import Job, resolved_job_config
 
     hydra_config = HydraConfig.get()
     return Job(

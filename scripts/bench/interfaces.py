@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from downstream.heads import count_parameters
+from downstream.training.loading import pick_device
 from interfaces.base import Interface
 from interfaces.configs import build_interface, interface_config_names
 
@@ -42,14 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interfaces", nargs="+", default=None, help="config names (default: all)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown table here")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    return torch.device(name)
 
 
 def describe_device(device: torch.device) -> str:
@@ -104,7 +98,7 @@ def benchmark_interface(name: str, args: argparse.Namespace, hidden_states, leng
     frames = hidden_states.shape[1] * hidden_states.shape[2]
     row = {
         "interface": name,
-        "trainable params": f"{sum(p.numel() for p in interface.parameters() if p.requires_grad):,}",
+        "trainable params": f"{count_parameters(interface):,}",
         "output size": str(interface.output_size),
         "ms per fwd+bwd": f"{seconds * 1e3:.1f}",
         "frames/s": f"{frames / seconds:,.0f}",
@@ -128,7 +122,7 @@ def run(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
-    device = resolve_device(args.device)
+    device = pick_device(args.device, setting="--device")
     if args.precision == "fp16" and device.type != "cuda":
         raise SystemExit("--precision fp16: autocast to float16 is for CUDA; use bf16 on CPU")
     names = args.interfaces or interface_config_names()

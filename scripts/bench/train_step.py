@@ -57,9 +57,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from downstream.runner import build_branch, resolve_trainer_settings, resolved_job_config
-from downstream.trainer import Trainer, TrainerSettings, resolve_num_workers
-from scripts.bench.interfaces import describe_device, markdown_table, resolve_device, synchronize
+from downstream.training.loading import pick_device, resolve_num_workers
+from downstream.training.runner import build_branch, build_task, resolve_trainer_settings, resolved_job_config
+from downstream.training.settings import TrainerSettings
+from downstream.training.trainer import Trainer
+from scripts.bench.interfaces import describe_device, markdown_table, synchronize
 from upstream.base import Upstream
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -251,7 +253,7 @@ class StepBenchmark:
     def __init__(self, args: argparse.Namespace, device: torch.device, run_root: Path) -> None:
         self.args, self.device, self.run_root = args, device, run_root
         self.base = compose_run_config(list(args.overrides))
-        self.task = hydra.utils.instantiate(self.base.task, _recursive_=False)
+        self.task = build_task(self.base.task)
         self.single_step_s: dict[str, float] = {}
         self.reference_states: torch.Tensor | None = None
         self.first_variant: str | None = None
@@ -360,7 +362,7 @@ def run(args: argparse.Namespace) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     args.data_steps = args.steps if args.data_steps is None else args.data_steps
-    device = resolve_device(args.device)
+    device = pick_device(args.device, setting="--device")
     args.device = device.type
     variants = args.upstream_variants.split(",") if args.upstream_variants else [None]
     unknown = [variant for variant in variants if variant is not None and variant not in VARIANTS]

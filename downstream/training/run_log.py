@@ -5,25 +5,47 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from downstream.files import write_atomically
 
 log = logging.getLogger(__name__)
 
 
 def write_json_atomically(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write ``payload`` as indented JSON to ``path`` (``downstream.files.write_atomically``)."""
+    text = json.dumps(payload, indent=2) + "\n"
+    write_atomically(path, lambda stream: stream.write(text.encode()))
+
+
+class RunLog(Protocol):
+    """What the trainer needs of a run's logger (``RunLogger``; ``SilentRunLogger`` on ranks other than 0)."""
+
+    def start(self, config: dict[str, Any], resume_step: int = 0) -> None:
+        """Open the run (``config``: the resolved job config); a resumed run restarts at ``resume_step``."""
+        ...
+
+    def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        """Record ``metrics`` of ``split`` (train, dev, test, layer_weights) at optimizer step ``step``."""
+        ...
+
+    def finish(self, results: dict[str, Any] | None) -> None:
+        """Close the run; ``results`` is the results.json record of a finished run, None after an early stop."""
+        ...
+
+
+class SilentRunLogger:
+    """The logger of ranks other than 0: the ``RunLog`` interface, writing nothing."""
+
+    def start(self, config: dict[str, Any], resume_step: int = 0) -> None:
+        pass
+
+    def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        pass
+
+    def finish(self, results: dict[str, Any] | None) -> None:
+        pass
 
 
 def _wandb_has_credentials() -> bool:

@@ -39,13 +39,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from downstream.data.corpus import cache_dir
 from downstream.data.dataset import AudioDataset, collate_wavs
-from downstream.data.sampler import BucketBatchSampler
 from downstream.tasks.base import SPLITS, Task
-from downstream.trainer import TrainerSettings, resolve_num_workers, split_dataset
+from downstream.training.loading import batch_loader, bucket_sampler, split_dataset
+from downstream.training.settings import TrainerSettings
 from upstream.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -302,18 +302,9 @@ def fill_split(
     layers, width = upstream.num_layers, upstream.hidden_size
     offsets = np.concatenate([[0], np.cumsum(frames[:-1] * layers * width)]).astype(np.int64)
     written = np.full(len(dataset), -1, dtype=np.int64)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=BucketBatchSampler(
-            dataset.num_samples,
-            batch_size=settings.batch_size,
-            max_batch_seconds=settings.max_batch_seconds,
-            shuffle=False,
-        ),
-        collate_fn=collate_wavs,
-        num_workers=resolve_num_workers(settings.num_workers, device),
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(0),  # never draws from the global RNG the run depends on
+    # its own generator (seed 0): never draws from the global RNG the run depends on
+    loader = batch_loader(
+        dataset, bucket_sampler(dataset, settings, shuffle=False), collate_wavs, settings, device, seed=0
     )
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))

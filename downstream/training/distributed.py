@@ -57,6 +57,11 @@ def environment_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def environment_rank() -> int:
+    """This process's RANK as set by torchrun, before any process group exists (0 without torchrun)."""
+    return int(os.environ.get("RANK", "0")) if environment_world_size() > 1 else 0
+
+
 def rank_info() -> RankInfo:
     """The current process group's rank and size; rank 0 of 1 when no group was initialised."""
     if dist.is_available() and dist.is_initialized():
@@ -232,16 +237,3 @@ def broadcast_module_state(module: nn.Module) -> None:
         for tensor in module.state_dict().values():
             if isinstance(tensor, torch.Tensor):
                 dist.broadcast(tensor, src=0)
-
-
-class SilentRunLogger:
-    """The logger of ranks other than 0: the RunLogger interface, writing nothing."""
-
-    def start(self, config: dict[str, Any], resume_step: int = 0) -> None:
-        pass
-
-    def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
-        pass
-
-    def finish(self, results: dict[str, Any] | None) -> None:
-        pass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -14,15 +13,24 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from downstream.distributed import SilentRunLogger, barrier, init_distributed, rank_info
-from downstream.feature_cache import HiddenStateCache, open_hidden_state_cache
+from downstream.heads import count_parameters
+from downstream.results import ResultsFileError, RunResults, too_long_record
 from downstream.tasks.base import Task
-from downstream.trainer import Branch, Trainer, TrainerSettings, count_parameters, pick_device
+from downstream.training.branch import Branch
+from downstream.training.cache import HiddenStateCache, open_hidden_state_cache
+from downstream.training.distributed import barrier, init_distributed, rank_info
+from downstream.training.loading import pick_device
+from downstream.training.run_log import SilentRunLogger
+from downstream.training.settings import TrainerSettings
+from downstream.training.trainer import Trainer
 from upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("auto", "superb", "demo")
+#: Keys of a task config that the runner reads and the task does not take: the head to build on the
+#: interface (``build_branch``) and the trainer schedules (``resolve_trainer_settings``).
+RUNNER_TASK_KEYS = ("head", "schedules")
 
 
 def seed_everything(seed: int) -> None:
@@ -53,14 +61,19 @@ def resolve_trainer_settings(cfg: DictConfig) -> TrainerSettings:
     )
 
 
+def build_task(task_config: DictConfig) -> Task:
+    """The task of a ``task`` config node: its ``_target_`` class with every key but ``RUNNER_TASK_KEYS``."""
+    arguments = OmegaConf.to_container(task_config, resolve=True)
+    for key in RUNNER_TASK_KEYS:
+        arguments.pop(key, None)
+    return hydra.utils.instantiate(arguments, _recursive_=False)
+
+
 def load_complete_results(run_dir: Path) -> dict[str, Any] | None:
-    """The run's results.json if it exists and parses (a finished run), else None."""
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return None
+    """The run's results.json if it exists and holds a complete record (a finished run), else None."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        return RunResults.load(run_dir).to_dict()
+    except ResultsFileError:
         return None
 
 
@@ -72,7 +85,7 @@ def build_branch(
     interface = hydra.utils.instantiate(
         cfg.interface, num_layers=upstream.num_layers, hidden_size=upstream.hidden_size
     )
-    head = task.build_head(interface.output_size, head_config=cfg.task.head)
+    head = task.build_head(interface.output_size, cfg.task.head)
     # under torchrun only rank 0 writes the curve, results.json and W&B
     logger = (
         hydra.utils.instantiate(cfg.logger, run_dir=run_dir) if rank_info().is_main else SilentRunLogger()
@@ -101,40 +114,33 @@ def build_results(
 ) -> dict[str, Any]:
     """The results.json record of one finished run."""
     weights = branch.interface.layer_weights()
-    return {
-        "task": cfg.task_name,
-        "metric": task.metric,
-        "higher_is_better": task.higher_is_better,
-        "interface": cfg.interface_name,
-        "upstream": upstream.name,
-        "upstream_config": cfg.upstream_config,
-        "num_layers": upstream.num_layers,
-        "hidden_size": upstream.hidden_size,
-        "seed": cfg.seed,
-        "fold": cfg.task.get("fold"),
-        "schedule": pick_schedule(cfg),
-        "trainable_params": {
+    return RunResults(
+        task=cfg.task_name,
+        metric=task.metric,
+        higher_is_better=task.higher_is_better,
+        interface=cfg.interface_name,
+        upstream=upstream.name,
+        upstream_config=cfg.upstream_config,
+        num_layers=upstream.num_layers,
+        hidden_size=upstream.hidden_size,
+        seed=cfg.seed,
+        fold=cfg.task.get("fold"),
+        schedule=pick_schedule(cfg),
+        trainable_params={
             "interface": count_parameters(branch.interface),
             "head": count_parameters(branch.head),
             "upstream": count_parameters(upstream) if upstream.trainable else 0,
         },
-        "steps": settings.max_steps,
-        "limit_eval_batches": settings.limit_eval_batches,
-        "best_step": outcome["best_step"],
-        "skipped_updates": outcome["bad_steps"],
-        "too_long": _too_long_record(task, outcome.get("too_long")),
-        "dev": outcome["dev"],
-        "test": outcome["test"],
-        "layer_weights": None if weights is None else weights.detach().float().cpu().tolist(),
-        "overrides": list(overrides or []),
-    }
-
-
-def _too_long_record(task: Task, counts: dict[str, int] | None) -> dict[str, Any] | None:
-    """How many utterances per split exceeded task.max_seconds and what was done (null without a limit)."""
-    if task.max_seconds is None or counts is None:
-        return None
-    return {"max_seconds": task.max_seconds, "policy": task.on_too_long, **counts}
+        steps=settings.max_steps,
+        limit_eval_batches=settings.limit_eval_batches,
+        best_step=outcome["best_step"],
+        skipped_updates=outcome["bad_steps"],
+        too_long=too_long_record(task.max_seconds, task.on_too_long, outcome.get("too_long")),
+        dev=outcome["dev"],
+        test=outcome["test"],
+        layer_weights=None if weights is None else weights.detach().float().cpu().tolist(),
+        overrides=tuple(overrides or ()),
+    ).to_dict()
 
 
 def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -218,7 +224,7 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
             settings.limit_eval_batches,
         )
     seed_everything(first.seed)
-    task = hydra.utils.instantiate(first.task, _recursive_=False)
+    task = build_task(first.task)
     task.check_data()
     upstream = hydra.utils.instantiate(first.upstream)
     branches = [build_branch(jobs[i].cfg, upstream, task, settings, jobs[i].run_dir) for i in pending]

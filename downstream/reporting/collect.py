@@ -1,0 +1,196 @@
+"""Finding finished runs under sweep directories and giving each its table row (upstream x interface)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from downstream.reporting.published import PUBLISHED, paper_model
+from downstream.results import HYDRA_DIR, RunResults, scan_runs
+
+# Overrides that never tell rows apart: replicates (seed, fold), the row and column keys themselves,
+# where the data lives, and settings that do not change what is trained.
+REPLICATE_OR_KEY_OVERRIDES = {
+    "seed",
+    "task.fold",
+    "task.language",  # ML-SUPERB monolingual: the published number averages the language sets
+    "task",
+    "interface",
+    "upstream",
+    "upstream.name",
+    "experiment",
+    "task.data_root",
+    "overwrite",
+    "logger",
+    "schedule",
+    "task.head.extra_params",  # shown as "+ larger head"
+    "trainer.device",
+    "trainer.num_workers",
+    "trainer.progress_bar",
+}
+IGNORED_OVERRIDE_PREFIXES = ("hydra.", "hydra/", "logger.", "paths.")
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """One table row: an upstream and an interface, with what distinguishes this row's runs."""
+
+    # display labels, e.g. "hubert (s3prl), fine-tuned" and "weighted_sum + larger head (+4,424,832)"
+    upstream: str
+    interface: str
+    interface_name: str  # the interface config name (configs/interface/<name>.yaml)
+    model: str | None  # the published model the upstream is, if any
+    comparable: bool  # frozen upstream, SUPERB head and interface settings, not the demo schedule
+
+    @property
+    def label(self) -> str:
+        return f"{self.upstream} / {self.interface}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run: its name (its directory relative to the parent of the sweep directory it was found
+    in), directory, results and row."""
+
+    name: str
+    run_dir: Path
+    results: RunResults
+    row: RowKey
+
+
+@dataclass
+class Collection:
+    runs: list[Run]
+    incomplete: list[Path]
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """('interface.num_groups', '3') from 'interface.num_groups=3' (also '+key=v', '++key=v', '~key')."""
+    key, _, value = text.lstrip("~+").partition("=")
+    return key.strip(), value.strip()
+
+
+def _row_defining(key: str) -> bool:
+    return key not in REPLICATE_OR_KEY_OVERRIDES and not key.startswith(IGNORED_OVERRIDE_PREFIXES)
+
+
+def _changes_model(overrides: dict[str, str]) -> bool:
+    """Whether overrides change the interface or the task's model (trainer settings such as the learning
+    rate, which SUPERB lets one tune, do not make a row incomparable with published numbers)."""
+    return any(key.startswith(("interface.", "task.", "upstream.")) for key in overrides)
+
+
+def head_extra_params(run_dir: Path, results: RunResults) -> int | None:
+    """task.head.extra_params of a run: from its overrides, else from its saved Hydra config, else None."""
+    for override in results.overrides:
+        key, value = parse_override(override)
+        if key == "task.head.extra_params":
+            return None if value.lower() in ("null", "none", "") else int(float(value))
+    config_path = run_dir / HYDRA_DIR / "config.yaml"
+    if not config_path.is_file():
+        return None
+    try:
+        value = OmegaConf.select(OmegaConf.load(config_path), "task.head.extra_params", default=None)
+    except Exception as error:  # an interpolation that cannot resolve outside the run
+        raise ValueError(f"{config_path}: cannot read task.head.extra_params ({error})") from error
+    return None if value is None else int(value)
+
+
+def _run_name(run_dir: Path, roots: Sequence[Path]) -> str:
+    for root in roots:
+        if run_dir.is_relative_to(root):
+            return str(run_dir.relative_to(root.parent))
+    return run_dir.name
+
+
+def describe_rows(records: Sequence[tuple[Path, RunResults]]) -> tuple[list[RowKey], list[str]]:
+    """The row of every (run directory, results), and notes on what all runs share.
+
+    An override (or schedule) with the same value in every run is the same for the whole table, so it
+    goes to the notes instead of every row label; one that differs labels the rows that have it.
+    """
+    overrides_by_run = [
+        dict(pair for pair in map(parse_override, results.overrides) if _row_defining(pair[0]))
+        for _, results in records
+    ]
+    shared = set(overrides_by_run[0].items()) if overrides_by_run else set()
+    for overrides in overrides_by_run[1:]:
+        shared &= set(overrides.items())
+    schedules = {results.schedule for _, results in records}
+    notes = [f"all runs: {key}={value}" for key, value in sorted(shared)]
+    if len(schedules) == 1 and None not in schedules:
+        notes.append(f"all runs: schedule {next(iter(schedules))}")
+
+    rows = []
+    for (run_dir, results), overrides in zip(records, overrides_by_run, strict=True):
+        parts = [
+            f"{key.removeprefix('interface.')}={value}"
+            for key, value in sorted(overrides.items())
+            if (key, value) not in shared
+        ]
+        if len(schedules) > 1 and results.schedule is not None:
+            parts.append(f"schedule={results.schedule}")
+        interface = results.interface + (f" ({', '.join(parts)})" if parts else "")
+        extra = head_extra_params(run_dir, results)
+        if extra:
+            interface += f" + larger head (+{extra:,})"
+        fine_tuned = results.trainable_params.get("upstream", 0) > 0
+        rows.append(
+            RowKey(
+                upstream=results.upstream + (", fine-tuned" if fine_tuned else ""),
+                interface=interface,
+                interface_name=results.interface,
+                model=paper_model(results.upstream),
+                comparable=not (
+                    extra or fine_tuned or results.schedule == "demo" or _changes_model(overrides)
+                ),
+            )
+        )
+    return rows, notes
+
+
+def collect_runs(roots: Iterable[str | Path]) -> Collection:
+    """Every finished run under ``roots`` with its row, and the incomplete job directories."""
+    roots = [Path(root) for root in roots]
+    if not roots:
+        raise ValueError("collect_runs needs at least one sweep directory")
+    scan = scan_runs(roots)
+    resolved_roots = sorted((root.resolve() for root in roots), key=lambda path: -len(path.parts))
+    records = [(record.run_dir, record.results) for record in scan.complete]
+    rows, notes = describe_rows(records)
+    runs = [
+        Run(name=_run_name(run_dir, resolved_roots), run_dir=run_dir, results=results, row=row)
+        for (run_dir, results), row in zip(records, rows, strict=True)
+    ]
+    replicates: dict[tuple, list[str]] = defaultdict(list)
+    for run in runs:
+        replicates[(run.row, run.results.task, run.results.seed, run.results.fold)].append(run.name)
+    for (row, task, seed, fold), names in replicates.items():
+        if len(names) > 1:
+            notes.append(
+                f"{len(names)} runs of {row.upstream} / {row.interface} / {task} with seed {seed}"
+                + (f", fold {fold}" if fold is not None else "")
+                + f" are all averaged in: {', '.join(names)}"
+            )
+    return Collection(runs=runs, incomplete=scan.incomplete, notes=notes)
+
+
+def row_sort_key(row: RowKey, interface_params: int) -> tuple:
+    """Published models in the paper's order, then other upstreams by name; within an upstream, interfaces
+    from the fewest trainable parameters to the most (last_layer, weighted_sum, ..., hconv)."""
+    models = PUBLISHED.models
+    model_rank = models.index(row.model) if row.model in models else len(models)
+    return (model_rank, row.upstream, interface_params, row.interface)
+
+
+def interface_params_by_row(runs: Iterable[Run]) -> dict[RowKey, int]:
+    """The largest trainable interface parameter count among each row's runs (rows sort by it)."""
+    counts: dict[RowKey, int] = defaultdict(int)
+    for run in runs:
+        counts[run.row] = max(counts[run.row], run.results.trainable_params.get("interface", 0))
+    return counts

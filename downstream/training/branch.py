@@ -1,0 +1,259 @@
+"""One interface + head trained on the upstream's hidden states (a ``Branch``), with everything that is its
+own: optimizer, learning-rate schedule, grad scaler, random stream, best dev model, run directory, logger.
+
+A plain run trains one branch; the shared-upstream launcher trains several on one upstream forward per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from downstream.tasks.base import Task
+from downstream.training.checkpoint import (
+    capture_rng_state,
+    restore_rng_state,
+    roll_back_best_model,
+    save_best_model,
+)
+from downstream.training.distributed import rank_info, rank_stream_seed
+from downstream.training.run_log import RunLog
+from downstream.training.settings import TrainerSettings
+from interfaces.base import Interface
+from upstream.base import Upstream
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when more than trainer.max_bad_steps updates in a row had a non-finite loss or gradient."""
+
+
+def build_optimizer(
+    settings: TrainerSettings, groups: list[tuple[str, list[nn.Parameter], float]]
+) -> torch.optim.Optimizer:
+    """Adam/AdamW over named parameter groups (name, params, lr); empty groups are left out.
+
+    The fused implementation: one kernel per device and dtype, and it reads the ``found_inf`` flag that
+    ``Branch.optimizer_step`` sets, so a non-finite update is skipped on the device without a host sync.
+    """
+    param_groups = [{"name": name, "params": params, "lr": lr} for name, params, lr in groups if params]
+    optimizer_class = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(param_groups, weight_decay=settings.weight_decay, fused=True)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, settings: TrainerSettings
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Constant, or linear warmup over warmup_steps then linear decay to 0 at max_steps."""
+    if settings.scheduler == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    warmup, total = settings.warmup_steps, settings.max_steps
+
+    def linear_warmup_then_decay(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_then_decay)
+
+
+class Branch:
+    """One interface + head trained on the upstream's hidden states, with everything that is its own:
+    optimizer, scheduler, grad scaler, torch RNG stream, best dev metric, run directory and logger."""
+
+    def __init__(
+        self,
+        interface: Interface,
+        head: nn.Module,
+        run_dir: str | Path,
+        logger: RunLog,
+        settings: TrainerSettings,
+        device: torch.device,
+        seed: int,
+        upstream: Upstream | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        """``upstream`` is given only when it is fine-tuned: its parameters join this branch's optimizer."""
+        self.interface = interface.to(device)
+        self.head = head.to(device)
+        self.upstream = upstream
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.logger = logger
+        self.config = config or {}
+        self.settings = settings
+        groups = [
+            ("head", [p for p in self.head.parameters() if p.requires_grad], settings.lr),
+            (
+                "interface",
+                [p for p in self.interface.parameters() if p.requires_grad],
+                settings.interface_lr or settings.lr,
+            ),
+        ]
+        if upstream is not None:
+            groups.append(("upstream", [p for p in upstream.parameters() if p.requires_grad], upstream.lr))
+        self.optimizer = build_optimizer(settings, groups)
+        self.parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.scheduler = build_scheduler(self.optimizer, settings)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
+        self.seed = seed
+        self.rng_state: dict[str, Any] | None = None
+        self.running_loss = torch.zeros((), device=device)
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.bad_steps_in_a_row = 0
+        self.bad_steps_total = 0
+        #: (step, device flag: 1.0 where that update was skipped) not yet counted by ``account_updates``
+        self.pending_update_checks: list[tuple[int, torch.Tensor]] = []
+        self.interface_fitted = False
+
+    @contextlib.contextmanager
+    def own_random_stream(self) -> Iterator[None]:
+        """Run the block on this branch's torch RNG stream (seeded with the run's seed on first use; each
+        torchrun rank other than 0 draws from a stream of its own)."""
+        outer = capture_rng_state(torch_only=True)
+        if self.rng_state is None:
+            torch.manual_seed(rank_stream_seed(self.seed, rank_info().rank))
+        else:
+            restore_rng_state(self.rng_state)
+        try:
+            yield
+        finally:
+            self.rng_state = capture_rng_state(torch_only=True)
+            restore_rng_state(outer)
+
+    def forward(
+        self, hidden_states: torch.Tensor, frame_lengths: torch.Tensor, task: Task, training: bool
+    ) -> torch.Tensor:
+        features = self.interface(hidden_states, frame_lengths)
+        if training:
+            features = task.augment(features, frame_lengths)
+        return self.head(features, frame_lengths)
+
+    def train(self, training: bool) -> None:
+        self.interface.train(training)
+        self.head.train(training)
+
+    def optimizer_step(self, step: int) -> None:
+        """Unscale, clip and step. An update whose gradient is non-finite changes neither the weights nor
+        the optimizer state: the fused optimizer skips it on the device (``found_inf``), so no host sync is
+        needed here. The learning-rate schedule advances with every update, skipped or not (as it always
+        did under fp16's grad scaler). ``account_updates`` counts the skipped ones later."""
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.parameters, self.settings.grad_clip)
+        nonfinite = (~torch.isfinite(grad_norm)).float()
+        if self.scaler.is_enabled():
+            # fp16: the scaler hands the fused optimizer its own overflow flag (from unscale_) and lowers
+            # its scale after an overflow.
+            self.scaler.step(self.optimizer)
+        else:
+            # The flag GradScaler hands to optimizers with _step_supports_amp_scaling (fused Adam/AdamW):
+            # where it is 1 they leave parameters, moments and step counts untouched.
+            self.optimizer.found_inf = nonfinite
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pending_update_checks.append((step, nonfinite))
+
+    def account_updates(self) -> None:
+        """Count the updates skipped since the last call (one host sync for all of them): each one is
+        logged, and more than trainer.max_bad_steps in a row stop the run with ``NonFiniteLossError``."""
+        if not self.pending_update_checks:
+            return
+        steps = [step for step, _ in self.pending_update_checks]
+        flags = torch.stack([flag for _, flag in self.pending_update_checks]).tolist()
+        self.pending_update_checks.clear()
+        for step, nonfinite in zip(steps, flags, strict=True):
+            if not nonfinite:
+                self.bad_steps_in_a_row = 0
+                continue
+            self.bad_steps_in_a_row += 1
+            self.bad_steps_total += 1
+            log.warning(
+                "%s: step %d had a non-finite loss or gradient; update skipped (%d in a row)",
+                self.run_dir,
+                step,
+                self.bad_steps_in_a_row,
+            )
+            self.logger.log(step, "train", {"skipped_update": 1.0})
+            if self.bad_steps_in_a_row > self.settings.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"stopped at step {step}: {self.bad_steps_in_a_row} updates in a row had a non-finite loss "
+                    f"or gradient (trainer.max_bad_steps={self.settings.max_bad_steps}); lower trainer.lr or "
+                    "use trainer.precision=fp32"
+                )
+
+    def keep_if_best(self, metrics: dict[str, float], task: Task, step: int) -> None:
+        value = metrics[task.metric]
+        improved = self.best_metric is None or (
+            value > self.best_metric if task.higher_is_better else value < self.best_metric
+        )
+        if improved:
+            self.best_metric, self.best_step = value, step
+            if rank_info().is_main:
+                save_best_model(self.model_state(), self.best_model_path, step)
+
+    @property
+    def best_model_path(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    def restore_best_model(self) -> None:
+        """After a resume: make best.pt hold the model of the checkpoint's ``best_step``
+        (``checkpoint.roll_back_best_model``), or forget the best when no file holds it."""
+        if self.best_step is not None and not roll_back_best_model(self.best_model_path, self.best_step):
+            self.best_metric, self.best_step = None, None
+
+    def model_state(self) -> dict[str, Any]:
+        state = {"interface": self.interface.state_dict(), "head": self.head.state_dict()}
+        if self.upstream is not None:
+            state["upstream"] = self.upstream.state_dict()
+        return state
+
+    def load_model_state(self, state: dict[str, Any]) -> None:
+        self.interface.load_state_dict(state["interface"])
+        self.head.load_state_dict(state["head"])
+        if self.upstream is not None:
+            self.upstream.load_state_dict(state["upstream"])
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    def checkpoint(self, progress: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": self.model_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "branch_rng": self.rng_state,
+            "global_rng": capture_rng_state(),
+            "progress": {
+                **progress,
+                "best_metric": self.best_metric,
+                "best_step": self.best_step,
+                "bad_steps_total": self.bad_steps_total,
+                "interface_fitted": self.interface_fitted,
+            },
+        }
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Model, optimizer, schedules, random stream and progress from ``checkpoint`` (rank 0's stream;
+        the trainer hands other ranks their own)."""
+        self.load_model_state(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.rng_state = checkpoint["branch_rng"]
+        progress = checkpoint["progress"]
+        self.best_metric, self.best_step = progress["best_metric"], progress["best_step"]
+        self.bad_steps_total = progress["bad_steps_total"]
+        self.interface_fitted = progress["interface_fitted"]

@@ -1,0 +1,448 @@
+"""The one training loop for every task: upstream -> interface -> head -> loss, step-based, resumable.
+
+Read top to bottom: ``Trainer.run`` resumes, fits interfaces that need it, trains, then tests each branch's
+best dev checkpoint; ``train`` is the loop (update, log, evaluate, checkpoint, stop on request);
+``training_update`` one optimizer update of every branch; ``evaluate`` corpus-level dev/test metrics;
+then checkpoints and resuming. What a branch owns is in ``branch.py``, files in ``checkpoint.py``, data
+and device in ``loading.py``, signals in ``preemption.py``, several processes in ``distributed.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from downstream.data.dataset import AudioDataset
+from downstream.tasks.base import Batch, Task, accumulate_statistics
+from downstream.training.branch import Branch
+from downstream.training.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from downstream.training.distributed import (
+    GradientAverager,
+    RankBatchSampler,
+    barrier,
+    broadcast_module_state,
+    gather_objects,
+    mean_over_ranks,
+    merge_statistics_over_ranks,
+    rank_info,
+)
+from downstream.training.loading import HiddenStateSource, pick_device, split_loader
+from downstream.training.preemption import pass_signal_on, record_stop_signals
+from downstream.training.settings import PRECISIONS, TrainerSettings
+from upstream.base import Upstream
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Trains every branch on ``task`` with the shared ``upstream`` (run once per batch)."""
+
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        upstream: Upstream,
+        task: Task,
+        branches: list[Branch],
+        seed: int = 0,
+        hidden_state_cache: HiddenStateSource | None = None,
+    ) -> None:
+        """``hidden_state_cache``: optional precomputed hidden states (``downstream.training.cache``): on
+        the splits it covers the upstream is not run and the loaders do not decode audio."""
+        if not branches:
+            raise ValueError("Trainer needs at least one branch")
+        if upstream.trainable and len(branches) > 1:
+            raise ValueError(
+                "a fine-tuned upstream (upstream.trainable=true) cannot be shared by several branches"
+            )
+        self.settings = settings
+        self.task = task
+        self.seed = seed
+        self.branches = branches
+        self.device = pick_device(settings.device)
+        self.autocast_dtype = PRECISIONS[settings.precision]
+        self.upstream = upstream.to(self.device)
+        self.hidden_state_cache = hidden_state_cache
+        #: this process's rank among torchrun's processes (rank 0 of 1 without torchrun)
+        self.ranks = rank_info()
+
+        self.train_loader = self._loader("train", shard=True)
+        self.eval_loaders = {split: self._loader(split, shard=True) for split in ("dev", "test")}
+        #: utterances longer than task.max_seconds per split (cropped or left out, per task.on_too_long)
+        self.too_long_counts = {
+            split: loader.dataset.num_too_long
+            for split, loader in (("train", self.train_loader), *self.eval_loaders.items())
+        }
+        #: averages gradients over ranks, once per update (None in one process)
+        self.gradient_averager = (
+            GradientAverager([p for branch in branches for p in branch.parameters])
+            if self.ranks.is_distributed
+            else None
+        )
+
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        #: a stop signal (SIGTERM, or submitit's preemption signal) this process received, not yet acted on
+        self.stop_signal: int | None = None
+        #: set after an update when any rank received a stop signal: every rank checkpoints and stops there
+        self.stop_requested = False
+        #: Count skipped updates (``Branch.account_updates``, a host sync) only where the loop syncs anyway
+        #: (logging, evaluation, checkpoints) instead of after every update; on by default on accelerators.
+        self.check_updates_lazily = self.device.type != "cpu"
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> list[dict[str, Any]] | None:
+        """Resume if checkpoints exist, fit interfaces that need it, train, then test each branch's best
+        dev checkpoint. Returns one outcome per branch, or None when this launch stopped early."""
+        self.resume()
+        for branch in self.branches:
+            branch.logger.start(branch.config, resume_step=self.step)
+        for branch in self.branches:
+            if branch.interface.needs_fit and not branch.interface_fitted:
+                self.fit_interface(branch)
+        for branch in self.branches:  # what DDP does at construction: every rank starts from rank 0's model
+            for module in (branch.interface, branch.head, branch.upstream):
+                if module is not None:
+                    broadcast_module_state(module)
+        with record_stop_signals(self._record_stop_signal):
+            finished = self.train()
+        if not finished:
+            if self.stop_signal is not None:
+                pass_signal_on(self.stop_signal)
+            return None
+        return self.test_best()
+
+    def train(self) -> bool:
+        settings = self.settings
+        batches = self._training_batches()
+        progress = self._progress_bar()
+        window_start, window_steps = time.perf_counter(), 0
+        launch_start_step = self.step
+        while self.step < settings.max_steps:
+            self.training_update(batches)
+            window_steps += 1
+            if progress is not None:
+                progress.update(1)
+
+            if self.step % settings.log_every == 0 or self.step == settings.max_steps:
+                self.account_updates()
+                steps_per_s = window_steps / (time.perf_counter() - window_start)
+                losses = mean_over_ranks(torch.stack([branch.running_loss for branch in self.branches]))
+                for branch, loss in zip(self.branches, losses, strict=True):
+                    record = {"loss": loss.item() / window_steps, "steps_per_s": steps_per_s}
+                    branch.logger.log(self.step, "train", record)
+                    branch.running_loss.zero_()
+                if progress is not None:
+                    progress.set_postfix(loss=f"{record['loss']:.3f}", steps_per_s=f"{steps_per_s:.2f}")
+                window_start, window_steps = time.perf_counter(), 0
+            evaluated = self.step % settings.eval_every == 0 or self.step == settings.max_steps
+            if evaluated:
+                self.evaluate_and_keep_best()
+                window_start = time.perf_counter()
+            save_every = settings.save_every or settings.eval_every
+            # Every evaluation is followed by a checkpoint, so at most one best.pt is newer than last.pt
+            # (see Branch.restore_best_model).
+            saved = evaluated or self.step % save_every == 0
+            if saved:
+                self.save_checkpoints()
+            stop_after = (
+                settings.stop_after_steps and self.step - launch_start_step >= settings.stop_after_steps
+            )
+            if (stop_after or self.stop_requested) and self.step < settings.max_steps:
+                if not saved:
+                    self.save_checkpoints()
+                if not self.stop_requested:
+                    reason = f"trainer.stop_after_steps={settings.stop_after_steps}"
+                elif self.stop_signal is not None:
+                    reason = signal.Signals(self.stop_signal).name
+                else:
+                    reason = "another rank received a stop signal"
+                log.info(
+                    "stopped at step %d (%s) with a checkpoint; relaunch the same command to resume",
+                    self.step,
+                    reason,
+                )
+                return False
+        if progress is not None:
+            progress.close()
+        return True
+
+    def training_update(self, batches: Iterator[Batch]) -> None:
+        """One optimizer update of every branch: grad_accum batches, each through the upstream once."""
+        self._set_train_mode(True)
+        accumulation = self.settings.grad_accum
+        for _ in range(accumulation):
+            batch = next(batches)
+            hidden_states, frame_lengths = self.upstream_forward(batch)
+            for branch in self.branches:
+                with branch.own_random_stream(), self._autocast():
+                    logits = branch.forward(hidden_states, frame_lengths, self.task, training=True)
+                    loss = self.task.loss(logits, frame_lengths, batch) / accumulation
+                branch.scaler.scale(loss).backward()
+                branch.running_loss += loss.detach()
+        if self.gradient_averager is not None:
+            # one all-reduce: every rank's gradients averaged, and whether any rank was asked to stop
+            (self.stop_requested,) = self.gradient_averager([self.stop_signal is not None])
+        else:
+            self.stop_requested = self.stop_signal is not None
+        self.step += 1
+        for branch in self.branches:
+            branch.optimizer_step(self.step)
+        if not self.check_updates_lazily:
+            self.account_updates()
+
+    def account_updates(self) -> None:
+        """Count every branch's skipped updates so far (see ``Branch.account_updates``)."""
+        for branch in self.branches:
+            branch.account_updates()
+
+    def upstream_forward(self, batch: Batch, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """wavs [B, N] -> hidden states [L, B, T, D] and frame lengths [B], under the run's autocast."""
+        cache = self.hidden_state_cache
+        if cache is not None and cache.has(split):
+            return cache.lookup(batch, split, self.device)
+        wavs = batch["wavs"].to(self.device, non_blocking=True)
+        wav_lengths = batch["wav_lengths"].to(self.device, non_blocking=True)
+        with self._autocast():
+            return self.upstream(wavs, wav_lengths)
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> list[dict[str, float]]:
+        """Corpus-level metrics of every branch on ``split``, from per-batch statistics (numbers summed,
+        lists concatenated: ``accumulate_statistics``)."""
+        self._set_train_mode(False)
+        statistics: list[dict[str, Any]] = [{} for _ in self.branches]
+        # this rank's share of the split (its first limit_eval_batches batches when that is set)
+        for batch in self.eval_loaders[split]:
+            hidden_states, frame_lengths = self.upstream_forward(batch, split)
+            for branch, totals in zip(self.branches, statistics, strict=True):
+                with self._autocast():
+                    logits = branch.forward(hidden_states, frame_lengths, self.task, training=False)
+                accumulate_statistics(totals, self.task.eval_statistics(logits, frame_lengths, batch))
+        return [self.task.metrics(totals) for totals in merge_statistics_over_ranks(statistics)]
+
+    def evaluate_and_keep_best(self) -> None:
+        self.account_updates()
+        for branch, metrics in zip(self.branches, self.evaluate("dev"), strict=True):
+            branch.keep_if_best(metrics, self.task, self.step)
+            branch.logger.log(self.step, "dev", metrics)
+            weights = branch.interface.layer_weights()
+            if weights is not None and weights.dim() == 1:
+                branch.logger.log(
+                    self.step, "layer_weights", {f"layer_{i}": float(w) for i, w in enumerate(weights)}
+                )
+            summary = ", ".join(f"{key} {value:.2f}" for key, value in metrics.items())
+            log.info(
+                "step %d/%d dev: %s (best %s %.2f at step %d) [%s]",
+                self.step,
+                self.settings.max_steps,
+                summary,
+                self.task.metric,
+                branch.best_metric,
+                branch.best_step,
+                branch.run_dir,
+            )
+
+    def test_best(self) -> list[dict[str, Any]]:
+        """Load each branch's best dev checkpoint, evaluate dev and test with it."""
+        if any(branch.best_step is None for branch in self.branches):
+            self.evaluate_and_keep_best()  # only after a resume that found no usable best.pt
+        barrier()  # rank 0 has written best.pt
+        for branch in self.branches:
+            state = torch.load(branch.best_model_path, map_location=self.device, weights_only=True)
+            branch.load_model_state(state)
+        dev, test = self.evaluate("dev"), self.evaluate("test")
+        outcomes = []
+        for branch, dev_metrics, test_metrics in zip(self.branches, dev, test, strict=True):
+            branch.logger.log(self.step, "test", test_metrics)
+            log.info(
+                "best step %s: dev %s, test %s [%s]",
+                branch.best_step,
+                dev_metrics,
+                test_metrics,
+                branch.run_dir,
+            )
+            outcomes.append(
+                {
+                    "best_step": branch.best_step,
+                    "dev": dev_metrics,
+                    "test": test_metrics,
+                    "bad_steps": branch.bad_steps_total,
+                    "too_long": dict(self.too_long_counts),
+                }
+            )
+        return outcomes
+
+    # -- interfaces that are fitted, not trained (pca_concat) ------------------------------
+    @torch.no_grad()
+    def fit_interface(self, branch: Branch) -> None:
+        """Feed the interface training hidden states until it has what it needs (it stops consuming)."""
+        self._set_train_mode(False)
+        loader = self._loader("train", shuffle_seed=self.seed + 1)
+
+        def hidden_state_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for batch in loader:
+                hidden_states, frame_lengths = self.upstream_forward(batch)
+                yield hidden_states.float(), frame_lengths
+
+        started = time.perf_counter()
+        branch.interface.fit(hidden_state_batches())
+        branch.interface_fitted = True
+        log.info(
+            "fitted %s on training features in %.1f s",
+            type(branch.interface).__name__,
+            time.perf_counter() - started,
+        )
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoints(self) -> None:
+        """Rank 0 writes every branch's last.pt; with several ranks it also holds each rank's random streams."""
+        self.account_updates()  # the checkpoint records bad_steps_total
+        progress = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "world_size": self.ranks.world_size,
+        }
+        streams = gather_objects(
+            {"branch_rng": [branch.rng_state for branch in self.branches], "global_rng": capture_rng_state()}
+        )
+        if not self.ranks.is_main:
+            return
+        for index, branch in enumerate(self.branches):
+            checkpoint = branch.checkpoint(progress)
+            if self.ranks.is_distributed:
+                checkpoint["rank_rng"] = [
+                    {"branch_rng": rank["branch_rng"][index], "global_rng": rank["global_rng"]}
+                    for rank in streams
+                ]
+            save_checkpoint(checkpoint, branch.checkpoint_path)
+
+    def resume(self) -> None:
+        """Restore every branch from its newest readable checkpoint; all must be at the same step, on
+        every rank."""
+        checkpoints = [load_checkpoint(branch.checkpoint_path, self.device) for branch in self.branches]
+        found = [c for c in checkpoints if c is not None]
+        steps = {c["progress"]["step"] for c in found}
+        if found and (len(found) != len(checkpoints) or len(steps) != 1):
+            places = [str(b.run_dir) for b in self.branches]
+            raise RuntimeError(
+                f"cannot resume these runs together: their checkpoints disagree ({sorted(steps)}) in {places}"
+            )
+        resumed_step = found[0]["progress"]["step"] if found else None
+        steps_by_rank = gather_objects(resumed_step)
+        if len(set(steps_by_rank)) > 1:
+            raise RuntimeError(
+                f"the ranks found different checkpoints in {self.branches[0].run_dir} (step per rank: "
+                f"{steps_by_rank}); put the output folder on a file system that every rank shares"
+            )
+        if not found:
+            return
+        for branch, checkpoint in zip(self.branches, checkpoints, strict=True):
+            branch.restore(checkpoint)
+        progress = found[0]["progress"]
+        self.step, self.epoch, self.batch_in_epoch = (
+            progress["step"],
+            progress["epoch"],
+            progress["batch_in_epoch"],
+        )
+        self._restore_rank_streams(checkpoints, saved_world_size=progress.get("world_size", 1))
+        for branch in self.branches:
+            branch.restore_best_model()
+        log.info(
+            "resumed at step %d from %s", self.step, ", ".join(str(b.checkpoint_path) for b in self.branches)
+        )
+
+    def _restore_rank_streams(self, checkpoints: list[dict[str, Any]], saved_world_size: int) -> None:
+        """This rank's random streams (rank 0's are the checkpoint's own). Resuming with another number
+        of processes keeps the data position (in global batches) but restarts the other ranks' streams."""
+        rank, world_size = self.ranks.rank, self.ranks.world_size
+        if saved_world_size == world_size:
+            if rank > 0:
+                for branch, checkpoint in zip(self.branches, checkpoints, strict=True):
+                    branch.rng_state = checkpoint["rank_rng"][rank]["branch_rng"]
+            restore_rng_state(
+                checkpoints[0]["rank_rng"][rank]["global_rng"] if rank > 0 else checkpoints[0]["global_rng"]
+            )
+            return
+        consumed = self.batch_in_epoch * saved_world_size  # global batches of this epoch already trained on
+        self.batch_in_epoch = -(-consumed // world_size)
+        if rank > 0:
+            for branch in self.branches:
+                branch.rng_state = None
+        restore_rng_state(checkpoints[0]["global_rng"])
+        log.warning(
+            "the checkpoint was written by %d process(es) and is resumed by %d: training continues after the "
+            "same data, but batches are grouped differently from here on, so results differ slightly from "
+            "an uninterrupted run",
+            saved_world_size,
+            world_size,
+        )
+
+    # -- construction helpers ---------------------------------------------------------------
+    def _loader(self, split: str, shuffle_seed: int | None = None, shard: bool = False) -> DataLoader:
+        return split_loader(
+            self.task,
+            split,
+            self.settings,
+            self.device,
+            self.seed,
+            shuffle_seed=shuffle_seed,
+            shard=shard,
+            hidden_states=self.hidden_state_cache,
+        )
+
+    def _training_batches(self) -> Iterator[Batch]:
+        """Endless training batches; (epoch, batch_in_epoch) always names the next batch to load."""
+        sampler: RankBatchSampler = self.train_loader.batch_sampler
+        dataset: AudioDataset = self.train_loader.dataset
+        while True:
+            if not sampler.epoch_batches(self.epoch):
+                raise ValueError(
+                    f"the training split has {sampler.sampler.batches_per_epoch(self.epoch)} batch(es) in epoch "
+                    f"{self.epoch}, fewer than the {self.ranks.world_size} processes that share them; use fewer "
+                    "processes or a smaller trainer.batch_size"
+                )
+            sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+            dataset.set_epoch(self.epoch)
+            for batch in self.train_loader:
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def _record_stop_signal(self, signum: int) -> None:
+        self.stop_signal = signum
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _set_train_mode(self, training: bool) -> None:
+        self.upstream.train(training)
+        for branch in self.branches:
+            branch.train(training)
+
+    def _progress_bar(self):
+        show = self.settings.progress_bar
+        if show == "auto":
+            show = sys.stderr.isatty()
+        if not show:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.settings.max_steps, initial=self.step, desc="train", dynamic_ncols=True)

@@ -1,0 +1,95 @@
+"""Helpers shared by the test modules: paths, the tiny upstream, launching run_downstream.py, composing the
+project's Hydra config, and writing results.json records. Fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from downstream.results import RESULTS_FILE, RunResults
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+MINI_SUPERB = REPO_ROOT / "data" / "mini_superb"
+
+os.environ.setdefault("SSL_BENCH_ROOT", str(REPO_ROOT))
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("SSL_BENCH_OFFLINE", "1")  # the suite never downloads
+
+
+# The random tiny upstream at its smallest: what every fast test trains on.
+TINY_UPSTREAM = ["upstream=tiny", "upstream.num_transformer_layers=2", "upstream.hidden_size=32"]
+# Two updates, one evaluation at step 2 on two batches: the shortest complete run.
+TWO_STEP_RUN = [
+    "trainer.max_steps=2",
+    "trainer.eval_every=2",
+    "trainer.batch_size=2",
+    "trainer.limit_eval_batches=2",
+    "trainer.log_every=1",
+    *TINY_UPSTREAM,
+]
+
+
+def run_downstream_cli(
+    arguments: list[str], env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python run_downstream.py ARGUMENTS` as a user types it, from the repository root; asserts it succeeded.
+
+    ``env`` replaces the environment (default: this one with W&B disabled)."""
+    env = dict(os.environ, WANDB_MODE="disabled") if env is None else env
+    completed = subprocess.run(
+        [sys.executable, "run_downstream.py", *arguments],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+def compose_config(overrides: list[str] | None = None, run_dir: Path | None = None) -> DictConfig:
+    """The config run_downstream.py would see for these command-line overrides (Hydra fields included)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides or []), return_hydra_config=True)
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def write_finished_run(run_dir: Path, config_yaml: str | None = None, **fields: Any) -> RunResults:
+    """A finished job directory as the runner leaves it: ``.hydra/`` (with config.yaml if given) and
+    results.json holding ``RunResults(**fields)``; returns the record."""
+    results = RunResults(**fields)
+    (run_dir / ".hydra").mkdir(parents=True)
+    if config_yaml is not None:
+        (run_dir / ".hydra" / "config.yaml").write_text(config_yaml)
+    (run_dir / RESULTS_FILE).write_text(results.to_json())
+    return results
+
+
+def read_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``<run_dir>/curve.jsonl``."""
+    return [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines()]
+
+
+def best_dev_record(curve: list[dict[str, Any]], metric: str, higher_is_better: bool) -> dict[str, Any]:
+    """The dev evaluation a run should keep: the first with the best ``metric`` (a later tie does not
+    replace it)."""
+    evaluations = [record for record in curve if record["split"] == "dev"]
+    assert len(evaluations) >= 2, "choosing a best step needs at least two dev evaluations"
+    sign = -1.0 if higher_is_better else 1.0
+    return min(evaluations, key=lambda record: (sign * record[metric], record["step"]))
