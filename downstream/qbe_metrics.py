@@ -104,17 +104,19 @@ def qbe_scores(
     documents: Sequence[torch.Tensor],
     min_query_frames: int = MIN_QUERY_FRAMES,
     max_frames_per_block: int = 400_000,
+    device: torch.device | str | None = None,
 ) -> tuple[np.ndarray, int]:
     """(scores [num queries, num documents], number of queries too short to match) by s3prl's recipe.
 
     ``queries``/``documents``: features [T, D] of one layer (any device). Features are standardised over
     all of them, distances are cosine-exp, costs come from ``subsequence_dtw_costs``; score = -cost, 0 for
     queries of fewer than ``min_query_frames`` frames, then z-normalised per query over the documents.
-    Documents are processed in blocks of at most ``max_frames_per_block`` frames to bound memory.
+    Documents are processed in blocks of at most ``max_frames_per_block`` frames to bound memory, on
+    ``device`` (default: where the features are).
     """
     if not queries or not documents:
         raise ValueError(f"QbE scoring needs queries and documents, got {len(queries)} and {len(documents)}")
-    normalised = standardise_features([*queries, *documents])
+    normalised = standardise_features([feature.to(device) for feature in (*queries, *documents)])
     queries, documents = normalised[: len(queries)], normalised[len(queries) :]
     blocks: list[list[int]] = [[]]
     frames = 0

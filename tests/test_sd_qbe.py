@@ -4,6 +4,7 @@ hand-worked values and independent implementations (pyannote.metrics for DER, dt
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import shutil
 import warnings
@@ -38,6 +39,7 @@ from downstream.qbe_metrics import (
     subsequence_dtw_costs,
     znorm_per_query,
 )
+from tests.helpers import TINY_UPSTREAM, run_downstream_cli
 
 MINI = Path(__file__).resolve().parent.parent / "data" / "mini_superb"
 DIARIZATION = MINI / "Diarization"
@@ -180,7 +182,9 @@ def test_quesst_layout_errors(tmp_path):
         read_quesst14(root, "dev")
     rewrite(key, first.split()[0], first.replace("nnenglish", "basque"))
     assert len(read_quesst14(root, "dev").queries) == 7  # that query is no longer English
-    with pytest.raises(DataLayoutError, match="language_key_utterances.lst' lists no document of language 'basque'"):
+    with pytest.raises(
+        DataLayoutError, match="language_key_utterances.lst' lists no document of language 'basque'"
+    ):
         read_quesst14(root, "dev", language="basque")
     shutil.copy(QUESST / "scoring" / "language_key_dev.lst", key)
 
@@ -431,3 +435,119 @@ def test_generator_only_option_rewrites_just_sd_and_qbe(tmp_path):
     assert len(read_quesst14(tmp_path / "b" / "quesst14Database", "dev").queries) == 2
     with pytest.raises(SystemExit, match="unknown corpora"):
         make_mini_superb.main(["--out", str(tmp_path / "b"), "--only", "sd,asr"])
+
+
+# -- the tasks on the engine ----------------------------------------------------------------------------------
+
+
+def test_lstm_frame_head_shapes_and_padding():
+    from downstream.heads import LSTMFrameHead, count_parameters
+
+    torch.manual_seed(0)
+    head = LSTMFrameHead(input_size=6, num_outputs=2, hidden_size=16).eval()
+    # s3prl's diarization model: LSTM(6, 16) and Linear(16, 2)
+    assert count_parameters(head) == 4 * 16 * (6 + 16 + 2) + 16 * 2 + 2
+    features, lengths = torch.randn(2, 9, 6), torch.tensor([9, 4])
+    logits = head(features, lengths)
+    assert logits.shape == (2, 9, 2)
+    alone = head(features[1:, :4], lengths[1:])
+    torch.testing.assert_close(logits[1:, :4], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_sd_task_targets_loss_and_der_of_a_perfect_output():
+    from downstream.tasks.sd import SpeakerDiarization
+
+    task = SpeakerDiarization(str(DIARIZATION))
+    recording = task.utterances("dev")[0]
+    frames = 200
+    batch = {
+        "targets": [recording],
+        "wav_lengths": torch.tensor([recording.num_samples]),
+        "indices": torch.tensor([0]),
+    }
+    lengths = torch.tensor([frames])
+    targets = task.targets(batch, lengths, frames)
+    shift = recording.num_samples / frames / 16000
+    assert torch.equal(
+        targets[0], torch.from_numpy(frame_targets(recording.turns, recording.speakers, frames, shift))
+    )
+    perfect = (targets * 2 - 1) * 20.0  # confident logits in the right columns
+    statistics = task.eval_statistics(perfect.flip(-1), lengths, batch)  # column order does not matter
+    assert task.metrics(statistics)["der"] < 2.0  # only the frame quantisation of the turn boundaries
+    assert task.loss(perfect.flip(-1), lengths, batch).item() < 1e-6
+    with pytest.raises(ValueError, match="would cut recordings away from their speaker turns"):
+        SpeakerDiarization(str(DIARIZATION), max_seconds=5.0, on_too_long="crop")
+
+
+def trivial_der(split: str) -> float:
+    """The all-speech, one-speaker answer: DER of one speaker talking through every recording."""
+    total = DiarizationErrors()
+    for recording in read_diarization(DIARIZATION, split):
+        total = total + diarization_errors(recording.reference, [SpeakerTurn("x", 0.0, recording.seconds)])
+    return total.der
+
+
+@pytest.mark.slow
+def test_sd_run_learns_on_the_mini_corpus(tmp_path):
+    # the demo schedule's learning rate and batch, 40 updates and a 64-unit LSTM so that it fits a short test
+    run_downstream_cli(
+        [
+            "task=sd",
+            "task.head.hidden_size=64",
+            "trainer.max_steps=40",
+            "trainer.eval_every=40",
+            f"hydra.run.dir={tmp_path}",
+        ]
+    )
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["task"] == "sd" and results["metric"] == "der" and results["higher_is_better"] is False
+    assert results["test"]["der"] == pytest.approx(
+        results["test"]["missed"] + results["test"]["false_alarm"] + results["test"]["confusion"]
+    )
+    assert trivial_der("test") > 75.0
+    assert results["test"]["der"] < trivial_der("test") - 20.0
+
+
+@pytest.mark.slow
+def test_qbe_runs_without_training_and_beats_random_scores(tmp_path):
+    run_downstream_cli(["task=qbe", "task.select_layer=false", f"hydra.run.dir={tmp_path}"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["task"] == "qbe" and results["metric"] == "mtwv" and results["interface"] == "single_layer"
+    assert results["steps"] == 0 and results["trainable_params"] == {"interface": 0, "head": 0, "upstream": 0}
+    qbe_set = read_quesst14(QUESST, "test")
+    targets = np.array(
+        [[(q.id, d.id) in qbe_set.targets for d in qbe_set.documents] for q in qbe_set.queries]
+    )
+    rng = np.random.default_rng(0)
+    random_mtwv = np.mean(
+        [maximum_term_weighted_value(rng.normal(size=targets.shape), targets).mtwv for _ in range(50)]
+    )
+    assert results["test"]["queries"] == 8 and results["test"]["occurrences"] == 24
+    assert results["test"]["mtwv"] > random_mtwv + 0.3
+    assert results["test"]["min_cnxe"] < 1.0
+
+
+def test_qbe_refuses_trainable_interfaces_and_ignored_layers(make_config, tmp_path):
+    from downstream.training.runner import run_experiment
+
+    overrides = ["task=qbe", "interface=weighted_sum", *TINY_UPSTREAM]
+    with pytest.raises(
+        ValueError, match="trainable interfaces do not apply: interface=weighted_sum has 3 trainable"
+    ):
+        run_experiment(make_config(overrides, run_dir=tmp_path), tmp_path)
+    overrides[1] = "interface.layer=1"
+    with pytest.raises(ValueError, match="interface.layer=1 would be ignored"):
+        run_experiment(make_config(overrides, run_dir=tmp_path), tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_qbe_layer_selection_picks_the_best_dev_layer(make_config, tmp_path):
+    from downstream.training.runner import run_experiment
+
+    overrides = ["task=qbe", *TINY_UPSTREAM]
+    results = run_experiment(make_config(overrides, run_dir=tmp_path), tmp_path, overrides=overrides)
+    per_layer = [results["dev"][f"mtwv_layer{k}"] for k in range(3)]
+    best = int(results["dev"]["layer"])
+    assert per_layer[best] == max(per_layer) == results["dev"]["mtwv"]
+    assert results["layer_weights"] == [float(k == best) for k in range(3)]

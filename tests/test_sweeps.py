@@ -247,13 +247,23 @@ def test_table4_fine_tunes_hubert_base_with_the_three_paper_rows():
     }
 
 
-def test_superb_covers_the_four_tasks_and_every_er_fold():
+def test_superb_covers_its_tasks_and_every_er_fold():
     jobs = launched("superb")
     tasks = defaultdict(set)
     for job in jobs:
         tasks[job_value(job, "task")].add(job_value(job, "task.fold"))
-    assert tasks == {"pr": {None}, "asr": {None}, "sid": {None}, "er": {"1", "2", "3", "4", "5"}}
+    assert tasks == {
+        "pr": {None},
+        "asr": {None},
+        "sid": {None},
+        "sd": {None},
+        "qbe": {None},
+        "er": {"1", "2", "3", "4", "5"},
+    }
     assert compose_config(["experiment=superb"]).hydra.runtime.choices.interface == "weighted_sum"
+    # QbE trains nothing: its config picks a non-trainable interface and SUPERB's layer selection
+    qbe = compose_config(["experiment=superb", "task=qbe"])
+    assert qbe.hydra.runtime.choices.interface == "single_layer" and qbe.task.select_layer
 
 
 def test_command_line_value_replaces_a_swept_key():

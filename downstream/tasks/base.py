@@ -78,6 +78,8 @@ class Task(ABC):
     higher_is_better: bool = False
     #: Random crop length of training utterances in seconds (None: whole utterances).
     train_crop_seconds: float | None = None
+    #: False for a task that trains nothing (QbE): the runner evaluates it by downstream.training.untrained.
+    trains: bool = True
 
     def __init__(self, data_root: str, max_seconds: float | None = None, on_too_long: str = "crop") -> None:
         """``data_root``: the corpus as distributed. ``max_seconds``: utterances longer than this are

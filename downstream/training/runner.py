@@ -23,6 +23,7 @@ from downstream.training.loading import pick_device
 from downstream.training.run_log import SilentRunLogger
 from downstream.training.settings import TrainerSettings
 from downstream.training.trainer import Trainer
+from downstream.training.untrained import run_untrained_jobs
 from upstream.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,8 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
         )
     seed_everything(first.seed)
     task = build_task(first.task)
+    if not task.trains:  # nothing to train (QbE): score the interface's features; same results.json
+        return run_untrained_jobs(jobs, results, pending, task, settings, build_results)
     task.check_data()
     upstream = hydra.utils.instantiate(first.upstream)
     branches = [build_branch(jobs[i].cfg, upstream, task, settings, jobs[i].run_dir) for i in pending]
