@@ -551,3 +551,12 @@ def test_qbe_layer_selection_picks_the_best_dev_layer(make_config, tmp_path):
     best = int(results["dev"]["layer"])
     assert per_layer[best] == max(per_layer) == results["dev"]["mtwv"]
     assert results["layer_weights"] == [float(k == best) for k in range(3)]
+
+
+def test_table_cells_below_one_keep_four_decimals():
+    from downstream.reporting.render import number_text
+
+    assert number_text(0.0736) == "0.0736"  # SUPERB's QbE MTWV would read 0.07 with two decimals
+    assert number_text(5.88) == "5.88" and number_text(0.0) == "0.00" and number_text(-0.25) == "-0.2500"
+    assert number_text(0.21, like=3.25) == "0.21"  # a spread takes its mean's precision
+    assert number_text(0.0031, like=0.0736) == "0.0031"
