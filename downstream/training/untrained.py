@@ -111,7 +111,10 @@ def evaluate_untrained(
     log_run: Any,
 ) -> tuple[dict[str, Any], EvaluatedInterface, TrainerSettings]:
     """Evaluate one job without training. Returns (the outcome ``build_results`` reads, the interface it
-    describes, settings with ``max_steps`` 0). ``log_run`` is the job's logger (RunLog)."""
+    describes, settings as used: ``max_steps`` 0, no ``limit_eval_batches``). ``log_run`` is the job's logger
+    (RunLog)."""
+    if settings.limit_eval_batches is not None:
+        log.warning("%s scores whole splits: trainer.limit_eval_batches is ignored", cfg.task_name)
     if rank_info().is_distributed:
         raise ValueError(f"task={cfg.task_name} trains nothing; run it in one process, not under torchrun")
     device = pick_device(settings.device)
@@ -156,7 +159,11 @@ def evaluate_untrained(
     log.info("%s without training: dev %s, test %s", cfg.task_name, dev, test)
     outcome = {"best_step": None, "dev": dev, "test": test, "bad_steps": 0, "too_long": None}
     head = task.build_head(interface.output_size, {})
-    return outcome, EvaluatedInterface(interface, head), dataclasses.replace(settings, max_steps=0)
+    return (
+        outcome,
+        EvaluatedInterface(interface, head),
+        dataclasses.replace(settings, max_steps=0, limit_eval_batches=None),
+    )
 
 
 def run_untrained_jobs(
