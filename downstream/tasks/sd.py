@@ -11,9 +11,11 @@ Here the upstream's T frames of an N-sample recording cover it evenly (frame shi
 is the downsample rate up to the upstream's edge frames, and the same timing turns outputs back into
 speaker turns for scoring.
 
-Deviation from s3prl, which cuts long training recordings into chunks of 2000 frames: training uses whole
-recordings (Libri2Mix's mixtures, and the mini corpus's, are shorter than 2000 frames of a 20 ms
-upstream); evaluation, as in s3prl, uses whole recordings.
+Deviations from s3prl: it cuts training recordings into chunks of 2000 frames; here training uses whole
+recordings (2000 frames of a 20 ms upstream are 40 s, longer than LibriSpeech's utterances of at most about
+35 s and so than Libri2Mix's mixtures; the mini corpus's are about 7 s). Its scoring script reports the
+lowest test DER over thresholds 0.3-0.7 and median filters 1 and 11; here one ``threshold`` and ``median``
+(0.5 and 1 by default) are applied to dev and test alike. Evaluation, as in s3prl, uses whole recordings.
 """
 
 from __future__ import annotations
