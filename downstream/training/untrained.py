@@ -36,7 +36,7 @@ from upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 
-#: features [L, B, T, D] and frame lengths [B] -> features [B, T, D']
+#: hidden states [L, B, T, D] and frame lengths [B] -> features [B, T, D'] (an interface)
 Transform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -80,11 +80,13 @@ def encode(
 ) -> dict[str, torch.Tensor]:
     """Utterance id -> its features [T, D'] (float16, on the CPU), batches of trainer.batch_size."""
     features: dict[str, torch.Tensor] = {}
+    if not utterances:
+        return features
     for batch in _batches(utterances, settings, device, seed):
         hidden_states, frame_lengths = upstream(batch["wavs"].to(device), batch["wav_lengths"].to(device))
         encoded = transform(hidden_states.float(), frame_lengths).half().cpu()
         for row, index in enumerate(batch["indices"].tolist()):
-            features[utterances[index].id] = encoded[row, : int(frame_lengths[row])]
+            features[utterances[index].id] = encoded[row, : int(frame_lengths[row])].clone()
     return features
 
 
@@ -127,11 +129,14 @@ def evaluate_untrained(
     if interface.needs_fit:
         _fit(interface, task.fit_utterances(), upstream, settings, device, cfg.seed)
 
-    def metrics_of(split: str, transform: Transform) -> dict[str, float]:
-        features = encode(task.utterances(split), upstream, transform, settings, device, cfg.seed)
+    def metrics_of(split: str, features: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metrics of ``split`` with the interface as it is now; ``features`` caches what it encodes (the
+        documents are shared by dev and test, so they are encoded once per interface setting)."""
+        missing = [utterance for utterance in task.utterances(split) if utterance.id not in features]
+        features.update(encode(missing, upstream, interface, settings, device, cfg.seed))
         return task.metrics(task.score(split, features, device=device))
 
-    layer_scores: dict[int, dict[str, float]] = {}
+    features: dict[str, torch.Tensor] = {}
     if getattr(task, "select_layer", False) and type(interface) is SingleLayer:
         if interface.layer != upstream.num_layers - 1:
             raise ValueError(
@@ -139,12 +144,16 @@ def evaluate_untrained(
                 f"interface.layer={cfg.interface.layer} would be ignored: set task.select_layer=false to "
                 "evaluate that layer alone"
             )
+        pick = max if task.higher_is_better else min
+        layer_scores: dict[int, dict[str, float]] = {}
+        best = None
         for layer in range(upstream.num_layers):
-            layer_scores[layer] = metrics_of("dev", lambda states, lengths, k=layer: states[k])
+            interface.layer = layer  # the interface itself, so that its normalize option applies
+            layer_features: dict[str, torch.Tensor] = {}
+            layer_scores[layer] = metrics_of("dev", layer_features)
             log.info("layer %d dev: %s %.4f", layer, task.metric, layer_scores[layer][task.metric])
-        best = (max if task.higher_is_better else min)(
-            layer_scores, key=lambda k: layer_scores[k][task.metric]
-        )
+            if best is None or pick(best, layer, key=lambda k: layer_scores[k][task.metric]) == layer:
+                best, features = layer, layer_features  # keep only the best layer's features
         interface.layer = best
         dev = {
             **layer_scores[best],
@@ -152,8 +161,8 @@ def evaluate_untrained(
             **{f"{task.metric}_layer{k}": scores[task.metric] for k, scores in layer_scores.items()},
         }
     else:
-        dev = metrics_of("dev", interface)
-    test = metrics_of("test", interface)
+        dev = metrics_of("dev", features)
+    test = metrics_of("test", features)
     log_run.log(0, "dev", dev)
     log_run.log(0, "test", test)
     log.info("%s without training: dev %s, test %s", cfg.task_name, dev, test)
