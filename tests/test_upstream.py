@@ -542,7 +542,23 @@ OFFLINE_SCRIPT = textwrap.dedent(
         "hf": lambda: HfUpstream(model="facebook/hubert-base-ls960"),
         "torchaudio": lambda: TorchaudioUpstream(bundle="HUBERT_BASE"),
     }
-    # The test suite never touches the network: the flag makes every source skip its download attempt.
+    # The test suite never touches the network: the flag makes every source skip its download attempt,
+    # and no source (nor a library under it) even looks a host up.
+    import socket
+    lookups = []
+    real_getaddrinfo = socket.getaddrinfo
+    from upstream._offline import NetworkBlockedError
+    def recording_getaddrinfo(host, *args, **kwargs):
+        try:
+            answer = real_getaddrinfo(host, *args, **kwargs)
+        except NetworkBlockedError:
+            raise  # stopped by the project's own guard before any query went out
+        except OSError:
+            lookups.append(host)
+            raise
+        lookups.append(host)
+        return answer
+    socket.getaddrinfo = recording_getaddrinfo
     os.environ["SSL_BENCH_OFFLINE"] = "1"
     results = {}
     for source, build in builders.items():
@@ -556,6 +572,7 @@ OFFLINE_SCRIPT = textwrap.dedent(
             outcome = {"error": type(error).__name__, "message": str(error)}
         outcome["seconds"] = time.perf_counter() - started
         results[f"offline_flag/{source}"] = outcome
+    results["host_lookups"] = lookups
     # Then the same names with a (tiny) checkpoint in each source's own cache: found there, offline.
     import shutil
     from pathlib import Path
@@ -612,6 +629,7 @@ def test_offline_with_nothing_cached_fails_fast_with_one_clear_message_and_finds
         "torchaudio": ("HUBERT_BASE (torchaudio)", "https://download.pytorch.org/", str(empty / "torch")),
     }
     assert results.pop("cached/s3prl") == results.pop("cached/hf") == {"num_layers": 3}
+    assert results.pop("host_lookups") == []  # e.g. huggingface_hub's agent registry, unless told offline
     assert set(results) == {f"offline_flag/{source}" for source in expected}  # every source was tried
     for key, outcome in results.items():
         source = key.split("/")[1]

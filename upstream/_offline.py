@@ -119,6 +119,19 @@ def offline_flag() -> str | None:
     return None
 
 
+def tell_hf_hub_when_offline() -> None:
+    """Put huggingface_hub in offline mode when this process is declared offline by any flag.
+
+    huggingface_hub reads only HF_HUB_OFFLINE, once at import; without this, SSL_BENCH_OFFLINE=1 alone still
+    lets it look up huggingface.co (its request headers fetch an agent registry even for
+    ``local_files_only=True`` loads).
+    """
+    if offline_flag() is not None:
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True
+
+
 def network_unreachable_reason(url: str) -> str | None:
     """Why ``url`` cannot be downloaded now (an offline flag, or no TCP connection within a few seconds),
     or None if it can. A configured HTTPS proxy is trusted without a probe."""

@@ -27,6 +27,7 @@ from upstream._offline import (
     CheckpointNotFoundError,
     missing_checkpoint_message,
     network_unreachable_reason,
+    tell_hf_hub_when_offline,
 )
 from upstream.base import (
     PADDING_MODES,
@@ -150,6 +151,7 @@ def load_offline_first(model: str, cache_dir: str | None, load: Callable[[str, b
     Raises CheckpointNotFoundError with one message (model, where it looked, what it needs, where to put
     it) when the files are neither there nor downloadable.
     """
+    tell_hf_hub_when_offline()
     model = os.path.expanduser(model) if model.startswith("~") else model
     if os.path.isdir(model):
         if not (Path(model) / "config.json").is_file():
