@@ -538,6 +538,9 @@ def test_qbe_refuses_trainable_interfaces_and_ignored_layers(make_config, tmp_pa
     overrides[1] = "interface.layer=1"
     with pytest.raises(ValueError, match="interface.layer=1 would be ignored"):
         run_experiment(make_config(overrides, run_dir=tmp_path), tmp_path)
+    overrides[1] = "upstream.trainable=true"
+    with pytest.raises(ValueError, match="task=qbe trains nothing: set upstream.trainable=false"):
+        run_experiment(make_config(overrides, run_dir=tmp_path), tmp_path)
     assert not (tmp_path / "results.json").exists()
 
 
