@@ -22,9 +22,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from downstream.lr_search import register_resolvers
 from downstream.training.distributed import environment_rank, environment_world_size, shutdown_distributed
 
 os.environ.setdefault("SSL_BENCH_ROOT", str(Path(__file__).resolve().parent))
+register_resolvers()  # ${sweep_values:...} of experiment=lr_search
 
 
 def prepare_torchrun_arguments(argv: list[str]) -> list[str]:

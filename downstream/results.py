@@ -32,8 +32,14 @@ class RunResults:
     ``trainable_params`` maps interface/head/upstream to trainable parameter counts (upstream 0 when frozen);
     ``dev``/``test`` map metric names to values (``test`` always holds ``metric``); ``layer_weights`` is a
     list over layers, a list per group, or None for interfaces that do not weigh layers; ``too_long`` is
-    {max_seconds, policy, <split>: count} or None without a length limit. Keys this schema does not know
-    (written by a newer runner) are kept in ``extra`` and written back unchanged.
+    {max_seconds, policy, <split>: count} or None without a length limit. ``lr`` is the head's learning
+    rate (trainer.lr, after the schedule). ``stopped_early`` is None for a run trained to the end, or
+    {step, rank, of} when successive halving stopped it (downstream/training/halving.py): it ranked ``rank``
+    of ``of`` in its pool at that step. ``data_policy`` is what the pre-training data check
+    (``downstream.training.data_check``) changed or left out, per split and kind ({split: {too_short,
+    too_long, ctc_infeasible, empty_transcript, oov, utterances}}; None in records written before it
+    existed). Keys this schema does not know (written by a newer runner) are kept in ``extra`` and
+    written back unchanged.
     """
 
     task: str
@@ -51,12 +57,15 @@ class RunResults:
     fold: int | None = None
     schedule: str | None = None
     steps: int | None = None
+    lr: float | None = None
     limit_eval_batches: int | None = None
     best_step: int | None = None
     skipped_updates: int | None = None
     too_long: dict[str, Any] | None = None
+    data_policy: dict[str, dict[str, Any]] | None = None
     layer_weights: list[float] | list[list[float]] | None = None
     overrides: tuple[str, ...] = ()
+    stopped_early: dict[str, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # the order results.json has always had (the runner's), then anything in extra
@@ -74,14 +83,17 @@ class RunResults:
         "schedule",
         "trainable_params",
         "steps",
+        "lr",
         "limit_eval_batches",
         "best_step",
         "skipped_updates",
         "too_long",
+        "data_policy",
         "dev",
         "test",
         "layer_weights",
         "overrides",
+        "stopped_early",
     )
 
     def __post_init__(self) -> None:

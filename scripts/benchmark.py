@@ -4,6 +4,7 @@ python scripts/benchmark.py interfaces [--device cpu]   # forward+backward time 
 python scripts/benchmark.py data                        # decoding + batching speed on the mini corpus
 python scripts/benchmark.py step [overrides ...]        # upstream forward vs full training step
 python scripts/benchmark.py upstream --archs ...        # real-sized encoders, random weights: forward time
+python scripts/benchmark.py lr_search [overrides ...]   # K-lr x M-interface search: one group vs separate runs
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.bench import data as data_bench  # noqa: E402
 from scripts.bench import interfaces as interfaces_bench  # noqa: E402
+from scripts.bench import lr_search as lr_search_bench  # noqa: E402
 from scripts.bench import train_step as step_bench  # noqa: E402
 from scripts.bench import upstream_forward as upstream_bench  # noqa: E402
 
@@ -24,6 +26,7 @@ SUBCOMMANDS = {
     "data": data_bench,
     "step": step_bench,
     "upstream": upstream_bench,
+    "lr_search": lr_search_bench,
 }
 
 

@@ -4,9 +4,18 @@
 #
 #   OUT=/somewhere bash scripts/gpu_check.sh                       # on the GPU machine, from the repo root
 #   GPU_CHECK_SMOKE=1 OUT=/tmp/gpu_check bash scripts/gpu_check.sh  # CPU plumbing check: tiny upstream, few steps
+#   GPU_CHECK_PARTS=environment,forward_base,forward_large,vs_s3prl,ctc_step_tests OUT=... bash scripts/gpu_check.sh
+#
+# GPU_CHECK_PARTS (comma-separated part names) runs only those parts; the others are listed as "not selected".
+# Issue 19's parts (budgets add up to 9.5 minutes; the total budget check stops at GPU_CHECK_BUDGET):
+# ctc_step_tests (tests/test_ctc_step.py: synchronising CUDA calls of a training step vs torch's CTC alone),
+# forward_base / forward_large (scripts/bench/hubert_forward.py: HuBERT Base / Large forward, 32 x 12 s,
+# fp32 / TF32 / bf16 / unmasked attention / torch.compile, error vs fp32)
+# and vs_s3prl (scripts/bench/vs_s3prl.py: this runner vs s3prl 0.4.18's on SUPERB PR, HuBERT Base random weights).
 #
 # Writes under $OUT: summary.md (part, status, seconds), env.txt, step_precision.{md,json},
-# step_fast_shared.{md,json}, step_fp16.{md,json}, interfaces_fp32.md, interfaces_bf16.md, logs/<part>.log.
+# step_fast_shared.{md,json}, step_fp16.{md,json}, interfaces_fp32.md, interfaces_bf16.md, forward_base.{md,json},
+# forward_large.{md,json}, vs_s3prl.{md,json}, logs/<part>.log.
 #
 # Preinstalled on the GPU machine: torch, torchaudio, transformers (with numpy, PyYAML, packaging, tqdm).
 # Wheels to carry in .whl/ (installed below with --no-deps into /tmp/site):
@@ -14,6 +23,8 @@
 #   soundfile==0.14.0 cffi==2.0.0 pycparser==3.0 soxr==1.1.0             downstream.data (the trainer imports it; it decodes the mini corpus)
 #   editdistance==0.8.1                                                  downstream.metrics (imported by the CTC tasks)
 #   pytest==9.0.3 pluggy==1.6.0 iniconfig==2.3.0 pygments==2.20.0        the two pytest parts
+#   s3prl==0.4.18 (pure Python)                                          vs_s3prl (s3prl's legacy runner; its other
+#                                                                        imports come with torch/transformers)
 # cffi, soxr and editdistance are compiled: fetch the wheels for the GPU machine's Python, e.g.
 #   pip download --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux2014_x86_64 -d .whl <name==version>
 # antlr4-python3-runtime 4.9.3 exists on PyPI only as a source archive: `pip wheel --no-deps -w .whl
@@ -52,6 +63,9 @@ if [[ "$SMOKE" == 1 ]]; then
   SHARED=(--interfaces weighted_sum,hconv,last_layer --shared 2,3)
   INTERFACE_BENCH=(--device cpu --num-layers 3 --hidden-size 32 --batch-size 2 --frames 20 --repeats 1 --warmup 0
                    --threads 1 --interfaces weighted_sum hconv)
+  FORWARD_BASE=(--smoke)
+  FORWARD_LARGE=(--smoke --variants fp32,bf16,bf16+nomask)
+  VS_S3PRL=(--smoke)
 else
   DEVICE=cuda
   UPSTREAM=(upstream=torchaudio upstream.bundle=HUBERT_BASE upstream.pretrained=false)  # random weights
@@ -60,6 +74,14 @@ else
   VARIANTS=fp32,fp32+tf32,bf16,bf16+compile
   SHARED=(--interfaces "$EIGHT" --shared 3,8)
   INTERFACE_BENCH=(--device cuda --repeats 5 --warmup 2)
+  # compiled variants last (about 40 s of compilation each, bf16+compile-static once more per bucket of the
+  # varied batches); the tables are rewritten after every variant, so a part cut short keeps its rows
+  FORWARD_BASE=(--models base --device cuda --varied-batches 3 --bucket-seconds 4
+                --variants fp32,tf32,bf16,bf16+nomask,bf16+nomask+compile,bf16+nomask+cudagraphs,bf16+compile,bf16+compile-static)
+  FORWARD_LARGE=(--models large --device cuda --variants fp32,tf32,bf16,bf16+nomask,bf16+nomask+compile)
+  # 150 updates (15 warm-up) per runner, 5,280 synthetic train-clean-100-like utterances (about 18.6 h, one epoch)
+  VS_S3PRL=(--model base --device cuda --updates 150 --warmup-updates 15 --repeats 1 --timeout 110
+            --workdir /tmp/vs_s3prl)
 fi
 
 echo "| part | status | seconds | budget s |" > "$SUMMARY"
@@ -69,6 +91,10 @@ echo "|---|---|---|---|" >> "$SUMMARY"
 part() {
   local name=$1 budget=$2
   shift 2
+  if [[ -n "${GPU_CHECK_PARTS:-}" && ",$GPU_CHECK_PARTS," != *",$name,"* ]]; then
+    echo "| $name | not selected | 0 | $budget |" >> "$SUMMARY"
+    return
+  fi
   local left=$((TOTAL_BUDGET - ($(date +%s) - START)))
   if ((left < 20)); then
     echo "| $name | skipped: total budget spent | 0 | $budget |" >> "$SUMMARY"
@@ -125,6 +151,18 @@ part interfaces_fp32 60 python3 scripts/benchmark.py interfaces "${INTERFACE_BEN
   --output "$OUT/interfaces_fp32.md"
 part interfaces_bf16 60 python3 scripts/benchmark.py interfaces "${INTERFACE_BENCH[@]}" --precision bf16 \
   --output "$OUT/interfaces_bf16.md"
+
+# Issue 19: the training step's synchronising calls are only those inside torch's CUDA CTC (skipped on a CPU)
+part ctc_step_tests 60 python3 -m pytest -q -p no:cacheprovider -rs tests/test_ctc_step.py
+
+# Issue 19: the upstream forward's variants (Base with bucketed varied batches, then Large) and the head-to-head
+# with s3prl's runner. Compilation is the slow part (about 40 s per compiled variant on an H200).
+part forward_base 170 python3 scripts/bench/hubert_forward.py "${FORWARD_BASE[@]}" \
+  --output "$OUT/forward_base.md" --json "$OUT/forward_base.json"
+part forward_large 110 python3 scripts/bench/hubert_forward.py "${FORWARD_LARGE[@]}" \
+  --output "$OUT/forward_large.md" --json "$OUT/forward_large.json"
+part vs_s3prl 230 python3 scripts/bench/vs_s3prl.py "${VS_S3PRL[@]}" \
+  --output "$OUT/vs_s3prl.md" --json "$OUT/vs_s3prl.json"
 
 part fp16_interface_tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_interfaces.py -k fp16
 # cache, sync-free skipping of non-finite updates and the benchmark table, here on the GPU (device=auto)

@@ -13,3 +13,19 @@ def make_config():
     """compose_config, with Hydra's global state cleared after the test."""
     yield compose_config
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster (tests/slurm_cluster.py) for the session; skips, saying why, where it
+    cannot start (not root, packages missing). Its daemons are stopped by their pids at the end."""
+    from tests.slurm_cluster import SlurmCluster, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no SLURM cluster: {reason}")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

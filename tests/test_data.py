@@ -163,7 +163,7 @@ def test_lexicon_file_formats_and_errors(tmp_path):
         load_lexicon(lexicon_file)
 
 
-def test_librispeech_layout_errors(tmp_path):
+def test_librispeech_layout_errors(tmp_path, caplog):
     with pytest.raises(DataLayoutError, match=r"LibriSpeech root '.*missing' does not exist.*trans\.txt"):
         read_librispeech(tmp_path / "missing", "dev-clean")
     write_librispeech_chapter(tmp_path, "dev-clean", {"0000": np.zeros(1600, dtype=np.float32) + 0.1})
@@ -174,9 +174,17 @@ def test_librispeech_layout_errors(tmp_path):
     (tmp_path / "dev-clean" / "1" / "2" / "1-2.trans.txt").write_text("1-2-0000 HELLO\n1-2-0001 WORLD\n")
     with pytest.raises(DataLayoutError, match=r"1 audio file\(s\) listed but not found:\n  .*1-2-0001\.flac"):
         read_librispeech(tmp_path, "dev-clean")
-    (tmp_path / "dev-clean" / "1" / "2" / "1-2.trans.txt").write_text("1-2-0000\n")
+    (tmp_path / "dev-clean" / "1" / "2" / "1-2.trans.txt").write_text("1-2 HELLO\n")
     with pytest.raises(DataLayoutError, match=r"1-2\.trans\.txt' line 1 is not"):
         read_librispeech(tmp_path, "dev-clean")
+    # an id without text is an empty transcript (issue 14): named with its line, the task's policy applies
+    (tmp_path / "dev-clean" / "1" / "2" / "1-2.trans.txt").write_text("1-2-0000\n")
+    with caplog.at_level(logging.WARNING):
+        (utterance,) = read_librispeech(tmp_path, "dev-clean")
+    assert (
+        utterance.text == ""
+        and "1-2.trans.txt' line 1: the transcript of utterance 1-2-0000 is empty" in caplog.text
+    )
 
 
 # -- VoxCeleb1 ------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from collections import Counter
@@ -252,7 +253,7 @@ def test_ml_superb_reader_multilingual_and_monolingual_sets():
     assert {u.label for u in read_ml_superb(ML_SUPERB, "test", "10min", monolingual="fra1")} == {"fra"}
 
 
-def test_ml_superb_reader_errors_and_normalisation(tmp_path):
+def test_ml_superb_reader_errors_and_normalisation(tmp_path, caplog):
     with pytest.raises(DataLayoutError, match="ML-SUPERB root .* does not exist"):
         read_ml_superb(tmp_path / "missing", "train")
     with pytest.raises(ValueError, match="duration must be one of '10min', '1h', got '2h'"):
@@ -266,8 +267,11 @@ def test_ml_superb_reader_errors_and_normalisation(tmp_path):
     with pytest.raises(DataLayoutError, match="transcript_10min_dev.txt' does not exist"):
         read_ml_superb(tmp_path, "dev")
     (tmp_path / "swc" / "deu" / "transcript_10min_dev.txt").write_text("swc_deu_000999 1.0\n")
-    with pytest.raises(DataLayoutError, match="line 1 is not '<utterance id> <field> <transcript>'"):
+    with caplog.at_level(logging.WARNING), pytest.raises(DataLayoutError, match="listed but not found"):
         read_ml_superb(tmp_path, "dev")
+    assert (
+        "transcript_10min_dev.txt' line 1: the transcript of utterance swc_deu_000999 is empty" in caplog.text
+    )
     assert normalize_transcript("Déjà  vu, [noise] l'été!") == "DÉJÀ VU LÉTÉ"
     assert normalize_transcript("a [b] c", drop_bracketed=False) == "A B C"
 

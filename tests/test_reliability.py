@@ -465,8 +465,8 @@ def test_bad_model_settings_fail_before_training_with_no_outputs(tmp_path, overr
 
 
 def test_other_rates_channels_and_too_long_utterances_are_handled_and_counted(tmp_path, caplog):
-    """A stereo 44.1 kHz file trains like any other; utterances over task.max_seconds are left out
-    (on_too_long=skip), logged, and counted per split in results.json."""
+    """A stereo 44.1 kHz file trains like any other; training utterances over task.max_seconds are left
+    out (on_too_long=skip), logged, and counted in results.json; dev keeps its long one."""
     corpus = tmp_path / "corpus"
     training = write_voxceleb1(corpus)
     time_axis = np.arange(22050) / 44100
@@ -479,6 +479,13 @@ def test_other_rates_channels_and_too_long_utterances_are_handled_and_counted(tm
     overrides = [*SID, f"task.data_root={corpus}", "trainer.max_steps=2", "trainer.eval_every=2"]
     with caplog.at_level(logging.WARNING):
         results = run_in_process([*overrides, "task.max_seconds=1.0", "task.on_too_long=skip"], run_dir)
-    assert results["too_long"] == {"max_seconds": 1.0, "policy": "skip", "train": 1, "dev": 1, "test": 0}
+    # dev and test are never limited (issue 14): the long dev utterance is evaluated whole
+    assert results["too_long"] == {"max_seconds": 1.0, "policy": "skip", "train": 1, "dev": 0, "test": 0}
+    assert results["data_policy"]["train"]["too_long"] == {
+        "count": 1,
+        "max_seconds": 1.0,
+        "policy": "left out",
+    }
+    assert results["data_policy"]["dev"]["utterances"] == 3
     assert "1 of 18 utterances are longer than max_seconds=1.0" in caplog.text
     assert json.loads((run_dir / "results.json").read_text())["too_long"] == results["too_long"]

@@ -23,14 +23,20 @@ RECORD = {
     "schedule": "demo",
     "trainable_params": {"interface": 3, "head": 9000, "upstream": 0},
     "steps": 2,
+    "lr": 0.001,
     "limit_eval_batches": 2,
     "best_step": 2,
     "skipped_updates": 0,
     "too_long": {"max_seconds": 15.0, "policy": "crop", "train": 1, "dev": 0, "test": 0},
+    "data_policy": {
+        split: {"too_short": {"count": 0, "min_samples": 400, "policy": "padded", "examples": []}}
+        for split in ("train", "dev", "test")
+    },
     "dev": {"acc": 25.0},
     "test": {"acc": 30.0},
     "layer_weights": [0.2, 0.3, 0.5],
     "overrides": ["task=er", "task.fold=1"],
+    "stopped_early": {"step": 2, "rank": 2, "of": 2},
 }
 
 

@@ -59,15 +59,34 @@ def test_jobs_trained_together_equal_jobs_trained_alone(make_config, tmp_path, t
         assert json.loads((tmp_path / "together" / name / "results.json").read_text()) == results
 
 
-def test_group_key_ignores_only_interface_and_head_settings(make_config):
+def test_group_key_ignores_only_interface_head_and_optimizer_settings(make_config):
     def key(overrides):
         return group_key(OmegaConf.to_container(resolved_job_config(make_config(overrides))))
 
     base = key(["interface=weighted_sum"])
     assert key(["interface=hconv", "task.head.extra_params=1000"]) == base
-    assert key(["interface=weighted_sum", "seed=1"]) != base
-    assert key(["interface=weighted_sum", "trainer.lr=0.5"]) != base
-    assert key(["interface=weighted_sum", "task=sid"]) != base
+    optimizer = [
+        "trainer.lr=0.5",
+        "trainer.interface_lr=0.1",
+        "trainer.optimizer=adamw",
+        "trainer.weight_decay=0.01",
+    ]
+    assert (
+        key(["interface=hconv", *optimizer, "trainer.scheduler=linear_warmup", "trainer.warmup_steps=5"])
+        == base
+    )
+    # what changes the data stream, the loop or the upstream keeps jobs apart
+    for other in (
+        "seed=1",
+        "task=sid",
+        "trainer.batch_size=3",
+        "trainer.grad_accum=2",
+        "trainer.max_steps=7",
+        "upstream.precision=bf16",
+        "upstream=fbank",
+        "trainer.halving_steps=[100]",
+    ):
+        assert key(["interface=weighted_sum", other]) != base, other
 
 
 @pytest.mark.slow

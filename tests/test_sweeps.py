@@ -55,6 +55,8 @@ CORPUS_FOLDERS = {
     "ic": "FluentSpeechCommands",
     "ml_mono": "ML-SUPERB",
     "ml_multi": "ML-SUPERB",
+    "sd": "Diarization",
+    "qbe": "quesst14Database",
 }
 ML_MONO_LANGUAGES = {
     "eng1",
@@ -280,7 +282,9 @@ def test_corpora_default_is_the_mini_corpus():
 def test_launcher_configs_compose(launcher):
     cfg = compose_config(["experiment=table2", f"hydra/launcher={launcher}"])
     target = cfg.hydra.launcher._target_
-    if "slurm" in launcher:
+    if launcher == "slurm":  # the plugin's launcher, extended (tests/test_slurm.py runs it on SLURM)
+        assert target == "hydra_plugins.shared_upstream_launcher.slurm.SlurmLauncher"
+    elif "slurm" in launcher:
         assert target == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     else:
         assert target == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
@@ -747,9 +751,9 @@ def test_published_numbers_file_is_checked_against_the_interface_configs(tmp_pat
 
     text = DATA_FILE.read_text()
     # Table 2: 5 models x 3 interfaces x 7 tasks; SUPERB adds FBANK (2 interfaces x 4 tasks), wav2vec 2.0
-    # (4 tasks) and HuBERT Base's ASR and SID (its PR and ER are Table 2's, the first source listed)
+    # (4 tasks) and HuBERT Base's ASR and SID (its PR and ER are Table 2's, the first source listed), SD and QbE
     published = load_published(DATA_FILE)
-    assert len(published.references) == 5 * 3 * 7 + 2 * 4 + 4 + 2
+    assert len(published.references) == 5 * 3 * 7 + 2 * 4 + 4 + 2 + 2
     assert published.references[("HuBERT Base", "weighted_sum", "pr")] == reporting.Reference(
         5.41, "paper T2"
     )

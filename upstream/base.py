@@ -132,13 +132,17 @@ def normalize_waveforms(wavs: torch.Tensor, wav_lengths: torch.Tensor, eps: floa
     """Per-utterance zero mean, unit variance over the valid samples: (x - mean) / sqrt(var + eps).
 
     The variance is the biased one (as layer_norm computes it); padded samples stay zero, so each
-    utterance is normalised exactly as it would be alone.
+    utterance is normalised exactly as it would be alone. Mean and variance are summed in float64, where
+    the sum of a float32 constant is exact: a constant (or silent) utterance comes out exactly 0 rather
+    than float32 rounding noise times 1 / sqrt(eps). Returns ``wavs``' dtype.
     """
     valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < wav_lengths[:, None]
-    count = wav_lengths.to(wavs.dtype).clamp(min=1)[:, None]
-    mean = (wavs * valid).sum(dim=1, keepdim=True) / count
-    variance = (((wavs - mean) * valid) ** 2).sum(dim=1, keepdim=True) / count
-    return ((wavs - mean) * torch.rsqrt(variance + eps)) * valid
+    samples = wavs.double()
+    count = wav_lengths.double().clamp(min=1)[:, None]
+    mean = (samples * valid).sum(dim=1, keepdim=True) / count
+    centred = (samples - mean) * valid
+    variance = (centred**2).sum(dim=1, keepdim=True) / count
+    return (centred * torch.rsqrt(variance + eps)).to(wavs.dtype)
 
 
 class Upstream(nn.Module):

@@ -11,6 +11,10 @@ from upstream.base import Upstream
 WINDOW_SAMPLES = 400  # 25 ms at 16 kHz
 HOP_SAMPLES = 160  # 10 ms
 CMVN_EPS = 1e-10
+# Standard deviations at or below this (log-mel units: natural log of energy) are float32 rounding of a
+# constant dimension (silence, digital zero, DC), not signal: such dimensions come out 0. Speech has
+# per-utterance standard deviations of order 1 in every bin.
+CMVN_STD_FLOOR = 1e-3
 
 
 class FbankUpstream(Upstream):
@@ -21,7 +25,9 @@ class FbankUpstream(Upstream):
     L = 1, D = num_mel_bins * (delta_order + 1): 80 by default. ``delta_order=2`` appends deltas and
     delta-deltas (window 5), as s3prl's ``fbank`` upstream does (D = 240). With ``cmvn=True`` (default)
     each utterance is mean/variance normalised per dimension over its own valid frames:
-    (x - mean) / (std + 1e-10), std the unbiased standard deviation. No trainable weights; always fp32.
+    (x - mean) / (std + 1e-10), std the unbiased standard deviation; a dimension whose std is at most
+    ``CMVN_STD_FLOOR`` (constant up to float rounding: an all-zero or constant file, a one-frame
+    utterance) is 0 instead of rounding noise divided by ~1e-10. No trainable weights; always fp32.
     """
 
     def __init__(self, num_mel_bins: int = 80, delta_order: int = 0, cmvn: bool = True) -> None:
@@ -57,7 +63,8 @@ class FbankUpstream(Upstream):
         feats = torch.cat(orders, dim=-1)
         if self.cmvn:
             std = feats.std(dim=0, keepdim=True) if feats.shape[0] > 1 else torch.zeros_like(feats[:1])
-            feats = (feats - feats.mean(dim=0, keepdim=True)) / (std + CMVN_EPS)
+            normalized = (feats - feats.mean(dim=0, keepdim=True)) / (std + CMVN_EPS)
+            feats = torch.where(std > CMVN_STD_FLOOR, normalized, torch.zeros_like(normalized))
         return feats
 
     def extract(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:

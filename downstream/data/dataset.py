@@ -27,7 +27,8 @@ class AudioDataset(Dataset):
     count is logged at construction. Window starts are uniform over the valid positions and drawn from a
     generator seeded with (seed, epoch, index), so a run is reproducible and resumable; call
     ``set_epoch`` before each epoch (with DataLoader workers, do it before the iterator is created and
-    leave persistent_workers off, so the workers receive the new epoch).
+    leave persistent_workers off, so the workers receive the new epoch). ``pad_to_samples``: a waveform
+    shorter than this (an upstream's ``min_samples``) is zero-padded at the end to that length.
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class AudioDataset(Dataset):
         max_seconds: float | None = None,
         on_too_long: str = "crop",
         sample_rate: int = SAMPLE_RATE,
+        pad_to_samples: int | None = None,
     ) -> None:
         for name, value in (("crop_seconds", crop_seconds), ("max_seconds", max_seconds)):
             if value is not None and not value > 0:
@@ -74,6 +76,7 @@ class AudioDataset(Dataset):
         self.num_too_long = len(too_long)
         self.utterances = utterances
         self.crop_samples = min(limits) if limits else None
+        self.pad_to_samples = pad_to_samples
 
     def set_epoch(self, epoch: int) -> None:
         """Select the crop windows of ``epoch`` (crops are a function of seed, epoch and index)."""
@@ -82,9 +85,11 @@ class AudioDataset(Dataset):
     @property
     def num_samples(self) -> list[int]:
         """Length of every item after cropping (give these to the batch sampler)."""
-        if self.crop_samples is None:
-            return [utt.num_samples for utt in self.utterances]
-        return [min(utt.num_samples, self.crop_samples) for utt in self.utterances]
+        crop = self.crop_samples
+        lengths = [utt.num_samples if crop is None else min(utt.num_samples, crop) for utt in self.utterances]
+        if self.pad_to_samples is not None:
+            lengths = [max(length, self.pad_to_samples) for length in lengths]
+        return lengths
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -101,6 +106,8 @@ class AudioDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         start, stop = self.crop_window(index)
         wav = load_audio(self.utterances[index].path, self.sample_rate, start=start, stop=stop)
+        if self.pad_to_samples is not None and wav.shape[0] < self.pad_to_samples:
+            wav = torch.nn.functional.pad(wav, (0, self.pad_to_samples - wav.shape[0]))
         return {"wav": wav, "index": index}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from downstream.data.corpus import (
@@ -11,6 +12,8 @@ from downstream.data.corpus import (
     raise_if_missing,
     require_dir,
 )
+
+logger = logging.getLogger(__name__)
 
 LAYOUT = (
     "<root>/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utterance>.flac, one "
@@ -48,10 +51,18 @@ def read_librispeech(root: str | Path, split: str) -> list[Utterance]:
             if not line.strip():
                 continue
             utterance_id, _, text = line.strip().partition(" ")
-            if not text or utterance_id.count("-") != 2:
+            if utterance_id.count("-") != 2:
                 raise DataLayoutError(
                     f"LibriSpeech transcript '{transcript_file}' line {line_number} is not "
                     f"'<speaker>-<chapter>-<utterance> TRANSCRIPT': {line!r}"
+                )
+            if not text.strip():
+                logger.warning(
+                    "LibriSpeech transcript '%s' line %d: the transcript of utterance %s is empty; empty "
+                    "transcripts are left out of training and kept in dev/test",
+                    transcript_file,
+                    line_number,
+                    utterance_id,
                 )
             ids.append(utterance_id)
             paths.append(transcript_file.parent / f"{utterance_id}.flac")

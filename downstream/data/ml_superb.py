@@ -8,7 +8,9 @@ Every language folder of every source dataset (ALFFA, commonvoice, fleurs, mls, 
     wav/<utterance id>.wav
 
 with transcript lines '<utterance id> <field> <transcript>' split at the first two runs of whitespace
-(the second field is not used, as in ML-SUPERB's data preparation). The language is the folder's
+(the second field is not used, as in ML-SUPERB's data preparation). A line with an id and no transcript
+is an empty transcript: a warning names the file and line (the tasks' policy for empty transcripts,
+``downstream.tasks.ctc.CTCTask.review_targets``, then applies). The language is the folder's
 three-letter code. The shipped mini corpus stores FLAC files and is read unchanged.
 
 Monolingual ASR trains and validates on one (dataset, language) pair of ``MONOLINGUAL_SETS`` and tests
@@ -17,6 +19,7 @@ on that language in every dataset that has it; multilingual ASR and LID use ever
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 from pathlib import Path
@@ -31,6 +34,8 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
+
+logger = logging.getLogger(__name__)
 
 DURATIONS = ("10min", "1h")
 SPLITS = ("train", "dev", "test")
@@ -99,7 +104,8 @@ def read_ml_superb(
     ``duration`` picks the training set (dev and test are the same for both). ``monolingual`` (a key of
     MONOLINGUAL_SETS, e.g. 'eng1') restricts train and dev to that pair's dataset and language and test to
     that language in every dataset; None reads every language folder (multilingual). Raises
-    DataLayoutError for a missing root, transcript file or audio file, or a malformed transcript line.
+    DataLayoutError for a missing root, transcript file or audio file. A line without a transcript gives
+    ``text`` "" and a warning naming the file and line.
     """
     file_name = transcript_file(split, duration)
     folders = language_folders(root)
@@ -122,11 +128,16 @@ def read_ml_superb(
             if not line.strip():
                 continue
             fields = line.strip().split(maxsplit=2)
-            if len(fields) != 3:
-                raise DataLayoutError(
-                    f"ML-SUPERB transcript file '{path}' line {line_number} is not "
-                    f"'<utterance id> <field> <transcript>': {line!r}"
+            if len(fields) < 3:
+                logger.warning(
+                    "ML-SUPERB transcript file '%s' line %d: the transcript of utterance %s is empty (%r); "
+                    "empty transcripts are left out of training and kept in dev/test",
+                    path,
+                    line_number,
+                    fields[0],
+                    line,
                 )
+                fields.extend([""] * (3 - len(fields)))
             entries.append((fields[0], fields[2], folder / "wav" / fields[0]))
             languages.append(language)
     if not entries:

@@ -9,10 +9,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
-from downstream.reporting.collect import Collection, RowKey, Run, interface_params_by_row, row_sort_key
+from downstream.reporting.collect import (
+    Collection,
+    RowKey,
+    Run,
+    interface_params_by_row,
+    parse_override,
+    row_sort_key,
+)
+from downstream.reporting.lr_choice import run_lr
 from downstream.reporting.published import Reference, published_reference
-from downstream.results import RESULTS_FILE, ResultsFileError
+from downstream.results import HYDRA_DIR, RESULTS_FILE, ResultsFileError
 
 SPLITS = ("test", "dev")
 TASK_ORDER = ("pr", "asr", "sid", "er", "ic", "sv", "ml_mono", "ml_multi", "lid", "qbe", "sd")
@@ -20,6 +29,9 @@ TASK_ORDER = ("pr", "asr", "sid", "er", "ic", "sv", "ml_mono", "ml_multi", "lid"
 # ml_multi trains LID jointly; its LID accuracy is the paper's "LID-1h acc" column.
 SECONDARY_COLUMNS = {"ml_multi": (("lid", "lid_acc", True),)}
 NUM_ER_FOLDS = 5  # IEMOCAP's five sessions, one held out per fold
+# Tasks whose published number averages one run per replicate group: ER's folds, ML-SUPERB's monolingual
+# language sets (task.language).
+GROUP_NAMES = {"fold": ("fold", "folds"), "language": ("language", "languages")}
 
 
 @dataclass(frozen=True)
@@ -40,26 +52,71 @@ class Column:
 
 @dataclass
 class Cell:
-    """The runs of one row and task: their scores (with seed and fold each) and the published number."""
+    """The runs of one row and task: their scores (with seed and fold each) and the published number.
+
+    ``groups`` holds each run's replicate group when the task's number averages groups (ER: the fold,
+    ML-SUPERB monolingual: the language set), else None. With groups, ``mean`` is the mean over groups of
+    each group's mean over its runs (seeds), so a fold run twice weighs no more than the others, and
+    ``std`` is the sample std of those group means; otherwise both are over the runs.
+    """
 
     values: tuple[float, ...]
     seeds: tuple
     folds: tuple
     reference: Reference | None
     best: bool = False
+    #: the learning rate of the cell's runs in a table of dev-chosen learning rates (else None)
+    lr: float | None = None
+    groups: tuple = ()
+    group_kind: str | None = None  # 'fold' or 'language' when groups are set
 
     @property
     def n(self) -> int:
         return len(self.values)
 
+    def group_means(self) -> dict | None:
+        """{group: mean of its runs} when every run has a group, else None."""
+        if not self.groups or any(group is None for group in self.groups):
+            return None
+        members: dict = defaultdict(list)
+        for group, value in zip(self.groups, self.values, strict=True):
+            members[group].append(value)
+        return {group: float(np.mean(values)) for group, values in sorted(members.items())}
+
+    def replication(self) -> dict:
+        """{group: number of runs} (empty without groups)."""
+        if self.group_means() is None:
+            return {}
+        return {group: self.groups.count(group) for group in sorted(set(self.groups))}
+
+    @property
+    def spread_over(self) -> str:
+        """What ``std`` is over: 'runs', 'folds' or 'languages'."""
+        if self.group_means() is None:
+            return "runs"
+        return GROUP_NAMES[self.group_kind or "fold"][1]
+
     @property
     def mean(self) -> float:
-        return float(np.mean(self.values))
+        means = self.group_means()
+        return float(np.mean(list(means.values()) if means is not None else self.values))
 
     @property
     def std(self) -> float | None:
-        """Sample standard deviation (ddof=1); None for a single run."""
-        return float(np.std(self.values, ddof=1)) if self.n > 1 else None
+        """Sample standard deviation (ddof=1) over groups' means, or over runs; None for a single one."""
+        means = self.group_means()
+        spread = list(means.values()) if means is not None else list(self.values)
+        return float(np.std(spread, ddof=1)) if len(spread) > 1 else None
+
+    def unequal_replication_note(self) -> str | None:
+        """Which groups have more runs than others, e.g. 'unequal replication: fold 1 x2, others x1'."""
+        counts = self.replication()
+        if len(set(counts.values())) <= 1:
+            return None
+        usual = max(set(counts.values()), key=list(counts.values()).count)
+        singular = GROUP_NAMES[self.group_kind or "fold"][0]
+        odd = ", ".join(f"{singular} {group} x{count}" for group, count in counts.items() if count != usual)
+        return f"unequal replication: {odd}, others x{usual}; mean over {self.spread_over}"
 
     def fold_note(self) -> str | None:
         """Which folds a fold-averaged cell holds, when it is not all of them."""
@@ -67,6 +124,26 @@ class Cell:
         if not folds or folds == list(range(1, NUM_ER_FOLDS + 1)):
             return None
         return f"folds {','.join(map(str, folds))} of {NUM_ER_FOLDS}"
+
+
+def replicate_group(run: Run) -> tuple[str, object] | None:
+    """('fold', n) for a run with a fold (ER), ('language', set) for ML-SUPERB monolingual runs (from the
+    ``task.language`` override, else the run's saved config), None otherwise."""
+    results = run.results
+    if results.fold is not None:
+        return "fold", results.fold
+    if results.task != "ml_mono":
+        return None
+    for override in results.overrides:
+        key, value = parse_override(override)
+        if key == "task.language":
+            return "language", value
+    config_path = run.run_dir / HYDRA_DIR / "config.yaml"
+    if config_path.is_file():
+        language = OmegaConf.select(OmegaConf.load(config_path), "task.language", default=None)
+        if language is not None:
+            return "language", str(language)
+    return None
 
 
 @dataclass
@@ -122,15 +199,19 @@ def aggregate(collection: Collection, split: str = "test") -> Table:
         first_run.setdefault(results.task, run)
         grouped[(run.row, results.task)].append(run)
 
-    cells = {
-        (row, task): Cell(
+    cells = {}
+    for (row, task), runs in grouped.items():
+        groups = [replicate_group(run) for run in runs]
+        kinds = {group[0] for group in groups if group is not None}
+        cells[(row, task)] = Cell(
             values=tuple(_score(run, split) for run in runs),
             seeds=tuple(run.results.seed for run in runs),
             folds=tuple(run.results.fold for run in runs),
             reference=published_reference(row.model, row.interface_name, task) if row.comparable else None,
+            lr=run_lr(runs[0].results) if collection.chosen_lr else None,
+            groups=tuple(None if group is None else group[1] for group in groups) if len(kinds) == 1 else (),
+            group_kind=next(iter(kinds)) if len(kinds) == 1 else None,
         )
-        for (row, task), runs in grouped.items()
-    }
     ordered_columns = sorted(
         columns.values(),
         key=lambda c: (TASK_ORDER.index(c.task) if c.task in TASK_ORDER else len(TASK_ORDER), c.task),

@@ -20,6 +20,10 @@ Within an upstream, rows go from the fewest trainable interface parameters to th
 --plots DIR writes DIR/comparison.png (per task: mean ± std per row, every run, the published number),
 DIR/trainable_params.png (interface, head and fine-tuned upstream parameters on a log axis) with
 DIR/trainable_params.md, and DIR/layer_weights/<run>.png (learned layer weights of every run that has them).
+
+Runs that differ only in trainer.lr are a learning-rate search: the notes name each search's learning rate
+with the best mean dev score (SUPERB's protocol). --chosen-lr keeps only those runs, one row per search, and
+shows the chosen lr in each cell (a test score is then reported only for the dev-chosen learning rate).
 """
 
 from __future__ import annotations
@@ -45,10 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         "--plots", type=Path, default=None, help="write the comparison, parameter and layer-weight plots here"
     )
     parser.add_argument("--output", type=Path, default=None, help="write the table here instead of stdout")
+    parser.add_argument(
+        "--chosen-lr",
+        action="store_true",
+        help="learning-rate searches (runs differing only in trainer.lr): only the runs of the lr with the best "
+        "mean dev score, one row per search, the chosen lr in each cell",
+    )
     args = parser.parse_args(argv)
 
     try:
-        collection = collect_runs(args.sweep_dirs)
+        collection = collect_runs(args.sweep_dirs, chosen_lr=args.chosen_lr)
         table = aggregate(collection, args.split)
     except (FileNotFoundError, ValueError) as error:  # ResultsFileError is a ValueError
         parser.error(str(error))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from downstream.reporting.lr_choice import LR_KEYS, choice_notes, choose_learning_rates
 from downstream.reporting.published import PUBLISHED, paper_model
 from downstream.results import HYDRA_DIR, RunResults, scan_runs
 
@@ -23,6 +24,7 @@ REPLICATE_OR_KEY_OVERRIDES = {
     "upstream",
     "upstream.name",
     "experiment",
+    "lr_search.grid",  # the grid of a learning-rate search (its runs differ in trainer.lr)
     "task.data_root",
     "overwrite",
     "logger",
@@ -67,6 +69,8 @@ class Collection:
     runs: list[Run]
     incomplete: list[Path]
     notes: list[str] = field(default_factory=list)
+    #: only each learning-rate search's chosen runs, one row per search (``collect_runs(chosen_lr=True)``)
+    chosen_lr: bool = False
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -75,8 +79,12 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _row_defining(key: str) -> bool:
-    return key not in REPLICATE_OR_KEY_OVERRIDES and not key.startswith(IGNORED_OVERRIDE_PREFIXES)
+def _row_defining(key: str, ignore: frozenset[str] = frozenset()) -> bool:
+    return (
+        key not in REPLICATE_OR_KEY_OVERRIDES
+        and key not in ignore
+        and not key.startswith(IGNORED_OVERRIDE_PREFIXES)
+    )
 
 
 def _changes_model(overrides: dict[str, str]) -> bool:
@@ -108,14 +116,17 @@ def _run_name(run_dir: Path, roots: Sequence[Path]) -> str:
     return run_dir.name
 
 
-def describe_rows(records: Sequence[tuple[Path, RunResults]]) -> tuple[list[RowKey], list[str]]:
+def describe_rows(
+    records: Sequence[tuple[Path, RunResults]], ignore: frozenset[str] = frozenset()
+) -> tuple[list[RowKey], list[str]]:
     """The row of every (run directory, results), and notes on what all runs share.
 
     An override (or schedule) with the same value in every run is the same for the whole table, so it
     goes to the notes instead of every row label; one that differs labels the rows that have it.
+    Overrides named in ``ignore`` never label a row.
     """
     overrides_by_run = [
-        dict(pair for pair in map(parse_override, results.overrides) if _row_defining(pair[0]))
+        dict(pair for pair in map(parse_override, results.overrides) if _row_defining(pair[0], ignore))
         for _, results in records
     ]
     shared = set(overrides_by_run[0].items()) if overrides_by_run else set()
@@ -154,15 +165,46 @@ def describe_rows(records: Sequence[tuple[Path, RunResults]]) -> tuple[list[RowK
     return rows, notes
 
 
-def collect_runs(roots: Iterable[str | Path]) -> Collection:
-    """Every finished run under ``roots`` with its row, and the incomplete job directories."""
+def data_policy_summary(results: RunResults) -> str | None:
+    """What the pre-training data check changed or left out (results.json ``data_policy``), as
+    'train: 2 too_short (padded); test: 1 oov all-OOV left out', or None when it changed nothing."""
+    parts = []
+    for split, record in (results.data_policy or {}).items():
+        found = []
+        for kind, entry in record.items():
+            if not isinstance(entry, dict):
+                continue
+            count = entry.get("all_oov_left_out") if kind == "oov" else entry.get("count")
+            if count:
+                label = "all-OOV left out" if kind == "oov" else entry.get("policy", "")
+                found.append(f"{count} {kind} ({label})")
+        if found:
+            parts.append(f"{split}: {', '.join(found)}")
+    return "; ".join(parts) or None
+
+
+def collect_runs(roots: Iterable[str | Path], chosen_lr: bool = False) -> Collection:
+    """Every finished run under ``roots`` with its row, and the incomplete job directories.
+
+    Runs that differ only in ``trainer.lr`` are a learning-rate search (``lr_choice.py``); the notes name
+    each search's dev-chosen learning rate. ``chosen_lr=True`` keeps only the chosen learning rate's runs,
+    one row per search (its cells show the learning rate)."""
     roots = [Path(root) for root in roots]
     if not roots:
         raise ValueError("collect_runs needs at least one sweep directory")
     scan = scan_runs(roots)
     resolved_roots = sorted((root.resolve() for root in roots), key=lambda path: -len(path.parts))
     records = [(record.run_dir, record.results) for record in scan.complete]
-    rows, notes = describe_rows(records)
+    search_rows, search_notes = describe_rows(records, ignore=LR_KEYS)
+    choices, chosen = choose_learning_rates(records, search_rows)
+    lr_notes = choice_notes(choices, lambda row: row.label)
+    if chosen_lr:
+        records = [record for record, keep in zip(records, chosen, strict=True) if keep]
+        rows = [row for row, keep in zip(search_rows, chosen, strict=True) if keep]
+        notes = [*search_notes, *lr_notes, "only the runs of each search's dev-chosen learning rate"]
+    else:
+        rows, notes = describe_rows(records)
+        notes.extend(lr_notes)
     runs = [
         Run(name=_run_name(run_dir, resolved_roots), run_dir=run_dir, results=results, row=row)
         for (run_dir, results), row in zip(records, rows, strict=True)
@@ -177,7 +219,11 @@ def collect_runs(roots: Iterable[str | Path]) -> Collection:
                 + (f", fold {fold}" if fold is not None else "")
                 + f" are all averaged in: {', '.join(names)}"
             )
-    return Collection(runs=runs, incomplete=scan.incomplete, notes=notes)
+    for run in runs:
+        summary = data_policy_summary(run.results)
+        if summary:
+            notes.append(f"data policies of {run.name}: {summary}")
+    return Collection(runs=runs, incomplete=scan.incomplete, notes=notes, chosen_lr=chosen_lr)
 
 
 def row_sort_key(row: RowKey, interface_params: int) -> tuple:

@@ -25,6 +25,9 @@ CSV_FIELDS = (
     "best",
     "published",
     "published_source",
+    "lr",
+    "spread_over",
+    "replication",
 )
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
@@ -55,14 +58,21 @@ def _cell_suffix(cell: Cell) -> str:
     fold_note = cell.fold_note()
     if fold_note:
         details.append(fold_note)
+    if cell.lr is not None:
+        details.append(f"lr {cell.lr:g}")
+    replication_note = cell.unequal_replication_note()
+    if replication_note:
+        details.append(replication_note)
     return f"({', '.join(details)})"
 
 
 def footer_lines(table: Table) -> list[str]:
     """What the numbers are, the published sources (when any is shown) and the table's notes."""
     lines = [
-        f"{table.split} split; mean ± sample standard deviation (ddof=1) over seeds and folds, n = runs; "
-        "best mean per column marked (↓ lower is better, ↑ higher is better).",
+        f"{table.split} split; mean ± sample standard deviation (ddof=1), n = runs; ER (folds) and ML-SUPERB "
+        "monolingual (language sets): the mean over folds/languages of each one's mean over its seeds, ± the "
+        "std of those means; other tasks: over seeds; best mean per column marked (↓ lower is better, ↑ "
+        "higher is better).",
     ]
     if table.references_in():
         sources = "; ".join(f"{name} = {citation}" for name, citation in PUBLISHED.citations.items())
@@ -136,6 +146,9 @@ def long_frame(table: Table) -> pd.DataFrame:
                     "best": str(cell.best).lower(),
                     "published": None if cell.reference is None else cell.reference.value,
                     "published_source": "" if cell.reference is None else cell.reference.source,
+                    "lr": cell.lr,
+                    "spread_over": cell.spread_over,
+                    "replication": " ".join(f"{g}:{n}" for g, n in cell.replication().items()),
                 }
             )
     return pd.DataFrame(records, columns=CSV_FIELDS)

@@ -10,13 +10,14 @@ from downstream.data.corpus import Utterance
 from downstream.data.librispeech import read_librispeech
 from downstream.metrics import edit_statistics, error_rate_percent
 from downstream.tasks.base import Statistics
-from downstream.tasks.ctc import CTCTask
+from downstream.tasks.ctc import CTCTask, normalised_characters
 
 WORD_BOUNDARY = "|"
 
 
 class SpeechRecognition(CTCTask):
-    """Characters A-Z, apostrophe and the word boundary '|'; WER over words, CER over characters."""
+    """Characters A-Z, apostrophe and the word boundary '|'; WER over words, CER over the characters of
+    the normalised text (``normalised_characters``: words joined by single spaces, as jiwer's cer)."""
 
     name = "asr"
     metric = "wer"
@@ -48,9 +49,12 @@ class SpeechRecognition(CTCTask):
         return "".join(tokens).replace(WORD_BOUNDARY, " ").split()
 
     def sequence_statistics(self, references: list[list[str]], hypotheses: list[list[str]]) -> Statistics:
-        """Word edits (``edits``/``reference_units``) and character edits (``char_edits``/``reference_chars``,
-        word boundaries included)."""
-        char_edits, chars = edit_statistics(references, hypotheses)
+        """Word edits (``edits``/``reference_units``) and character edits (``char_edits``/``reference_chars``)
+        over ``normalised_characters`` (one space between words; stray boundary tokens do not count)."""
+        char_edits, chars = edit_statistics(
+            [normalised_characters(r, WORD_BOUNDARY) for r in references],
+            [normalised_characters(h, WORD_BOUNDARY) for h in hypotheses],
+        )
         return {
             **super().sequence_statistics(references, hypotheses),
             "char_edits": char_edits,

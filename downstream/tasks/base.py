@@ -10,6 +10,7 @@ them, the task never sees them.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, TypedDict
@@ -18,10 +19,15 @@ import hydra.utils
 import torch
 from torch import nn
 
-from downstream.data.corpus import Utterance
-from downstream.data.dataset import collate_wavs
+from downstream.data.corpus import Utterance, check_choice
+from downstream.data.dataset import TOO_LONG_POLICIES, collate_wavs
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
+#: What happens to audio shorter than the upstream's ``min_samples`` (``task.on_too_short``): zero-padded
+#: to it in every split, or (skip) left out of training and still padded in dev and test.
+TOO_SHORT_POLICIES = ("pad", "skip")
 
 #: One batch's evaluation statistics: numbers (counts, edit distances) or lists of per-utterance records.
 Statistics = Mapping[str, float | list]
@@ -40,11 +46,17 @@ class Batch(_PaddedWaveforms, total=False):
     Always: ``wavs`` [B, N] float32 at 16 kHz, zero-padded; ``wav_lengths`` [B] long (samples); ``indices``
     [B] long, positions in the split's utterance list; ``targets``: one encoded target per utterance
     (``Task.encode``: token ids, a class id, slot ids, or None where evaluation needs none). SV adds the
-    ``split`` and the ``utterance_ids`` its trial scoring looks up.
+    ``split`` and the ``utterance_ids`` its trial scoring looks up. CTC tasks add ``ctc_targets`` (every
+    utterance's token ids concatenated, long), ``ctc_target_lengths`` [B] long and ``ctc_min_frames`` [B]
+    long (frames each target needs to be alignable), built on the host in
+    the DataLoader's workers so that the loss needs no host-side work (``downstream.tasks.ctc``).
     """
 
     split: str
     utterance_ids: list[str]
+    ctc_targets: torch.Tensor
+    ctc_target_lengths: torch.Tensor
+    ctc_min_frames: torch.Tensor
 
 
 def accumulate_statistics(totals: dict[str, Any], statistics: Statistics) -> dict[str, Any]:
@@ -78,16 +90,44 @@ class Task(ABC):
     higher_is_better: bool = False
     #: Random crop length of training utterances in seconds (None: whole utterances).
     train_crop_seconds: float | None = None
+    #: Whether the target describes the whole utterance in order (a transcript: CTC tasks), so the audio
+    #: must never be cut.
+    transcript_target: bool = False
     #: False for a task that trains nothing (QbE): the runner evaluates it by downstream.training.untrained.
     trains: bool = True
 
-    def __init__(self, data_root: str, max_seconds: float | None = None, on_too_long: str = "crop") -> None:
-        """``data_root``: the corpus as distributed. ``max_seconds``: utterances longer than this are
-        cropped to a random window or skipped (``on_too_long``: crop | skip); either way they are counted
-        and logged."""
+    def __init__(
+        self,
+        data_root: str,
+        max_seconds: float | None = None,
+        on_too_long: str = "crop",
+        on_too_short: str = "pad",
+    ) -> None:
+        """``data_root``: the corpus as distributed. ``max_seconds``: training utterances longer than this
+        are cropped to a random window or skipped (``on_too_long``: crop | skip); dev and test are always
+        whole. A task whose target is a transcript (``transcript_target``) never crops: ``crop`` becomes
+        ``skip`` there, with a warning. ``on_too_short`` (pad | skip): audio shorter than the upstream's
+        ``min_samples`` is zero-padded to it, or left out of training (dev/test are padded either way).
+        The engine's data check (``downstream.training.data_check``) counts all of it per split."""
+        check_choice(f"task ({self.name})", "on_too_long", on_too_long, TOO_LONG_POLICIES)
+        check_choice(f"task ({self.name})", "on_too_short", on_too_short, TOO_SHORT_POLICIES)
         self.data_root = str(data_root)
         self.max_seconds = max_seconds
+        #: the policy as asked for in the config (``on_too_long`` is the one applied)
+        self.requested_on_too_long = on_too_long
+        if on_too_long == "crop" and self.transcript_target and max_seconds is not None:
+            log.warning(
+                "%s: task.on_too_long=crop would cut audio whose target is the whole transcript; training "
+                "utterances over task.max_seconds=%s are left out instead (skip)",
+                self.name,
+                max_seconds,
+            )
+            on_too_long = "skip"
         self.on_too_long = on_too_long
+        self.on_too_short = on_too_short
+        #: waveforms shorter than this are zero-padded to it when loaded (set by the engine's data check
+        #: from the upstream's ``min_samples``; None: no padding)
+        self.pad_to_samples: int | None = None
         self._utterances: dict[str, list[Utterance]] = {}
         self._targets: dict[str, dict[str, Any]] = {}
 
@@ -119,6 +159,31 @@ class Task(ABC):
             self._utterances[split] = utterances
             self._targets[split] = {utterance.id: self.encode(utterance, split) for utterance in utterances}
         return self._utterances[split]
+
+    def target(self, utterance: Utterance, split: str) -> Any:
+        """The encoded target of ``utterance`` in ``split`` (what ``encode`` returned)."""
+        self.utterances(split)
+        return self._targets[split][utterance.id]
+
+    def leave_out(self, split: str, ids: set[str]) -> None:
+        """Remove the utterances ``ids`` from ``split`` (the engine's data check does this, before any
+        dataset is built, and records what it left out and why)."""
+        if ids:
+            self._utterances[split] = [u for u in self.utterances(split) if u.id not in ids]
+            if not self._utterances[split]:
+                raise ValueError(
+                    f"{self.name}: every utterance of the {split} split under {self.data_root} was left out "
+                    "by the data policies (see the log)"
+                )
+
+    def review_targets(self, split: str) -> tuple[dict[str, Any], set[str]]:
+        """Task-specific findings about the targets of ``split``: records for results.json's
+        ``data_policy`` (kind -> record) and the ids to leave out. Default: nothing to report."""
+        return {}, set()
+
+    def required_frames(self, target: Any) -> int:
+        """Frames the head needs to emit ``target`` (CTC: tokens plus repeats); 1 for utterance labels."""
+        return 1
 
     def collate(self, items: list[dict], split: str, utterances: list[Utterance]) -> Batch:
         """Pad the waveforms (``collate_wavs``) and attach the targets; item indices point into ``utterances``."""

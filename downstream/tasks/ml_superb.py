@@ -10,7 +10,7 @@ from downstream.data.ml_superb import DURATIONS, MONOLINGUAL_SETS, normalize_tra
 from downstream.metrics import accuracy_percent
 from downstream.tasks.asr import WORD_BOUNDARY
 from downstream.tasks.base import Statistics
-from downstream.tasks.ctc import CTCTask
+from downstream.tasks.ctc import CTCTask, normalised_characters
 
 UNKNOWN = "<unk>"
 
@@ -21,8 +21,9 @@ class MLSuperbSpeechRecognition(CTCTask):
     Tokens: the word boundary '|', '<unk>' and every character of the normalised training transcripts
     (``normalize_transcript``: punctuation removed, upper case). A dev or test character the training set
     lacks becomes '<unk>', which the model never learns to emit, so it always counts as an error (as in
-    ML-SUPERB's scoring, where the unseen character cannot be produced). CER (percent) counts characters
-    including word boundaries. ``duration`` picks the 10-minute or 1-hour training set; SpecAugment on the
+    ML-SUPERB's scoring, where the unseen character cannot be produced). CER (percent) counts the
+    characters of the normalised text (``normalised_characters``: one space between words, as jiwer's
+    cer; a stray word-boundary token is no character). ``duration`` picks the 10-minute or 1-hour training set; SpecAugment on the
     interface's features during training as in ML-SUPERB's recipe.
     """
 
@@ -57,6 +58,9 @@ class MLSuperbSpeechRecognition(CTCTask):
 
     def tokens(self) -> list[str]:
         return [WORD_BOUNDARY, UNKNOWN, *sorted(self.training_characters())]
+
+    def error_units(self, tokens: Sequence[str]) -> list[str]:
+        return normalised_characters(tokens, WORD_BOUNDARY)
 
     def tokenize(self, utterance: Utterance, split: str) -> list[str]:
         known = self.training_characters()
@@ -135,7 +139,7 @@ class MultilingualSpeechRecognition(MLSuperbSpeechRecognition):
 
     def error_units(self, tokens: Sequence[str]) -> list[str]:
         languages = set(self.language_tokens())
-        return [token for token in tokens if token not in languages]
+        return super().error_units([token for token in tokens if token not in languages])
 
     def sequence_statistics(self, references: list[list[str]], hypotheses: list[list[str]]) -> Statistics:
         """CER statistics without the language tokens, and with ``lid`` the utterances whose first decoded

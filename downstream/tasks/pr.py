@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from downstream.data.corpus import Utterance
 from downstream.data.lexicon import load_lexicon, phone_inventory, words_to_phones
 from downstream.data.librispeech import read_librispeech
-from downstream.tasks.ctc import CTCTask
+from downstream.tasks.ctc import EXAMPLES, CTCTask
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +18,15 @@ log = logging.getLogger(__name__)
 class PhonemeRecognition(CTCTask):
     """Transcripts become phone sequences through a pronunciation lexicon (first pronunciation of each
     word): ``lexicon`` is the path of a librispeech-lexicon.txt, or null for the CMU pronouncing
-    dictionary. Words missing from the lexicon are left out of the target and counted per split.
+    dictionary. Words missing from the lexicon (out-of-lexicon, OOV) are left out of the target; per
+    split, their count and the most frequent ones are logged and recorded (``data_policy.<split>.oov``).
+    An utterance whose words are all OOV has no reference phone left: it is left out of every split
+    (in dev/test its phones would all count as insertions against a reference that is not what was
+    said, so it is not scored).
     """
+
+    #: how many of the most frequent OOV words the log and results.json name
+    MOST_FREQUENT_OOV = 10
 
     name = "pr"
     metric = "per"
@@ -42,7 +50,9 @@ class PhonemeRecognition(CTCTask):
         self.lexicon_path = lexicon
         self.splits = {"train": train_split, "dev": dev_split, "test": test_split}
         self._lexicon: dict[str, list[str]] | None = None
-        self.oov_words: dict[str, int] = {}
+        #: per split: OOV word -> occurrences, and utterance id -> its OOV word count
+        self.oov_words: dict[str, Counter] = {}
+        self.oov_utterances: dict[str, dict[str, int]] = {}
 
     @property
     def lexicon(self) -> dict[str, list[str]]:
@@ -51,7 +61,8 @@ class PhonemeRecognition(CTCTask):
         return self._lexicon
 
     def read_split(self, split: str) -> list[Utterance]:
-        self.oov_words[split] = 0
+        self.oov_words[split] = Counter()
+        self.oov_utterances[split] = {}
         return read_librispeech(self.data_root, self.splits[split])
 
     def tokens(self) -> list[str]:
@@ -59,17 +70,49 @@ class PhonemeRecognition(CTCTask):
 
     def tokenize(self, utterance: Utterance, split: str) -> list[str]:
         phones, oov = words_to_phones(utterance.text or "", self.lexicon)
-        self.oov_words[split] = self.oov_words.get(split, 0) + len(oov)
+        if oov:
+            self.oov_words.setdefault(split, Counter()).update(oov)
+            self.oov_utterances.setdefault(split, {})[utterance.id] = len(oov)
         return phones
 
-    def utterances(self, split: str) -> list[Utterance]:
-        fresh = split not in self._utterances
-        utterances = super().utterances(split)
-        if fresh:
-            log.info(
-                "pr: %s split: %d utterances, %d out-of-lexicon words left out of the targets",
-                split,
-                len(utterances),
-                self.oov_words[split],
+    def empty_reference_kind(self, utterance: Utterance) -> str:
+        return "oov" if (utterance.text or "").split() else "empty_transcript"
+
+    def review_targets(self, split: str) -> tuple[dict[str, Any], set[str]]:
+        """Empty transcripts as every CTC task (``CTCTask.review_targets``), and out-of-lexicon words:
+        counted, the most frequent named, all-OOV utterances left out of every split."""
+        utterances = self.utterances(split)
+        all_oov = [
+            u for u in utterances if u.id in self.oov_utterances.get(split, {}) and not self.target(u, split)
+        ]
+        if all_oov and len(all_oov) == len(utterances):
+            raise ValueError(
+                f"pr: every utterance of the {split} split under {self.data_root} consists of words the "
+                f"lexicon ({self.lexicon_path or 'CMU dictionary'}) lacks; check task.lexicon"
             )
-        return utterances
+        records, leave_out = super().review_targets(split)
+        words = self.oov_words.get(split, Counter())
+        most_frequent = words.most_common(self.MOST_FREQUENT_OOV)
+        if words:
+            log.warning(
+                "pr: %s split: %d out-of-lexicon word occurrences (%d distinct) in %d of %d utterances are "
+                "left out of the phone targets; most frequent: %s; %d utterance(s) with only OOV words are "
+                "left out%s",
+                split,
+                sum(words.values()),
+                len(words),
+                len(self.oov_utterances.get(split, {})),
+                len(utterances),
+                ", ".join(f"{word} ({count})" for word, count in most_frequent),
+                len(all_oov),
+                f": {', '.join(u.id for u in all_oov[:EXAMPLES])}" if all_oov else "",
+            )
+        records["oov"] = {
+            "words": sum(words.values()),
+            "distinct": len(words),
+            "utterances": len(self.oov_utterances.get(split, {})),
+            "most_frequent": [[word, count] for word, count in most_frequent],
+            "all_oov_left_out": len(all_oov),
+            "examples": [u.id for u in all_oov[:EXAMPLES]],
+        }
+        return records, leave_out | {u.id for u in all_oov}

@@ -30,6 +30,12 @@ from upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 
+#: Trainer settings that are a branch's own (its optimizer and learning-rate schedule). Jobs that differ only
+#: in these, the interface and the head train on one upstream forward per batch (``runner.run_jobs``; the
+#: shared-upstream launcher groups them); every other trainer setting shapes the data stream or the loop and
+#: must be equal within a group.
+BRANCH_SETTINGS = ("lr", "interface_lr", "optimizer", "weight_decay", "scheduler", "warmup_steps")
+
 
 class NonFiniteLossError(RuntimeError):
     """Raised when more than trainer.max_bad_steps updates in a row had a non-finite loss or gradient."""
@@ -113,6 +119,10 @@ class Branch:
         #: (step, device flag: 1.0 where that update was skipped) not yet counted by ``account_updates``
         self.pending_update_checks: list[tuple[int, torch.Tensor]] = []
         self.interface_fitted = False
+        #: branches with equal pools compete in successive halving (``halving.py``): same interface and head
+        self.halving_pool = ""
+        #: set when successive halving stopped this branch: {"step", "rank", "of"} (``halving.py``)
+        self.stopped_early: dict[str, Any] | None = None
 
     @contextlib.contextmanager
     def own_random_stream(self) -> Iterator[None]:
@@ -242,6 +252,7 @@ class Branch:
                 "best_step": self.best_step,
                 "bad_steps_total": self.bad_steps_total,
                 "interface_fitted": self.interface_fitted,
+                "stopped_early": self.stopped_early,
             },
         }
 
@@ -257,3 +268,4 @@ class Branch:
         self.best_metric, self.best_step = progress["best_metric"], progress["best_step"]
         self.bad_steps_total = progress["bad_steps_total"]
         self.interface_fitted = progress["interface_fitted"]
+        self.stopped_early = progress.get("stopped_early")  # absent in checkpoints written before halving

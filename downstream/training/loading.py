@@ -62,13 +62,16 @@ def resolve_num_workers(setting: int | str, device: torch.device) -> int:
 
 def split_dataset(task: Task, split: str, seed: int) -> AudioDataset:
     """The waveforms of one split as the trainer reads them: training crops (task.train_crop_seconds)
-    on train only, task.max_seconds / on_too_long on every split."""
+    and the length limit (task.max_seconds / on_too_long) on train only, so dev and test stay whole;
+    audio shorter than task.pad_to_samples zero-padded to it on every split."""
+    training = split == "train"
     return AudioDataset(
         task.utterances(split),
-        crop_seconds=task.train_crop_seconds if split == "train" else None,
+        crop_seconds=task.train_crop_seconds if training else None,
         seed=seed,
-        max_seconds=task.max_seconds,
+        max_seconds=task.max_seconds if training else None,
         on_too_long=task.on_too_long,
+        pad_to_samples=task.pad_to_samples,
     )
 
 

@@ -16,8 +16,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from downstream.heads import count_parameters
 from downstream.results import ResultsFileError, RunResults, too_long_record
 from downstream.tasks.base import Task
-from downstream.training.branch import Branch
+from downstream.training.branch import BRANCH_SETTINGS, Branch
 from downstream.training.cache import HiddenStateCache, open_hidden_state_cache
+from downstream.training.data_check import check_inputs
 from downstream.training.distributed import barrier, init_distributed, rank_info
 from downstream.training.loading import pick_device
 from downstream.training.run_log import SilentRunLogger
@@ -112,6 +113,7 @@ def build_results(
     settings: TrainerSettings,
     outcome: dict[str, Any],
     overrides: list[str] | None,
+    data_policy: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The results.json record of one finished run."""
     weights = branch.interface.layer_weights()
@@ -133,14 +135,17 @@ def build_results(
             "upstream": count_parameters(upstream) if upstream.trainable else 0,
         },
         steps=settings.max_steps,
+        lr=settings.lr,
         limit_eval_batches=settings.limit_eval_batches,
         best_step=outcome["best_step"],
         skipped_updates=outcome["bad_steps"],
         too_long=too_long_record(task.max_seconds, task.on_too_long, outcome.get("too_long")),
+        data_policy=data_policy,
         dev=outcome["dev"],
         test=outcome["test"],
         layer_weights=None if weights is None else weights.detach().float().cpu().tolist(),
         overrides=tuple(overrides or ()),
+        stopped_early=outcome.get("stopped_early"),
     ).to_dict()
 
 
@@ -204,12 +209,34 @@ def build_hidden_state_cache(
     )
 
 
-def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
-    """Train jobs that differ only in interface and head together: one upstream forward per batch feeds
-    every job's branch. Returns each job's results (None where this launch stopped early).
+def group_settings(settings: list[TrainerSettings], run_dirs: list[Path]) -> TrainerSettings:
+    """The settings a group's trainer runs by (the first job's): ValueError, naming the setting and the
+    runs, if the jobs differ in a trainer setting that is not a branch's own (``BRANCH_SETTINGS``)."""
+    first = settings[0]
+    for other, run_dir in zip(settings[1:], run_dirs[1:], strict=True):
+        for name in first.__dataclass_fields__:
+            if name not in BRANCH_SETTINGS and getattr(other, name) != getattr(first, name):
+                raise ValueError(
+                    f"cannot train these runs on one upstream: trainer.{name} is {getattr(first, name)!r} in "
+                    f"{run_dirs[0]} but {getattr(other, name)!r} in {run_dir}; only {list(BRANCH_SETTINGS)} "
+                    "may differ"
+                )
+    return first
 
-    The jobs must share task, upstream (frozen when there are several), trainer settings and seed;
-    ``hydra_plugins/shared_upstream_launcher`` groups a sweep's jobs by exactly that.
+
+def halving_pool(cfg: DictConfig) -> str:
+    """Branches with the same interface and head config compete in successive halving."""
+    return repr([OmegaConf.to_container(node, resolve=True) for node in (cfg.interface, cfg.task.head)])
+
+
+def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
+    """Train jobs that differ only in interface, head and optimizer settings (``BRANCH_SETTINGS``: the
+    learning rates, optimizer, weight decay, scheduler, warmup) together: one upstream forward per batch
+    feeds every job's branch, each with its own optimizer. Returns each job's results (None where this
+    launch stopped early).
+
+    The jobs must share task, upstream (frozen when there are several), every other trainer setting and
+    seed; ``hydra_plugins/shared_upstream_launcher`` groups a sweep's jobs by exactly that.
     """
     init_distributed(jobs[0].cfg.trainer.device)  # torchrun: join the process group (no-op otherwise)
     results = [prepare_run_dir(job.cfg, job.run_dir) for job in jobs]
@@ -218,7 +245,8 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
     if not pending:
         return results
     first = jobs[pending[0]].cfg
-    settings = resolve_trainer_settings(first)
+    job_settings = {index: resolve_trainer_settings(jobs[index].cfg) for index in pending}
+    settings = group_settings([job_settings[i] for i in pending], [jobs[i].run_dir for i in pending])
     if settings.limit_eval_batches is not None:
         log.warning(
             "trainer.limit_eval_batches=%d: dev/test metrics cover only part of each split",
@@ -230,10 +258,13 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
         return run_untrained_jobs(jobs, results, pending, task, settings, build_results)
     task.check_data()
     upstream = hydra.utils.instantiate(first.upstream)
-    branches = [build_branch(jobs[i].cfg, upstream, task, settings, jobs[i].run_dir) for i in pending]
+    data_policy = check_inputs(task, upstream)  # before any dataset: pads, leaves out, counts
+    branches = [build_branch(jobs[i].cfg, upstream, task, job_settings[i], jobs[i].run_dir) for i in pending]
+    for index, branch in zip(pending, branches, strict=True):
+        branch.halving_pool = halving_pool(jobs[index].cfg)
     for index, branch in zip(pending, branches, strict=True):
         log.info(
-            "%s | %s (L=%d, D=%d) | %s -> %d features | schedule %s: %d steps, lr %g | %s",
+            "%s | %s (L=%d, D=%d) | %s -> %d features | schedule %s: %d steps, lr %g | precision %s, tf32 %s | %s",
             first.task_name,
             upstream.name,
             upstream.num_layers,
@@ -242,7 +273,9 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
             branch.interface.output_size,
             pick_schedule(first),
             settings.max_steps,
-            settings.lr,
+            branch.settings.lr,
+            settings.precision,
+            "on" if settings.tf32 else "off",
             branch.run_dir,
         )
     cache = build_hidden_state_cache(first, upstream, task, settings)
@@ -253,7 +286,14 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
             continue
         job = jobs[index]
         results[index] = build_results(
-            job.cfg, task, upstream, branch, settings, outcomes[position], job.overrides
+            job.cfg,
+            task,
+            upstream,
+            branch,
+            job_settings[index],
+            outcomes[position],
+            job.overrides,
+            data_policy,
         )
         branch.logger.finish(results[index])
         log.info("results: %s", job.run_dir / "results.json")

@@ -28,6 +28,7 @@ class TrainerSettings:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     precision: str = "fp32"
+    tf32: bool = False
     device: str = "auto"
     num_workers: int | str = 0
     max_bad_steps: int = 10
@@ -35,6 +36,7 @@ class TrainerSettings:
     log_every: int = 50
     stop_after_steps: int | None = None
     limit_eval_batches: int | None = None
+    halving_steps: list[int] | None = None  # successive halving (downstream/training/halving.py)
 
     @classmethod
     def resolve(cls, trainer_config: dict[str, Any], schedule: dict[str, Any]) -> TrainerSettings:
@@ -62,6 +64,8 @@ class TrainerSettings:
             raise ValueError(f"trainer.lr must be > 0, got {self.lr}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.tf32, bool):
+            raise ValueError(f"trainer.tf32 must be true or false, got {self.tf32!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"trainer.optimizer must be adam or adamw, got {self.optimizer!r}")
         if self.scheduler not in ("none", "linear_warmup"):
@@ -70,6 +74,27 @@ class TrainerSettings:
             raise ValueError(f"trainer.device must be auto, cpu or cuda, got {self.device!r}")
         if (self.batch_size is None) == (self.max_batch_seconds is None):
             raise ValueError("set exactly one of trainer.batch_size and trainer.max_batch_seconds")
+        halving = self.halving_steps
+        if halving is not None and (
+            list(halving) != sorted(set(halving))
+            or any(
+                not isinstance(s, int) or s < 1 or s % self.eval_every or s >= self.max_steps for s in halving
+            )
+        ):
+            raise ValueError(
+                "trainer.halving_steps must be increasing evaluation steps (multiples of trainer.eval_every="
+                f"{self.eval_every}) below trainer.max_steps={self.max_steps}, got {list(halving)}"
+            )
         workers = self.num_workers
         if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
             raise ValueError(f"trainer.num_workers must be a count >= 0 or 'auto', got {workers!r}")
+
+
+def apply_tf32(enabled: bool) -> None:
+    """trainer.tf32: let fp32 matrix products (and cuDNN convolutions) run on TF32 tensor cores (Ampere and
+    newer GPUs; inputs rounded to a 10-bit mantissa, fp32 accumulation). False restores PyTorch's defaults:
+    fp32 matrix products in full fp32 (``torch.set_float32_matmul_precision("highest")``), cuDNN convolutions
+    allowed TF32 (``torch.backends.cudnn.allow_tf32``, PyTorch's default, left as it is). Process-wide."""
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    if enabled:
+        torch.backends.cudnn.allow_tf32 = True

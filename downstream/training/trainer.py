@@ -39,9 +39,10 @@ from downstream.training.distributed import (
     merge_statistics_over_ranks,
     rank_info,
 )
+from downstream.training.halving import halve
 from downstream.training.loading import HiddenStateSource, pick_device, split_loader
 from downstream.training.preemption import pass_signal_on, record_stop_signals
-from downstream.training.settings import PRECISIONS, TrainerSettings
+from downstream.training.settings import PRECISIONS, TrainerSettings, apply_tf32
 from upstream.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Trainer:
         self.seed = seed
         self.branches = branches
         self.device = pick_device(settings.device)
+        apply_tf32(settings.tf32)
         self.autocast_dtype = PRECISIONS[settings.precision]
         self.upstream = upstream.to(self.device)
         self.hidden_state_cache = hidden_state_cache
@@ -103,6 +105,11 @@ class Trainer:
         #: (logging, evaluation, checkpoints) instead of after every update; on by default on accelerators.
         self.check_updates_lazily = self.device.type != "cpu"
 
+    @property
+    def training_branches(self) -> list[Branch]:
+        """The branches still training: all but those successive halving stopped (``halving.py``)."""
+        return [branch for branch in self.branches if branch.stopped_early is None]
+
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]] | None:
         """Resume if checkpoints exist, fit interfaces that need it, train, then test each branch's best
@@ -131,7 +138,7 @@ class Trainer:
         progress = self._progress_bar()
         window_start, window_steps = time.perf_counter(), 0
         launch_start_step = self.step
-        while self.step < settings.max_steps:
+        while self.step < settings.max_steps and self.training_branches:
             self.training_update(batches)
             window_steps += 1
             if progress is not None:
@@ -140,8 +147,9 @@ class Trainer:
             if self.step % settings.log_every == 0 or self.step == settings.max_steps:
                 self.account_updates()
                 steps_per_s = window_steps / (time.perf_counter() - window_start)
-                losses = mean_over_ranks(torch.stack([branch.running_loss for branch in self.branches]))
-                for branch, loss in zip(self.branches, losses, strict=True):
+                training = self.training_branches
+                losses = mean_over_ranks(torch.stack([branch.running_loss for branch in training]))
+                for branch, loss in zip(training, losses, strict=True):
                     record = {"loss": loss.item() / window_steps, "steps_per_s": steps_per_s}
                     branch.logger.log(self.step, "train", record)
                     branch.running_loss.zero_()
@@ -187,7 +195,7 @@ class Trainer:
         for _ in range(accumulation):
             batch = next(batches)
             hidden_states, frame_lengths = self.upstream_forward(batch)
-            for branch in self.branches:
+            for branch in self.training_branches:
                 with branch.own_random_stream(), self._autocast():
                     logits = branch.forward(hidden_states, frame_lengths, self.task, training=True)
                     loss = self.task.loss(logits, frame_lengths, batch) / accumulation
@@ -199,7 +207,7 @@ class Trainer:
         else:
             self.stop_requested = self.stop_signal is not None
         self.step += 1
-        for branch in self.branches:
+        for branch in self.training_branches:
             branch.optimizer_step(self.step)
         if not self.check_updates_lazily:
             self.account_updates()
@@ -220,23 +228,27 @@ class Trainer:
             return self.upstream(wavs, wav_lengths)
 
     @torch.no_grad()
-    def evaluate(self, split: str) -> list[dict[str, float]]:
-        """Corpus-level metrics of every branch on ``split``, from per-batch statistics (numbers summed,
-        lists concatenated: ``accumulate_statistics``)."""
+    def evaluate(self, split: str, branches: list[Branch] | None = None) -> list[dict[str, float]]:
+        """Corpus-level metrics of each of ``branches`` (default: all) on ``split``, from per-batch
+        statistics (numbers summed, lists concatenated: ``accumulate_statistics``)."""
+        branches = self.branches if branches is None else branches
         self._set_train_mode(False)
-        statistics: list[dict[str, Any]] = [{} for _ in self.branches]
+        statistics: list[dict[str, Any]] = [{} for _ in branches]
         # this rank's share of the split (its first limit_eval_batches batches when that is set)
         for batch in self.eval_loaders[split]:
             hidden_states, frame_lengths = self.upstream_forward(batch, split)
-            for branch, totals in zip(self.branches, statistics, strict=True):
+            for branch, totals in zip(branches, statistics, strict=True):
                 with self._autocast():
                     logits = branch.forward(hidden_states, frame_lengths, self.task, training=False)
                 accumulate_statistics(totals, self.task.eval_statistics(logits, frame_lengths, batch))
         return [self.task.metrics(totals) for totals in merge_statistics_over_ranks(statistics)]
 
-    def evaluate_and_keep_best(self) -> None:
+    def evaluate_and_keep_best(self, branches: list[Branch] | None = None) -> None:
+        """Evaluate dev for ``branches`` (default: those still training) and keep each one's best; at a
+        step of trainer.halving_steps, successive halving then stops the worse half (``halving.py``)."""
         self.account_updates()
-        for branch, metrics in zip(self.branches, self.evaluate("dev"), strict=True):
+        branches = self.training_branches if branches is None else branches
+        for branch, metrics in zip(branches, self.evaluate("dev", branches), strict=True):
             branch.keep_if_best(metrics, self.task, self.step)
             branch.logger.log(self.step, "dev", metrics)
             weights = branch.interface.layer_weights()
@@ -255,11 +267,14 @@ class Trainer:
                 branch.best_step,
                 branch.run_dir,
             )
+        if self.step in (self.settings.halving_steps or ()) and self.step < self.settings.max_steps:
+            halve(self.branches, self.task.higher_is_better, self.step)
 
     def test_best(self) -> list[dict[str, Any]]:
         """Load each branch's best dev checkpoint, evaluate dev and test with it."""
-        if any(branch.best_step is None for branch in self.branches):
-            self.evaluate_and_keep_best()  # only after a resume that found no usable best.pt
+        unevaluated = [branch for branch in self.branches if branch.best_step is None]
+        if unevaluated:
+            self.evaluate_and_keep_best(unevaluated)  # only after a resume that found no usable best.pt
         barrier()  # rank 0 has written best.pt
         for branch in self.branches:
             state = torch.load(branch.best_model_path, map_location=self.device, weights_only=True)
@@ -282,6 +297,7 @@ class Trainer:
                     "test": test_metrics,
                     "bad_steps": branch.bad_steps_total,
                     "too_long": dict(self.too_long_counts),
+                    "stopped_early": branch.stopped_early,
                 }
             )
         return outcomes
@@ -323,6 +339,8 @@ class Trainer:
         if not self.ranks.is_main:
             return
         for index, branch in enumerate(self.branches):
+            if branch.stopped_early is not None and branch.stopped_early["step"] != self.step:
+                continue  # its last.pt is from the step it stopped at
             checkpoint = branch.checkpoint(progress)
             if self.ranks.is_distributed:
                 checkpoint["rank_rng"] = [
@@ -333,16 +351,19 @@ class Trainer:
 
     def resume(self) -> None:
         """Restore every branch from its newest readable checkpoint; all must be at the same step, on
-        every rank."""
+        every rank (a branch stopped by successive halving: at the step it stopped, not later)."""
         checkpoints = [load_checkpoint(branch.checkpoint_path, self.device) for branch in self.branches]
         found = [c for c in checkpoints if c is not None]
-        steps = {c["progress"]["step"] for c in found}
-        if found and (len(found) != len(checkpoints) or len(steps) != 1):
+        training = [c for c in found if c["progress"].get("stopped_early") is None]
+        steps = {c["progress"]["step"] for c in training or found}
+        stopped_later = [c for c in found if c["progress"]["step"] > max(steps, default=0)]
+        if found and (len(found) != len(checkpoints) or len(steps) != 1 or stopped_later):
             places = [str(b.run_dir) for b in self.branches]
             raise RuntimeError(
                 f"cannot resume these runs together: their checkpoints disagree ({sorted(steps)}) in {places}"
             )
-        resumed_step = found[0]["progress"]["step"] if found else None
+        reference = (training or found)[0] if found else None  # holds the data position and random state
+        resumed_step = reference["progress"]["step"] if found else None
         steps_by_rank = gather_objects(resumed_step)
         if len(set(steps_by_rank)) > 1:
             raise RuntimeError(
@@ -353,20 +374,22 @@ class Trainer:
             return
         for branch, checkpoint in zip(self.branches, checkpoints, strict=True):
             branch.restore(checkpoint)
-        progress = found[0]["progress"]
+        progress = reference["progress"]
         self.step, self.epoch, self.batch_in_epoch = (
             progress["step"],
             progress["epoch"],
             progress["batch_in_epoch"],
         )
-        self._restore_rank_streams(checkpoints, saved_world_size=progress.get("world_size", 1))
+        self._restore_rank_streams(checkpoints, reference, saved_world_size=progress.get("world_size", 1))
         for branch in self.branches:
             branch.restore_best_model()
         log.info(
             "resumed at step %d from %s", self.step, ", ".join(str(b.checkpoint_path) for b in self.branches)
         )
 
-    def _restore_rank_streams(self, checkpoints: list[dict[str, Any]], saved_world_size: int) -> None:
+    def _restore_rank_streams(
+        self, checkpoints: list[dict[str, Any]], reference: dict[str, Any], saved_world_size: int
+    ) -> None:
         """This rank's random streams (rank 0's are the checkpoint's own). Resuming with another number
         of processes keeps the data position (in global batches) but restarts the other ranks' streams."""
         rank, world_size = self.ranks.rank, self.ranks.world_size
@@ -375,7 +398,7 @@ class Trainer:
                 for branch, checkpoint in zip(self.branches, checkpoints, strict=True):
                     branch.rng_state = checkpoint["rank_rng"][rank]["branch_rng"]
             restore_rng_state(
-                checkpoints[0]["rank_rng"][rank]["global_rng"] if rank > 0 else checkpoints[0]["global_rng"]
+                reference["rank_rng"][rank]["global_rng"] if rank > 0 else reference["global_rng"]
             )
             return
         consumed = self.batch_in_epoch * saved_world_size  # global batches of this epoch already trained on
@@ -383,7 +406,7 @@ class Trainer:
         if rank > 0:
             for branch in self.branches:
                 branch.rng_state = None
-        restore_rng_state(checkpoints[0]["global_rng"])
+        restore_rng_state(reference["global_rng"])
         log.warning(
             "the checkpoint was written by %d process(es) and is resumed by %d: training continues after the "
             "same data, but batches are grouped differently from here on, so results differ slightly from "

@@ -62,9 +62,15 @@ def check_untrainable(task_name: str, interface_name: str, interface: Interface,
 
 
 def _batches(
-    utterances: list[Utterance], settings: TrainerSettings, device: torch.device, seed: int
+    utterances: list[Utterance],
+    upstream: Upstream,
+    settings: TrainerSettings,
+    device: torch.device,
+    seed: int,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    dataset = AudioDataset(utterances)
+    """Whole utterances in batches of trainer.batch_size; audio shorter than the upstream's ``min_samples``
+    zero-padded to it, as the engine's data check does for trained tasks."""
+    dataset = AudioDataset(utterances, pad_to_samples=int(upstream.min_samples))
     sampler = bucket_sampler(dataset, settings, shuffle=False)
     yield from batch_loader(dataset, sampler, collate_wavs, settings, device, seed)
 
@@ -82,7 +88,7 @@ def encode(
     features: dict[str, torch.Tensor] = {}
     if not utterances:
         return features
-    for batch in _batches(utterances, settings, device, seed):
+    for batch in _batches(utterances, upstream, settings, device, seed):
         hidden_states, frame_lengths = upstream(batch["wavs"].to(device), batch["wav_lengths"].to(device))
         encoded = transform(hidden_states.float(), frame_lengths).half().cpu()
         for row, index in enumerate(batch["indices"].tolist()):
@@ -94,7 +100,7 @@ def _fit(
     interface: Interface, utterances: list[Utterance], upstream: Upstream, settings, device, seed
 ) -> None:
     def hidden_state_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in _batches(utterances, settings, device, seed):
+        for batch in _batches(utterances, upstream, settings, device, seed):
             with torch.no_grad():
                 hidden_states, frame_lengths = upstream(
                     batch["wavs"].to(device), batch["wav_lengths"].to(device)
@@ -113,7 +119,7 @@ def evaluate_untrained(
     log_run: Any,
 ) -> tuple[dict[str, Any], EvaluatedInterface, TrainerSettings]:
     """Evaluate one job without training. Returns (the outcome ``build_results`` reads, the interface it
-    describes, settings as used: ``max_steps`` 0, no ``limit_eval_batches``). ``log_run`` is the job's logger
+    describes, settings as used: ``max_steps`` 0, no ``lr`` nor ``limit_eval_batches``). ``log_run`` is the job's logger
     (RunLog)."""
     if settings.limit_eval_batches is not None:
         log.warning("%s scores whole splits: trainer.limit_eval_batches is ignored", cfg.task_name)
@@ -171,7 +177,7 @@ def evaluate_untrained(
     return (
         outcome,
         EvaluatedInterface(interface, head),
-        dataclasses.replace(settings, max_steps=0, limit_eval_batches=None),
+        dataclasses.replace(settings, max_steps=0, lr=None, limit_eval_batches=None),
     )
 
 

@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from scripts.bench.interfaces import describe_device, markdown_table, resolve_device, synchronize
+from downstream.training.loading import pick_device
+from scripts.bench.interfaces import describe_device, markdown_table, synchronize
 
 WHISPER_TOKENS = {
     "vocab_size": 51865,
@@ -326,7 +327,7 @@ def padding_rows(device: torch.device) -> list[dict[str, str]]:
 def run(args: argparse.Namespace) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = pick_device(args.device, setting="--device")
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if args.padding_report:
         rows = padding_rows(device)

@@ -1,0 +1,169 @@
+"""The pre-training data check: every split against what the upstream and the task need, from the
+audio headers the corpus readers already probed (no decoding), with the policy that handles each kind.
+
+Run once per launch, after the task has read its splits and the upstream is built, before any dataset
+exists. What each policy changed or left out is returned per split, for results.json's ``data_policy``:
+
+- ``too_short``: audio shorter than the upstream's ``min_samples`` (the input that gives one frame).
+  ``task.on_too_short=pad`` (default) zero-pads it to ``min_samples`` in every split; ``skip`` leaves it
+  out of training and still pads it in dev/test, which stay whole.
+- ``too_long``: training audio over ``task.max_seconds``, cropped or left out (``task.on_too_long``);
+  dev/test are never limited. A task whose target is a transcript never crops (``crop`` becomes ``skip``).
+- ``ctc_infeasible`` (CTC tasks): utterances whose target needs more frames (tokens plus repeats) than
+  the upstream gives their length (``upstream.frame_lengths``). Training: kept, left out of the loss
+  average (``task.on_ctc_infeasible=keep``, default), or left out of the split (``skip``); dev/test: kept.
+- the task's own findings (``Task.review_targets``): empty transcripts (every CTC task), out-of-lexicon
+  words (PR).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from downstream.data.audio import SAMPLE_RATE
+from downstream.data.corpus import Utterance
+from downstream.tasks.base import SPLITS, Task
+from upstream.base import Upstream
+
+log = logging.getLogger(__name__)
+
+#: How many utterance ids a log line or a results.json record names.
+EXAMPLES = 5
+
+
+def _named(utterances: list[Utterance]) -> str:
+    shown = ", ".join(f"{u.id} ({u.path})" for u in utterances[:EXAMPLES])
+    return shown + (f" and {len(utterances) - EXAMPLES} more" if len(utterances) > EXAMPLES else "")
+
+
+def check_too_short(task: Task, split: str, min_samples: int) -> tuple[dict[str, Any], set[str]]:
+    """``too_short`` of ``split``: count, policy, shortest, examples; ids to leave out (skip, train)."""
+    utterances = task.utterances(split)
+    short = [u for u in utterances if u.num_samples < min_samples]
+    skip = task.on_too_short == "skip" and split == "train"
+    record = {
+        "count": len(short),
+        "min_samples": min_samples,
+        "policy": "left out" if skip else "padded",
+        "examples": [u.id for u in short[:EXAMPLES]],
+    }
+    if short:
+        shortest = min(u.num_samples for u in short)
+        record["shortest_samples"] = shortest
+        log.warning(
+            "%s split: %d of %d utterances are shorter than the upstream's min_samples = %d (%g ms; shortest "
+            "%d samples) and are %s (task.on_too_short=%s): %s",
+            split,
+            len(short),
+            len(utterances),
+            min_samples,
+            1000 * min_samples / SAMPLE_RATE,
+            shortest,
+            "left out" if skip else f"zero-padded to {min_samples} samples",
+            task.on_too_short,
+            _named(short),
+        )
+    return record, {u.id for u in short} if skip else set()
+
+
+def check_too_long(task: Task, split: str) -> dict[str, Any] | None:
+    """``too_long`` of ``split`` (None without ``task.max_seconds``): training audio over the limit and
+    the policy applied to it (the dataset crops or skips it); dev/test are never limited (count 0)."""
+    if task.max_seconds is None:
+        return None
+    limit = round(task.max_seconds * SAMPLE_RATE)
+    count = sum(u.num_samples > limit for u in task.utterances(split)) if split == "train" else 0
+    record: dict[str, Any] = {"count": count, "max_seconds": task.max_seconds}
+    if split == "train":
+        record["policy"] = "left out" if task.on_too_long == "skip" else "cropped"
+        if task.requested_on_too_long != task.on_too_long:
+            record["policy"] += " (crop asked: the target is a transcript)"
+    else:
+        record["policy"] = "whole (dev/test are never limited)"
+    return record
+
+
+def check_ctc_feasibility(
+    task: Task, split: str, upstream: Upstream
+) -> tuple[dict[str, Any] | None, set[str]]:
+    """``ctc_infeasible`` of ``split`` for tasks whose targets need more than one frame; None otherwise.
+
+    Frames per utterance are ``upstream.frame_lengths`` of its length as loaded (padded to
+    ``task.pad_to_samples``; transcript tasks are never cropped)."""
+    if not task.transcript_target:
+        return None, set()
+    utterances = task.utterances(split)
+    lengths = [max(u.num_samples, task.pad_to_samples or 0) for u in utterances]
+    frames = upstream.frame_lengths(torch.tensor(lengths, dtype=torch.long)).tolist()
+    infeasible = []
+    for utterance, frame_count in zip(utterances, frames, strict=True):
+        required = task.required_frames(task.target(utterance, split))
+        if frame_count < required:
+            infeasible.append((utterance, int(frame_count), required))
+    skip = split == "train" and getattr(task, "on_ctc_infeasible", "keep") == "skip"
+    if split != "train":
+        policy = "kept (scored as they are)"
+    else:
+        policy = "left out" if skip else "kept, left out of the loss average"
+    record = {
+        "count": len(infeasible),
+        "policy": policy,
+        "examples": [
+            {"id": u.id, "frames": frame_count, "required": required}
+            for u, frame_count, required in infeasible[:EXAMPLES]
+        ],
+    }
+    if infeasible:
+        log.warning(
+            "%s split: %d of %d utterances have a target that needs more frames than %s gives them (CTC "
+            "cannot align them); %s: %s",
+            split,
+            len(infeasible),
+            len(utterances),
+            upstream.name,
+            policy,
+            ", ".join(f"{u.id} ({f} frames < {r} needed)" for u, f, r in infeasible[:EXAMPLES]),
+        )
+    return record, {u.id for u, _, _ in infeasible} if skip else set()
+
+
+def check_inputs(task: Task, upstream: Upstream) -> dict[str, dict[str, Any]]:
+    """Check every split of ``task`` against ``upstream`` and apply the data policies (module docstring).
+
+    Sets ``task.pad_to_samples`` to the upstream's ``min_samples`` and removes left-out utterances from
+    the task's splits (``Task.leave_out``). Returns results.json's ``data_policy``: per split, one record
+    per kind that applies to the task (counts, the policy, the first ids). Raises ValueError naming the
+    split when a policy would leave it empty or a dev/test split has no scorable reference.
+    """
+    min_samples = int(upstream.min_samples)
+    task.pad_to_samples = min_samples
+    log.info(
+        "data check: %s needs at least %d samples (%g ms) per utterance; task.on_too_short=%s, "
+        "task.on_too_long=%s (training only)%s",
+        upstream.name,
+        min_samples,
+        1000 * min_samples / SAMPLE_RATE,
+        task.on_too_short,
+        task.on_too_long,
+        f", task.on_ctc_infeasible={task.on_ctc_infeasible}" if hasattr(task, "on_ctc_infeasible") else "",
+    )
+    report: dict[str, dict[str, Any]] = {}
+    for split in SPLITS:
+        record: dict[str, Any] = {}
+        record["too_short"], too_short = check_too_short(task, split, min_samples)
+        too_long = check_too_long(task, split)
+        if too_long is not None:
+            record["too_long"] = too_long
+        findings, left_out = task.review_targets(split)
+        record.update(findings)
+        task.leave_out(split, too_short | left_out)
+        infeasible, infeasible_out = check_ctc_feasibility(task, split, upstream)
+        if infeasible is not None:
+            record["ctc_infeasible"] = infeasible
+            task.leave_out(split, infeasible_out)
+        record["utterances"] = len(task.utterances(split))
+        report[split] = record
+    return report
