@@ -20,19 +20,46 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from downstream.lr_search import register_resolvers
-from downstream.training.distributed import environment_rank, environment_world_size, shutdown_distributed
-
 os.environ.setdefault("SSL_BENCH_ROOT", str(Path(__file__).resolve().parent))
+
+# Torch-free imports only up to the skip check, so that relaunching a finished run returns in about a
+# second; identity also registers the config's resolvers (${schedule:...}, ${run_hash:}, ${job_dirname:}).
+from downstream.lr_search import register_resolvers  # noqa: E402
+from downstream.training.errors import error_message, wants_traceback  # noqa: E402
+from downstream.training.identity import RunIdentity, check_run_dir, write_resolved_hydra_config  # noqa: E402
+
 register_resolvers()  # ${sweep_values:...} of experiment=lr_search
+
+log = logging.getLogger("run_downstream")
+
+EXIT_ERROR = 1
+
+
+class JobFailedError(CompactHydraException):
+    """A sweep job's failure, already reported in one message; Hydra lists it at the end of the sweep."""
+
+
+def process_rank() -> int:
+    """This process's torchrun rank (0 without torchrun; the engine is imported only under torchrun)."""
+    if "WORLD_SIZE" not in os.environ:
+        return 0
+    from downstream.training.distributed import environment_rank
+
+    return environment_rank()
 
 
 def prepare_torchrun_arguments(argv: list[str]) -> list[str]:
     """Command-line arguments for this torchrun rank. Every rank composes the same config and run directory;
     ranks other than 0 leave Hydra's .hydra/ record to rank 0. A sweep's default folder is named after the
     launch time, which the ranks would not agree on, so torchrun sweeps must name hydra.sweep.dir."""
+    if "WORLD_SIZE" not in os.environ:
+        return argv
+    from downstream.training.distributed import environment_world_size
+
     if environment_world_size() <= 1:
         return argv
     if ("-m" in argv or "--multirun" in argv) and not any(a.startswith("hydra.sweep.dir=") for a in argv):
@@ -40,7 +67,7 @@ def prepare_torchrun_arguments(argv: list[str]) -> list[str]:
             "run_downstream.py under torchrun with -m/--multirun: set hydra.sweep.dir=<folder> so that every "
             "rank writes to the same sweep folder"
         )
-    return argv if environment_rank() == 0 else [*argv, "hydra.output_subdir=null"]
+    return argv if process_rank() == 0 else [*argv, "hydra.output_subdir=null"]
 
 
 class _RankPrefix(logging.Filter):
@@ -54,30 +81,67 @@ class _RankPrefix(logging.Filter):
         return True
 
 
-@hydra.main(config_path="configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from downstream.training.preemption import EXIT_STOPPED_EARLY
-    from downstream.training.runner import run_experiment
-
-    rank = environment_rank()
+def launch(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
+    """Skip, train or resume the run of ``cfg`` in ``run_dir``; returns the exit status (0 or 75)."""
+    rank = process_rank()
     if rank > 0:  # rank 0 reports progress; the others only their warnings and errors, marked with the rank
         root = logging.getLogger()
         root.setLevel(logging.WARNING)
         for handler in root.handlers:
             handler.addFilter(_RankPrefix(rank))
-    hydra_config = HydraConfig.get()
-    try:
-        results = run_experiment(
-            cfg, hydra_config.runtime.output_dir, overrides=list(hydra_config.overrides.task)
+    if not cfg.overwrite and check_run_dir(RunIdentity.of(cfg), run_dir) is not None:
+        if rank == 0:
+            write_resolved_hydra_config(cfg, run_dir)
+        log.info(
+            "%s already has a complete results.json of these settings; skipping (overwrite=true reruns it)",
+            run_dir,
         )
+        return 0
+
+    from downstream.training.distributed import shutdown_distributed
+    from downstream.training.preemption import EXIT_STOPPED_EARLY
+    from downstream.training.runner import run_experiment
+
+    try:
+        results = run_experiment(cfg, run_dir, overrides=overrides)
     finally:
         shutdown_distributed()
     if results is None:
-        logging.getLogger(__name__).info(
+        log.info(
             "this launch stopped before the end (exit status %d); relaunch the same command to resume",
             EXIT_STOPPED_EARLY,
         )
-        sys.exit(EXIT_STOPPED_EARLY)
+        return EXIT_STOPPED_EARLY
+    return 0
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """One job: a single run, or one job of a sweep. Errors end with one message on stderr and exit status
+    1 (a sweep's other jobs still run, and the sweep fails at the end); Ctrl-C ends with 130."""
+    from downstream.training.preemption import EXIT_INTERRUPTED
+
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    try:
+        status = launch(cfg, run_dir, list(hydra_config.overrides.task))
+    except KeyboardInterrupt:
+        print(
+            f"interrupted (Ctrl-C); what was trained up to the last checkpoint in {run_dir} is kept: relaunch "
+            "the same command to resume",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as error:
+        if wants_traceback(cfg.get("debug", False)):
+            raise
+        message = error_message(error, run_dir)
+        print(message, file=sys.stderr)
+        if hydra_config.mode == RunMode.MULTIRUN:
+            raise JobFailedError(message.splitlines()[0]) from None
+        sys.exit(EXIT_ERROR)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

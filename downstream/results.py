@@ -38,8 +38,12 @@ class RunResults:
     of ``of`` in its pool at that step. ``data_policy`` is what the pre-training data check
     (``downstream.training.data_check``) changed or left out, per split and kind ({split: {too_short,
     too_long, ctc_infeasible, empty_transcript, oov, utterances}}; None in records written before it
-    existed). Keys this schema does not know (written by a newer runner) are kept in ``extra`` and
-    written back unchanged.
+    existed). ``trainer`` holds every trainer setting as the run used it (lr, batch_size, grad_accum,
+    max_steps, eval_every, ...), ``environment`` where it ran ({packages: {torch, torchaudio, transformers,
+    s3prl, ...: version}, python, torch_threads, device, device_name, cuda}), ``config_hash`` the 8 hex
+    digits of its result-affecting settings that name its folder (``downstream.training.identity``); the
+    three are None in records written before they were added. Keys this schema does not know (written by a
+    newer runner) are kept in ``extra`` and written back unchanged.
     """
 
     task: str
@@ -66,6 +70,9 @@ class RunResults:
     layer_weights: list[float] | list[list[float]] | None = None
     overrides: tuple[str, ...] = ()
     stopped_early: dict[str, int] | None = None
+    trainer: dict[str, Any] | None = None
+    environment: dict[str, Any] | None = None
+    config_hash: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # the order results.json has always had (the runner's), then anything in extra
@@ -94,6 +101,9 @@ class RunResults:
         "layer_weights",
         "overrides",
         "stopped_early",
+        "trainer",
+        "environment",
+        "config_hash",
     )
 
     def __post_init__(self) -> None:

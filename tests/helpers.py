@@ -15,6 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import downstream.training.identity  # noqa: F401 - registers the config's resolvers (${schedule:...}, ...)
 from downstream.results import RESULTS_FILE, RunResults
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

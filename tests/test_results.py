@@ -37,6 +37,9 @@ RECORD = {
     "layer_weights": [0.2, 0.3, 0.5],
     "overrides": ["task=er", "task.fold=1"],
     "stopped_early": {"step": 2, "rank": 2, "of": 2},
+    "trainer": {"max_steps": 2, "eval_every": 2, "lr": 0.001, "batch_size": 2, "grad_accum": 1},
+    "environment": {"packages": {"torch": "2.11.0"}, "python": "3.11.7", "torch_threads": 1, "device": "cpu"},
+    "config_hash": "0123abcd",
 }
 
 
@@ -52,7 +55,11 @@ def test_unknown_keys_are_kept_and_older_records_still_read(tmp_path):
     newer = RunResults.from_dict({**RECORD, "wall_seconds": 12.5})
     assert newer.extra == {"wall_seconds": 12.5}
     assert newer.to_dict()["wall_seconds"] == 12.5
-    older = {key: RECORD[key] for key in RECORD if key not in ("too_long", "skipped_updates", "steps")}
+    older = {
+        key: RECORD[key]
+        for key in RECORD
+        if key not in ("too_long", "skipped_updates", "steps", "trainer", "environment", "config_hash")
+    }
     (tmp_path / "results.json").write_text(json.dumps(older))
     record = load_run(tmp_path)
     assert record.run_dir == tmp_path and record.results.too_long is None

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from downstream.data.corpus import DataLayoutError
 from downstream.results import RunResults
-from downstream.training.runner import build_task, pick_schedule, resolve_trainer_settings, run_experiment
+from downstream.training.identity import schedule_of
+from downstream.training.runner import build_task, resolve_trainer_settings, run_experiment
 from tests.helpers import REPO_ROOT, TWO_STEP_RUN, best_dev_record, read_curve, run_downstream_cli
 
 RESULT_KEYS = {
@@ -132,11 +133,11 @@ def test_missing_dataset_root_fails_before_training(make_config, tmp_path):
 
 def test_schedule_auto_picks_demo_on_the_mini_corpus_and_superb_elsewhere(make_config, tmp_path):
     demo = make_config(["task=sid"])
-    assert pick_schedule(demo) == "demo"
+    assert schedule_of(demo) == "demo"
     assert resolve_trainer_settings(demo).max_steps == demo.task.schedules.demo.max_steps
     real = make_config(["task=sid", f"task.data_root={tmp_path}", "trainer.lr=0.5"])
     settings = resolve_trainer_settings(real)
-    assert pick_schedule(real) == "superb"
+    assert schedule_of(real) == "superb"
     assert settings.max_steps == 200_000 and settings.batch_size == 8 and settings.grad_accum == 4
     assert settings.lr == 0.5  # an explicit trainer key wins over the schedule
 

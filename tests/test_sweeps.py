@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from downstream import reporting
 from downstream.results import ResultsFileError, load_run, scan_runs
+from downstream.training.identity import job_dirname
 from downstream.training.runner import run_experiment
 from scripts.make_table import main as make_table_main
 from tests.helpers import (
@@ -162,11 +163,11 @@ def test_documented_launches_compose_job_by_job(name):
             assert cfg.task.data_root == f"{corpora}/{CORPUS_FOLDERS[task]}"
             if task == "er":
                 assert cfg.task.fold in range(1, 6)
-    excluded = set(compose_config([f"experiment={name}"]).hydra.job.config.override_dirname.exclude_keys)
-    job_dirs = {
-        frozenset(o for o in job if reporting.parse_override(o)[0] not in excluded) for job in all_jobs
-    }
+    # a job's folder is job_dirname(its overrides, its settings' hash); the readable part alone already
+    # tells the jobs apart, and holds no path separator
+    job_dirs = {job_dirname(job, "0" * 8) for job in all_jobs}
     assert len(job_dirs) == len(all_jobs), "two jobs of one experiment would share a directory"
+    assert not any("/" in name for name in job_dirs)
 
 
 @functools.cache
@@ -741,7 +742,7 @@ def test_multirun_table_and_relaunch_skips_finished_jobs(tmp_path):
     # run in this process, as Hydra's launcher runs a job, to spare a third start of the interpreter.
     overrides = [*TINY_SWEEP, "interface=weighted_sum", "overwrite=true"]
     cfg = compose_config(overrides, run_dir=finished.parent)
-    assert sweep_dir / cfg.hydra.job.override_dirname == finished.parent
+    assert sweep_dir / cfg.hydra.sweep.subdir == finished.parent
     run_experiment(cfg, finished.parent, overrides=overrides)
     assert finished.stat().st_mtime_ns > finished_mtime
 

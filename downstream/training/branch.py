@@ -246,6 +246,7 @@ class Branch:
             "scaler": self.scaler.state_dict(),
             "branch_rng": self.rng_state,
             "global_rng": capture_rng_state(),
+            "running_loss": self.running_loss.item(),  # the training loss summed since it was last logged
             "progress": {
                 **progress,
                 "best_metric": self.best_metric,
@@ -264,6 +265,7 @@ class Branch:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.rng_state = checkpoint["branch_rng"]
+        self.running_loss.fill_(checkpoint.get("running_loss", 0.0))
         progress = checkpoint["progress"]
         self.best_metric, self.best_step = progress["best_metric"], progress["best_step"]
         self.bad_steps_total = progress["bad_steps_total"]

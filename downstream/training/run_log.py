@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
+import socket
+import uuid
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from downstream.files import write_atomically
 
@@ -48,6 +53,57 @@ class SilentRunLogger:
         pass
 
 
+#: Packages whose versions results.json records (``environment_record``).
+RECORDED_PACKAGES = ("torch", "torchaudio", "transformers", "s3prl", "hydra-core", "numpy")
+
+
+def environment_record(device: Any) -> dict[str, Any]:
+    """Where a run ran (results.json ``environment``, W&B config): package versions (None where not
+    installed), Python, torch's intra-op thread count, and the device (with its name on CUDA)."""
+    import torch
+
+    versions = {}
+    for package in RECORDED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or None
+    return {
+        "packages": versions,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": name,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+    }
+
+
+def _wandb_reachable(timeout: float) -> bool:
+    """Whether a TCP connection to the W&B server (WANDB_BASE_URL, default api.wandb.ai) opens within
+    ``timeout`` seconds: a node without network answers in at most that, instead of wandb's long retries."""
+    url = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "api.wandb.ai", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """This run folder's W&B run id: made once (random), kept in ``<run_dir>/wandb/run_id.txt`` so that a
+    resumed launch continues the same W&B run, and two folders (other settings, another seed, another
+    machine) never share one. ``overwrite=true`` removes the file, so a rerun starts a new W&B run."""
+    path = run_dir / "wandb" / "run_id.txt"
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = f"{run_dir.name[:40]}-{uuid.uuid4().hex[:12]}"
+    write_atomically(path, lambda stream: stream.write(run_id.encode() + b"\n"))
+    return run_id
+
+
 def _wandb_has_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -59,8 +115,10 @@ class RunLogger:
     """Appends every logged record to ``<run_dir>/curve.jsonl`` and, with ``wandb=true``, to W&B.
 
     W&B ``mode: auto`` goes online only when credentials are configured (WANDB_API_KEY or a netrc
-    entry) and falls back to offline mode when the online start fails, so a run never blocks on it;
-    WANDB_MODE in the environment wins over this setting.
+    entry) and the server answers within ``probe_timeout`` seconds, and falls back to offline mode when
+    the online start fails (within ``init_timeout`` seconds); WANDB_MODE in the environment wins over this
+    setting. A W&B call that fails later is logged once and W&B is left off for the rest of the run:
+    curve.jsonl and results.json are always written.
     """
 
     def __init__(
@@ -72,6 +130,8 @@ class RunLogger:
         group: str | None = None,
         name: str | None = None,
         mode: str = "auto",
+        probe_timeout: float = 5.0,
+        init_timeout: float = 60.0,
     ) -> None:
         if mode not in ("auto", "online", "offline", "disabled"):
             raise ValueError(f"logger.mode must be auto, online, offline or disabled, got {mode!r}")
@@ -85,6 +145,8 @@ class RunLogger:
             "name": name,
             "mode": mode,
         }
+        self.probe_timeout = probe_timeout
+        self.init_timeout = init_timeout
         self._wandb_run = None
 
     def start(self, config: dict[str, Any], resume_step: int = 0) -> None:
@@ -107,39 +169,74 @@ class RunLogger:
         mode = os.environ.get("WANDB_MODE") or settings.pop("mode")
         settings.pop("mode", None)
         if mode == "auto":
-            mode = "online" if _wandb_has_credentials() else "offline"
+            if not _wandb_has_credentials():
+                mode = "offline"
+            elif not _wandb_reachable(self.probe_timeout):
+                log.warning(
+                    "wandb: %s does not answer; logging offline (upload later with `wandb sync %s`)",
+                    os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai",
+                    self.run_dir / "wandb" / "offline-run-*",
+                )
+                mode = "offline"
+            else:
+                mode = "online"
         init = dict(
-            settings,
-            config=config,
-            dir=str(self.run_dir),
-            id=self.run_dir.name.replace("/", "-"),
-            resume="allow",
+            settings, config=config, dir=str(self.run_dir), id=wandb_run_id(self.run_dir), resume="allow"
         )
         try:
-            return wandb.init(mode=mode, settings=wandb.Settings(init_timeout=60), **init)
+            return wandb.init(mode=mode, settings=wandb.Settings(init_timeout=self.init_timeout), **init)
         except Exception as error:  # noqa: BLE001 - any failure to reach W&B must not stop the run
             if mode != "online":
-                raise
+                log.warning(
+                    "wandb could not start (%s: %s); only curve.jsonl is written", type(error).__name__, error
+                )
+                return None
             log.warning("wandb online start failed (%s); logging offline instead", error)
+        try:
             return wandb.init(mode="offline", **init)
+        except Exception as error:  # noqa: BLE001
+            log.warning(
+                "wandb could not start offline either (%s: %s); only curve.jsonl is written",
+                type(error).__name__,
+                error,
+            )
+            return None
+
+    def _wandb_call(self, call) -> None:
+        """Run ``call(run)`` on the W&B run; a failure turns W&B off for the rest of the run, with a warning."""
+        if self._wandb_run is None:
+            return
+        try:
+            call(self._wandb_run)
+        except Exception as error:  # noqa: BLE001 - W&B must never stop a run
+            log.warning(
+                "wandb failed (%s: %s); W&B logging is off for the rest of this run",
+                type(error).__name__,
+                error,
+            )
+            self._wandb_run = None
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
         record = {"step": step, "split": split, **metrics}
         with self.curve_path.open("a") as stream:
             stream.write(json.dumps(record) + "\n")
-        if self._wandb_run is not None:
-            self._wandb_run.log({f"{split}/{key}": value for key, value in metrics.items()}, step=step)
+        self._wandb_call(
+            lambda run: run.log({f"{split}/{key}": value for key, value in metrics.items()}, step=step)
+        )
 
     def finish(self, results: dict[str, Any] | None) -> None:
         """Write results.json (a complete run) and close W&B."""
         if results is not None:
             write_json_atomically(self.run_dir / "results.json", results)
-        if self._wandb_run is not None:
+
+        def summarize_and_finish(run) -> None:
             if results is not None:
                 for split in ("dev", "test"):
                     for key, value in results[split].items():
-                        self._wandb_run.summary[f"final/{split}/{key}"] = value
+                        run.summary[f"final/{split}/{key}"] = value
                 if results.get("layer_weights") is not None:
-                    self._wandb_run.summary["layer_weights"] = results["layer_weights"]
-            self._wandb_run.finish()
-            self._wandb_run = None
+                    run.summary["layer_weights"] = results["layer_weights"]
+            run.finish()
+
+        self._wandb_call(summarize_and_finish)
+        self._wandb_run = None

@@ -11,7 +11,7 @@ from typing import Any
 import hydra.utils
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from downstream.heads import count_parameters
 from downstream.results import ResultsFileError, RunResults, too_long_record
@@ -20,8 +20,19 @@ from downstream.training.branch import BRANCH_SETTINGS, Branch
 from downstream.training.cache import HiddenStateCache, open_hidden_state_cache
 from downstream.training.data_check import check_inputs
 from downstream.training.distributed import barrier, init_distributed, rank_info
+from downstream.training.identity import (
+    IDENTITY_FILE,
+    RunIdentity,
+    check_run_dir,
+    schedule_of,
+    write_identity,
+    write_resolved_hydra_config,
+)
+from downstream.training.identity import (
+    resolved_job_config as resolved_job_config,  # re-exported: the shared-upstream launcher's import
+)
 from downstream.training.loading import pick_device
-from downstream.training.run_log import SilentRunLogger
+from downstream.training.run_log import SilentRunLogger, environment_record
 from downstream.training.settings import TrainerSettings
 from downstream.training.trainer import Trainer
 from downstream.training.untrained import run_untrained_jobs
@@ -29,7 +40,6 @@ from upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("auto", "superb", "demo")
 #: Keys of a task config that the runner reads and the task does not take: the head to build on the
 #: interface (``build_branch``) and the trainer schedules (``resolve_trainer_settings``).
 RUNNER_TASK_KEYS = ("head", "schedules")
@@ -41,26 +51,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_schedule(cfg: DictConfig) -> str:
-    """superb or demo: ``schedule=auto`` means demo exactly when the task reads the shipped mini corpus."""
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-    if cfg.schedule != "auto":
-        return cfg.schedule
-    data_root = Path(cfg.task.data_root).resolve()
-    mini_corpus = Path(cfg.paths.mini_superb).resolve()
-    return "demo" if data_root.is_relative_to(mini_corpus) else "superb"
-
-
 def resolve_trainer_settings(cfg: DictConfig) -> TrainerSettings:
-    schedule_name = pick_schedule(cfg)
-    schedules = cfg.task.schedules
-    if schedule_name not in schedules:
-        raise ValueError(f"task {cfg.task_name} has no {schedule_name!r} schedule; it has {list(schedules)}")
-    trainer_config = OmegaConf.to_container(cfg.trainer, resolve=True)
-    return TrainerSettings.resolve(
-        trainer_config, OmegaConf.to_container(schedules[schedule_name], resolve=True)
-    )
+    """The job's trainer settings as Hydra resolved them (the task schedule's values where the trainer
+    config says ``${schedule:<key>}``), type-checked (``settings.ConfigValueError``)."""
+    return TrainerSettings.from_config(OmegaConf.to_container(cfg.trainer, resolve=True))
 
 
 def build_task(task_config: DictConfig) -> Task:
@@ -72,7 +66,8 @@ def build_task(task_config: DictConfig) -> Task:
 
 
 def load_complete_results(run_dir: Path) -> dict[str, Any] | None:
-    """The run's results.json if it exists and holds a complete record (a finished run), else None."""
+    """The run's results.json if it exists and holds a complete record (a finished run), else None.
+    Whether its settings are this launch's is checked when the job runs (``prepare_run_dir``)."""
     try:
         return RunResults.load(run_dir).to_dict()
     except ResultsFileError:
@@ -101,7 +96,11 @@ def build_branch(
         device=pick_device(settings.device),
         seed=cfg.seed,
         upstream=upstream if upstream.trainable else None,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config={
+            **OmegaConf.to_container(cfg, resolve=True),
+            "config_hash": RunIdentity.of(cfg).hash,
+            "environment": environment_record(pick_device(settings.device)),
+        },
     )
 
 
@@ -128,7 +127,7 @@ def build_results(
         hidden_size=upstream.hidden_size,
         seed=cfg.seed,
         fold=cfg.task.get("fold"),
-        schedule=pick_schedule(cfg),
+        schedule=schedule_of(cfg),
         trainable_params={
             "interface": count_parameters(branch.interface),
             "head": count_parameters(branch.head),
@@ -146,29 +145,47 @@ def build_results(
         layer_weights=None if weights is None else weights.detach().float().cpu().tolist(),
         overrides=tuple(overrides or ()),
         stopped_early=outcome.get("stopped_early"),
+        trainer=settings.record(),
+        environment=environment_record(pick_device(settings.device)),
+        config_hash=RunIdentity.of(cfg).hash,
     ).to_dict()
 
 
+#: What ``overwrite=true`` removes from a run folder before training it again.
+STALE_OUTPUTS = (
+    "results.json",
+    "last.pt",
+    "last.pt.previous",
+    "best.pt",
+    "best.pt.previous",
+    "curve.jsonl",
+    IDENTITY_FILE,
+    "wandb/run_id.txt",
+)
+
+
 def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
-    """Finished results to reuse (None: the run must train); ``overwrite=true`` clears old outputs."""
-    finished = load_complete_results(run_dir)
-    if finished is not None and not cfg.overwrite:
-        log.info("%s already has a complete results.json; skipping (overwrite=true reruns it)", run_dir)
-        return finished
-    if cfg.overwrite and rank_info().is_main:
-        stale = ("results.json", "last.pt", "last.pt.previous", "best.pt", "best.pt.previous", "curve.jsonl")
-        for name in stale:
-            (run_dir / name).unlink(missing_ok=True)
+    """Finished results to reuse (None: the run must train). The folder must hold nothing or a run of the
+    same settings (``identity.check_run_dir``, else ``RunConfigMismatchError``); ``overwrite=true`` clears
+    its old outputs instead. A run that will train records its identity (identity.json) and its resolved
+    config (.hydra/config.yaml)."""
+    identity = RunIdentity.of(cfg)
+    if cfg.overwrite:
+        if rank_info().is_main:
+            for name in STALE_OUTPUTS:
+                (run_dir / name).unlink(missing_ok=True)
+    else:
+        finished = check_run_dir(identity, run_dir)
+        if finished is not None:
+            log.info(
+                "%s already has a complete results.json of these settings; skipping (overwrite=true reruns it)",
+                run_dir,
+            )
+            return finished
+    if rank_info().is_main:
+        write_identity(identity, run_dir)
+        write_resolved_hydra_config(cfg, run_dir)
     return None
-
-
-def resolved_job_config(cfg: DictConfig) -> DictConfig:
-    """The job's config with every interpolation resolved now, while HydraConfig is this job's (the
-    ``${hydra:...}`` names), and without the hydra node."""
-    without_hydra = cfg.copy()
-    with open_dict(without_hydra):
-        without_hydra.pop("hydra", None)
-    return OmegaConf.create(OmegaConf.to_container(without_hydra, resolve=True))
 
 
 @dataclass
@@ -238,6 +255,7 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
     The jobs must share task, upstream (frozen when there are several), every other trainer setting and
     seed; ``hydra_plugins/shared_upstream_launcher`` groups a sweep's jobs by exactly that.
     """
+    all_settings = [resolve_trainer_settings(job.cfg) for job in jobs]  # checked before anything is written
     init_distributed(jobs[0].cfg.trainer.device)  # torchrun: join the process group (no-op otherwise)
     results = [prepare_run_dir(job.cfg, job.run_dir) for job in jobs]
     barrier()  # rank 0 has removed old outputs (overwrite=true) before any rank reads the run directory
@@ -245,7 +263,7 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
     if not pending:
         return results
     first = jobs[pending[0]].cfg
-    job_settings = {index: resolve_trainer_settings(jobs[index].cfg) for index in pending}
+    job_settings = {index: all_settings[index] for index in pending}
     settings = group_settings([job_settings[i] for i in pending], [jobs[i].run_dir for i in pending])
     if settings.limit_eval_batches is not None:
         log.warning(
@@ -271,7 +289,7 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
             upstream.hidden_size,
             jobs[index].cfg.interface_name,
             branch.interface.output_size,
-            pick_schedule(first),
+            schedule_of(first),
             settings.max_steps,
             branch.settings.lr,
             settings.precision,
@@ -279,7 +297,14 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
             branch.run_dir,
         )
     cache = build_hidden_state_cache(first, upstream, task, settings)
-    outcomes = Trainer(settings, upstream, task, branches, seed=first.seed, hidden_state_cache=cache).run()
+    try:
+        outcomes = Trainer(
+            settings, upstream, task, branches, seed=first.seed, hidden_state_cache=cache
+        ).run()
+    except BaseException:  # an error or Ctrl-C: close the loggers (W&B) before the launch ends
+        for branch in branches:
+            branch.logger.finish(None)
+        raise
     for position, (index, branch) in enumerate(zip(pending, branches, strict=True)):
         if outcomes is None:
             branch.logger.finish(None)

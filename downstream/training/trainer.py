@@ -97,6 +97,9 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
+        #: updates since the training loss was last logged: the window each branch's ``running_loss`` sums
+        #: over (checkpointed with it, so a resumed run logs the loss an uninterrupted one would)
+        self.loss_window_steps = 0
         #: a stop signal (SIGTERM, or submitit's preemption signal) this process received, not yet acted on
         self.stop_signal: int | None = None
         #: set after an update when any rank received a stop signal: every rank checkpoints and stops there
@@ -136,30 +139,43 @@ class Trainer:
         settings = self.settings
         batches = self._training_batches()
         progress = self._progress_bar()
-        window_start, window_steps = time.perf_counter(), 0
+        # timed_steps: updates of this launch since window_start (speed); loss_window_steps may include
+        # updates of the launch before a resume (loss)
+        window_start, timed_steps = time.perf_counter(), 0
         launch_start_step = self.step
         while self.step < settings.max_steps and self.training_branches:
             self.training_update(batches)
-            window_steps += 1
+            timed_steps += 1
+            self.loss_window_steps += 1
             if progress is not None:
                 progress.update(1)
 
             if self.step % settings.log_every == 0 or self.step == settings.max_steps:
                 self.account_updates()
-                steps_per_s = window_steps / (time.perf_counter() - window_start)
+                steps_per_s = timed_steps / (time.perf_counter() - window_start)
                 training = self.training_branches
                 losses = mean_over_ranks(torch.stack([branch.running_loss for branch in training]))
                 for branch, loss in zip(training, losses, strict=True):
-                    record = {"loss": loss.item() / window_steps, "steps_per_s": steps_per_s}
+                    record = {"loss": loss.item() / self.loss_window_steps, "steps_per_s": steps_per_s}
                     branch.logger.log(self.step, "train", record)
                     branch.running_loss.zero_()
                 if progress is not None:
                     progress.set_postfix(loss=f"{record['loss']:.3f}", steps_per_s=f"{steps_per_s:.2f}")
-                window_start, window_steps = time.perf_counter(), 0
+                else:  # not on a terminal (a log file, SLURM): a line every log_every updates instead
+                    log.info(
+                        "step %d/%d: train loss %.4f, %.2f steps/s%s",
+                        self.step,
+                        settings.max_steps,
+                        record["loss"],
+                        steps_per_s,
+                        "" if len(self.branches) == 1 else f" ({len(self.branches)} runs; loss of the last)",
+                    )
+                window_start, timed_steps = time.perf_counter(), 0
+                self.loss_window_steps = 0
             evaluated = self.step % settings.eval_every == 0 or self.step == settings.max_steps
             if evaluated:
                 self.evaluate_and_keep_best()
-                window_start = time.perf_counter()
+                window_start, timed_steps = time.perf_counter(), 0
             save_every = settings.save_every or settings.eval_every
             # Every evaluation is followed by a checkpoint, so at most one best.pt is newer than last.pt
             # (see Branch.restore_best_model).
@@ -332,9 +348,14 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "world_size": self.ranks.world_size,
+            "loss_window_steps": self.loss_window_steps,
         }
         streams = gather_objects(
-            {"branch_rng": [branch.rng_state for branch in self.branches], "global_rng": capture_rng_state()}
+            {
+                "branch_rng": [branch.rng_state for branch in self.branches],
+                "global_rng": capture_rng_state(),
+                "running_loss": [branch.running_loss.item() for branch in self.branches],
+            }
         )
         if not self.ranks.is_main:
             return
@@ -344,7 +365,11 @@ class Trainer:
             checkpoint = branch.checkpoint(progress)
             if self.ranks.is_distributed:
                 checkpoint["rank_rng"] = [
-                    {"branch_rng": rank["branch_rng"][index], "global_rng": rank["global_rng"]}
+                    {
+                        "branch_rng": rank["branch_rng"][index],
+                        "global_rng": rank["global_rng"],
+                        "running_loss": rank["running_loss"][index],
+                    }
                     for rank in streams
                 ]
             save_checkpoint(checkpoint, branch.checkpoint_path)
@@ -380,6 +405,8 @@ class Trainer:
             progress["epoch"],
             progress["batch_in_epoch"],
         )
+        # checkpoints written before the loss window was recorded: the window restarts at the resume
+        self.loss_window_steps = progress.get("loss_window_steps", 0)
         self._restore_rank_streams(checkpoints, reference, saved_world_size=progress.get("world_size", 1))
         for branch in self.branches:
             branch.restore_best_model()
@@ -397,15 +424,20 @@ class Trainer:
             if rank > 0:
                 for branch, checkpoint in zip(self.branches, checkpoints, strict=True):
                     branch.rng_state = checkpoint["rank_rng"][rank]["branch_rng"]
+                    branch.running_loss.fill_(checkpoint["rank_rng"][rank].get("running_loss", 0.0))
             restore_rng_state(
                 reference["rank_rng"][rank]["global_rng"] if rank > 0 else reference["global_rng"]
             )
             return
         consumed = self.batch_in_epoch * saved_world_size  # global batches of this epoch already trained on
         self.batch_in_epoch = -(-consumed // world_size)
-        if rank > 0:
-            for branch in self.branches:
+        for branch, checkpoint in zip(self.branches, checkpoints, strict=True):
+            if rank > 0:
                 branch.rng_state = None
+            # every rank takes the ranks' mean, so the logged mean over ranks is unchanged
+            saved = [entry.get("running_loss", 0.0) for entry in checkpoint.get("rank_rng", [])]
+            if saved:
+                branch.running_loss.fill_(sum(saved) / len(saved))
         restore_rng_state(reference["global_rng"])
         log.warning(
             "the checkpoint was written by %d process(es) and is resumed by %d: training continues after the "

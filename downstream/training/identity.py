@@ -1,0 +1,289 @@
+"""A run's identity: the resolved settings that can change its result, the short hash that names its folder,
+and the check that a relaunch into a folder continues or skips only a run of the same settings.
+
+Torch-free on purpose: ``run_downstream.py`` skips a finished run with this module alone (no torch import).
+
+- ``identity_config(cfg)``: the resolved job config as flat dotted keys, without ``EXCLUDED_KEYS`` (the one
+  list of settings that never change a result), paths inside the repository written relative to it.
+- ``config_hash(identity)``: 8 hex digits of its SHA-256; the ``${run_hash:}`` resolver puts it in
+  ``hydra.run.dir`` and ``${job_dirname:}`` in a sweep job's folder name.
+- ``check_run_dir``: compares with the folder's ``identity.json``; a run of other settings is refused with
+  ``RunConfigMismatchError`` naming every differing key with both values.
+- ``${schedule:<key>}``: the trainer keys' defaults, the task schedule's value (``schedule_of``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from downstream.files import write_atomically
+from downstream.results import ResultsFileError, RunResults
+
+#: Settings that never change a run's numbers, left out of its identity (folder name, identity.json, the
+#: skip and resume check) and of a sweep job's folder name. A key covers everything below it.
+EXCLUDED_KEYS = (
+    "overwrite",  # what to do with a finished run, not how to train it
+    "debug",  # show tracebacks
+    "logger",  # where records go (curve.jsonl and results.json are always written)
+    "paths",  # only feed interpolations; the resolved values (task.data_root, ...) are part of the identity
+    "task.schedules",  # the chosen schedule's values are in trainer.*
+    "trainer.num_workers",  # data order and crops do not depend on the worker count
+    "trainer.progress_bar",
+    "trainer.save_every",  # resuming is exact, so checkpoint spacing does not change results
+    "trainer.stop_after_steps",  # ends a launch, not the run
+    "cache.dir",  # where the hidden-state cache lives (cache.enabled and cache.splits do count: fp16 states)
+    "cache.max_gb",
+    "upstream.cache_dir",  # where downloaded weights are looked for; the model is named by upstream.model
+    "lr_search",  # experiment=lr_search's grid: which jobs the sweep has (each job's trainer.lr counts)
+)
+
+IDENTITY_FILE = "identity.json"
+#: Files that hold a run's state: a folder with any of them is a run that a relaunch would continue or skip.
+RUN_STATE_FILES = ("results.json", "last.pt", "last.pt.previous", "best.pt", "best.pt.previous")
+SCHEDULES = ("auto", "superb", "demo")
+_MAX_READABLE = 200  # characters of a sweep job's readable folder name before the hash
+
+
+class RunConfigMismatchError(ValueError):
+    """A relaunch into a run folder whose stored settings differ from this launch's."""
+
+
+def is_excluded(key: str) -> bool:
+    """Whether dotted ``key`` is one of ``EXCLUDED_KEYS`` or lies below one."""
+    return any(key == excluded or key.startswith(excluded + ".") for excluded in EXCLUDED_KEYS)
+
+
+def resolved_job_config(cfg: DictConfig) -> DictConfig:
+    """The job's config with every interpolation resolved now, while HydraConfig is this job's (the
+    ``${hydra:...}`` names), and without the hydra node."""
+    without_hydra = cfg.copy()
+    with open_dict(without_hydra):
+        without_hydra.pop("hydra", None)
+    return OmegaConf.create(OmegaConf.to_container(without_hydra, resolve=True))
+
+
+def _flatten(node: Any, prefix: str, into: dict[str, Any]) -> None:
+    if isinstance(node, Mapping) and node:
+        for key, value in node.items():
+            _flatten(value, f"{prefix}.{key}" if prefix else str(key), into)
+    else:
+        into[prefix] = node
+
+
+def identity_config(cfg: DictConfig) -> dict[str, Any]:
+    """The result-affecting settings of a job config: resolved, as {dotted key: value} in key order, without
+    ``EXCLUDED_KEYS``. Paths inside the repository (``paths.root``) are written as ``${paths.root}/...`` so
+    that another checkout of the same code and data has the same identity."""
+    resolved = OmegaConf.to_container(resolved_job_config(cfg))
+    flat: dict[str, Any] = {}
+    _flatten(resolved, "", flat)
+    root = str(flat.get("paths.root") or os.environ.get("SSL_BENCH_ROOT", "")).rstrip("/")
+
+    def relative(value: Any) -> Any:
+        if isinstance(value, str) and root and (value == root or value.startswith(root + "/")):
+            return "${paths.root}" + value[len(root) :]
+        if isinstance(value, list):
+            return [relative(item) for item in value]
+        return value
+
+    return {key: relative(flat[key]) for key in sorted(flat) if not is_excluded(key)}
+
+
+def config_hash(identity: Mapping[str, Any]) -> str:
+    """8 hex digits of the SHA-256 of ``identity`` (``identity_config``) as canonical JSON."""
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def choose_schedule(schedule: str, data_root: str, mini_corpus: str) -> str:
+    """superb or demo: ``schedule=auto`` means demo exactly when ``data_root`` lies inside the shipped mini
+    corpus. ValueError for another name."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is not a schedule; allowed: {', '.join(SCHEDULES)}")
+    if schedule != "auto":
+        return schedule
+    return "demo" if Path(data_root).resolve().is_relative_to(Path(mini_corpus).resolve()) else "superb"
+
+
+def schedule_of(cfg: DictConfig) -> str:
+    """The schedule a job config trains with (demo or superb)."""
+    return choose_schedule(cfg.schedule, cfg.task.data_root, cfg.paths.mini_superb)
+
+
+# -- resolvers: the trainer's schedule defaults, and the folder names -----------------------------------
+def _schedule_value(key: str, *, _root_: DictConfig) -> Any:
+    """``${schedule:lr}``: the value of ``key`` in the task schedule this job trains with."""
+    if key == "batch_size" and _root_.trainer.get("max_batch_seconds") is not None:
+        return None  # batches filled up to trainer.max_batch_seconds of audio instead
+    name = schedule_of(_root_)
+    schedules = _root_.task.get("schedules") or {}
+    if name not in schedules or key not in schedules[name]:
+        raise ValueError(
+            f"the task's {name!r} schedule (task.schedules.{name}) does not set {key}; "
+            f"set trainer.{key}=<value> on the command line"
+        )
+    return schedules[name][key]
+
+
+#: The folder-name hash of a config that does not resolve: the launch then reports the error itself, in one
+#: message, when it resolves the config (instead of Hydra failing while it names the folder).
+UNRESOLVED = "unresolved"
+
+
+def _run_hash(*, _root_: DictConfig) -> str:
+    """``${run_hash:}``: ``config_hash`` of the job's identity (``UNRESOLVED`` if it does not resolve)."""
+    try:
+        return config_hash(identity_config(_root_))
+    except Exception:  # noqa: BLE001 - reported by the launch with the key that fails
+        return UNRESOLVED
+
+
+def _readable_override(override: str) -> str:
+    """``key=value`` for a folder name: a path value (with ``/``) becomes its last two parts joined by ``_``
+    (``task.data_root=/data/LibriSpeech`` reads ``task.data_root=data_LibriSpeech``; the hash tells paths apart)."""
+    key, separator, value = override.partition("=")
+    if "/" in value or "\\" in value:
+        parts = [part for part in re.split(r"[/\\]+", value) if part]
+        value = "_".join(parts[-2:])
+    return re.sub(r"[/\\\x00]", "_", key + separator + value)
+
+
+def job_dirname(overrides: list[str], identity_hash: str) -> str:
+    """A sweep job's folder name: its result-affecting overrides (sorted, ``,``-joined, no path separators,
+    ``_readable_override``), cut to a readable length, then ``-<hash>``."""
+    kept = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith("hydra") or is_excluded(key):
+            continue
+        kept.append(_readable_override(override))
+    readable = ",".join(sorted(kept))[:_MAX_READABLE]
+    return f"{readable}-{identity_hash}" if readable else identity_hash
+
+
+def _job_dirname(*, _root_: DictConfig) -> str:
+    """``${job_dirname:}``: ``job_dirname`` of the job's command-line overrides and identity."""
+    return job_dirname(list(_root_.hydra.overrides.task), _run_hash(_root_=_root_))
+
+
+def register_resolvers() -> None:
+    """Register ``schedule``, ``run_hash`` and ``job_dirname`` with OmegaConf (idempotent); call before
+    composing the project's config."""
+    for name, function in (
+        ("schedule", _schedule_value),
+        ("run_hash", _run_hash),
+        ("job_dirname", _job_dirname),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)
+
+
+register_resolvers()
+
+
+# -- the check at launch -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunIdentity:
+    """A job's identity: its result-affecting settings (``identity_config``) and their hash."""
+
+    config: dict[str, Any]
+    hash: str
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> RunIdentity:
+        config = identity_config(cfg)
+        return cls(config, config_hash(config))
+
+    def to_json(self) -> str:
+        return json.dumps({"hash": self.hash, "config": self.config}, indent=2, default=str) + "\n"
+
+
+def stored_identity(run_dir: Path) -> dict[str, Any] | None:
+    """The settings recorded in ``<run_dir>/identity.json`` (None without one; ValueError if unreadable)."""
+    path = run_dir / IDENTITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        return dict(json.loads(path.read_text())["config"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunConfigMismatchError(
+            f"{path} is unreadable ({error}); relaunch with overwrite=true to start this run again"
+        ) from error
+
+
+def differing_keys(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Keys whose value differs (or that only one side has), sorted."""
+    return sorted(
+        key for key in set(stored) | set(current) if stored.get(key, "<unset>") != current.get(key, "<unset>")
+    )
+
+
+def _value(mapping: Mapping[str, Any], key: str) -> str:
+    return json.dumps(mapping[key], default=str) if key in mapping else "(not set)"
+
+
+def check_run_dir(identity: RunIdentity, run_dir: Path) -> dict[str, Any] | None:
+    """Whether ``run_dir`` may hold this run: the finished results to reuse (same settings, complete
+    results.json), or None (nothing there yet, or a checkpoint of the same settings to resume).
+
+    Raises ``RunConfigMismatchError`` when the folder holds a run (results.json or checkpoints) whose
+    identity.json differs, listing every differing key with both values, or that has no identity.json
+    (written before identities were recorded). ``overwrite=true`` is handled by the caller, before this."""
+    has_run = any((run_dir / name).exists() for name in RUN_STATE_FILES)
+    if not has_run:
+        return None
+    stored = stored_identity(run_dir)
+    how = (
+        "Relaunch without hydra.run.dir / with another hydra.sweep.dir so that these settings get a folder "
+        "of their own, or add overwrite=true to discard the run in this folder and train it anew here."
+    )
+    if stored is None:
+        raise RunConfigMismatchError(
+            f"{run_dir} holds a run without {IDENTITY_FILE} (written by an older version), so its settings "
+            f"cannot be checked against this launch's. {how}"
+        )
+    differing = differing_keys(stored, identity.config)
+    if differing:
+        lines = [
+            f"  {key}: {_value(stored, key)} in the folder, {_value(identity.config, key)} now"
+            for key in differing
+        ]
+        raise RunConfigMismatchError(
+            f"{run_dir} holds a run with other settings ({len(differing)} differ):\n"
+            + "\n".join(lines)
+            + f"\n{how}"
+        )
+    try:
+        return RunResults.load(run_dir).to_dict()
+    except ResultsFileError:
+        return None
+
+
+def write_identity(identity: RunIdentity, run_dir: Path) -> None:
+    """Record ``identity`` in ``<run_dir>/identity.json`` (atomically; unchanged files are not rewritten)."""
+    path = run_dir / IDENTITY_FILE
+    text = identity.to_json()
+    if path.is_file() and path.read_text() == text:
+        return
+    write_atomically(path, lambda stream: stream.write(text.encode()))
+
+
+def write_resolved_hydra_config(cfg: DictConfig, run_dir: Path) -> None:
+    """Replace Hydra's ``.hydra/config.yaml`` (saved with its interpolations) by the resolved values the run
+    uses: the schedule's lr, batch size, steps, the corpus path, ... (only where Hydra made ``.hydra/``)."""
+    folder = run_dir / ".hydra"
+    if not folder.is_dir():
+        return
+    text = "# resolved by run_downstream.py: the values this run uses\n" + OmegaConf.to_yaml(
+        resolved_job_config(cfg)
+    )
+    write_atomically(folder / "config.yaml", lambda stream: stream.write(text.encode()))
