@@ -19,7 +19,10 @@ espeak-ng) and read by the same readers as the real corpora (downstream/data):
 Usage:
     python scripts/make_mini_superb.py                      # (re)writes data/mini_superb
     python scripts/make_mini_superb.py --out /tmp/mini --tiny   # a few utterances per corpus, for tests
-    python scripts/make_mini_superb.py --only sd,qbe        # rewrite only these in data/mini_superb
+    python scripts/make_mini_superb.py --only ks,sf         # (re)writes only Speech Commands and SNIPS
+                                                            # (scripts/mini_superb_ks_sf.py), the rest unchanged
+    python scripts/make_mini_superb.py --only sd,qbe        # likewise the diarization and QUESST 2014 stand-ins
+                                                            # (scripts/mini_superb_sd_qbe.py)
 
 Parameters (the committed corpus was made with exactly these; the output is byte-for-byte deterministic
 for a given espeak-ng and libsndfile version):
@@ -716,27 +719,7 @@ Total size {size_mb:.1f} MB.
     (out / "README.md").write_text(text)
 
 
-def write_only(out: Path, names: tuple[str, ...], tiny: bool) -> None:
-    """``--only``: rewrite the corpora ``names`` inside an existing mini-SUPERB folder and their README sections."""
-    from scripts import mini_superb_sd_qbe
-
-    unknown = sorted(set(names) - set(mini_superb_sd_qbe.CORPORA))
-    if unknown:
-        raise SystemExit(
-            f"make_mini_superb: --only names unknown corpora {unknown}; choose from {mini_superb_sd_qbe.CORPORA}"
-        )
-    readme = out / "README.md"
-    if not (readme.is_file() and readme.read_text().startswith("# mini-SUPERB")):
-        raise SystemExit(f"make_mini_superb: --only needs an existing mini-SUPERB folder, '{out}' is not one")
-    with tempfile.TemporaryDirectory() as workdir:
-        sections = mini_superb_sd_qbe.write(out, names, tiny, Synthesizer(Path(workdir)))
-    mini_superb_sd_qbe.update_readme(out, sections)
-    print(readme.read_text(), file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> None:
-    from scripts import mini_superb_sd_qbe  # imports this module: loaded here, not at the top
-
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -744,12 +727,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="a few utterances per corpus (tests)")
     parser.add_argument(
         "--only",
-        help="comma-separated corpora to (re)write into an existing --out, every other file left as it is "
-        f"(one of: {', '.join(mini_superb_sd_qbe.CORPORA)})",
+        help="comma-separated corpora to (re)write into an existing --out, leaving the others as they are: "
+        "ks (Speech Commands), sf (SNIPS); see scripts/mini_superb_ks_sf.py; sd (diarization), qbe (QUESST "
+        "2014); see scripts/mini_superb_sd_qbe.py",
     )
     args = parser.parse_args(argv)
-    if args.only:
-        write_only(args.out, tuple(args.only.split(",")), args.tiny)
+    from scripts import mini_superb_ks_sf, mini_superb_sd_qbe  # noqa: PLC0415 - they import this module
+
+    if args.only is not None:
+        names = [name.strip() for name in args.only.split(",") if name.strip()]
+        known = (*mini_superb_ks_sf.CORPORA, *mini_superb_sd_qbe.CORPORA)
+        unknown = sorted(set(names) - set(known))
+        if unknown or not names:
+            raise SystemExit(f"make_mini_superb: --only takes {', '.join(known)}, got {args.only!r}")
+        readme = args.out / "README.md"
+        if not (readme.is_file() and readme.read_text().startswith("# mini-SUPERB")):
+            raise SystemExit(
+                f"make_mini_superb: --only needs an existing mini-SUPERB folder as --out, got '{args.out}'"
+            )
+        ks_sf = [name for name in names if name in mini_superb_ks_sf.CORPORA]
+        sd_qbe = tuple(name for name in names if name in mini_superb_sd_qbe.CORPORA)
+        with tempfile.TemporaryDirectory() as workdir:
+            synthesize = Synthesizer(Path(workdir))
+            if ks_sf:
+                mini_superb_ks_sf.write_corpora(args.out, ks_sf, synthesize, tiny=args.tiny)
+            sections = mini_superb_sd_qbe.write(args.out, sd_qbe, args.tiny, synthesize)
+        if ks_sf:
+            mini_superb_ks_sf.update_readme(args.out)
+        mini_superb_sd_qbe.update_readme(args.out, sections)
+        print(readme.read_text(), file=sys.stderr)
         return
     sizes = TINY if args.tiny else Sizes()
     lexicon = check_vocabulary()
@@ -769,8 +775,10 @@ def main(argv: list[str] | None = None) -> None:
         sv = write_sv_trials(args.out, sizes)
         fluent = write_fluent_commands(args.out, sizes, synthesize)
         ml_superb = write_ml_superb(args.out, sizes, synthesize)
+        mini_superb_ks_sf.write_corpora(args.out, list(mini_superb_ks_sf.CORPORA), synthesize, tiny=args.tiny)
         sections = mini_superb_sd_qbe.write(args.out, mini_superb_sd_qbe.CORPORA, args.tiny, synthesize)
     write_readme(args.out, librispeech, voxceleb, iemocap, sv, fluent, ml_superb)
+    mini_superb_ks_sf.update_readme(args.out)
     mini_superb_sd_qbe.update_readme(args.out, sections)
     print((args.out / "README.md").read_text(), file=sys.stderr)
 

@@ -56,6 +56,8 @@ CORPUS_FOLDERS = {
     "ic": "FluentSpeechCommands",
     "ml_mono": "ML-SUPERB",
     "ml_multi": "ML-SUPERB",
+    "ks": "SpeechCommands/speech_commands_v0.01",
+    "sf": "SNIPS",
     "sd": "Diarization",
     "qbe": "quesst14Database",
 }
@@ -255,14 +257,8 @@ def test_superb_covers_its_tasks_and_every_er_fold():
     tasks = defaultdict(set)
     for job in jobs:
         tasks[job_value(job, "task")].add(job_value(job, "task.fold"))
-    assert tasks == {
-        "pr": {None},
-        "asr": {None},
-        "sid": {None},
-        "sd": {None},
-        "qbe": {None},
-        "er": {"1", "2", "3", "4", "5"},
-    }
+    single_runs = ("pr", "asr", "sid", "ks", "ic", "sf", "sv", "sd", "qbe")
+    assert tasks == {**{task: {None} for task in single_runs}, "er": {"1", "2", "3", "4", "5"}}
     assert compose_config(["experiment=superb"]).hydra.runtime.choices.interface == "weighted_sum"
     # QbE trains nothing: its config picks a non-trainable interface and SUPERB's layer selection
     qbe = compose_config(["experiment=superb", "task=qbe"])
@@ -752,9 +748,10 @@ def test_published_numbers_file_is_checked_against_the_interface_configs(tmp_pat
 
     text = DATA_FILE.read_text()
     # Table 2: 5 models x 3 interfaces x 7 tasks; SUPERB adds FBANK (2 interfaces x 4 tasks), wav2vec 2.0
-    # (4 tasks) and HuBERT Base's ASR and SID (its PR and ER are Table 2's, the first source listed), SD and QbE
+    # (4 tasks) and HuBERT Base's ASR and SID (its PR and ER are Table 2's, the first source listed), and
+    # HuBERT Base's KS, SF F1 and SF CER, SD and QbE
     published = load_published(DATA_FILE)
-    assert len(published.references) == 5 * 3 * 7 + 2 * 4 + 4 + 2 + 2
+    assert len(published.references) == 5 * 3 * 7 + 2 * 4 + 4 + 2 + 3 + 2
     assert published.references[("HuBERT Base", "weighted_sum", "pr")] == reporting.Reference(
         5.41, "paper T2"
     )

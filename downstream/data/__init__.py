@@ -1,4 +1,4 @@
-"""Data side of the four core tasks: corpus readers in the official layouts, audio I/O, datasets, samplers.
+"""Data side of the tasks: corpus readers in the official layouts, audio I/O, datasets, samplers.
 
 Readers return ``Utterance`` lists and fail before training with ``DataLayoutError`` (layout) or
 ``AudioDecodeError`` (unreadable audio), both ValueErrors whose message names the path.
@@ -11,6 +11,8 @@ from downstream.data.iemocap import EMOTIONS, read_iemocap
 from downstream.data.lexicon import load_lexicon, phone_inventory, words_to_phones
 from downstream.data.librispeech import read_librispeech
 from downstream.data.sampler import BucketBatchSampler
+from downstream.data.snips import read_snips
+from downstream.data.speech_commands import read_speech_commands
 from downstream.data.voxceleb1 import read_voxceleb1_sid, speakers
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "phone_inventory",
     "read_iemocap",
     "read_librispeech",
+    "read_snips",
+    "read_speech_commands",
     "read_voxceleb1_sid",
     "resampled_length",
     "speakers",

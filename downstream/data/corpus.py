@@ -40,7 +40,9 @@ class Utterance:
     """One audio file of a corpus with its target.
 
     ``num_samples`` is the length at 16 kHz after any resampling (what ``load_audio`` returns);
-    ``text`` is the transcript (LibriSpeech), ``label`` the class (speaker id, emotion).
+    ``text`` is the transcript (LibriSpeech), ``label`` the class (speaker id, emotion). ``start`` is
+    where the utterance begins in the file, in samples at 16 kHz: an utterance that is a window of a
+    longer recording (Speech Commands' 1 s silence windows) spans [start, start + num_samples).
     """
 
     id: str
@@ -48,6 +50,7 @@ class Utterance:
     num_samples: int
     text: str | None = None
     label: str | None = None
+    start: int = 0
 
     @property
     def seconds(self) -> float:

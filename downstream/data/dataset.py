@@ -104,8 +104,12 @@ class AudioDataset(Dataset):
         return start, start + self.crop_samples
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        utterance = self.utterances[index]
         start, stop = self.crop_window(index)
-        wav = load_audio(self.utterances[index].path, self.sample_rate, start=start, stop=stop)
+        stop = utterance.num_samples if stop is None else stop
+        # relative to the file: an utterance may be a window [start, start + num_samples) of a longer recording
+        start, stop = utterance.start + start, utterance.start + stop
+        wav = load_audio(utterance.path, self.sample_rate, start=start, stop=stop)
         if self.pad_to_samples is not None and wav.shape[0] < self.pad_to_samples:
             wav = torch.nn.functional.pad(wav, (0, self.pad_to_samples - wav.shape[0]))
         return {"wav": wav, "index": index}

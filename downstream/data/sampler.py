@@ -27,6 +27,11 @@ class BucketBatchSampler(Sampler[list[int]]):
     shuffled, so batches change every epoch while padding stays small. shuffle=False (evaluation): the
     whole set sorted by length, longest first (ties by index), in a fixed order.
 
+    ``weights`` (shuffle=True only): each epoch draws len(num_samples) indices *with replacement*, index i
+    with probability weights[i] / sum(weights), instead of a permutation; pools and batches are then cut as
+    above. KS's class-balanced sampling gives every class the same weight in total (s3prl's
+    WeightedRandomSampler over 1 / class count).
+
     ``set_epoch(epoch, start_batch)`` selects the epoch's batches and skips its first ``start_batch``
     (resuming mid-epoch); ``len`` is the number of batches the next iteration yields (the epoch's batches
     minus start_batch), ``batches_per_epoch()`` the full count.
@@ -41,6 +46,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         sample_rate: int = 16000,
         pool_batches: int = 50,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if (batch_size is None) == (max_batch_seconds is None):
             raise ValueError(
@@ -60,6 +66,21 @@ class BucketBatchSampler(Sampler[list[int]]):
             raise ValueError(
                 f"BucketBatchSampler: every length must be positive, got min {self.lengths.min()}"
             )
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if not shuffle:
+                raise ValueError("BucketBatchSampler: weights draw a random sample; they need shuffle=True")
+            if weights.shape != self.lengths.shape or not (
+                np.isfinite(weights).all() and (weights >= 0).all()
+            ):
+                raise ValueError(
+                    f"BucketBatchSampler: weights must be {len(self.lengths)} finite non-negative numbers, one per "
+                    f"utterance; got {weights.shape[0] if weights.ndim == 1 else weights.shape} values"
+                )
+            if weights.sum() <= 0:
+                raise ValueError("BucketBatchSampler: the weights sum to 0 (no utterance can be drawn)")
+            weights = weights / weights.sum()
+        self.weights = weights
         self.batch_size = batch_size
         self.max_batch_samples = None if max_batch_seconds is None else round(max_batch_seconds * sample_rate)
         self.shuffle = shuffle
@@ -94,7 +115,12 @@ class BucketBatchSampler(Sampler[list[int]]):
             return self._cached[1]
         if self.shuffle:
             generator = np.random.default_rng([self.seed, epoch])
-            order = generator.permutation(len(self.lengths))
+            if self.weights is None:
+                order = generator.permutation(len(self.lengths))
+            else:
+                order = generator.choice(
+                    len(self.lengths), size=len(self.lengths), replace=True, p=self.weights
+                )
             pools = self._pools(order)
         else:
             generator = None

@@ -24,10 +24,28 @@ from downstream.reporting.published import Reference, published_reference
 from downstream.results import HYDRA_DIR, RESULTS_FILE, ResultsFileError
 
 SPLITS = ("test", "dev")
-TASK_ORDER = ("pr", "asr", "sid", "er", "ic", "sv", "ml_mono", "ml_multi", "lid", "qbe", "sd")
+TASK_ORDER = (
+    "pr",
+    "asr",
+    "sid",
+    "er",
+    "ic",
+    "ks",
+    "sf",
+    "sf_cer",
+    "sv",
+    "ml_mono",
+    "ml_multi",
+    "lid",
+    "qbe",
+    "sd",
+)
 # Metrics beyond a task's primary one that get a column of their own: task -> (column, metric, higher is better).
-# ml_multi trains LID jointly; its LID accuracy is the paper's "LID-1h acc" column.
-SECONDARY_COLUMNS = {"ml_multi": (("lid", "lid_acc", True),)}
+# ml_multi trains LID jointly; its LID accuracy is the paper's "LID-1h acc" column. SUPERB reports SF by two
+# numbers, slot-type F1 (the primary metric) and slot-value CER.
+SECONDARY_COLUMNS = {"ml_multi": (("lid", "lid_acc", True),), "sf": (("sf_cer", "slot_value_cer", False),)}
+# Column titles SUPERB prints where "<TASK> <metric>" would read poorly.
+COLUMN_TITLES = {"sf": "SF F1", "sf_cer": "SF CER"}
 NUM_ER_FOLDS = 5  # IEMOCAP's five sessions, one held out per fold
 # Tasks whose published number averages one run per replicate group: ER's folds, ML-SUPERB's monolingual
 # language sets (task.language).
@@ -42,6 +60,8 @@ class Column:
 
     @property
     def title(self) -> str:
+        if self.task in COLUMN_TITLES:
+            return COLUMN_TITLES[self.task]
         metric = self.metric.removeprefix(f"{self.task}_")  # the lid column's lid_acc reads "LID acc"
         return f"{self.task.upper()} {metric.upper() if metric != 'acc' else 'acc'}"
 

@@ -192,6 +192,12 @@ class Task(ABC):
         batch["targets"] = [targets[utterances[index].id] for index in batch["indices"].tolist()]
         return batch  # type: ignore[return-value]
 
+    def train_sample_weights(self) -> list[float] | None:
+        """Sampling weights of the training utterances (in ``utterances("train")`` order): each epoch then
+        draws as many utterances as the split has, with replacement, utterance i with probability
+        weights[i] / sum (KS: class-balanced). None (the default): every utterance once per epoch."""
+        return None
+
     # -- model ------------------------------------------------------------------------------
     @property
     @abstractmethod

@@ -96,15 +96,21 @@ def batch_loader(
 
 
 def bucket_sampler(
-    dataset: AudioDataset, settings: TrainerSettings, shuffle: bool, seed: int = 0
+    dataset: AudioDataset,
+    settings: TrainerSettings,
+    shuffle: bool,
+    seed: int = 0,
+    weights: list[float] | None = None,
 ) -> BucketBatchSampler:
-    """Batches of similar lengths, of trainer.batch_size utterances or trainer.max_batch_seconds of audio."""
+    """Batches of similar lengths, of trainer.batch_size utterances or trainer.max_batch_seconds of audio;
+    with ``weights``, a weighted draw with replacement each epoch (``Task.train_sample_weights``)."""
     return BucketBatchSampler(
         dataset.num_samples,
         batch_size=settings.batch_size,
         max_batch_seconds=settings.max_batch_seconds,
         shuffle=shuffle,
         seed=seed,
+        weights=weights,
     )
 
 
@@ -127,8 +133,17 @@ def split_loader(
     dataset: Any = split_dataset(task, split, seed)
     if hidden_states is not None and hidden_states.has(split):
         dataset = hidden_states.index_only(dataset)
+    weights = task.train_sample_weights() if training else None
+    if weights is not None and len(dataset.utterances) != len(task.utterances(split)):
+        # on_too_long=skip left utterances out: keep the weights of the kept ones
+        kept = {id(utterance) for utterance in dataset.utterances}
+        weights = [w for w, u in zip(weights, task.utterances(split), strict=True) if id(u) in kept]
     sampler: Any = bucket_sampler(
-        dataset, settings, shuffle=training, seed=seed if shuffle_seed is None else shuffle_seed
+        dataset,
+        settings,
+        shuffle=training,
+        seed=seed if shuffle_seed is None else shuffle_seed,
+        weights=weights,
     )
     if shard:
         ranks = rank_info()

@@ -23,18 +23,12 @@ from torch.utils.data import DataLoader
 from downstream.data.dataset import AudioDataset
 from downstream.tasks.base import Batch, Task, accumulate_statistics
 from downstream.training.branch import Branch
-from downstream.training.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from downstream.training.checkpoint import resume_branches, save_branch_checkpoints
 from downstream.training.distributed import (
     GradientAverager,
     RankBatchSampler,
     barrier,
     broadcast_module_state,
-    gather_objects,
     mean_over_ranks,
     merge_statistics_over_ranks,
     rank_info,
@@ -341,7 +335,7 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoints(self) -> None:
-        """Rank 0 writes every branch's last.pt; with several ranks it also holds each rank's random streams."""
+        """Every branch's last.pt at this step (``checkpoint.save_branch_checkpoints``)."""
         self.account_updates()  # the checkpoint records bad_steps_total
         progress = {
             "step": self.step,
@@ -350,56 +344,13 @@ class Trainer:
             "world_size": self.ranks.world_size,
             "loss_window_steps": self.loss_window_steps,
         }
-        streams = gather_objects(
-            {
-                "branch_rng": [branch.rng_state for branch in self.branches],
-                "global_rng": capture_rng_state(),
-                "running_loss": [branch.running_loss.item() for branch in self.branches],
-            }
-        )
-        if not self.ranks.is_main:
-            return
-        for index, branch in enumerate(self.branches):
-            if branch.stopped_early is not None and branch.stopped_early["step"] != self.step:
-                continue  # its last.pt is from the step it stopped at
-            checkpoint = branch.checkpoint(progress)
-            if self.ranks.is_distributed:
-                checkpoint["rank_rng"] = [
-                    {
-                        "branch_rng": rank["branch_rng"][index],
-                        "global_rng": rank["global_rng"],
-                        "running_loss": rank["running_loss"][index],
-                    }
-                    for rank in streams
-                ]
-            save_checkpoint(checkpoint, branch.checkpoint_path)
+        save_branch_checkpoints(self.branches, progress, self.step)
 
     def resume(self) -> None:
-        """Restore every branch from its newest readable checkpoint; all must be at the same step, on
-        every rank (a branch stopped by successive halving: at the step it stopped, not later)."""
-        checkpoints = [load_checkpoint(branch.checkpoint_path, self.device) for branch in self.branches]
-        found = [c for c in checkpoints if c is not None]
-        training = [c for c in found if c["progress"].get("stopped_early") is None]
-        steps = {c["progress"]["step"] for c in training or found}
-        stopped_later = [c for c in found if c["progress"]["step"] > max(steps, default=0)]
-        if found and (len(found) != len(checkpoints) or len(steps) != 1 or stopped_later):
-            places = [str(b.run_dir) for b in self.branches]
-            raise RuntimeError(
-                f"cannot resume these runs together: their checkpoints disagree ({sorted(steps)}) in {places}"
-            )
-        reference = (training or found)[0] if found else None  # holds the data position and random state
-        resumed_step = reference["progress"]["step"] if found else None
-        steps_by_rank = gather_objects(resumed_step)
-        if len(set(steps_by_rank)) > 1:
-            raise RuntimeError(
-                f"the ranks found different checkpoints in {self.branches[0].run_dir} (step per rank: "
-                f"{steps_by_rank}); put the output folder on a file system that every rank shares"
-            )
-        if not found:
+        """Continue from the branches' checkpoints, if any (``checkpoint.resume_branches``)."""
+        progress = resume_branches(self.branches, self.device)
+        if progress is None:
             return
-        for branch, checkpoint in zip(self.branches, checkpoints, strict=True):
-            branch.restore(checkpoint)
-        progress = reference["progress"]
         self.step, self.epoch, self.batch_in_epoch = (
             progress["step"],
             progress["epoch"],
@@ -407,44 +358,8 @@ class Trainer:
         )
         # checkpoints written before the loss window was recorded: the window restarts at the resume
         self.loss_window_steps = progress.get("loss_window_steps", 0)
-        self._restore_rank_streams(checkpoints, reference, saved_world_size=progress.get("world_size", 1))
-        for branch in self.branches:
-            branch.restore_best_model()
         log.info(
             "resumed at step %d from %s", self.step, ", ".join(str(b.checkpoint_path) for b in self.branches)
-        )
-
-    def _restore_rank_streams(
-        self, checkpoints: list[dict[str, Any]], reference: dict[str, Any], saved_world_size: int
-    ) -> None:
-        """This rank's random streams (rank 0's are the checkpoint's own). Resuming with another number
-        of processes keeps the data position (in global batches) but restarts the other ranks' streams."""
-        rank, world_size = self.ranks.rank, self.ranks.world_size
-        if saved_world_size == world_size:
-            if rank > 0:
-                for branch, checkpoint in zip(self.branches, checkpoints, strict=True):
-                    branch.rng_state = checkpoint["rank_rng"][rank]["branch_rng"]
-                    branch.running_loss.fill_(checkpoint["rank_rng"][rank].get("running_loss", 0.0))
-            restore_rng_state(
-                reference["rank_rng"][rank]["global_rng"] if rank > 0 else reference["global_rng"]
-            )
-            return
-        consumed = self.batch_in_epoch * saved_world_size  # global batches of this epoch already trained on
-        self.batch_in_epoch = -(-consumed // world_size)
-        for branch, checkpoint in zip(self.branches, checkpoints, strict=True):
-            if rank > 0:
-                branch.rng_state = None
-            # every rank takes the ranks' mean, so the logged mean over ranks is unchanged
-            saved = [entry.get("running_loss", 0.0) for entry in checkpoint.get("rank_rng", [])]
-            if saved:
-                branch.running_loss.fill_(sum(saved) / len(saved))
-        restore_rng_state(reference["global_rng"])
-        log.warning(
-            "the checkpoint was written by %d process(es) and is resumed by %d: training continues after the "
-            "same data, but batches are grouped differently from here on, so results differ slightly from "
-            "an uninterrupted run",
-            saved_world_size,
-            world_size,
         )
 
     # -- construction helpers ---------------------------------------------------------------

@@ -1,0 +1,237 @@
+"""Speech Commands v0.01 (KS): the training archive and the separate official test set, as distributed.
+
+Training archive (speech_commands_v0.01.tar.gz), ``root``::
+
+    <word>/<speaker hash>_nohash_<n>.wav       30 word folders, 1 s clips at 16 kHz
+    _background_noise_/<name>.wav              6 noise recordings of about a minute
+    validation_list.txt, testing_list.txt      lines '<word>/<file>.wav'
+
+Test set (speech_commands_test_set_v0.01.tar.gz), ``test_root``: one folder per class, ``yes`` ...
+``go``, ``_unknown_`` and ``_silence_``, each holding 1 s clips.
+
+SUPERB's KS protocol (s3prl ``downstream/speech_commands``): 12 classes, the 10 keywords plus
+``_unknown_`` (every other word) and ``_silence_``. dev is the validation list, train every clip in
+neither list; the testing list is not used (the official test set replaces it). ``_silence_`` in train and
+dev are the background-noise recordings cut into consecutive 1 s windows (as s3prl's current recipe
+does); the shorter tail of each recording is left out and its length logged. s3prl recomputes the
+lists from the file names with the archive's own hash rule (``which_set``); the shipped lists were made by
+that rule, so reading them gives the same split.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+from downstream.data.audio import SAMPLE_RATE
+from downstream.data.corpus import (
+    AUDIO_SUFFIXES,
+    DataLayoutError,
+    Utterance,
+    check_choice,
+    probe_audio,
+    raise_if_missing,
+    require_dir,
+    require_file,
+)
+
+logger = logging.getLogger(__name__)
+
+KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+UNKNOWN = "_unknown_"
+SILENCE = "_silence_"
+#: The 12 KS classes in s3prl's order (class index = position).
+CLASSES = (*KEYWORDS, UNKNOWN, SILENCE)
+BACKGROUND_NOISE = "_background_noise_"
+#: The folder names the two archives unpack to (s3prl's instructions put them side by side).
+TRAIN_ARCHIVE = "speech_commands_v0.01"
+TEST_ARCHIVE = "speech_commands_test_set_v0.01"
+SPLIT_LISTS = {"dev": "validation_list.txt", "test": "testing_list.txt"}
+SILENCE_WINDOW_SAMPLES = SAMPLE_RATE  # 1 s
+LAYOUT = (
+    "the Speech Commands v0.01 training archive: <root>/<word>/<hash>_nohash_<n>.wav for the 10 keywords "
+    f"({', '.join(KEYWORDS)}) and other words, <root>/{BACKGROUND_NOISE}/*.wav, "
+    "<root>/validation_list.txt and <root>/testing_list.txt (lines '<word>/<file>.wav')"
+)
+TEST_LAYOUT = (
+    "the Speech Commands v0.01 test set (speech_commands_test_set_v0.01): <test_root>/<class>/*.wav with one "
+    f"folder per class: {', '.join(CLASSES)}"
+)
+
+
+def class_of(word: str) -> str:
+    """The KS class of a spoken word: the word itself for a keyword, else '_unknown_'."""
+    return word if word in KEYWORDS else UNKNOWN
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.suffix in AUDIO_SUFFIXES and path.is_file())
+
+
+def _read_list(path: Path, root: Path) -> list[str]:
+    """Entries '<word>/<file>' of a split list; each must name a file in a word folder under root."""
+    entries = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    malformed = [
+        (number, entry)
+        for number, entry in enumerate(entries, 1)
+        if len(Path(entry).parts) != 2 or Path(entry).parts[0] == BACKGROUND_NOISE
+    ]
+    if malformed:
+        number, entry = malformed[0]
+        raise DataLayoutError(
+            f"Speech Commands split list '{path}' line {number} is {entry!r}; expected '<word>/<file>.wav' "
+            f"({len(malformed)} such line(s)); expected layout: {LAYOUT}"
+        )
+    raise_if_missing([root / entry for entry in entries], f"Speech Commands split list '{path}'", LAYOUT)
+    return entries
+
+
+def read_speech_commands(
+    root: str | Path, split: str, test_root: str | Path | None = None
+) -> list[Utterance]:
+    """The utterances of ``split`` ('train', 'dev' or 'test'), sorted by id; ``label`` is the KS class.
+
+    train/dev come from the training archive ``root`` (see the module docstring); their ids are
+    '<word>/<file stem>' with ``text`` = the spoken word, and each ``_silence_`` window has the id
+    '_background_noise_/<stem>_<start>_<end>' (samples) with ``start`` set. test comes from ``test_root``
+    (ids '<class>/<file stem>'). Raises DataLayoutError naming the path for a missing root, keyword
+    folder, background-noise folder, split list or test class folder, a malformed or dangling list entry,
+    or a test folder that is not one of the 12 classes; AudioDecodeError for unreadable audio.
+    """
+    check_choice("read_speech_commands", "split", split, ("train", "dev", "test"))
+    if split == "test":
+        if test_root is None:
+            raise ValueError("read_speech_commands: the test split needs test_root (the official test set)")
+        return _read_test_set(Path(test_root))
+    root = require_dir(Path(root), "Speech Commands root", LAYOUT)
+    missing_keywords = [word for word in KEYWORDS if not (root / word).is_dir()]
+    if missing_keywords:
+        raise DataLayoutError(
+            f"Speech Commands root '{root}' lacks the keyword folder(s) {missing_keywords}; expected layout: {LAYOUT}"
+        )
+    listed = {
+        name: set(_read_list(require_file(root / filename, "Speech Commands split list", LAYOUT), root))
+        for name, filename in SPLIT_LISTS.items()
+    }
+    both = listed["dev"] & listed["test"]
+    if both:
+        raise DataLayoutError(
+            f"Speech Commands: {len(both)} file(s) are in both validation_list.txt and testing_list.txt under "
+            f"'{root}', e.g. {sorted(both)[0]!r}"
+        )
+    words = sorted(
+        folder.name
+        for folder in root.iterdir()
+        if folder.is_dir() and folder.name != BACKGROUND_NOISE and not folder.name.startswith(".")
+    )
+    if split == "dev":
+        entries = sorted(listed["dev"])
+    else:
+        excluded = listed["dev"] | listed["test"]
+        entries = [
+            f"{word}/{path.name}"
+            for word in words
+            for path in _audio_files(root / word)
+            if f"{word}/{path.name}" not in excluded
+        ]
+    paths = [root / entry for entry in entries]
+    infos = probe_audio(paths, f"SpeechCommands/{split}")
+    utterances = [
+        Utterance(
+            id=str(Path(entry).with_suffix("")),
+            path=path,
+            num_samples=info.num_samples,
+            text=Path(entry).parts[0],
+            label=class_of(Path(entry).parts[0]),
+        )
+        for entry, path, info in zip(entries, paths, infos, strict=True)
+    ]
+    utterances += _silence_windows(root, split)
+    _log_counts(utterances, f"{root} {split}")
+    return sorted(utterances, key=lambda utterance: utterance.id)
+
+
+def _silence_windows(root: Path, split: str) -> list[Utterance]:
+    """Consecutive 1 s windows of every background-noise recording, labelled '_silence_'."""
+    noise_dir = require_dir(root / BACKGROUND_NOISE, "Speech Commands background-noise folder", LAYOUT)
+    recordings = _audio_files(noise_dir)
+    if not recordings:
+        raise DataLayoutError(
+            f"Speech Commands background-noise folder '{noise_dir}' holds no audio file; expected layout: {LAYOUT}"
+        )
+    windows = []
+    tail_samples = 0
+    for path, info in zip(
+        recordings, probe_audio(recordings, f"SpeechCommands/{BACKGROUND_NOISE}"), strict=True
+    ):
+        count = info.num_samples // SILENCE_WINDOW_SAMPLES
+        tail_samples += info.num_samples - count * SILENCE_WINDOW_SAMPLES
+        for number in range(count):
+            start = number * SILENCE_WINDOW_SAMPLES
+            end = start + SILENCE_WINDOW_SAMPLES
+            windows.append(
+                Utterance(
+                    id=f"{BACKGROUND_NOISE}/{path.stem}_{start}_{end}",
+                    path=path,
+                    num_samples=SILENCE_WINDOW_SAMPLES,
+                    label=SILENCE,
+                    start=start,
+                )
+            )
+    if not windows:
+        raise DataLayoutError(
+            f"Speech Commands background-noise folder '{noise_dir}': no recording is 1 s long or longer, so "
+            "there is no _silence_ window"
+        )
+    logger.info(
+        "Speech Commands %s: %d _silence_ windows of 1 s from %d background-noise recordings; the last %.2f s "
+        "in all (each recording's tail shorter than 1 s) are left out",
+        split,
+        len(windows),
+        len(recordings),
+        tail_samples / SAMPLE_RATE,
+    )
+    return windows
+
+
+def _read_test_set(test_root: Path) -> list[Utterance]:
+    test_root = require_dir(test_root, "Speech Commands test set root", TEST_LAYOUT)
+    folders = sorted(
+        folder.name for folder in test_root.iterdir() if folder.is_dir() and not folder.name.startswith(".")
+    )
+    unexpected = [name for name in folders if name not in CLASSES]
+    if unexpected:
+        raise DataLayoutError(
+            f"Speech Commands test set root '{test_root}' has folder(s) {unexpected[:5]} that are not KS classes "
+            f"(is it the training archive?); expected layout: {TEST_LAYOUT}"
+        )
+    missing = [name for name in CLASSES if name not in folders]
+    if missing:
+        raise DataLayoutError(
+            f"Speech Commands test set root '{test_root}' lacks the class folder(s) {missing}; "
+            f"expected layout: {TEST_LAYOUT}"
+        )
+    entries = [(name, path) for name in CLASSES for path in _audio_files(test_root / name)]
+    empty = [name for name in CLASSES if not any(label == name for label, _ in entries)]
+    if empty:
+        raise DataLayoutError(
+            f"Speech Commands test set: the class folder(s) {empty} under '{test_root}' hold no audio file"
+        )
+    infos = probe_audio([path for _, path in entries], "SpeechCommands/test")
+    utterances = [
+        Utterance(id=f"{label}/{path.stem}", path=path, num_samples=info.num_samples, label=label)
+        for (label, path), info in zip(entries, infos, strict=True)
+    ]
+    _log_counts(utterances, f"{test_root} test")
+    return sorted(utterances, key=lambda utterance: utterance.id)
+
+
+def _log_counts(utterances: list[Utterance], where: str) -> None:
+    counts = Counter(utterance.label for utterance in utterances)
+    logger.info(
+        "Speech Commands %s: %d utterances; per class: %s",
+        where,
+        len(utterances),
+        ", ".join(f"{label} {counts[label]}" for label in CLASSES),
+    )
