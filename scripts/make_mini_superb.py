@@ -751,10 +751,11 @@ def main(argv: list[str] | None = None) -> None:
             synthesize = Synthesizer(Path(workdir))
             if ks_sf:
                 mini_superb_ks_sf.write_corpora(args.out, ks_sf, synthesize, tiny=args.tiny)
-            sections = mini_superb_sd_qbe.write(args.out, sd_qbe, args.tiny, synthesize)
+            sections = mini_superb_sd_qbe.write(args.out, sd_qbe, args.tiny, synthesize) if sd_qbe else {}
         if ks_sf:
             mini_superb_ks_sf.update_readme(args.out)
-        mini_superb_sd_qbe.update_readme(args.out, sections)
+        if sd_qbe:
+            mini_superb_sd_qbe.update_readme(args.out, sections)
         print(readme.read_text(), file=sys.stderr)
         return
     sizes = TINY if args.tiny else Sizes()
