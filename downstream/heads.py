@@ -314,3 +314,40 @@ def sinusoidal_positions(length: int, size: int, device: torch.device, dtype: to
     table[:, 0::2] = torch.sin(positions * rates)
     table[:, 1::2] = torch.cos(positions * rates[: size // 2])
     return table.to(dtype)
+
+
+class LSTMFrameHead(nn.Module):
+    """SUPERB's speaker diarization head (s3prl's diarization model): ``num_lstm_layers`` unidirectional
+    LSTM(``hidden_size``) -> Linear(hidden_size, num_outputs), per frame: one logit per speaker and frame.
+    Padded frames are packed away. ``extra_params`` widens ``hidden_size``."""
+
+    def __init__(
+        self,
+        input_size: int,
+        num_outputs: int,
+        hidden_size: int = 512,
+        num_lstm_layers: int = 1,
+        extra_params: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_sizes(input_size, hidden_size, num_outputs)
+        if num_lstm_layers < 1:
+            raise ValueError(f"head.num_lstm_layers must be >= 1, got {num_lstm_layers}")
+        hidden_size = widened_size(
+            lambda size: LSTMFrameHead(input_size, num_outputs, size, num_lstm_layers),
+            hidden_size,
+            extra_params,
+        )
+        self.hidden_size = hidden_size
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_lstm_layers, batch_first=True)
+        self.output = nn.Linear(hidden_size, num_outputs)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(
+            features, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False
+        )
+        encoded, _ = self.lstm(packed)
+        encoded, _ = nn.utils.rnn.pad_packed_sequence(
+            encoded, batch_first=True, total_length=features.shape[1]
+        )
+        return self.output(encoded)

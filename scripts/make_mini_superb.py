@@ -13,12 +13,16 @@ espeak-ng) and read by the same readers as the real corpora (downstream/data):
     VoxCeleb1/veri_test.txt, VoxCeleb1/dev_trials.txt      SV trials '<1|0> <path> <path>' over the VoxCeleb1 audio
     FluentSpeechCommands/data/{train,valid,test}_data.csv + wavs/speakers/<speakerId>/<id>.flac
     ML-SUPERB/<dataset>/<language>/wav/<id>.flac + transcript_{1h,10min}_train.txt, transcript_10min_{dev,test}.txt
+    Diarization/{train,dev,test}/ (Kaldi-style: wav.scp, segments, utt2spk, reco2dur, rttm) and
+    quesst14Database/ (QUESST 2014): made by scripts/mini_superb_sd_qbe.py, see there
 
 Usage:
     python scripts/make_mini_superb.py                      # (re)writes data/mini_superb
     python scripts/make_mini_superb.py --out /tmp/mini --tiny   # a few utterances per corpus, for tests
     python scripts/make_mini_superb.py --only ks,sf         # (re)writes only Speech Commands and SNIPS
                                                             # (scripts/mini_superb_ks_sf.py), the rest unchanged
+    python scripts/make_mini_superb.py --only sd,qbe        # likewise the diarization and QUESST 2014 stand-ins
+                                                            # (scripts/mini_superb_sd_qbe.py)
 
 Parameters (the committed corpus was made with exactly these; the output is byte-for-byte deterministic
 for a given espeak-ng and libsndfile version):
@@ -724,26 +728,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only",
         help="comma-separated corpora to (re)write into an existing --out, leaving the others as they are: "
-        "ks (Speech Commands), sf (SNIPS); see scripts/mini_superb_ks_sf.py",
+        "ks (Speech Commands), sf (SNIPS); see scripts/mini_superb_ks_sf.py; sd (diarization), qbe (QUESST "
+        "2014); see scripts/mini_superb_sd_qbe.py",
     )
     args = parser.parse_args(argv)
-    from scripts import mini_superb_ks_sf  # noqa: PLC0415 - it imports this module
+    from scripts import mini_superb_ks_sf, mini_superb_sd_qbe  # noqa: PLC0415 - they import this module
 
     if args.only is not None:
         names = [name.strip() for name in args.only.split(",") if name.strip()]
-        unknown = sorted(set(names) - set(mini_superb_ks_sf.CORPORA))
+        known = (*mini_superb_ks_sf.CORPORA, *mini_superb_sd_qbe.CORPORA)
+        unknown = sorted(set(names) - set(known))
         if unknown or not names:
-            raise SystemExit(
-                f"make_mini_superb: --only takes {', '.join(mini_superb_ks_sf.CORPORA)}, got {args.only!r}"
-            )
+            raise SystemExit(f"make_mini_superb: --only takes {', '.join(known)}, got {args.only!r}")
         readme = args.out / "README.md"
         if not (readme.is_file() and readme.read_text().startswith("# mini-SUPERB")):
             raise SystemExit(
                 f"make_mini_superb: --only needs an existing mini-SUPERB folder as --out, got '{args.out}'"
             )
+        ks_sf = [name for name in names if name in mini_superb_ks_sf.CORPORA]
+        sd_qbe = tuple(name for name in names if name in mini_superb_sd_qbe.CORPORA)
         with tempfile.TemporaryDirectory() as workdir:
-            mini_superb_ks_sf.write_corpora(args.out, names, Synthesizer(Path(workdir)), tiny=args.tiny)
-        mini_superb_ks_sf.update_readme(args.out)
+            synthesize = Synthesizer(Path(workdir))
+            if ks_sf:
+                mini_superb_ks_sf.write_corpora(args.out, ks_sf, synthesize, tiny=args.tiny)
+            sections = mini_superb_sd_qbe.write(args.out, sd_qbe, args.tiny, synthesize) if sd_qbe else {}
+        if ks_sf:
+            mini_superb_ks_sf.update_readme(args.out)
+        if sd_qbe:
+            mini_superb_sd_qbe.update_readme(args.out, sections)
         print(readme.read_text(), file=sys.stderr)
         return
     sizes = TINY if args.tiny else Sizes()
@@ -765,8 +777,10 @@ def main(argv: list[str] | None = None) -> None:
         fluent = write_fluent_commands(args.out, sizes, synthesize)
         ml_superb = write_ml_superb(args.out, sizes, synthesize)
         mini_superb_ks_sf.write_corpora(args.out, list(mini_superb_ks_sf.CORPORA), synthesize, tiny=args.tiny)
+        sections = mini_superb_sd_qbe.write(args.out, mini_superb_sd_qbe.CORPORA, args.tiny, synthesize)
     write_readme(args.out, librispeech, voxceleb, iemocap, sv, fluent, ml_superb)
     mini_superb_ks_sf.update_readme(args.out)
+    mini_superb_sd_qbe.update_readme(args.out, sections)
     print((args.out / "README.md").read_text(), file=sys.stderr)
 
 

@@ -35,10 +35,15 @@ def assert_same_metrics(together: dict, alone: dict) -> None:
     [
         ("pr", ["weighted_sum", "hconv", "cls_pooling"]),  # cls_pooling has dropout: per-branch RNG streams
         ("asr", ["weighted_sum", "last_layer"]),  # SpecAugment draws random masks in every branch
+        ("sd", ["weighted_sum", "last_layer"]),
+        ("qbe", ["single_layer", "last_layer"]),  # nothing trained: the no-training path
     ],
 )
 def test_jobs_trained_together_equal_jobs_trained_alone(make_config, tmp_path, task, interfaces):
-    extra = ["task.head.hidden_size=32", "task.head.lstm_size=16"] if task == "asr" else []
+    extra = {
+        "asr": ["task.head.hidden_size=32", "task.head.lstm_size=16"],
+        "sd": ["task.head.hidden_size=16"],
+    }.get(task, [])
     alone, jobs = {}, []
     for name in interfaces:
         overrides = [f"task={task}", f"interface={name}", *FAST, *extra]

@@ -58,6 +58,8 @@ CORPUS_FOLDERS = {
     "ml_multi": "ML-SUPERB",
     "ks": "SpeechCommands/speech_commands_v0.01",
     "sf": "SNIPS",
+    "sd": "Diarization",
+    "qbe": "quesst14Database",
 }
 ML_MONO_LANGUAGES = {
     "eng1",
@@ -255,9 +257,12 @@ def test_superb_covers_its_tasks_and_every_er_fold():
     tasks = defaultdict(set)
     for job in jobs:
         tasks[job_value(job, "task")].add(job_value(job, "task.fold"))
-    single_runs = ("pr", "asr", "sid", "ks", "ic", "sf", "sv")
+    single_runs = ("pr", "asr", "sid", "ks", "ic", "sf", "sv", "sd", "qbe")
     assert tasks == {**{task: {None} for task in single_runs}, "er": {"1", "2", "3", "4", "5"}}
     assert compose_config(["experiment=superb"]).hydra.runtime.choices.interface == "weighted_sum"
+    # QbE trains nothing: its config picks a non-trainable interface and SUPERB's layer selection
+    qbe = compose_config(["experiment=superb", "task=qbe"])
+    assert qbe.hydra.runtime.choices.interface == "single_layer" and qbe.task.select_layer
 
 
 def test_command_line_value_replaces_a_swept_key():
@@ -819,9 +824,9 @@ def test_published_numbers_file_is_checked_against_the_interface_configs(tmp_pat
     text = DATA_FILE.read_text()
     # Table 2: 5 models x 3 interfaces x 7 tasks; SUPERB adds FBANK (2 interfaces x 4 tasks), wav2vec 2.0
     # (4 tasks) and HuBERT Base's ASR and SID (its PR and ER are Table 2's, the first source listed), and
-    # HuBERT Base's KS, SF F1 and SF CER
+    # HuBERT Base's KS, SF F1 and SF CER, SD and QbE
     published = load_published(DATA_FILE)
-    assert len(published.references) == 5 * 3 * 7 + 2 * 4 + 4 + 2 + 3
+    assert len(published.references) == 5 * 3 * 7 + 2 * 4 + 4 + 2 + 3 + 2
     assert published.references[("HuBERT Base", "weighted_sum", "pr")] == reporting.Reference(
         5.41, "paper T2"
     )

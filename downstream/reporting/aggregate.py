@@ -24,7 +24,22 @@ from downstream.reporting.published import Reference, published_reference
 from downstream.results import HYDRA_DIR, RESULTS_FILE, ResultsFileError
 
 SPLITS = ("test", "dev")
-TASK_ORDER = ("pr", "asr", "sid", "er", "ic", "ks", "sf", "sf_cer", "sv", "ml_mono", "ml_multi", "lid")
+TASK_ORDER = (
+    "pr",
+    "asr",
+    "sid",
+    "er",
+    "ic",
+    "ks",
+    "sf",
+    "sf_cer",
+    "sv",
+    "ml_mono",
+    "ml_multi",
+    "lid",
+    "qbe",
+    "sd",
+)
 # Metrics beyond a task's primary one that get a column of their own: task -> (column, metric, higher is better).
 # ml_multi trains LID jointly; its LID accuracy is the paper's "LID-1h acc" column. SUPERB reports SF by two
 # numbers, slot-type F1 (the primary metric) and slot-value CER.

@@ -36,10 +36,20 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(char, char) for char in text.replace("\\", r"\textbackslash{}"))
 
 
+def _decimals(value: float) -> int:
+    return 4 if 0 < abs(value) < 1 else 2
+
+
+def number_text(value: float, like: float | None = None) -> str:
+    """Two decimals, or four for a value (or ``like``, the mean a spread goes with) below 1 in magnitude, so
+    that fractions such as QbE's MTWV (0.0736) stay legible."""
+    return f"{value:.{_decimals(value if like is None else like)}f}"
+
+
 def _mean_std_text(cell: Cell, plus_minus: str) -> str:
-    text = f"{cell.mean:.2f}"
+    text = number_text(cell.mean)
     if cell.std is not None:
-        text += f" {plus_minus} {cell.std:.2f}"
+        text += f" {plus_minus} {number_text(cell.std, like=cell.mean)}"
     return text
 
 
@@ -110,7 +120,7 @@ def render_markdown(table: Table) -> str:
     frame = _wide_frame(
         table,
         value_text,
-        lambda reference: f"{reference.value:.2f} ({reference.source})",
+        lambda reference: f"{number_text(reference.value)} ({reference.source})",
         lambda column: f"{column.task.upper()} published{published_split_suffix(table)}",
         "–",
     )
@@ -163,16 +173,16 @@ def render_latex(table: Table) -> str:
     """A booktabs tabular (needs \\usepackage{booktabs}); notes and incomplete runs follow as % comments."""
 
     def value_text(cell: Cell) -> str:
-        mean = f"{cell.mean:.2f}"
+        mean = number_text(cell.mean)
         text = rf"\textbf{{{mean}}}" if cell.best else mean
         if cell.std is not None:
-            text += rf" $\pm$ {cell.std:.2f}"
+            text += rf" $\pm$ {number_text(cell.std, like=cell.mean)}"
         return text + rf" {{\scriptsize {latex_escape(_cell_suffix(cell))}}}"
 
     frame = _wide_frame(
         table,
         value_text,
-        lambda reference: f"{reference.value:.2f}",
+        lambda reference: number_text(reference.value),
         lambda column: latex_escape(f"{column.task.upper()} publ.{published_split_suffix(table)}"),
         "--",
     )

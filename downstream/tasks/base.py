@@ -93,6 +93,8 @@ class Task(ABC):
     #: Whether the target describes the whole utterance in order (a transcript: CTC tasks), so the audio
     #: must never be cut.
     transcript_target: bool = False
+    #: False for a task that trains nothing (QbE): the runner evaluates it by downstream.training.untrained.
+    trains: bool = True
 
     def __init__(
         self,

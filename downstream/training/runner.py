@@ -36,6 +36,7 @@ from downstream.training.loading import pick_device
 from downstream.training.run_log import SilentRunLogger, environment_record
 from downstream.training.settings import TrainerSettings
 from downstream.training.trainer import Trainer
+from downstream.training.untrained import run_untrained_jobs
 from upstream.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -274,6 +275,8 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
         )
     seed_everything(first.seed)
     task = build_task(first.task)
+    if not task.trains:  # nothing to train (QbE): score the interface's features; same results.json
+        return run_untrained_jobs(jobs, results, pending, task, settings, build_results)
     task.check_data()
     upstream = hydra.utils.instantiate(first.upstream)
     data_policy = check_inputs(task, upstream)  # before any dataset: pads, leaves out, counts

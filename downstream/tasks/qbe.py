@@ -1,0 +1,153 @@
+"""QbE: query-by-example spoken term detection on QUESST 2014 (SUPERB), no training, DTW scores, MTWV.
+
+Nothing is trained: every query and document is encoded by the upstream through a non-trainable interface
+(single_layer, last_layer, or a fitted one such as pca_concat, fitted on the documents), each query is
+scored against every document by subsequence DTW (``downstream.qbe_metrics``, s3prl's quesst14_dtw
+recipe), and the metrics are MTWV (primary), ATWV at s3prl's decision threshold, Cnxe and minCnxe. The
+engine takes the no-training path for it (``Task.trains`` is False; ``downstream.training.untrained``).
+
+SUPERB's protocol runs every layer on dev and reports the best dev layer's test score: with
+``interface=single_layer`` and ``task.select_layer=true`` (the defaults of configs/task/qbe.yaml) the run
+does exactly that in one launch (one upstream pass per layer) and records every layer's dev MTWV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from downstream.data.corpus import Utterance
+from downstream.data.quesst14 import SUPERB_LANGUAGE, QbeSet, read_quesst14
+from downstream.qbe_metrics import (
+    C_FA,
+    C_MISS,
+    DECISION_THRESHOLD,
+    MIN_QUERY_FRAMES,
+    P_TARGET,
+    actual_term_weighted_value,
+    maximum_term_weighted_value,
+    minimum_normalized_cross_entropy,
+    normalized_cross_entropy,
+    qbe_scores,
+)
+from downstream.tasks.base import Batch, Task
+
+EVALUATED_SPLITS = ("dev", "test")
+
+
+class QueryByExample(Task):
+    """Queries of ``dev`` (QUESST's dev queries) and ``test`` (its eval queries), searched in one set of
+    documents; ``language`` filters both (SUPERB: 'nnenglish'; null keeps every language)."""
+
+    name = "qbe"
+    metric = "mtwv"
+    higher_is_better = True
+    trains = False
+
+    def __init__(
+        self,
+        data_root: str,
+        language: str | None = SUPERB_LANGUAGE,
+        select_layer: bool = True,
+        min_query_frames: int = MIN_QUERY_FRAMES,
+        decision_threshold: float = DECISION_THRESHOLD,
+        p_target: float = P_TARGET,
+        c_miss: float = C_MISS,
+        c_fa: float = C_FA,
+        **options: Any,
+    ) -> None:
+        super().__init__(data_root, **options)
+        if options.get("max_seconds") is not None:
+            raise ValueError("task=qbe scores whole queries and documents; leave task.max_seconds null")
+        self.language = language
+        self.select_layer = select_layer
+        self.min_query_frames = min_query_frames
+        self.decision_threshold = decision_threshold
+        self.costs = {"p_target": p_target, "c_miss": c_miss, "c_fa": c_fa}
+        self._sets: dict[str, QbeSet] = {}
+
+    # -- data: each evaluated split is its queries followed by the shared documents ---------------------
+    def qbe_set(self, split: str) -> QbeSet:
+        """The queries, documents and ground truth of ``split`` ('dev' or 'test'), read once."""
+        if split not in EVALUATED_SPLITS:
+            raise ValueError(
+                f"qbe has no {split!r} split: nothing is trained; it evaluates {EVALUATED_SPLITS}"
+            )
+        if split not in self._sets:
+            self._sets[split] = read_quesst14(self.data_root, split, language=self.language)
+        return self._sets[split]
+
+    def read_split(self, split: str) -> list[Utterance]:
+        qbe_set = self.qbe_set(split)
+        return [*qbe_set.queries, *qbe_set.documents]
+
+    def check_data(self) -> None:
+        for split in EVALUATED_SPLITS:
+            self.utterances(split)
+
+    def encode(self, utterance: Utterance, split: str) -> None:
+        return None
+
+    # -- model: none ------------------------------------------------------------------------------------
+    @property
+    def num_outputs(self) -> int:
+        return 0
+
+    def build_head(self, input_size: int, head_config: Mapping[str, Any]) -> nn.Module:
+        return nn.Identity()
+
+    def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError("qbe is not trained (Task.trains is False)")
+
+    def eval_statistics(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> dict:
+        raise NotImplementedError("qbe scores whole splits: QueryByExample.score")
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    def score(
+        self, split: str, features: Mapping[str, torch.Tensor], device: torch.device | None = None
+    ) -> dict[str, Any]:
+        """Statistics of ``split`` from each utterance's features [T, D'] (keyed by utterance id): the
+        z-normalised DTW scores [queries, documents], the ground truth, and the count of queries too
+        short to match. DTW runs on ``device`` (default: where the features are)."""
+        qbe_set = self.qbe_set(split)
+        scores, too_short = qbe_scores(
+            [features[query.id] for query in qbe_set.queries],
+            [features[document.id] for document in qbe_set.documents],
+            min_query_frames=self.min_query_frames,
+            device=device,
+        )
+        targets = np.array(
+            [
+                [(query.id, doc.id) in qbe_set.targets for doc in qbe_set.documents]
+                for query in qbe_set.queries
+            ]
+        )
+        return {"scores": scores, "targets": targets, "too_short_queries": too_short, "set": qbe_set}
+
+    def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:
+        """MTWV (and the threshold reaching it), ATWV at ``decision_threshold``, Cnxe and minCnxe: fractions,
+        not percent, as QUESST reports them; plus the counts of queries, documents and occurrences."""
+        scores, targets = statistics["scores"], statistics["targets"]
+        twv = maximum_term_weighted_value(scores, targets, **self.costs)
+        qbe_set: QbeSet = statistics["set"]
+        return {
+            "mtwv": twv.mtwv,
+            "mtwv_threshold": twv.threshold,
+            "atwv": actual_term_weighted_value(scores, targets, self.decision_threshold, **self.costs),
+            "cnxe": normalized_cross_entropy(scores, targets, **self.costs),
+            "min_cnxe": minimum_normalized_cross_entropy(scores, targets, **self.costs),
+            "queries": float(len(qbe_set.queries)),
+            "queries_scored": float(twv.queries_scored),
+            "queries_too_short": float(statistics["too_short_queries"]),
+            "documents": float(len(qbe_set.documents)),
+            "occurrences": float(len(qbe_set.targets)),
+            "occurrences_outside_language": float(qbe_set.targets_outside_language),
+        }
+
+    def fit_utterances(self) -> list[Utterance]:
+        """What a fitted interface (pca_concat) is fitted on: the documents, without their labels."""
+        return list(self.qbe_set("dev").documents)
