@@ -10,6 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pytest
+import soundfile
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -94,3 +98,73 @@ def best_dev_record(curve: list[dict[str, Any]], metric: str, higher_is_better: 
     assert len(evaluations) >= 2, "choosing a best step needs at least two dev evaluations"
     sign = -1.0 if higher_is_better else 1.0
     return min(evaluations, key=lambda record: (sign * record[metric], record["step"]))
+
+
+# -- run comparisons (shared by the reliability, SLURM, shared-upstream and lr-search tests) --------
+SHARED_FAST = [
+    "trainer.max_steps=4",
+    "trainer.eval_every=2",
+    "trainer.batch_size=2",
+    "trainer.limit_eval_batches=2",
+    "trainer.log_every=1",
+    *TINY_UPSTREAM,
+]
+
+
+def assert_same_metrics(together: dict, alone: dict) -> None:
+    assert together["best_step"] == alone["best_step"]
+    for split in ("dev", "test"):
+        assert together[split].keys() == alone[split].keys()
+        for key in alone[split]:
+            assert together[split][key] == pytest.approx(alone[split][key], abs=1e-4)
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """step -> training loss from curve.jsonl; every step must be logged exactly once."""
+    records = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["split"] == "train" and "loss" in r]
+    assert len(steps) == len(set(steps)), f"steps logged twice: {steps}"
+    return {r["step"]: r["loss"] for r in records if r["split"] == "train" and "loss" in r}
+
+
+def assert_same_run(run_dir: Path, reference_dir: Path, atol: float = 0.0, rtol: float = 0.0) -> None:
+    """Same results.json metrics, training curve and best model as the reference run (exactly by default)."""
+    results = json.loads((run_dir / "results.json").read_text())
+    expected = json.loads((reference_dir / "results.json").read_text())
+    assert results["best_step"] == expected["best_step"]
+    for split in ("dev", "test"):
+        assert results[split] == pytest.approx(expected[split], abs=atol, rel=rtol)
+    assert results["layer_weights"] == pytest.approx(expected["layer_weights"], abs=atol, rel=rtol)
+    losses, expected_losses = train_losses(run_dir), train_losses(reference_dir)
+    assert list(losses) == list(expected_losses)
+    assert list(losses.values()) == pytest.approx(list(expected_losses.values()), abs=atol, rel=rtol)
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    expected_best = torch.load(reference_dir / "best.pt", weights_only=True)
+    assert best["step"] == expected_best["step"] == expected["best_step"]
+    for part in ("interface", "head"):
+        for name, tensor in expected_best[part].items():
+            torch.testing.assert_close(best[part][name], tensor, atol=atol, rtol=rtol)
+
+
+# -- small corpora written by the tests ---------------------------------------------------------
+def write_voxceleb1(root: Path, speakers: int = 3, counts: tuple[int, int, int] = (6, 1, 1)) -> list[Path]:
+    """A small VoxCeleb1 layout: each speaker a tone of its own plus noise, 0.5 s per file, 16 kHz mono;
+    ``counts`` files per speaker for train, dev, test. Returns the training files."""
+    rng = np.random.default_rng(0)
+    lines, training = [], []
+    for speaker in range(speakers):
+        for index in range(sum(counts)):
+            relative = f"id1000{speaker}/video/{index:05d}.wav"
+            path = root / "wav" / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            time_axis = np.arange(8000) / 16000
+            wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * speaker) * time_axis) + 0.05 * rng.standard_normal(
+                8000
+            )
+            soundfile.write(str(path), wave.astype(np.float32), 16000)
+            split = "1" if index < counts[0] else "2" if index < counts[0] + counts[1] else "3"
+            lines.append(f"{split} {relative}")
+            if split == "1":
+                training.append(path)
+    (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
+    return training

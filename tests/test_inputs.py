@@ -32,7 +32,7 @@ from downstream.training.data_check import check_inputs
 from downstream.training.loading import split_dataset
 from downstream.training.runner import run_experiment
 from interfaces.base import normalize_layers
-from tests.helpers import TWO_STEP_RUN, compose_config, write_finished_run
+from tests.helpers import TWO_STEP_RUN, compose_config, write_finished_run, write_voxceleb1
 from upstream.base import normalize_waveforms
 from upstream.fbank import FbankUpstream
 from upstream.tiny import TinyUpstream
@@ -113,7 +113,7 @@ def test_too_short_audio_is_found_before_training_padded_to_the_upstreams_minimu
 @pytest.mark.slow
 def test_the_minimum_is_the_upstreams_own_sew_needs_720_samples(tmp_path):
     """600 samples pass a 400-sample CNN but not SEW's (13 convolutions, then 2 frames pooled)."""
-    from tests.test_hf_families import load, save_tiny_family
+    from tests.hf_tiny import load, save_tiny_family
 
     sew = load(save_tiny_family(tmp_path / "sew", "sew"))
     corpus = write_librispeech(tmp_path / "ls", {s: [*NORMAL, (600, "NO")] for s in SPLIT_FOLDERS})
@@ -287,7 +287,6 @@ def test_max_seconds_never_touches_dev_or_test_and_a_transcript_task_skips_inste
 
 
 def test_sid_keeps_its_random_training_crops_and_whole_evaluation_utterances(tmp_path):
-    from tests.test_reliability import write_voxceleb1
 
     write_voxceleb1(tmp_path)
     task = SpeakerIdentification(str(tmp_path), max_seconds=20.0, on_too_long="crop")
@@ -500,3 +499,36 @@ def test_data_policy_round_trips_and_old_records_still_load():
     policy = {"train": {"too_short": {"count": 1}}}
     loaded = RunResults.from_json(json.dumps({**record, "data_policy": policy}))
     assert loaded.data_policy == policy and loaded.to_dict()["data_policy"] == policy
+
+
+def test_audio_longer_than_whispers_window_is_found_before_training_and_counted_or_refused(tmp_path):
+    """Whisper encodes 30 s windows: longer audio is split (counted per split) or, with
+    whisper_long_audio=error, stops the run in the data check, naming the file, not mid-training."""
+    from tests.hf_tiny import load, save_tiny_family
+
+    long_samples = 30 * 16000 + 1600
+    corpus = write_librispeech(
+        tmp_path / "ls", {s: [*NORMAL, (long_samples, "LONG ONE")] for s in SPLIT_FOLDERS}
+    )
+    whisper = save_tiny_family(tmp_path / "whisper", "whisper")
+
+    task = SpeechRecognition(str(corpus))
+    task.check_data()
+    report = check_inputs(task, load(whisper))
+    for split in SPLIT_FOLDERS:
+        assert report[split]["over_window"] == {
+            "count": 1,
+            "window_samples": 30 * 16000,
+            "policy": "split into windows, frames concatenated",
+            "examples": ["1-2-0003"],
+        }
+    no_window = SpeechRecognition(str(corpus))
+    no_window.check_data()
+    assert "over_window" not in check_inputs(no_window, tiny_upstream())["train"]
+
+    refused = SpeechRecognition(str(corpus))
+    refused.check_data()
+    with pytest.raises(
+        ValueError, match=r"train split: 1 utterance.*30 s window.*1-2-0003.*whisper_long_audio=split"
+    ):
+        check_inputs(refused, load(whisper, whisper_long_audio="error"))

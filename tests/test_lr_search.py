@@ -29,12 +29,13 @@ from scripts.make_table import main as make_table_main
 from tests.helpers import (
     CONFIG_DIR,
     REPO_ROOT,
+    assert_same_metrics,
     compose_config,
     read_curve,
     run_downstream_cli,
     write_finished_run,
 )
-from tests.test_shared_upstream import FAST, assert_same_metrics
+from tests.helpers import SHARED_FAST as FAST
 
 LRS = ("0.001", "0.01", "0.1")
 INTERFACES = ("weighted_sum", "last_layer")

@@ -32,7 +32,7 @@ from downstream.data.corpus import DataLayoutError
 from downstream.training.branch import NonFiniteLossError
 from downstream.training.preemption import EXIT_STOPPED_EARLY
 from downstream.training.runner import run_experiment
-from tests.helpers import REPO_ROOT, TINY_UPSTREAM, compose_config
+from tests.helpers import REPO_ROOT, TINY_UPSTREAM, assert_same_run, compose_config, write_voxceleb1
 
 TINY = TINY_UPSTREAM
 # PR on the mini corpus, long enough to be interrupted after its first checkpoint (step 5).
@@ -86,33 +86,6 @@ def signal_after_next_checkpoint(process: subprocess.Popen, run_dir: Path, signu
     process.send_signal(signum)
     output, _ = process.communicate(timeout=LAUNCH_TIMEOUT_S)
     return output
-
-
-def train_losses(run_dir: Path) -> dict[int, float]:
-    """step -> training loss from curve.jsonl; every step must be logged exactly once."""
-    records = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in records if r["split"] == "train" and "loss" in r]
-    assert len(steps) == len(set(steps)), f"steps logged twice: {steps}"
-    return {r["step"]: r["loss"] for r in records if r["split"] == "train" and "loss" in r}
-
-
-def assert_same_run(run_dir: Path, reference_dir: Path, atol: float = 0.0, rtol: float = 0.0) -> None:
-    """Same results.json metrics, training curve and best model as the reference run (exactly by default)."""
-    results = json.loads((run_dir / "results.json").read_text())
-    expected = json.loads((reference_dir / "results.json").read_text())
-    assert results["best_step"] == expected["best_step"]
-    for split in ("dev", "test"):
-        assert results[split] == pytest.approx(expected[split], abs=atol, rel=rtol)
-    assert results["layer_weights"] == pytest.approx(expected["layer_weights"], abs=atol, rel=rtol)
-    losses, expected_losses = train_losses(run_dir), train_losses(reference_dir)
-    assert list(losses) == list(expected_losses)
-    assert list(losses.values()) == pytest.approx(list(expected_losses.values()), abs=atol, rel=rtol)
-    best = torch.load(run_dir / "best.pt", weights_only=True)
-    expected_best = torch.load(reference_dir / "best.pt", weights_only=True)
-    assert best["step"] == expected_best["step"] == expected["best_step"]
-    for part in ("interface", "head"):
-        for name, tensor in expected_best[part].items():
-            torch.testing.assert_close(best[part][name], tensor, atol=atol, rtol=rtol)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -289,29 +262,6 @@ def test_two_processes_under_torchrun_match_one_process_with_the_same_global_bat
 
 
 # -- numerical faults -------------------------------------------------------------------------------------
-
-
-def write_voxceleb1(root: Path, speakers: int = 3, counts: tuple[int, int, int] = (6, 1, 1)) -> list[Path]:
-    """A small VoxCeleb1 layout: each speaker a tone of its own plus noise, 0.5 s per file, 16 kHz mono;
-    ``counts`` files per speaker for train, dev, test. Returns the training files."""
-    rng = np.random.default_rng(0)
-    lines, training = [], []
-    for speaker in range(speakers):
-        for index in range(sum(counts)):
-            relative = f"id1000{speaker}/video/{index:05d}.wav"
-            path = root / "wav" / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            time_axis = np.arange(8000) / 16000
-            wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * speaker) * time_axis) + 0.05 * rng.standard_normal(
-                8000
-            )
-            soundfile.write(str(path), wave.astype(np.float32), 16000)
-            split = "1" if index < counts[0] else "2" if index < counts[0] + counts[1] else "3"
-            lines.append(f"{split} {relative}")
-            if split == "1":
-                training.append(path)
-    (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
-    return training
 
 
 SID = ["task=sid", "schedule=demo", "trainer.batch_size=2", "trainer.log_every=1", *TINY]

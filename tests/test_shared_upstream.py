@@ -9,24 +9,8 @@ from omegaconf import OmegaConf
 
 from downstream.training.runner import Job, resolved_job_config, run_experiment, run_jobs
 from hydra_plugins.shared_upstream_launcher.launcher import group_key
-from tests.helpers import TINY_UPSTREAM, run_downstream_cli
-
-FAST = [
-    "trainer.max_steps=4",
-    "trainer.eval_every=2",
-    "trainer.batch_size=2",
-    "trainer.limit_eval_batches=2",
-    "trainer.log_every=1",
-    *TINY_UPSTREAM,
-]
-
-
-def assert_same_metrics(together: dict, alone: dict) -> None:
-    assert together["best_step"] == alone["best_step"]
-    for split in ("dev", "test"):
-        assert together[split].keys() == alone[split].keys()
-        for key in alone[split]:
-            assert together[split][key] == pytest.approx(alone[split][key], abs=1e-4)
+from tests.helpers import SHARED_FAST as FAST
+from tests.helpers import assert_same_metrics, run_downstream_cli
 
 
 @pytest.mark.slow

@@ -33,8 +33,7 @@ import torch
 import yaml
 
 from hydra_plugins.shared_upstream_launcher.launcher import group_jobs
-from tests.helpers import REPO_ROOT, TINY_UPSTREAM, compose_config
-from tests.test_reliability import assert_same_run
+from tests.helpers import REPO_ROOT, TINY_UPSTREAM, assert_same_run, compose_config
 
 # The tiny upstream without its width, which the failure scenario sweeps.
 UPSTREAM = [o for o in TINY_UPSTREAM if not o.startswith("upstream.hidden_size=")]

@@ -156,7 +156,10 @@ class Upstream(nn.Module):
     - ``downsample_rate`` (int): input samples at ``sample_rate`` per output frame (320 for 50 Hz models,
       640 for SEW's 25 Hz); ``frame_rate`` (float, Hz) = sample_rate / downsample_rate;
     - ``frame_lengths(wav_lengths)``: valid frames per utterance, by the model's own arithmetic;
-    - ``min_samples`` (int): the shortest waveform (samples) that yields one frame; shorter input raises.
+    - ``min_samples`` (int): the shortest waveform (samples) that yields one frame; shorter input raises;
+    - ``window_samples`` (int or None): the longest input the model encodes in one window (Whisper's 30 s);
+      longer input is split into windows whose frames are concatenated, or refused when ``max_samples``
+      equals it (None: no window, any length).
 
     Subclasses set ``num_layers`` (all states), ``hidden_size``, ``downsample_rate`` and either
     ``conv_kernels``/``conv_strides`` (frame_lengths then follow the CNN's arithmetic) or their own
@@ -218,6 +221,7 @@ class Upstream(nn.Module):
         self.conv_strides: tuple[int, ...] = ()
         # Per-utterance waveform normalisation the checkpoint was trained with: None (off) or its eps.
         self.waveform_norm_eps: float | None = None
+        self.window_samples: int | None = None
         self._input_dtype = torch.float32
         self._compiled_extract: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
@@ -228,6 +232,12 @@ class Upstream(nn.Module):
         if self.conv_kernels:
             return receptive_field(self.conv_kernels, self.conv_strides)
         return self.downsample_rate
+
+    @property
+    def max_samples(self) -> int | None:
+        """Longest waveform (samples) the upstream accepts: None for any length; sources with a fixed window
+        that refuse longer input (Whisper with ``whisper_long_audio=error``) override it."""
+        return None
 
     @property
     def frame_rate(self) -> float:

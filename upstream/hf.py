@@ -446,6 +446,11 @@ class HfEncoderUpstream(Upstream):
                 self._frame_zeroing.lengths = None
         return self._recorded_states(output)
 
+    @property
+    def max_samples(self) -> int | None:
+        """Whisper with ``whisper_long_audio=error``: its 30 s window; otherwise any length."""
+        return self.window_samples if self.whisper_long_audio == "error" else None
+
     def _segments(self, wav_lengths: list[int]) -> list[tuple[int, int, int]]:
         """(utterance, first sample, samples) of each window of at most 30 s."""
         segments = []
@@ -462,7 +467,7 @@ class HfEncoderUpstream(Upstream):
             if self.split_utterances == 0:
                 logger.info(
                     "%s: utterances longer than %g s are encoded in consecutive 30 s windows, frames "
-                    "concatenated (upstream.whisper_long_audio=split); the count is split_utterances",
+                    "concatenated (upstream.whisper_long_audio=split); results.json counts them (data_policy, over_window)",
                     self.name,
                     self.window_samples / self.sample_rate,
                 )

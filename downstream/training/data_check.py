@@ -7,6 +7,9 @@ exists. What each policy changed or left out is returned per split, for results.
 - ``too_short``: audio shorter than the upstream's ``min_samples`` (the input that gives one frame).
   ``task.on_too_short=pad`` (default) zero-pads it to ``min_samples`` in every split; ``skip`` leaves it
   out of training and still pads it in dev/test, which stay whole.
+- ``over_window`` (upstreams with a fixed window, Whisper's 30 s): audio longer than
+  ``upstream.window_samples``, encoded in consecutive windows (frames concatenated); with
+  ``upstream.max_samples`` set (``whisper_long_audio=error``) such audio stops the run here, named.
 - ``too_long``: training audio over ``task.max_seconds``, cropped or left out (``task.on_too_long``);
   dev/test are never limited. A task whose target is a transcript never crops (``crop`` becomes ``skip``).
 - ``ctc_infeasible`` (CTC tasks): utterances whose target needs more frames (tokens plus repeats) than
@@ -67,6 +70,40 @@ def check_too_short(task: Task, split: str, min_samples: int) -> tuple[dict[str,
             _named(short),
         )
     return record, {u.id for u in short} if skip else set()
+
+
+def check_over_window(task: Task, split: str, upstream: Upstream) -> dict[str, Any] | None:
+    """``over_window`` of ``split`` (None for upstreams without a window): audio longer than the upstream's
+    window, split into windows. Raises ValueError naming the files when the upstream refuses such audio."""
+    window = upstream.window_samples
+    if window is None:
+        return None
+    utterances = task.utterances(split)
+    longer = [u for u in utterances if u.num_samples > window]
+    if longer and upstream.max_samples is not None:
+        raise ValueError(
+            f"{split} split: {len(longer)} utterance(s) are longer than {upstream.name}'s "
+            f"{window / SAMPLE_RATE:g} s window ({window} samples), which upstream.whisper_long_audio=error "
+            f"refuses: {_named(longer)}. Set upstream.whisper_long_audio=split to encode them in consecutive "
+            "windows, or shorten the audio"
+        )
+    if longer:
+        log.warning(
+            "%s split: %d of %d utterances are longer than %s's %g s window and are encoded in consecutive "
+            "windows, frames concatenated: %s",
+            split,
+            len(longer),
+            len(utterances),
+            upstream.name,
+            window / SAMPLE_RATE,
+            _named(longer),
+        )
+    return {
+        "count": len(longer),
+        "window_samples": window,
+        "policy": "split into windows, frames concatenated",
+        "examples": [u.id for u in longer[:EXAMPLES]],
+    }
 
 
 def check_too_long(task: Task, split: str) -> dict[str, Any] | None:
@@ -154,6 +191,9 @@ def check_inputs(task: Task, upstream: Upstream) -> dict[str, dict[str, Any]]:
     for split in SPLITS:
         record: dict[str, Any] = {}
         record["too_short"], too_short = check_too_short(task, split, min_samples)
+        over_window = check_over_window(task, split, upstream)
+        if over_window is not None:
+            record["over_window"] = over_window
         too_long = check_too_long(task, split)
         if too_long is not None:
             record["too_long"] = too_long
