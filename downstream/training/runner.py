@@ -307,7 +307,9 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
             settings.max_steps,
             branch.settings.lr,
             settings.precision,
-            "on" if settings.tf32 else "off",
+            ("on" if pick_device(settings.device).type == "cuda" else "on (no effect on CPU)")
+            if settings.tf32
+            else "off",
             branch.run_dir,
         )
     cache = build_hidden_state_cache(first, upstream, task, settings)
