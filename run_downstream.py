@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -134,9 +135,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except Exception as error:
         if wants_traceback(cfg.get("debug", False)):
-            raise
-        message = error_message(error, run_dir)
-        print(message, file=sys.stderr)
+            traceback.print_exc()  # the whole chain (Hydra would shorten some errors to their message)
+            message = f"error: {type(error).__name__} (traceback above)"
+        else:
+            message = error_message(error, run_dir)
+            print(message, file=sys.stderr)
         if hydra_config.mode == RunMode.MULTIRUN:
             raise JobFailedError(message.splitlines()[0]) from None
         sys.exit(EXIT_ERROR)

@@ -275,6 +275,11 @@ def cli(arguments: list[str]) -> subprocess.CompletedProcess:
             "error: DataLayoutError: LibriSpeech root '/nonexistent' does not exist",
         ),
         (["schedule=fast"], "error: InterpolationResolutionError: ValueError raised while resolving"),
+        (
+            ["upstream.hidden_size=30"],  # raised inside Hydra's instantiate: the real error leads
+            "error: ValueError: upstream.hidden_size must be a positive multiple of num_heads=4, got 30\n"
+            "(raised while building upstream)",
+        ),
     ],
 )
 def test_errors_end_with_one_message_and_status_1(tmp_path, overrides, first_line):
