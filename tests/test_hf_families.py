@@ -323,24 +323,30 @@ def test_saved_preprocessor_config_is_used(tiny_dirs, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ALL_FAMILIES)
-def test_run_downstream_two_steps_through_each_family(tiny_dirs, tmp_path, family):
-    model_dir = tiny_dirs(family)
-    run_dir = tmp_path / "run"
+def test_run_downstream_two_steps_through_every_family(tiny_dirs, tmp_path):
+    """One multirun over every family's tiny model (one process: the imports are paid once)."""
+    model_dirs = {family: tiny_dirs(family) for family in ALL_FAMILIES}
+    sweep_dir = tmp_path / "sweep"
     run_downstream_cli(
         [
+            "-m",
             "upstream=hf",
-            f"upstream.model={model_dir}",
+            f"upstream.model={','.join(str(d) for d in model_dirs.values())}",
             "task=ic",
             "trainer.max_steps=2",
             "trainer.eval_every=2",
             "trainer.batch_size=2",
             "trainer.limit_eval_batches=1",
-            f"hydra.run.dir={run_dir}",
+            f"hydra.sweep.dir={sweep_dir}",
         ]
     )
-    results = json.loads((run_dir / "results.json").read_text())
-    assert (results["num_layers"], results["hidden_size"]) == (3, 32)
+    records = [json.loads(path.read_text()) for path in sweep_dir.glob("*/results.json")]
+    finished = {record["upstream"]: record for record in records}
+    for family, model_dir in model_dirs.items():
+        record = finished.get(f"{model_dir} (hf)")
+        assert record is not None, (family, sorted(finished))
+        assert (record["num_layers"], record["hidden_size"]) == (3, 32), family
+        assert record["steps"] == 2 and record["test"], family
 
 
 S3PRL_NAMES = [
