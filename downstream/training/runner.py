@@ -294,6 +294,9 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
                     list(settings.halving_steps),
                     branch.run_dir,
                 )
+    tf32 = "off"
+    if settings.tf32:
+        tf32 = "on" if pick_device(settings.device).type == "cuda" else "on (no effect on CPU)"
     for index, branch in zip(pending, branches, strict=True):
         log.info(
             "%s | %s (L=%d, D=%d) | %s -> %d features | schedule %s: %d steps, lr %g | precision %s, tf32 %s | %s",
@@ -307,9 +310,7 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
             settings.max_steps,
             branch.settings.lr,
             settings.precision,
-            ("on" if pick_device(settings.device).type == "cuda" else "on (no effect on CPU)")
-            if settings.tf32
-            else "off",
+            tf32,
             branch.run_dir,
         )
     cache = build_hidden_state_cache(first, upstream, task, settings)
