@@ -86,6 +86,27 @@ def write_finished_run(run_dir: Path, config_yaml: str | None = None, **fields: 
     return results
 
 
+def write_superb_run(
+    run_dir: Path, task: str, metric: str, higher: bool, scores: dict, overrides: tuple[str, ...] = ()
+) -> RunResults:
+    """A finished weighted-sum run of s3prl's HuBERT on ``task`` whose dev and test scores are ``scores``."""
+    return write_finished_run(
+        run_dir,
+        task=task,
+        metric=metric,
+        higher_is_better=higher,
+        interface="weighted_sum",
+        upstream="hubert (s3prl)",
+        upstream_config="s3prl",
+        seed=0,
+        schedule="superb",
+        trainable_params={"interface": 13, "head": 1000, "upstream": 0},
+        dev=scores,
+        test=scores,
+        overrides=(f"task={task}", "interface=weighted_sum", *overrides),
+    )
+
+
 def read_curve(run_dir: Path) -> list[dict[str, Any]]:
     """The records of ``<run_dir>/curve.jsonl``."""
     return [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines()]

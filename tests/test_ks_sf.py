@@ -37,7 +37,7 @@ from downstream.tasks.sf import SlotFilling, normalise_words
 from downstream.training.loading import split_loader
 from downstream.training.runner import run_experiment
 from downstream.training.settings import TrainerSettings
-from tests.helpers import REPO_ROOT, write_finished_run
+from tests.helpers import REPO_ROOT, write_superb_run
 
 MINI = Path(__file__).resolve().parent.parent / "data" / "mini_superb"
 KS_ROOT = MINI / "SpeechCommands" / "speech_commands_v0.01"
@@ -598,21 +598,7 @@ def test_table_has_ks_and_both_sf_columns_with_superbs_hubert_base_numbers(tmp_p
         ("a", "ks", "acc", {"acc": 95.0}),
         ("b", "sf", "slot_type_f1", {"slot_type_f1": 87.0, "slot_value_cer": 27.0, "wer": 9.0}),
     ):
-        write_finished_run(
-            sweep / name,
-            task=task,
-            metric=metric,
-            higher_is_better=True,
-            interface="weighted_sum",
-            upstream="hubert (s3prl)",
-            upstream_config="s3prl",
-            seed=0,
-            schedule="superb",
-            trainable_params={"interface": 13, "head": 1000, "upstream": 0},
-            dev=scores,
-            test=scores,
-            overrides=(f"task={task}", "interface=weighted_sum"),
-        )
+        write_superb_run(sweep / name, task, metric, True, scores)
     table = reporting.aggregate(reporting.collect_runs([sweep]))
     columns = [(c.task, c.title, c.arrow) for c in table.columns]
     assert columns == [("ks", "KS acc", "↑"), ("sf", "SF F1", "↑"), ("sf_cer", "SF CER", "↓")]

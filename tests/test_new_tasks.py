@@ -29,7 +29,13 @@ from downstream.tasks.ic import IntentClassification
 from downstream.tasks.ml_superb import UNKNOWN, MonolingualSpeechRecognition, MultilingualSpeechRecognition
 from downstream.tasks.sv import SpeakerVerification
 from downstream.training.runner import run_experiment
-from tests.helpers import MINI_SUPERB, TINY_UPSTREAM, best_dev_record, read_curve, write_finished_run
+from tests.helpers import (
+    MINI_SUPERB,
+    TINY_UPSTREAM,
+    best_dev_record,
+    read_curve,
+    write_superb_run,
+)
 
 VOXCELEB = MINI_SUPERB / "VoxCeleb1"
 FLUENT = MINI_SUPERB / "FluentSpeechCommands"
@@ -429,21 +435,7 @@ def test_ml_superb_vocabulary_unknown_characters_lid_and_cer():
 def write_results(
     run_dir: Path, task: str, metric: str, higher: bool, test: dict, overrides: list[str]
 ) -> None:
-    write_finished_run(
-        run_dir,
-        task=task,
-        metric=metric,
-        higher_is_better=higher,
-        interface="weighted_sum",
-        upstream="hubert (s3prl)",
-        upstream_config="s3prl",
-        seed=0,
-        schedule="superb",
-        trainable_params={"interface": 13, "head": 1000, "upstream": 0},
-        dev=test,
-        test=test,
-        overrides=(f"task={task}", "interface=weighted_sum", *overrides),
-    )
+    write_superb_run(run_dir, task, metric, higher, test, tuple(overrides))
 
 
 def test_table_averages_mono_languages_and_gives_lid_its_own_column(tmp_path):
