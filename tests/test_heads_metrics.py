@@ -16,7 +16,7 @@ from downstream.heads import (
     meta_parameter_count,
     widened_size,
 )
-from downstream.metrics import ctc_greedy_decode, edit_statistics, error_rate_percent
+from downstream.metrics.edit import ctc_greedy_decode, edit_statistics, error_rate_percent
 
 
 def numel(module: torch.nn.Module) -> int:

@@ -22,7 +22,7 @@ from downstream.data.dataset import AudioDataset
 from downstream.data.sampler import BucketBatchSampler
 from downstream.data.snips import SPEAKERS, read_snips, slot_types
 from downstream.data.speech_commands import CLASSES, KEYWORDS, read_speech_commands
-from downstream.slot_filling import (
+from downstream.metrics.slot_filling import (
     parse_slots,
     slot_metrics,
     slot_statistics,
@@ -377,7 +377,7 @@ def test_slot_metrics_match_an_independent_implementation():
 
 
 def test_slot_parsing_on_malformed_hypotheses_is_documented():
-    # where s3prl's regex is looser (see downstream/slot_filling.py): an empty slot is no slot, and an end tag
+    # where s3prl's regex is looser (see downstream/metrics/slot_filling.py): an empty slot is no slot, and an end tag
     # closes only its own type
     assert parse_slots("B-city E-city PARIS E-city") == {}
     assert parse_slots("B-playlist ROCK E-playlist_owner") == {}

@@ -15,7 +15,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from downstream import reporting
-from downstream.lr_search import REPORT_FILE, sweep_values
+from downstream.reporting.lr_search import REPORT_FILE, sweep_values
 from downstream.results import RunResults
 from downstream.training.halving import halve
 from downstream.training.runner import (

@@ -23,7 +23,7 @@ from downstream.data.fluent_commands import read_fluent_commands
 from downstream.data.ml_superb import normalize_transcript, read_ml_superb
 from downstream.data.voxceleb1 import read_trials, read_voxceleb1_sv
 from downstream.heads import TransformerCTCHead, XVectorHead
-from downstream.metrics import detection_rates, equal_error_rate, minimum_detection_cost
+from downstream.metrics.verification import detection_rates, equal_error_rate, minimum_detection_cost
 from downstream.tasks.base import accumulate_statistics
 from downstream.tasks.ic import IntentClassification
 from downstream.tasks.ml_superb import UNKNOWN, MonolingualSpeechRecognition, MultilingualSpeechRecognition

@@ -19,7 +19,7 @@ from scipy.spatial import distance as scipy_distance
 from downstream.data.corpus import DataLayoutError
 from downstream.data.diarization import SpeakerTurn, read_diarization, read_kaldi_diarization
 from downstream.data.quesst14 import read_quesst14
-from downstream.diarization_metrics import (
+from downstream.metrics.diarization import (
     DiarizationErrors,
     activity_to_turns,
     diarization_errors,
@@ -27,7 +27,7 @@ from downstream.diarization_metrics import (
     permutation_invariant_bce,
     smooth_activity,
 )
-from downstream.qbe_metrics import (
+from downstream.metrics.qbe import (
     actual_term_weighted_value,
     cosine_exp_distance,
     effective_prior,

@@ -8,7 +8,7 @@ from typing import Any
 
 from downstream.data.corpus import Utterance
 from downstream.data.librispeech import read_librispeech
-from downstream.metrics import edit_statistics, error_rate_percent
+from downstream.metrics.edit import edit_statistics, error_rate_percent
 from downstream.tasks.base import Statistics
 from downstream.tasks.ctc import CTCTask, normalised_characters
 

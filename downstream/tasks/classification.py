@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from downstream.data.corpus import Utterance
-from downstream.metrics import accuracy_percent
+from downstream.metrics.classification import accuracy_percent
 from downstream.tasks.base import Task
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from downstream.augment import spec_augment
 from downstream.data.corpus import Utterance, check_choice
-from downstream.metrics import ctc_greedy_decode, edit_statistics, error_rate_percent
+from downstream.metrics.edit import ctc_greedy_decode, edit_statistics, error_rate_percent
 from downstream.tasks.base import Batch, Statistics, Task
 
 log = logging.getLogger(__name__)

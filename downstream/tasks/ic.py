@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from downstream.data.corpus import Utterance
 from downstream.data.fluent_commands import SLOTS, IntentUtterance, read_fluent_commands
-from downstream.metrics import accuracy_percent
+from downstream.metrics.classification import accuracy_percent
 from downstream.tasks.base import Batch, Statistics, Task
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from downstream.data.corpus import Utterance, check_choice
 from downstream.data.ml_superb import DURATIONS, MONOLINGUAL_SETS, normalize_transcript, read_ml_superb
-from downstream.metrics import accuracy_percent
+from downstream.metrics.classification import accuracy_percent
 from downstream.tasks.asr import WORD_BOUNDARY
 from downstream.tasks.base import Statistics
 from downstream.tasks.ctc import CTCTask, normalised_characters

@@ -2,7 +2,7 @@
 
 Nothing is trained: every query and document is encoded by the upstream through a non-trainable interface
 (single_layer, last_layer, or a fitted one such as pca_concat, fitted on the documents), each query is
-scored against every document by subsequence DTW (``downstream.qbe_metrics``, s3prl's quesst14_dtw
+scored against every document by subsequence DTW (``downstream.metrics.qbe``, s3prl's quesst14_dtw
 recipe), and the metrics are MTWV (primary), ATWV at s3prl's decision threshold, Cnxe and minCnxe. The
 engine takes the no-training path for it (``Task.trains`` is False; ``downstream.training.untrained``).
 
@@ -22,7 +22,7 @@ from torch import nn
 
 from downstream.data.corpus import Utterance
 from downstream.data.quesst14 import SUPERB_LANGUAGE, QbeSet, read_quesst14
-from downstream.qbe_metrics import (
+from downstream.metrics.qbe import (
     C_FA,
     C_MISS,
     DECISION_THRESHOLD,

@@ -3,7 +3,7 @@
 Protocol (s3prl's diarization recipe): Kaldi-style data folders (``downstream.data.diarization``); per frame
 of the upstream's features, one binary target per speaker (2 for Libri2Mix); head LSTM(512) + Linear(2)
 (``downstream.heads.LSTMFrameHead``); permutation-invariant binary cross-entropy; DER of the thresholded
-outputs against the reference turns, no collar, overlap scored (``downstream.diarization_metrics``).
+outputs against the reference turns, no collar, overlap scored (``downstream.metrics.diarization``).
 
 Frame timing: s3prl labels frame k of a recording with the speech in [k, k + 1) x frame_shift, where
 frame_shift is the upstream's downsample rate, and stretches or trims the features to that many frames.
@@ -28,7 +28,7 @@ import torch
 
 from downstream.data.audio import SAMPLE_RATE
 from downstream.data.diarization import Recording, read_diarization
-from downstream.diarization_metrics import (
+from downstream.metrics.diarization import (
     DiarizationErrors,
     activity_to_turns,
     diarization_errors,

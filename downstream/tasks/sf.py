@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from downstream.data.snips import SlotUtterance, read_snips, slot_types
-from downstream.metrics import edit_statistics, error_rate_percent
-from downstream.slot_filling import (
+from downstream.metrics.edit import edit_statistics, error_rate_percent
+from downstream.metrics.slot_filling import (
     WORD_SPACE,
     begin_token,
     end_token,
@@ -53,7 +53,7 @@ def normalise_words(words: Sequence[str], tags: Sequence[str]) -> tuple[list[str
 
 class SlotFilling(CTCTask):
     """Frame logits [B, T, V] over the blank, ' ', the apostrophe, A-Z and a ``B-<type>``/``E-<type>`` pair per
-    slot type of the corpus (s3prl's character-slot encoder, ``downstream.slot_filling``); CTC; greedy
+    slot type of the corpus (s3prl's character-slot encoder, ``downstream.metrics.slot_filling``); CTC; greedy
     decoding. Metrics (percent): ``slot_type_f1`` (primary, chosen on dev as in s3prl), ``slot_value_cer``,
     and ``wer`` of the transcript with the slot tokens removed.
 
@@ -108,7 +108,7 @@ class SlotFilling(CTCTask):
         return slot_target_tokens(words, tags)
 
     def sequence_statistics(self, references: list[list[str]], hypotheses: list[list[str]]) -> Statistics:
-        """Slot statistics (``downstream.slot_filling.slot_statistics``) of the tagged transcripts, and word
+        """Slot statistics (``downstream.metrics.slot_filling.slot_statistics``) of the tagged transcripts, and word
         edits of the transcripts without slot tokens."""
         reference_texts = [tagged_transcript(tokens) for tokens in references]
         hypothesis_texts = [tagged_transcript(tokens) for tokens in hypotheses]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from downstream.data.corpus import Utterance, label_vocabulary
 from downstream.data.voxceleb1 import Trial, read_trials, read_voxceleb1_sv
-from downstream.metrics import equal_error_rate, minimum_detection_cost
+from downstream.metrics.verification import equal_error_rate, minimum_detection_cost
 from downstream.tasks.base import Batch, Statistics, Task
 
 log = logging.getLogger(__name__)

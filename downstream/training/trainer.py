@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader
 from downstream.data.dataset import AudioDataset
 from downstream.tasks.base import Batch, Task, accumulate_statistics
 from downstream.training.branch import Branch
-from downstream.training.checkpoint import resume_branches, save_branch_checkpoints
 from downstream.training.distributed import (
     GradientAverager,
     RankBatchSampler,
@@ -36,6 +35,7 @@ from downstream.training.distributed import (
 from downstream.training.halving import halve
 from downstream.training.loading import HiddenStateSource, pick_device, split_loader
 from downstream.training.preemption import pass_signal_on, record_stop_signals
+from downstream.training.resume import resume_branches, save_branch_checkpoints
 from downstream.training.settings import PRECISIONS, TrainerSettings, apply_tf32
 from upstream.base import Upstream
 
@@ -336,7 +336,7 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoints(self) -> None:
-        """Every branch's last.pt at this step (``checkpoint.save_branch_checkpoints``)."""
+        """Every branch's last.pt at this step (``resume.save_branch_checkpoints``)."""
         self.account_updates()  # the checkpoint records bad_steps_total
         progress = {
             "step": self.step,
@@ -348,7 +348,7 @@ class Trainer:
         save_branch_checkpoints(self.branches, progress, self.step)
 
     def resume(self) -> None:
-        """Continue from the branches' checkpoints, if any (``checkpoint.resume_branches``)."""
+        """Continue from the branches' checkpoints, if any (``resume.resume_branches``)."""
         progress = resume_branches(self.branches, self.device)
         if progress is None:
             return

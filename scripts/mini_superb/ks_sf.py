@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from scripts.make_mini_superb import (
+from scripts.mini_superb.common import (
     FEMALE_VARIANTS,
     MALE_VARIANTS,
     NEUTRAL,
@@ -341,7 +341,7 @@ def write_snips(out: Path, sizes: MoreSizes, synthesize) -> None:
 
 #: Corpus name (for --only) -> (writer, the folders it writes under the output root).
 CORPORA = {"ks": (write_speech_commands, (SPEECH_COMMANDS,)), "sf": (write_snips, (SNIPS,))}
-README_BEGIN = "<!-- ks,sf: written by scripts/mini_superb_ks_sf.py -->"
+README_BEGIN = "<!-- ks,sf: written by scripts/mini_superb/ks_sf.py -->"
 README_END = "<!-- end ks,sf -->"
 
 

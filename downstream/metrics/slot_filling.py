@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 
 import editdistance
 
-from downstream.metrics import error_rate_percent
+from downstream.metrics.edit import error_rate_percent
 
 OUTSIDE = "O"
 BEGIN = "B-"

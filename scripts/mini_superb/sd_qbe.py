@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.make_mini_superb import (
+from scripts.mini_superb.common import (
     FEMALE_VARIANTS,
     MALE_VARIANTS,
     NEUTRAL,
@@ -91,7 +91,7 @@ ALBANIAN_WORDS = [
     "lumë",
     "mal",
 ]
-README_MARK = "<!-- {name}: written by scripts/mini_superb_sd_qbe.py -->"
+README_MARK = "<!-- {name}: written by scripts/mini_superb/sd_qbe.py -->"
 
 
 @dataclass(frozen=True)
