@@ -65,6 +65,7 @@ class RunResults:
     seed: int | None = None
     fold: int | None = None
     schedule: str | None = None
+    protocol: str | None = None
     steps: int | None = None
     lr: float | None = None
     limit_eval_batches: int | None = None
@@ -95,6 +96,7 @@ class RunResults:
         "seed",
         "fold",
         "schedule",
+        "protocol",
         "trainable_params",
         "steps",
         "lr",

@@ -309,10 +309,10 @@ def test_from_ssl_interface_config_rejects_what_ssl_interface_does_not_have(fiel
 
 
 @pytest.mark.slow
-def test_readme_snippet_builds_both_modules_without_hydra():
-    readme = (REPO_ROOT / "README.md").read_text()
+def test_docs_snippet_builds_both_modules_without_hydra():
+    readme = (REPO_ROOT / "docs" / "interfaces.md").read_text()
     snippet = re.search(r"<!-- ssl-interface-snippet -->\n```python\n(.*?)```", readme, re.S)
-    assert snippet, "README lost its SSL_Interface snippet"
+    assert snippet, "docs/interfaces.md lost its SSL_Interface snippet"
     code = snippet.group(1) + "\nimport sys\nassert 'hydra' not in sys.modules, 'interfaces imported Hydra'\n"
     completed = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
@@ -330,15 +330,16 @@ def hconv_count(num_layers: int, hidden_size: int, **hyperparameters) -> int:
 
 
 def hconv_size_quotes(path: str) -> str:
-    """The text that quotes HConv's sizes: the README's table row, or the config's header comment."""
+    """The text that quotes HConv's sizes: the interfaces page's table row, or the config's header comment."""
     text = (REPO_ROOT / path).read_text()
-    if path == "README.md":
+    if path == "docs/interfaces.md":
         return next(line for line in text.splitlines() if line.startswith("| `hconv` |"))
     return text.split("_target_")[0]
 
 
 @pytest.mark.parametrize(
-    ("path", "output_phrase"), [("README.md", "output {}"), ("configs/interface/hconv.yaml", "{} features")]
+    ("path", "output_phrase"),
+    [("docs/interfaces.md", "output {}"), ("configs/interface/hconv.yaml", "{} features")],
 )
 def test_published_hconv_figures_are_the_built_modules(path, output_phrase):
     # Every comma-grouped figure quoted must be a built module's parameter count, and both sizes quoted.

@@ -324,9 +324,9 @@ def test_halving_steps_must_be_evaluation_steps(make_config):
 
 
 def documented_lr_search_launches() -> list[list[str]]:
-    """The overrides of every `python run_downstream.py -m experiment=lr_search ...` line in the README and in
+    """The overrides of every `python run_downstream.py -m experiment=lr_search ...` line in docs/sweeps.md and in
     the experiment file's header (shell comments dropped)."""
-    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    lines = (REPO_ROOT / "docs" / "sweeps.md").read_text().splitlines()
     lines += [
         line.lstrip("# ") for line in (CONFIG_DIR / "experiment" / "lr_search.yaml").read_text().splitlines()
     ]

@@ -23,6 +23,7 @@ RECORD = {
     "seed": 0,
     "fold": 1,
     "schedule": "demo",
+    "protocol": "superb",
     "trainable_params": {"interface": 3, "head": 9000, "upstream": 0},
     "steps": 2,
     "lr": 0.001,

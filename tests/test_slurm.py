@@ -206,12 +206,12 @@ def unfinished_messages(output: str) -> list[str]:
 
 
 def readme_recipe() -> str:
-    """The README's sbatch recipe: the bash block after the marker comment naming this file."""
-    readme = (REPO_ROOT / "README.md").read_text()
+    """docs/slurm.md's sbatch recipe: the bash block after the marker comment naming this file."""
+    readme = (REPO_ROOT / "docs" / "slurm.md").read_text()
     match = re.search(
         r"<!-- tests/test_slurm.py runs this block verbatim[^>]*-->\n```bash\n(.*?)```", readme, re.S
     )
-    assert match, "README.md has no sbatch recipe block marked for tests/test_slurm.py"
+    assert match, "docs/slurm.md has no sbatch recipe block marked for tests/test_slurm.py"
     return match.group(1)
 
 
@@ -364,7 +364,7 @@ def shared_group_time_limit_then_preempted(cluster, tmp: Path) -> dict:
 
 
 def sbatch_recipe(cluster, tmp: Path) -> dict:
-    """The README's sbatch script, verbatim, with a one-minute limit and a 1 s signal delay."""
+    """docs/slurm.md's sbatch script, verbatim, with a one-minute limit and a 1 s signal delay."""
     script = tmp / "train.sbatch"
     script.write_text(readme_recipe())
     run_dir = tmp / "recipe_run"

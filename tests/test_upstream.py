@@ -522,18 +522,27 @@ def test_every_config_key_is_a_constructor_parameter(config_name):
     module_name, class_name = config._target_.rsplit(".", 1)
     target = getattr(__import__(module_name, fromlist=[class_name]), class_name)
     parameters = inspect.signature(target.__init__).parameters
-    for key, value in config.items():
+    for key, value in OmegaConf.to_container(config, resolve=False).items():
         if key != "_target_":
             assert key in parameters, f"{config_name}.yaml: {key} is not a parameter of {class_name}"
+            if isinstance(value, str) and value.startswith("${protocol."):
+                # set by the protocol; the code default is protocol=exact's value
+                value = with_protocol(config, "exact")[key]
             assert value == parameters[key].default, (
                 f"{config_name}.yaml: {key} differs from the code default"
             )
 
 
+def with_protocol(config, protocol: str):
+    """An upstream config node resolved as it is inside a job config of ``protocol``."""
+    protocol_config = OmegaConf.load(REPO_ROOT / "configs" / "protocol" / f"{protocol}.yaml")
+    return OmegaConf.create({"protocol": protocol_config, "upstream": config}).upstream
+
+
 @pytest.mark.parametrize("config_name", ["tiny", "fbank"])
 def test_offline_configs_instantiate(config_name):
     config = OmegaConf.load(REPO_ROOT / "configs" / "upstream" / f"{config_name}.yaml")
-    upstream = hydra.utils.instantiate(config)
+    upstream = hydra.utils.instantiate(with_protocol(config, "superb"))
     assert isinstance(upstream, Upstream) and upstream.num_layers >= 1
 
 

@@ -9,7 +9,10 @@ Torch-free on purpose: ``run_downstream.py`` skips a finished run with this modu
   ``hydra.run.dir`` and ``${job_dirname:}`` in a sweep job's folder name.
 - ``check_run_dir``: compares with the folder's ``identity.json``; a run of other settings is refused with
   ``RunConfigMismatchError`` naming every differing key with both values.
-- ``${schedule:<key>}``: the trainer keys' defaults, the task schedule's value (``schedule_of``).
+- ``${schedule:<key>}``: the trainer keys' defaults, the task schedule's value (``schedule_of``);
+  ``${schedule:<key>,<default>}`` where a schedule may leave the key out.
+- ``${protocol:<key>}``: a task key that differs between protocols, its value in the task's
+  ``protocols.<protocol.name>`` map (configs/protocol/, docs/protocols.md).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ EXCLUDED_KEYS = (
     "logger",  # where records go (curve.jsonl and results.json are always written)
     "paths",  # only feed interpolations; the resolved values (task.data_root, ...) are part of the identity
     "task.schedules",  # the chosen schedule's values are in trainer.*
+    "task.protocols",  # the chosen protocol's values are in the task keys that read ${protocol:<key>}
+    "task.protocol_sources",  # where each protocol value comes from (docs only)
     "trainer.num_workers",  # data order and crops do not depend on the worker count
     "trainer.progress_bar",
     "trainer.save_every",  # resuming is exact, so checkpoint spacing does not change results
@@ -120,18 +125,37 @@ def schedule_of(cfg: DictConfig) -> str:
 
 
 # -- resolvers: the trainer's schedule defaults, and the folder names -----------------------------------
-def _schedule_value(key: str, *, _root_: DictConfig) -> Any:
-    """``${schedule:lr}``: the value of ``key`` in the task schedule this job trains with."""
+_NO_DEFAULT = object()
+
+
+def _schedule_value(key: str, default: Any = _NO_DEFAULT, *, _root_: DictConfig) -> Any:
+    """``${schedule:lr}``: the value of ``key`` in the task schedule this job trains with;
+    ``${schedule:optimizer,adam}``: ``adam`` where the schedule does not set ``optimizer``."""
     if key == "batch_size" and _root_.trainer.get("max_batch_seconds") is not None:
         return None  # batches filled up to trainer.max_batch_seconds of audio instead
     name = schedule_of(_root_)
     schedules = _root_.task.get("schedules") or {}
-    if name not in schedules or key not in schedules[name]:
+    if name in schedules and key in schedules[name]:
+        return schedules[name][key]
+    if default is not _NO_DEFAULT:
+        return default
+    raise ValueError(
+        f"the task's {name!r} schedule (task.schedules.{name}) does not set {key}; "
+        f"set trainer.{key}=<value> on the command line"
+    )
+
+
+def _protocol_value(key: str, *, _root_: DictConfig) -> Any:
+    """``${protocol:<key>}``: ``task.protocols.<protocol.name>.<key>``, the task's value of ``key`` under the
+    job's protocol (configs/protocol/). ValueError naming the map and key when the task does not set it."""
+    name = _root_.protocol.name
+    protocols = _root_.task.get("protocols") or {}
+    if name not in protocols or key not in protocols[name]:
         raise ValueError(
-            f"the task's {name!r} schedule (task.schedules.{name}) does not set {key}; "
-            f"set trainer.{key}=<value> on the command line"
+            f"protocol={name}: the task's protocols.{name} map does not set {key!r} "
+            f"(task {_root_.task_name}; known protocols: {', '.join(protocols) or 'none'})"
         )
-    return schedules[name][key]
+    return protocols[name][key]
 
 
 #: The folder-name hash of a config that does not resolve: the launch then reports the error itself, in one
@@ -176,10 +200,11 @@ def _job_dirname(*, _root_: DictConfig) -> str:
 
 
 def register_resolvers() -> None:
-    """Register ``schedule``, ``run_hash`` and ``job_dirname`` with OmegaConf (idempotent); call before
+    """Register ``schedule``, ``protocol``, ``run_hash`` and ``job_dirname`` with OmegaConf (idempotent); call before
     composing the project's config."""
     for name, function in (
         ("schedule", _schedule_value),
+        ("protocol", _protocol_value),
         ("run_hash", _run_hash),
         ("job_dirname", _job_dirname),
     ):

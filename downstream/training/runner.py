@@ -42,8 +42,9 @@ from upstream.base import Upstream
 log = logging.getLogger(__name__)
 
 #: Keys of a task config that the runner reads and the task does not take: the head to build on the
-#: interface (``build_branch``) and the trainer schedules (``resolve_trainer_settings``).
-RUNNER_TASK_KEYS = ("head", "schedules")
+#: interface (``build_branch``), the trainer schedules (``resolve_trainer_settings``) and the protocol
+#: maps (read through ``${protocol:<key>}`` in the task's own keys).
+RUNNER_TASK_KEYS = ("head", "schedules", "protocols", "protocol_sources")
 
 
 def seed_everything(seed: int) -> None:
@@ -131,6 +132,7 @@ def build_results(
         seed=cfg.seed,
         fold=cfg.task.get("fold"),
         schedule=schedule_of(cfg),
+        protocol=cfg.protocol.name,
         trainable_params={
             "interface": count_parameters(branch.interface),
             "head": count_parameters(branch.head),
