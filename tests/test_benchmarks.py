@@ -5,6 +5,7 @@ never how fast anything is."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import subprocess
@@ -131,6 +132,28 @@ def test_hubert_forward_smoke_reports_every_variant_within_tolerance(tmp_path):
     "module",
     sorted(path.stem for path in (REPO_ROOT / "scripts" / "bench").glob("*.py") if path.stem != "__init__"),
 )
-def test_every_benchmark_module_imports(module):
-    """scripts/benchmark.py imports every subcommand's module: one that no longer imports breaks them all."""
-    importlib.import_module(f"scripts.bench.{module}")
+def test_every_benchmark_module_is_a_command_that_parses_its_defaults(module):
+    """Each benchmark module is either a subcommand of scripts/benchmark.py (``add_arguments`` + ``run``)
+    or a script of its own (``add_arguments`` + ``main``), or a part one of those imports; every command's
+    parser takes its defaults (a broken import or argument breaks scripts/benchmark.py for all of them)."""
+    from scripts import benchmark
+
+    loaded = importlib.import_module(f"scripts.bench.{module}")
+    if not hasattr(loaded, "add_arguments"):  # a part: imported by a command
+        users = [
+            path
+            for path in (REPO_ROOT / "scripts" / "bench").glob("*.py")
+            if f"scripts.bench.{module} " in path.read_text()
+        ]
+        assert users, f"scripts/bench/{module}.py is neither a command nor imported by one"
+        return
+    parser = argparse.ArgumentParser()
+    loaded.add_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    assert defaults, f"{module} takes no arguments"
+    if loaded in benchmark.SUBCOMMANDS.values():
+        assert callable(loaded.run)
+    else:
+        assert callable(loaded.main), (
+            f"{module} is not a subcommand of scripts/benchmark.py and has no main()"
+        )
