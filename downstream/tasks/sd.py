@@ -131,6 +131,28 @@ class SpeakerDiarization(Task):
             "confusion": total.confusion,
         }
 
+    def output_names(self) -> list[str]:
+        """One column per speaker: ``speaker1`` ... (a recording's speakers are unnamed at prediction)."""
+        return [f"speaker{k + 1}" for k in range(self.num_speakers)]
+
+    def predictions(
+        self,
+        logits: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        num_samples: list[int],
+        outputs: list[str],
+    ) -> list[dict[str, Any]]:
+        """``turns``: [speaker, start s, end s] of each run of active frames (sigmoid > ``threshold``, then
+        the ``median`` filter), frames timed as in evaluation (samples / frames of the recording)."""
+        activity = (torch.sigmoid(logits.float()) > self.threshold).cpu().numpy()
+        records = []
+        for row, samples in enumerate(num_samples):
+            frames = int(frame_lengths[row])
+            smoothed = smooth_activity(activity[row, :frames], self.median)
+            turns = activity_to_turns(smoothed, samples / max(frames, 1) / SAMPLE_RATE, outputs)
+            records.append({"turns": [[turn.speaker, turn.start, turn.end] for turn in turns]})
+        return records
+
     def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:
         """DER and its parts, in percent of the scored reference speaker time."""
         errors = DiarizationErrors(
