@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from downstream import load_run
@@ -37,12 +38,18 @@ from downstream.training.runner import build_branch, build_task, resolve_trainer
 from downstream.training.trainer import Trainer
 from tests.helpers import REPO_ROOT, TINY_UPSTREAM, compose_config, write_small_trials
 
-SHORT_RUN = ["trainer.max_steps=3", "trainer.eval_every=3", "trainer.batch_size=4", "trainer.log_every=1"]
+SHORT_RUN = [
+    "trainer.max_steps=3",
+    "trainer.eval_every=3",
+    "trainer.batch_size=4",
+    "trainer.log_every=1",
+    "trainer.lr=0.02",
+]
 #: per task: overrides that keep its run short (heads shrunk where they are large)
 TASKS = {
     "pr": [],
-    "asr": ["task.head.hidden_size=16"],
-    "sf": ["task.head.hidden_size=16"],
+    "asr": ["task.head.hidden_size=16", "task.head.lstm_size=16", "task.head.num_lstm_layers=1"],
+    "sf": ["task.head.hidden_size=16", "task.head.lstm_size=16", "task.head.num_lstm_layers=1"],
     "ml_mono": ["task.head.hidden_size=16", "task.head.num_heads=2", "task.head.ff_size=32"],
     "ml_multi": ["task.head.hidden_size=16", "task.head.num_heads=2", "task.head.ff_size=32"],
     "sid": [],
@@ -53,19 +60,30 @@ TASKS = {
     "sd": ["task.head.hidden_size=16"],
     "qbe": [],
 }
-FAST_TASKS = ("pr", "sid")
+FAST_TASKS = ("sid",)
 
 
-def train(tmp_path: Path, task: str, extra: list[str] | None = None) -> tuple[Path, dict]:
-    """A finished run of ``task`` on the mini corpus with the tiny upstream, in a folder with .hydra/."""
-    run_dir = tmp_path / f"run_{task}"
-    (run_dir / ".hydra").mkdir(parents=True)
-    overrides = [f"task={task}", *SHORT_RUN, *TINY_UPSTREAM, *TASKS[task], *(extra or [])]
-    if task == "sv":
-        dev_list, test_list = write_small_trials(tmp_path)
-        overrides += [f"task.dev_trials={dev_list}", f"task.test_trials={test_list}"]
-    results = run_experiment(compose_config(overrides, run_dir=run_dir), run_dir, overrides=overrides)
-    return run_dir, results
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """task -> (run folder, results) of a finished run of it on the mini corpus with the tiny upstream
+    (trained on first use, once per module; tests that change a run copy it first)."""
+    finished: dict[str, tuple[Path, dict]] = {}
+
+    def get(task: str) -> tuple[Path, dict]:
+        if task not in finished:
+            folder = tmp_path_factory.mktemp(task)
+            run_dir = folder / "run"
+            (run_dir / ".hydra").mkdir(parents=True)
+            overrides = [f"task={task}", *SHORT_RUN, *TINY_UPSTREAM, *TASKS[task]]
+            if task == "sv":
+                dev_list, test_list = write_small_trials(folder)
+                overrides += [f"task.dev_trials={dev_list}", f"task.test_trials={test_list}"]
+            cfg = compose_config(overrides, run_dir=run_dir)
+            finished[task] = (run_dir, run_experiment(cfg, run_dir, overrides=overrides))
+            GlobalHydra.instance().clear()
+        return finished[task]
+
+    return get
 
 
 def evaluated_split(run_dir: Path, split: str = "test"):
@@ -165,8 +183,8 @@ def score(task, utterances: list[Utterance], run_dir: Path, tmp_path: Path) -> d
 @pytest.mark.parametrize(
     "task", [pytest.param(t, marks=[] if t in FAST_TASKS else [pytest.mark.slow]) for t in TASKS]
 )
-def test_predictions_scored_give_the_recorded_test_metric(tmp_path, task):
-    run_dir, results = train(tmp_path, task)
+def test_predictions_scored_give_the_recorded_test_metric(runs, tmp_path, task):
+    run_dir, results = runs(task)
     _, task_object, _, utterances = evaluated_split(run_dir)
     scored = score(task_object, utterances, run_dir, tmp_path)
     for metric, value in scored.items():
@@ -176,22 +194,24 @@ def test_predictions_scored_give_the_recorded_test_metric(tmp_path, task):
     assert results["metric"] in scored
 
 
-def test_extracted_features_are_the_interface_output_inside_training_bitwise(tmp_path):
-    run_dir, _ = train(tmp_path, "pr")
+def test_extracted_features_and_predicted_probabilities_are_those_inside_training_bitwise(runs, tmp_path):
+    run_dir, _ = runs("sid")
     cfg, task, upstream, utterances = evaluated_split(run_dir)
     settings = resolve_trainer_settings(cfg)
     branch = build_branch(cfg, upstream, task, settings, tmp_path / "scratch")
     trainer = Trainer(settings, upstream, task, [branch], seed=cfg.seed)
     branch.load_model_state(torch.load(run_dir / "best.pt", weights_only=True))
     trainer._set_train_mode(False)
-    inside_training = {}
+    inside_training, probabilities = {}, {}
     with torch.no_grad():
         for batch in trainer.eval_loaders["test"]:
             hidden_states, frame_lengths = trainer.upstream_forward(batch, "test")
             with trainer._autocast():
                 features = branch.interface(hidden_states, frame_lengths)
+                logits = branch.head(features, frame_lengths)
             for row, index in enumerate(batch["indices"].tolist()):
                 inside_training[utterances[index].id] = features[row, : int(frame_lengths[row])]
+                probabilities[utterances[index].id] = torch.softmax(logits[row].float(), dim=-1).tolist()
     run = load_run(run_dir, device="cpu")
     manifest = extract(run.pipeline, write_list(tmp_path / "in.txt", utterances), tmp_path / "features",
                        hidden_states=[0])  # fmt: skip
@@ -202,14 +222,19 @@ def test_extracted_features_are_the_interface_output_inside_training_bitwise(tmp
         exported = torch.from_numpy(np.load(tmp_path / "features" / entry["file"]))
         assert exported.shape[0] == entry["frames"]
         assert torch.equal(exported, inside_training[entry["id"]])
-    # the API gives the same features for one waveform alone when the batch held only it
+    # and the trained head's class probabilities, as predict writes them
+    predict(run, tmp_path / "in.txt", tmp_path / "predictions.jsonl")
+    for utterance_id, record in read_jsonl(tmp_path / "predictions.jsonl").items():
+        assert list(record["probabilities"].values()) == probabilities[utterance_id]
+    # the API gives one waveform's features
     one = utterances[0]
     wav, rate_ = soundfile.read(one.path, dtype="float32")
     assert run.features(wav, rate_).shape == inside_training[one.id].shape
 
 
-def test_load_run_refuses_mismatched_checkpoints_and_newer_formats(tmp_path):
-    run_dir, _ = train(tmp_path, "sid")
+def test_load_run_refuses_mismatched_checkpoints_and_newer_formats(runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs("sid")[0], run_dir)
     state = torch.load(run_dir / "best.pt", weights_only=True)
     _, task, _, _ = evaluated_split(run_dir)
     assert state["format_version"] == MODEL_FORMAT_VERSION and state["outputs"] == task.labels()
@@ -237,8 +262,8 @@ def test_load_run_refuses_mismatched_checkpoints_and_newer_formats(tmp_path):
         load_run(run_dir, device="cpu")
 
 
-def test_inputs_skipped_resampled_padded_and_ids_kept_inside_the_output(tmp_path):
-    run_dir, _ = train(tmp_path, "sid")
+def test_inputs_skipped_resampled_padded_and_ids_kept_inside_the_output(runs, tmp_path):
+    run_dir, _ = runs("sid")
     run = load_run(run_dir, device="cpu")
     folder = tmp_path / "audio"
     (folder / "sub").mkdir(parents=True)
@@ -267,8 +292,8 @@ def test_inputs_skipped_resampled_padded_and_ids_kept_inside_the_output(tmp_path
 
 
 @pytest.mark.slow
-def test_command_lines_predict_and_extract_without_a_run(tmp_path):
-    run_dir, _ = train(tmp_path, "pr")
+def test_command_lines_predict_and_extract_without_a_run(runs, tmp_path):
+    run_dir, _ = runs("pr")
     audio = REPO_ROOT / "data" / "mini_superb" / "LibriSpeech" / "test-clean"
     env_python = [sys.executable, "-m"]
     done = subprocess.run(
