@@ -321,3 +321,54 @@ def test_command_lines_predict_and_extract_without_a_run(runs, tmp_path):
     )  # fmt: skip
     assert done.returncode == 1 and "missing" in done.stderr and "Traceback" not in done.stderr
     assert math.isfinite(manifest["frame_rate"])
+
+
+def one_hot_logits(sequence: list[int], size: int) -> torch.Tensor:
+    """Logits [1, T, size] whose argmax at frame t is sequence[t]."""
+    return torch.nn.functional.one_hot(torch.tensor([sequence]), size).float() * 5.0
+
+
+def test_prediction_records_from_head_outputs():
+    """Each task's record of known head outputs, against the values written out by hand."""
+    from downstream.tasks.ic import IntentClassification
+    from downstream.tasks.ml_superb import MultilingualSpeechRecognition
+    from downstream.tasks.pr import PhonemeRecognition
+    from downstream.tasks.sd import SpeakerDiarization
+    from downstream.tasks.sf import SlotFilling
+
+    mini = REPO_ROOT / "data" / "mini_superb"
+    # CTC: greedy decoding (repeats merged, blanks dropped) named by the recorded outputs
+    outputs = ["<blank>", "|", "A", "B", "[eng]", "[fra]"]
+    ml = MultilingualSpeechRecognition(str(mini / "ML-SUPERB"))
+    logits = one_hot_logits([4, 2, 2, 0, 2, 1, 1, 3, 5], len(outputs))
+    assert ml.predictions(logits, torch.tensor([9]), [16000], outputs) == [
+        {"hypothesis": "AA B", "language": "eng"}
+    ]
+    assert ml.predictions(logits, torch.tensor([3]), [16000], outputs) == [
+        {"hypothesis": "A", "language": "eng"}
+    ]
+    pr = PhonemeRecognition(
+        str(mini / "LibriSpeech"), lexicon=str(mini / "LibriSpeech" / "librispeech-lexicon.txt")
+    )
+    phones = ["<blank>", "HH", "AH0", "L", "OW1"]
+    assert pr.predictions(one_hot_logits([1, 0, 2, 3, 3, 4], 5), torch.tensor([6]), [0], phones) == [
+        {"hypothesis": "HH AH0 L OW1"}
+    ]
+    sf = SlotFilling(str(mini / "SNIPS"))
+    tokens = ["<blank>", " ", "G", "O", "R", "M", "E", "B-city", "E-city"]
+    sequence = [2, 3, 1, 7, 4, 3, 5, 6, 8]  # G O ' ' B-city R O M E E-city
+    assert sf.predictions(one_hot_logits(sequence, len(tokens)), torch.tensor([9]), [0], tokens) == [
+        {"hypothesis": "GO B-city ROME E-city", "text": "GO ROME", "slots": {"city": ["ROME"]}}
+    ]
+    # IC: one softmax per slot block
+    ic = IntentClassification(str(mini / "FluentSpeechCommands"))
+    names = ["action=activate", "action=bring", "object=lamp", "location=kitchen", "location=none"]
+    (record,) = ic.predictions(torch.tensor([[0.0, 1.0, 3.0, 2.0, 0.0]]), torch.tensor([1]), [0], names)
+    assert record["label"] == "bring/lamp/kitchen"
+    assert record["probabilities"]["action"]["bring"] == pytest.approx(math.e / (1 + math.e))
+    assert record["probabilities"]["object"] == {"lamp": 1.0}
+    # SD: frames over the threshold become turns timed by samples / frames
+    sd = SpeakerDiarization(str(mini / "Diarization"))
+    activity = torch.tensor([[[5.0, -5.0], [5.0, 5.0], [-5.0, 5.0], [-5.0, -5.0]]])  # 4 frames of 1 s
+    (turns,) = sd.predictions(activity, torch.tensor([4]), [64000], ["speaker1", "speaker2"])
+    assert turns == {"turns": [["speaker1", 0.0, 2.0], ["speaker2", 1.0, 3.0]]}
