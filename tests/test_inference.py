@@ -32,7 +32,13 @@ from downstream.metrics.verification import equal_error_rate
 from downstream.predict import predict
 from downstream.tasks.asr import WORD_BOUNDARY
 from downstream.tasks.ctc import normalised_characters
-from downstream.training.checkpoint import MODEL_FORMAT_VERSION, ModelFormatError
+from downstream.training.checkpoint import (
+    MODEL_FORMAT_VERSION,
+    ModelFormatError,
+    load_model_file,
+    save_best_model,
+    save_checkpoint,
+)
 from downstream.training.data_check import check_inputs
 from downstream.training.runner import build_branch, build_task, resolve_trainer_settings, run_experiment
 from downstream.training.trainer import Trainer
@@ -200,7 +206,7 @@ def test_extracted_features_and_predicted_probabilities_are_those_inside_trainin
     settings = resolve_trainer_settings(cfg)
     branch = build_branch(cfg, upstream, task, settings, tmp_path / "scratch")
     trainer = Trainer(settings, upstream, task, [branch], seed=cfg.seed)
-    branch.load_model_state(torch.load(run_dir / "best.pt", weights_only=True))
+    branch.load_model_state(load_model_file(run_dir / "best.pt"))
     trainer._set_train_mode(False)
     inside_training, probabilities = {}, {}
     with torch.no_grad():
@@ -235,7 +241,7 @@ def test_extracted_features_and_predicted_probabilities_are_those_inside_trainin
 def test_load_run_refuses_mismatched_checkpoints_and_newer_formats(runs, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(runs("sid")[0], run_dir)
-    state = torch.load(run_dir / "best.pt", weights_only=True)
+    state = load_model_file(run_dir / "best.pt")  # files are read and written through checkpoint.py only
     _, task, _, _ = evaluated_split(run_dir)
     assert state["format_version"] == MODEL_FORMAT_VERSION and state["outputs"] == task.labels()
     shutil.copy(run_dir / "best.pt", tmp_path / "good.pt")
@@ -243,13 +249,13 @@ def test_load_run_refuses_mismatched_checkpoints_and_newer_formats(runs, tmp_pat
     state["head"] = {**state["head"]}
     key = next(iter(state["head"]))
     state["head"][key] = torch.zeros(3, *state["head"][key].shape[1:])
-    torch.save(state, run_dir / "best.pt")
+    save_best_model(state, run_dir / "best.pt", state["step"])
     with pytest.raises(RunLoadError, match=f"head.{key} has shape"):
         load_run(run_dir, device="cpu")
 
-    newer = torch.load(tmp_path / "good.pt", weights_only=True)
+    newer = load_model_file(tmp_path / "good.pt")
     newer["format_version"] = MODEL_FORMAT_VERSION + 1
-    torch.save(newer, run_dir / "best.pt")
+    save_checkpoint(newer, run_dir / "best.pt")
     with pytest.raises(
         ModelFormatError, match=f"version {MODEL_FORMAT_VERSION + 1}.*0 to {MODEL_FORMAT_VERSION}"
     ):
