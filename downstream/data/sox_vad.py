@@ -43,6 +43,9 @@ VAD_EFFECT = ("silence", "1", "0.1", "0.1%", "-1", "0.1", "0.1%")
 _FORMAT = "1"
 
 
+_UNKNOWN_FRAMES = 2**63 - 1
+
+
 class SoxError(RuntimeError):
     """The ``sox`` program is missing or failed on a file (the message names it and what to do)."""
 
@@ -109,7 +112,9 @@ def _run_sox(program: str, source: Path, stem: Path, chain: list[str]) -> None:
                 f"sox failed on '{source}' (exit {done.returncode}): {done.stderr.strip() or 'no message'}; "
                 f"command: {' '.join(command)}"
             )
-        if soundfile.info(temporary).frames == 0:
+        # sox's FLAC of no samples declares total samples 0 ("unknown"), which libsndfile reports as the
+        # largest count; sox writes the true count of any other output
+        if soundfile.info(temporary).frames in (0, _UNKNOWN_FRAMES):
             stem.with_suffix(".empty").touch()
         else:
             os.replace(temporary, target)

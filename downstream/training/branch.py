@@ -218,7 +218,9 @@ class Branch:
     def keep_if_best_test(self, metrics: dict[str, float], task: Task, step: int) -> None:
         """Keep ``metrics`` (with ``step``) as ``best_test`` when its task metric beats the kept one."""
         value, kept = metrics[task.metric], self.best_test
-        if kept is None or (value > kept[task.metric] if task.higher_is_better else value < kept[task.metric]):
+        if kept is None or (
+            value > kept[task.metric] if task.higher_is_better else value < kept[task.metric]
+        ):
             self.best_test = {"step": step, **metrics}
 
     @property
