@@ -88,9 +88,17 @@ def write_finished_run(run_dir: Path, config_yaml: str | None = None, **fields: 
 
 
 def write_superb_run(
-    run_dir: Path, task: str, metric: str, higher: bool, scores: dict, overrides: tuple[str, ...] = ()
+    run_dir: Path,
+    task: str,
+    metric: str,
+    higher: bool,
+    scores: dict,
+    overrides: tuple[str, ...] = (),
+    protocol: str | None = "superb",
+    **fields: Any,
 ) -> RunResults:
-    """A finished weighted-sum run of s3prl's HuBERT on ``task`` whose dev and test scores are ``scores``."""
+    """A finished weighted-sum run of s3prl's HuBERT on ``task`` whose dev and test scores are ``scores``,
+    under ``protocol`` (other RunResults ``fields`` as given)."""
     return write_finished_run(
         run_dir,
         task=task,
@@ -101,10 +109,12 @@ def write_superb_run(
         upstream_config="s3prl",
         seed=0,
         schedule="superb",
+        protocol=protocol,
         trainable_params={"interface": 13, "head": 1000, "upstream": 0},
         dev=scores,
         test=scores,
         overrides=(f"task={task}", "interface=weighted_sum", *overrides),
+        **fields,
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from scripts import make_protocols_doc
 from scripts.make_protocols_doc import ProtocolDocError, main, superb_settings
+from tests.helpers import write_superb_run
 
 _ADAM = {"trainer.optimizer": "adam", "trainer.weight_decay": 0.0, "trainer.grad_clip": 1.0}
 
@@ -82,3 +83,38 @@ def test_protocol_key_without_source_or_value_is_refused(tmp_path, monkeypatch):
     sv.write_text(text.replace("exact: {gain_db: 0.0, vad: false,", "exact: {gain_db: 0.0,"))
     with pytest.raises(ProtocolDocError, match="sv.yaml: protocols.exact does not set 'vad'"):
         superb_settings("sv")
+
+
+def table_of(*roots) -> str:
+    from downstream import reporting
+
+    return reporting.render(reporting.aggregate(reporting.collect_runs(roots)), "markdown")
+
+
+def test_tables_show_published_numbers_only_beside_superb_runs(tmp_path):
+    scores = {"per": 5.0}
+    write_superb_run(tmp_path / "superb" / "a", "pr", "per", False, scores)
+    alone = table_of(tmp_path / "superb")
+    assert "5.41 (paper T2)" in alone  # HuBERT Base weighted sum, the paper's Table 2
+    assert "- protocol: superb (SUPERB's published pipeline" in alone
+
+    write_superb_run(tmp_path / "exact" / "a", "pr", "per", False, {"per": 4.0}, protocol="exact")
+    only_exact = table_of(tmp_path / "exact")
+    assert "5.41" not in only_exact and "weighted_sum (protocol=exact)" in only_exact
+    assert "protocols: exact; rows labelled protocol=exact get no published number" in only_exact
+
+    mixed = table_of(tmp_path / "superb", tmp_path / "exact")
+    lines = {line.split("|")[2].strip(): line for line in mixed.splitlines() if "weighted_sum" in line}
+    assert set(lines) == {"weighted_sum (protocol=exact)", "weighted_sum (protocol=superb)"}
+    assert "5.41 (paper T2)" in lines["weighted_sum (protocol=superb)"]
+    assert "5.41" not in lines["weighted_sum (protocol=exact)"]
+
+
+def test_tables_name_svs_test_selected_figure(tmp_path):
+    write_superb_run(
+        tmp_path / "sv" / "a", "sv", "eer", False, {"eer": 6.0}, test_selected={"step": 40000, "eer": 5.5}
+    )
+    table = table_of(tmp_path / "sv")
+    assert "5.11 (paper T2)" in table
+    assert "SUPERB's published SV EERs are the best test score over checkpoints" in table
+    assert "a 5.5 (step 40000)" in table
