@@ -212,3 +212,29 @@ def write_small_trials(directory: Path) -> tuple[Path, Path]:
         lists[name] = directory / f"{name}_trials.txt"
         lists[name].write_text("\n".join(lines) + "\n")
     return lists["dev"], lists["test"]
+
+
+# -- s3prl's sox effects, run by the sox program ------------------------------------------------------
+# s3prl 0.4.18's effect chains, written out from the s3prl files (not from this project's code)
+S3PRL_KS_QBE = ["channels", "1", "rate", "16000", "gain", "-3.0"]  # speech_commands/dataset.py:22
+S3PRL_SV = [
+    *S3PRL_KS_QBE,
+    "silence",
+    "1",
+    "0.1",
+    "0.1%",
+    "-1",
+    "0.1",
+    "0.1%",
+]  # sv_voxceleb1/dataset.py:22-27
+
+
+def sox_output(source: Path, effects: list[str], tmp_path: Path) -> np.ndarray:
+    """What s3prl's apply_effects_file gave: sox's float output of ``effects`` on ``source``."""
+    target = tmp_path / "sox_reference.wav"
+    subprocess.run(
+        ["sox", str(source), "-b", "32", "-e", "floating-point", str(target), *effects], check=True
+    )
+    data, rate = soundfile.read(str(target), dtype="float32")
+    assert rate == 16000
+    return data

@@ -4,7 +4,6 @@ VAD (sox ``silence``, cached), on the shipped mini corpus's files and on crafted
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,35 +14,11 @@ from downstream.data.audio import load_audio
 from downstream.data.corpus import Utterance
 from downstream.data.dataset import AudioDataset
 from downstream.data.sox_vad import SoxError, vad_files
-from tests.helpers import MINI_SUPERB
+from tests.helpers import MINI_SUPERB, S3PRL_KS_QBE, S3PRL_SV, sox_output
 
 pytestmark = pytest.mark.skipif(
     shutil.which("sox") is None, reason="needs the sox program (.ci/run installs it)"
 )
-
-# s3prl 0.4.18's effect chains, written out from the s3prl files (not from this project's code)
-S3PRL_KS_QBE = ["channels", "1", "rate", "16000", "gain", "-3.0"]  # speech_commands/dataset.py:22
-S3PRL_SV = [
-    *S3PRL_KS_QBE,
-    "silence",
-    "1",
-    "0.1",
-    "0.1%",
-    "-1",
-    "0.1",
-    "0.1%",
-]  # sv_voxceleb1/dataset.py:22-27
-
-
-def sox_output(source: Path, effects: list[str], tmp_path: Path) -> np.ndarray:
-    """What s3prl's apply_effects_file gave: sox's float output of ``effects`` on ``source``."""
-    target = tmp_path / "sox_reference.wav"
-    subprocess.run(
-        ["sox", str(source), "-b", "32", "-e", "floating-point", str(target), *effects], check=True
-    )
-    data, rate = soundfile.read(str(target), dtype="float32")
-    assert rate == 16000
-    return data
 
 
 def mini_files(pattern: str, count: int) -> list[Path]:
