@@ -165,6 +165,7 @@ def build_results(
         data_policy=data_policy,
         dev=outcome["dev"],
         test=outcome["test"],
+        test_selected=outcome.get("test_selected"),
         layer_weights=None if weights is None else weights.detach().float().cpu().tolist(),
         overrides=tuple(overrides or ()),
         stopped_early=outcome.get("stopped_early"),
