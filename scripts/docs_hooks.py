@@ -19,6 +19,16 @@ def on_files(files: Files, config) -> Files:
     return files
 
 
+def _page_title(page: Path) -> str | None:
+    """The page's first-level heading, or None when it has none (or is not a Markdown file)."""
+    if page.suffix != ".md" or not page.is_file():
+        return None
+    for line in page.read_text().splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return None
+
+
 def _rewrite(match: re.Match, page_dir: Path, docs_dir: Path) -> str:
     text, target = match.group(1), match.group(2)
     if re.match(r"^[a-z]+:", target) or target.startswith("#"):
@@ -27,6 +37,8 @@ def _rewrite(match: re.Match, page_dir: Path, docs_dir: Path) -> str:
     resolved = (page_dir / path).resolve()
     if resolved.is_relative_to(docs_dir):
         relative = resolved.relative_to(docs_dir).as_posix()  # the pages are flat in docs/, like the index
+        if text.strip("`") == path:  # a link named by its file (README's "docs/protocols.md") takes the title
+            text = _page_title(resolved) or text
         return f"[{text}]({relative}{'#' + anchor if anchor else ''})"
     repo_path = resolved.relative_to(REPO_ROOT).as_posix() if resolved.is_relative_to(REPO_ROOT) else path
     return text if text.strip("`") == repo_path else f"{text} (`{repo_path}`)"
