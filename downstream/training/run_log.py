@@ -236,6 +236,8 @@ class RunLogger:
                         run.summary[f"final/{split}/{key}"] = value
                 if results.get("layer_weights") is not None:
                     run.summary["layer_weights"] = results["layer_weights"]
+                if results.get("members") is not None:  # a fused upstream: each member's layers and rate
+                    run.summary["members"] = results["members"]
             run.finish()
 
         self._wandb_call(summarize_and_finish)

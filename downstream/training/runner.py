@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 from collections import Counter
@@ -76,13 +77,27 @@ def load_complete_results(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def interface_member_arguments(interface_config: DictConfig, upstream: Upstream) -> dict[str, Any]:
+    """``member_dims`` for an interface that takes it (the fusion interfaces) on a fused upstream, else {}."""
+    member_dims = getattr(upstream, "member_dims", None)
+    if member_dims is None:
+        return {}
+    target = hydra.utils.get_class(interface_config._target_)
+    if "member_dims" not in inspect.signature(target.__init__).parameters:
+        return {}
+    return {"member_dims": list(member_dims)}
+
+
 def build_branch(
     cfg: DictConfig, upstream: Upstream, task: Task, settings: TrainerSettings, run_dir: Path
 ) -> Branch:
     """The job's interface and head, seeded exactly as in a run of its own, with its logger and run dir."""
     seed_everything(cfg.seed)
     interface = hydra.utils.instantiate(
-        cfg.interface, num_layers=upstream.num_layers, hidden_size=upstream.hidden_size
+        cfg.interface,
+        num_layers=upstream.num_layers,
+        hidden_size=upstream.hidden_size,
+        **interface_member_arguments(cfg.interface, upstream),
     )
     head = task.build_head(interface.output_size, cfg.task.head)
     # under torchrun only rank 0 writes the curve, results.json and W&B
@@ -129,6 +144,7 @@ def build_results(
         hidden_size=upstream.hidden_size,
         layer_ids=list(upstream.layer_ids),
         frame_rate=upstream.frame_rate,
+        members=upstream.member_records() if hasattr(upstream, "member_records") else None,
         seed=cfg.seed,
         fold=cfg.task.get("fold"),
         schedule=schedule_of(cfg),
