@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from downstream.reporting.published import paper_model, published_reference
 from interfaces.configs import build_interface
 from interfaces.fusion import CHConv, FusionWeightedSum, HConvFusion
-from tests.helpers import REPO_ROOT, TWO_STEP_RUN, assert_same_run, run_downstream_cli
+from tests.helpers import REPO_ROOT, TINY_UPSTREAM, TWO_STEP_RUN, assert_same_run, run_downstream_cli
 from tests.hf_tiny import load, save_tiny_family
 from tests.test_sweeps import job_value, launched
 from upstream.fusion import FusedUpstream, interpolate_frames, interpolate_layers
@@ -189,6 +189,15 @@ def test_parameter_counts_of_the_paper_pairs_match_a_rederivation_and_the_docs()
             built = build_interface(interface, layers, sum(dims), member_dims=dims)
             count = sum(p.numel() for p in built.parameters())
             assert count == rederived_params(interface, members) == doc_value, (pair, interface)
+    # docs/interfaces.md's table: each fusion row names its count for the paper's pair (and for HuBERT Base alone)
+    table = (REPO_ROOT / "docs" / "interfaces.md").read_text()
+    pair = PAIRS["Whisper Small + WavLM Base+"]
+    for interface in ("ws_fusion", "hconv_fusion", "chconv"):
+        row = re.search(rf"^\| `{interface}` \|.*\| ([^|]*) \|$", table, re.MULTILINE)
+        assert row, interface
+        numbers = {int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", row.group(1))}
+        single = sum(p.numel() for p in build_interface(interface, 13, 768).parameters())
+        assert {rederived_params(interface, pair), single} <= numbers, (interface, row.group(1))
 
 
 # ---------------------------------------------------------------- experiment and table
@@ -216,25 +225,31 @@ def test_the_pair_finds_its_published_row_marked_secondary():
 # ---------------------------------------------------------------- through run_downstream.py
 
 
+#: TWO_STEP_RUN without its upstream (upstream=tiny at its smallest)
+STEPS = [override for override in TWO_STEP_RUN if override not in TINY_UPSTREAM]
+TINY_MEMBER = [
+    "+upstream@upstream.members.tiny=tiny",
+    "upstream.members.tiny.num_transformer_layers=2",
+    "upstream.members.tiny.hidden_size=32",
+]
+
+
 def fused_overrides(whisper_dir) -> list[str]:
     return [
         "upstream=fusion",
         "+upstream@upstream.members.whisper=hf",
         f"upstream.members.whisper.model={whisper_dir}",
         "upstream.members.whisper.whisper_window=trim",
-        "+upstream@upstream.members.tiny=tiny",
-        "upstream.members.tiny.num_transformer_layers=2",
-        "upstream.members.tiny.hidden_size=32",
+        *TINY_MEMBER,
     ]
 
 
 @pytest.mark.slow
 def test_two_families_end_to_end_with_a_cache_per_member_shared_with_single_runs(tiny_dirs, tmp_path):
-    common = ["task=ic", *TWO_STEP_RUN, "cache.enabled=true", f"cache.dir={tmp_path / 'cache'}"]
+    common = ["task=ic", *STEPS, "cache.enabled=true", f"cache.dir={tmp_path / 'cache'}"]
     fused_dir = tmp_path / "fused"
     run_downstream_cli(
-        [*common, *fused_overrides(tiny_dirs["whisper"])[:1], *fused_overrides(tiny_dirs["whisper"])[1:],
-         "interface=chconv", f"hydra.run.dir={fused_dir}"]
+        [*common, *fused_overrides(tiny_dirs["whisper"]), "interface=chconv", f"hydra.run.dir={fused_dir}"]
     )
     record = json.loads((fused_dir / "results.json").read_text())
     assert [m["name"] for m in record["members"]] == ["whisper", "tiny"]
@@ -245,17 +260,13 @@ def test_two_families_end_to_end_with_a_cache_per_member_shared_with_single_runs
     folders = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(folders) == 2 * 3  # two members x train/dev/test
     # the single tiny run (same config as the member) reads the member's cache: nothing new is written
-    run_downstream_cli([*common, "interface=hconv", f"hydra.run.dir={tmp_path / 'single'}"])
+    run_downstream_cli([*common, *TINY_UPSTREAM, "interface=hconv", f"hydra.run.dir={tmp_path / 'single'}"])
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == folders
 
 
 @pytest.mark.slow
 def test_a_fusion_of_one_member_equals_the_single_model_run(tmp_path):
-    common = ["task=ic", *TWO_STEP_RUN, "interface=hconv"]
-    run_downstream_cli([*common, f"hydra.run.dir={tmp_path / 'single'}"])
-    run_downstream_cli(
-        [*common, "upstream=fusion", "+upstream@upstream.members.tiny=tiny",
-         "upstream.members.tiny.num_transformer_layers=2", "upstream.members.tiny.hidden_size=32",
-         f"hydra.run.dir={tmp_path / 'fused'}"]
-    )
+    common = ["task=ic", *STEPS, "interface=hconv"]
+    run_downstream_cli([*common, *TINY_UPSTREAM, f"hydra.run.dir={tmp_path / 'single'}"])
+    run_downstream_cli([*common, "upstream=fusion", *TINY_MEMBER, f"hydra.run.dir={tmp_path / 'fused'}"])
     assert_same_run(tmp_path / "fused", tmp_path / "single")
