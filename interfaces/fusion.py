@@ -25,6 +25,7 @@ chconv 5,605,248 (1536 x 768 + 768 projection, then HConv). docs/fusion.md lists
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,9 @@ from interfaces.hconv import HierarchicalConv
 
 class FusionInterface(Interface):
     """Base of the fusion interfaces: validates ``member_dims``, splits the input and normalises per member."""
+
+    #: The runner passes a fused upstream's ``member_dims`` to interfaces that set this.
+    takes_member_dims: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -71,7 +75,8 @@ class FusionInterface(Interface):
     def width_projections(self) -> nn.ModuleList:
         """Per member: Identity when its D equals ``proj_dim``, else Linear(D_i, proj_dim) with bias."""
         return nn.ModuleList(
-            nn.Identity() if dim == self.proj_dim else nn.Linear(dim, self.proj_dim) for dim in self.member_dims
+            nn.Identity() if dim == self.proj_dim else nn.Linear(dim, self.proj_dim)
+            for dim in self.member_dims
         )
 
     def extra_repr(self) -> str:
@@ -110,9 +115,10 @@ class FusionWeightedSum(FusionInterface):
         return torch.softmax(self.weight_logits.detach(), dim=0)
 
 
-class HConvFusion(FusionInterface):
-    """HConv fusion: the members' (width-projected) states summed, sum_i P_i h^{(i)} in R^{L x T x proj_dim},
-    then ``HierarchicalConv`` with the given kernel, stride and padding (its parameters and output size)."""
+class FusedHConv(FusionInterface):
+    """Shared by HConv fusion and CHConv: ``HierarchicalConv`` over L layers of width ``proj_dim`` (kernel,
+    stride, padding and ``output_dim`` as configs/interface/hconv.yaml); subclasses map the members' states
+    to those L layers (``merge``)."""
 
     def __init__(
         self,
@@ -127,38 +133,40 @@ class HConvFusion(FusionInterface):
         normalize: bool = False,
     ) -> None:
         super().__init__(num_layers, hidden_size, member_dims, proj_dim, normalize)
-        self.projections = self.width_projections()
         self.hconv = HierarchicalConv(num_layers, self.proj_dim, kernel_size, stride, padding, output_dim)
         self.output_size = self.hconv.output_size
 
+    def merge(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """[L, B, T, sum D_i] -> [L, B, T, proj_dim]."""
+        raise NotImplementedError
+
     def combine(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.hconv.combine(self.merge(hidden_states), lengths)
+
+
+class HConvFusion(FusedHConv):
+    """HConv fusion: the members' (width-projected) states summed, sum_i P_i h^{(i)} in R^{L x T x proj_dim},
+    then ``HierarchicalConv`` (its parameters and output size, plus the projections of narrower members)."""
+
+    def __init__(self, num_layers: int, hidden_size: int, **hyperparameters: object) -> None:
+        super().__init__(num_layers, hidden_size, **hyperparameters)
+        self.projections = self.width_projections()
+
+    def merge(self, hidden_states: torch.Tensor) -> torch.Tensor:
         parts = self.split(hidden_states)
         summed = self.projections[0](parts[0])
         for project, part in zip(self.projections[1:], parts[1:], strict=True):
             summed = summed + project(part)
-        return self.hconv.combine(summed, lengths)
+        return summed
 
 
-class CHConv(FusionInterface):
+class CHConv(FusedHConv):
     """CHConv: the members' states concatenated per layer and frame (R^{L x T x sum D_i}), a Linear(sum D_i,
     proj_dim) with bias, then ``HierarchicalConv`` over the L projected layers."""
 
-    def __init__(
-        self,
-        num_layers: int,
-        hidden_size: int,
-        member_dims: Sequence[int] | None = None,
-        proj_dim: int | None = None,
-        kernel_size: int = 5,
-        stride: int = 3,
-        padding: int | None = None,
-        output_dim: int | None = None,
-        normalize: bool = False,
-    ) -> None:
-        super().__init__(num_layers, hidden_size, member_dims, proj_dim, normalize)
+    def __init__(self, num_layers: int, hidden_size: int, **hyperparameters: object) -> None:
+        super().__init__(num_layers, hidden_size, **hyperparameters)
         self.projection = nn.Linear(hidden_size, self.proj_dim)
-        self.hconv = HierarchicalConv(num_layers, self.proj_dim, kernel_size, stride, padding, output_dim)
-        self.output_size = self.hconv.output_size
 
-    def combine(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.hconv.combine(self.projection(hidden_states), lengths)
+    def merge(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.projection(hidden_states)

@@ -16,6 +16,7 @@ from interfaces.configs import build_interface
 from interfaces.fusion import CHConv, FusionWeightedSum, HConvFusion
 from tests.helpers import REPO_ROOT, TINY_UPSTREAM, TWO_STEP_RUN, assert_same_run, run_downstream_cli
 from tests.hf_tiny import load, save_tiny_family
+from tests.test_hf_families import padded_batch as batch
 from tests.test_sweeps import job_value, launched
 from upstream.fusion import FusedUpstream, interpolate_frames, interpolate_layers
 from upstream.tiny import TinyUpstream
@@ -25,14 +26,6 @@ from upstream.tiny import TinyUpstream
 def tiny_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fusion_members")
     return {family: save_tiny_family(root / family, family) for family in ("whisper", "hubert", "sew")}
-
-
-def batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    wavs = torch.zeros(len(lengths), max(lengths))
-    for row, length in enumerate(lengths):
-        wavs[row, :length] = torch.randn(length, generator=generator) * 0.1
-    return wavs, torch.tensor(lengths)
 
 
 def torch_interpolate(rows: torch.Tensor, size: int) -> torch.Tensor:
@@ -54,7 +47,9 @@ def test_frame_and_layer_interpolation_equal_torch_interpolate_per_utterance():
         assert not out[:, row, targets[row] :].any()
     layered = interpolate_layers(states, 7)
     expected = F.interpolate(states.permute(1, 2, 3, 0).reshape(-1, 1, 4), size=7, mode="linear")
-    torch.testing.assert_close(layered, expected.reshape(3, 40, 5, 7).permute(3, 0, 1, 2), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        layered, expected.reshape(3, 40, 5, 7).permute(3, 0, 1, 2), atol=1e-6, rtol=1e-5
+    )
 
 
 def test_members_of_different_rates_and_depths_are_aligned_as_torch_interpolates_them(tiny_dirs):
@@ -62,7 +57,12 @@ def test_members_of_different_rates_and_depths_are_aligned_as_torch_interpolates
     sew = load(tiny_dirs["sew"], padding_mode="exact")  # 25 Hz, L=3
     tiny = TinyUpstream(num_transformer_layers=4, hidden_size=16, padding_mode="exact")  # 50 Hz, L=5, D=16
     fused = FusedUpstream({"whisper": whisper, "sew": sew, "tiny": tiny})
-    assert (fused.grid_member, fused.num_layers, fused.member_dims, fused.hidden_size) == ("whisper", 5, (32, 32, 16), 80)
+    assert (fused.grid_member, fused.num_layers, fused.member_dims, fused.hidden_size) == (
+        "whisper",
+        5,
+        (32, 32, 16),
+        80,
+    )
     assert fused.frame_rate == 50.0 and fused.min_samples == sew.min_samples == 720
     wavs, lengths = batch([16000, 9000])
     states, frames = fused(wavs, lengths)
@@ -87,7 +87,9 @@ def test_a_padded_utterance_equals_its_single_run(tiny_dirs):
     states, frames = fused(wavs, lengths)
     for row in range(3):
         alone, alone_frames = fused(wavs[row : row + 1, : lengths[row]], lengths[row : row + 1])
-        assert int(alone_frames[0]) == int(frames[row]) == int(hubert.frame_lengths(lengths[row : row + 1])[0])
+        assert (
+            int(alone_frames[0]) == int(frames[row]) == int(hubert.frame_lengths(lengths[row : row + 1])[0])
+        )
         torch.testing.assert_close(states[:, row, : frames[row]], alone[:, 0], atol=1e-5, rtol=1e-4)
 
 
@@ -205,9 +207,20 @@ def test_parameter_counts_of_the_paper_pairs_match_a_rederivation_and_the_docs()
 
 def test_fusion_table1_composes_the_papers_grid():
     jobs = launched("fusion_table1")
-    cells = {(job_value(job, "upstream"), job_value(job, "interface"), job_value(job, "task")) for job in jobs}
-    singles = {(u, i, t) for u in ("whisper_small", "wavlm_base_plus") for i in ("weighted_sum", "hconv") for t in ("ml_mono", "er")}
-    pair = {("whisper_small_wavlm_base_plus", i, t) for i in ("ws_fusion", "hconv_fusion", "chconv") for t in ("ml_mono", "er")}
+    cells = {
+        (job_value(job, "upstream"), job_value(job, "interface"), job_value(job, "task")) for job in jobs
+    }
+    singles = {
+        (u, i, t)
+        for u in ("whisper_small", "wavlm_base_plus")
+        for i in ("weighted_sum", "hconv")
+        for t in ("ml_mono", "er")
+    }
+    pair = {
+        ("whisper_small_wavlm_base_plus", i, t)
+        for i in ("ws_fusion", "hconv_fusion", "chconv")
+        for t in ("ml_mono", "er")
+    }
     assert cells == singles | pair
     assert {job_value(job, "task.duration") for job in jobs if job_value(job, "task") == "ml_mono"} == {"1h"}
     assert len(jobs) == 52 + 20 + 39 + 15
@@ -270,3 +283,38 @@ def test_a_fusion_of_one_member_equals_the_single_model_run(tmp_path):
     run_downstream_cli([*common, *TINY_UPSTREAM, f"hydra.run.dir={tmp_path / 'single'}"])
     run_downstream_cli([*common, "upstream=fusion", *TINY_MEMBER, f"hydra.run.dir={tmp_path / 'fused'}"])
     assert_same_run(tmp_path / "fused", tmp_path / "single")
+
+
+def test_make_table_lays_out_the_fusion_rows_beside_the_published_numbers(tmp_path, capsys):
+    from scripts.make_table import main as make_table_main
+    from tests.test_sweeps import write_run
+
+    pair = "openai/whisper-small (hf) + wavlm_base_plus (s3prl)"
+    root = tmp_path / "fusion_table1"
+    write_run(root, "pair_chconv", task="er", interface="chconv", test=74.0, upstream=pair)
+    write_run(root, "pair_ws", task="er", interface="ws_fusion", test=70.0, upstream=pair)
+    write_run(
+        root, "wavlm_hconv", task="er", interface="hconv", test=70.0, upstream="wavlm_base_plus (s3prl)"
+    )
+    assert make_table_main([str(root)]) == 0
+    table = capsys.readouterr().out
+    rows = {
+        tuple(cell.strip() for cell in line.split("|")[1:3]): line
+        for line in table.splitlines()
+        if line.startswith("| ")
+    }
+    assert "74.86" in rows[(pair, "chconv")] and "70.58" in rows[(pair, "ws_fusion")]
+    assert "70.76" in rows[("wavlm_base_plus (s3prl)", "hconv")]
+    assert "secondary" in table  # the source is named as transcribed from a secondary source
+
+
+def test_the_data_check_pads_to_the_strictest_member(tiny_dirs):
+    from downstream.training.data_check import check_inputs
+    from downstream.training.runner import build_task
+    from tests.helpers import compose_config
+
+    task = build_task(compose_config(["task=ic"]).task)
+    sew = load(tiny_dirs["sew"])
+    fused = FusedUpstream({"whisper": load(tiny_dirs["whisper"], whisper_window="trim"), "sew": sew})
+    check_inputs(task, fused)
+    assert task.pad_to_samples == sew.min_samples == 720  # Whisper alone needs 400

@@ -233,7 +233,9 @@ class FusedUpstream(Upstream):
             for key, member in self.members.items()
         ]
 
-    def align(self, outputs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def align(
+        self, outputs: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The members' (hidden_states [L_i, B, T_i, D_i], frame_lengths [B]) in member order -> the fused
         (hidden_states [L, B, T, sum D_i], frame_lengths [B]) on the grid member's frames, T = the longest
         utterance's frames. Used on fresh forwards and on states read back from per-member caches alike."""
@@ -247,7 +249,9 @@ class FusedUpstream(Upstream):
             if key == self.grid_member:
                 hidden_states = hidden_states[:, :, :num_frames]
             else:
-                hidden_states = interpolate_frames(hidden_states, lengths, target.to(lengths.device), num_frames)
+                hidden_states = interpolate_frames(
+                    hidden_states, lengths, target.to(lengths.device), num_frames
+                )
             aligned.append(hidden_states)
         return torch.cat(aligned, dim=-1), target
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import random
 from collections import Counter
@@ -82,8 +81,7 @@ def interface_member_arguments(interface_config: DictConfig, upstream: Upstream)
     member_dims = getattr(upstream, "member_dims", None)
     if member_dims is None:
         return {}
-    target = hydra.utils.get_class(interface_config._target_)
-    if "member_dims" not in inspect.signature(target.__init__).parameters:
+    if not getattr(hydra.utils.get_class(interface_config._target_), "takes_member_dims", False):
         return {}
     return {"member_dims": list(member_dims)}
 

@@ -66,12 +66,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="utterances per batch")
     parser.add_argument("--seconds", type=float, default=5.0, help="longest utterance; others down to half")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from the CONFIGS names")
+    parser.add_argument(
+        "--configs", default=",".join(CONFIGS), help="comma-separated, from the CONFIGS names"
+    )
 
 
 def measure(members: list, args: argparse.Namespace) -> dict:
     code = CHILD.format(
-        repo=str(REPO), threads=args.threads, members=members, batch_size=args.batch_size, seconds=args.seconds
+        repo=str(REPO),
+        threads=args.threads,
+        members=members,
+        batch_size=args.batch_size,
+        seconds=args.seconds,
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT")]
@@ -87,7 +93,9 @@ def run(args: argparse.Namespace) -> None:
         f"fused vs single upstream memory, {args.batch_size} utterances of {args.seconds / 2:g}-{args.seconds:g} s, "
         f"CPU, {args.threads} thread(s), fp32, random weights; {when}\n"
     )
-    print("| upstream | weights (MiB) | hidden states [L, B, T, D] | states (MiB) | forward peak (MiB) | RSS at that peak (MiB) |")
+    print(
+        "| upstream | weights (MiB) | hidden states [L, B, T, D] | states (MiB) | forward peak (MiB) | RSS at that peak (MiB) |"
+    )
     print("|---|---|---|---|---|---|")
     for name in args.configs.split(","):
         result = measure(CONFIGS[name], args)
