@@ -114,6 +114,12 @@ class FusionWeightedSum(FusionInterface):
     def layer_weights(self) -> torch.Tensor:
         return torch.softmax(self.weight_logits.detach(), dim=0)
 
+    def layer_weight_labels(self, layer_ids: Sequence[int]) -> list[str]:
+        """member<m>_layer_<id> for each member m (in order) and each of the L layer ids."""
+        return [
+            f"member{member}_layer_{index}" for member in range(len(self.member_dims)) for index in layer_ids
+        ]
+
 
 class FusedHConv(FusionInterface):
     """Shared by HConv fusion and CHConv: ``HierarchicalConv`` over L layers of width ``proj_dim`` (kernel,

@@ -10,14 +10,29 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from downstream.reporting.published import paper_model, published_reference
+from downstream.training.data_check import check_inputs
+from downstream.training.runner import Job, build_task, resolved_job_config, run_experiment, run_jobs
+from hydra_plugins.shared_upstream_launcher.launcher import group_key
 from interfaces.configs import build_interface
 from interfaces.fusion import CHConv, FusionWeightedSum, HConvFusion
-from tests.helpers import REPO_ROOT, TINY_UPSTREAM, TWO_STEP_RUN, assert_same_run, run_downstream_cli
+from scripts.make_table import main as make_table_main
+from tests.helpers import (
+    REPO_ROOT,
+    SHARED_FAST,
+    TINY_UPSTREAM,
+    TWO_STEP_RUN,
+    assert_same_metrics,
+    assert_same_run,
+    compose_config,
+    read_curve,
+    run_downstream_cli,
+)
 from tests.hf_tiny import load, save_tiny_family
 from tests.test_hf_families import padded_batch as batch
-from tests.test_sweeps import job_value, launched
+from tests.test_sweeps import job_value, launched, write_run
 from upstream.fusion import FusedUpstream, interpolate_frames, interpolate_layers
 from upstream.tiny import TinyUpstream
 
@@ -286,9 +301,6 @@ def test_a_fusion_of_one_member_equals_the_single_model_run(tmp_path):
 
 
 def test_make_table_lays_out_the_fusion_rows_beside_the_published_numbers(tmp_path, capsys):
-    from scripts.make_table import main as make_table_main
-    from tests.test_sweeps import write_run
-
     pair = "openai/whisper-small (hf) + wavlm_base_plus (s3prl)"
     root = tmp_path / "fusion_table1"
     write_run(root, "pair_chconv", task="er", interface="chconv", test=74.0, upstream=pair)
@@ -309,12 +321,45 @@ def test_make_table_lays_out_the_fusion_rows_beside_the_published_numbers(tmp_pa
 
 
 def test_the_data_check_pads_to_the_strictest_member(tiny_dirs):
-    from downstream.training.data_check import check_inputs
-    from downstream.training.runner import build_task
-    from tests.helpers import compose_config
 
     task = build_task(compose_config(["task=ic"]).task)
     sew = load(tiny_dirs["sew"])
     fused = FusedUpstream({"whisper": load(tiny_dirs["whisper"], whisper_window="trim"), "sew": sew})
     check_inputs(task, fused)
     assert task.pad_to_samples == sew.min_samples == 720  # Whisper alone needs 400
+
+
+@pytest.mark.slow
+def test_fusion_interfaces_trained_together_on_one_fused_upstream_equal_them_alone(make_config, tmp_path):
+
+    fused = [  # two tiny members of different depth and width: L 3 and 4 -> 4, D 32 + 16 (projected to 32)
+        *[o for o in SHARED_FAST if o not in TINY_UPSTREAM],
+        "upstream=fusion",
+        *TINY_MEMBER,
+        "+upstream@upstream.members.other=tiny",
+        "upstream.members.other.num_transformer_layers=3",
+        "upstream.members.other.hidden_size=16",
+        "upstream.members.other.seed=1",
+    ]
+    alone, jobs = {}, []
+    for name in ("ws_fusion", "hconv_fusion", "chconv"):
+        overrides = [
+            "task=ic",
+            f"interface={name}",
+            "interface.stride=2" if name != "ws_fusion" else "seed=0",
+        ]
+        overrides = [*overrides, *fused]
+        alone[name] = run_experiment(
+            make_config(overrides, run_dir=tmp_path / "alone" / name), tmp_path / "alone" / name
+        )
+        cfg = resolved_job_config(make_config(overrides, run_dir=tmp_path / "together" / name))
+        jobs.append(Job(cfg, tmp_path / "together" / name, overrides))
+    assert (
+        len({group_key(OmegaConf.to_container(job.cfg)) for job in jobs}) == 1
+    )  # the launcher would group them
+    for name, results in zip(alone, run_jobs(jobs), strict=True):
+        assert_same_metrics(results, alone[name])
+        assert [m["hidden_size"] for m in results["members"]] == [32, 16]
+        assert results["num_layers"] == 4 and results["hidden_size"] == 48
+    weights = [r for r in read_curve(tmp_path / "alone" / "ws_fusion") if r.get("split") == "layer_weights"]
+    assert weights and {"member0_layer_0", "member1_layer_3"} <= set(weights[-1])  # 2 x 4 weights, named
