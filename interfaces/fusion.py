@@ -25,7 +25,7 @@ chconv 5,605,248 (1536 x 768 + 768 projection, then HConv). docs/fusion.md lists
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -91,15 +91,8 @@ class FusionWeightedSum(FusionInterface):
 
     weighs_layers = True
 
-    def __init__(
-        self,
-        num_layers: int,
-        hidden_size: int,
-        member_dims: Sequence[int] | None = None,
-        proj_dim: int | None = None,
-        normalize: bool = False,
-    ) -> None:
-        super().__init__(num_layers, hidden_size, member_dims, proj_dim, normalize)
+    def __init__(self, num_layers: int, hidden_size: int, **fusion: Any) -> None:
+        super().__init__(num_layers, hidden_size, **fusion)  # member_dims, proj_dim, normalize
         self.projections = self.width_projections()
         self.weight_logits = nn.Parameter(torch.zeros(len(self.member_dims) * num_layers))
         self.output_size = self.proj_dim
@@ -130,15 +123,13 @@ class FusedHConv(FusionInterface):
         self,
         num_layers: int,
         hidden_size: int,
-        member_dims: Sequence[int] | None = None,
-        proj_dim: int | None = None,
         kernel_size: int = 5,
         stride: int = 3,
         padding: int | None = None,
         output_dim: int | None = None,
-        normalize: bool = False,
+        **fusion: Any,
     ) -> None:
-        super().__init__(num_layers, hidden_size, member_dims, proj_dim, normalize)
+        super().__init__(num_layers, hidden_size, **fusion)  # member_dims, proj_dim, normalize
         self.hconv = HierarchicalConv(num_layers, self.proj_dim, kernel_size, stride, padding, output_dim)
         self.output_size = self.hconv.output_size
 

@@ -45,22 +45,21 @@ MEMBER_SEPARATOR = " + "
 LAYER_ALIGNMENTS = ("interpolate", "none")
 
 
-def linear_source_positions(out_size: int, in_size: torch.Tensor | int) -> tuple[torch.Tensor, ...]:
-    """Indices and weights of 1-D linear interpolation, as ``F.interpolate(mode="linear", align_corners=False)``
-    with ``size=out_size`` computes them: position j reads src = max((j + 0.5) * in / out - 0.5, 0), i.e.
-    (1 - w) x[i0] + w x[i1] with i0 = floor(src), i1 = min(i0 + 1, in - 1), w = src - i0.
-
-    ``in_size`` may be a tensor [B] (one input length per row; ``out_size`` then a tensor [B] too is not
-    needed: rows are evaluated at j = 0..out_size-1). Returns (i0, i1, w), each [..., out_size].
-    """
-    in_size = torch.as_tensor(in_size)
-    steps = torch.arange(out_size, dtype=torch.float32, device=in_size.device)
-    return _positions(steps, in_size.float(), torch.full_like(in_size.float(), float(out_size)))
+def linear_source_positions(out_size: int, in_size: int) -> tuple[torch.Tensor, ...]:
+    """Indices and weights of 1-D linear interpolation from ``in_size`` to ``out_size`` points, as
+    ``F.interpolate(mode="linear", align_corners=False, size=out_size)`` computes them: output j reads
+    src = max((j + 0.5) * in / out - 0.5, 0) as (1 - w) x[i0] + w x[i1], i0 = floor(src) (at most in - 1),
+    i1 = min(i0 + 1, in - 1), w = src - i0. Returns (i0, i1, w), each [out_size]."""
+    steps = torch.arange(out_size, dtype=torch.float32)
+    lower, upper, weight = _positions(steps, torch.tensor([float(in_size)]), torch.tensor([float(out_size)]))
+    return lower[0], upper[0], weight[0]
 
 
 def _positions(
     steps: torch.Tensor, in_size: torch.Tensor, out_size: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``linear_source_positions`` for rows of lengths ``in_size`` [B] -> ``out_size`` [B] at ``steps`` [T]:
+    (i0, i1, w), each [B, T]."""
     scale = (in_size / out_size.clamp(min=1))[..., None]
     source = ((steps + 0.5) * scale - 0.5).clamp(min=0)
     lower = source.floor().long()
