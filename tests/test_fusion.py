@@ -377,3 +377,10 @@ def test_fusion_interfaces_trained_together_on_one_fused_upstream_equal_them_alo
         assert results["num_layers"] == 4 and results["hidden_size"] == 48
     weights = [r for r in read_curve(tmp_path / "alone" / "ws_fusion") if r.get("split") == "layer_weights"]
     assert weights and {"member0_layer_0", "member1_layer_3"} <= set(weights[-1])  # 2 x 4 weights, named
+
+
+def test_a_members_weight_cache_location_is_not_part_of_the_run_identity():
+    from downstream.training.identity import is_excluded
+
+    assert is_excluded("upstream.members.whisper.cache_dir") and is_excluded("upstream.cache_dir")
+    assert not is_excluded("upstream.members.whisper.model") and not is_excluded("upstream.members.whisper")
