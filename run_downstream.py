@@ -28,12 +28,10 @@ from omegaconf import DictConfig
 os.environ.setdefault("SSL_BENCH_ROOT", str(Path(__file__).resolve().parent))
 
 # Torch-free imports only up to the skip check, so that relaunching a finished run returns in about a
-# second; identity also registers the config's resolvers (${schedule:...}, ${run_hash:}, ${job_dirname:}).
-from downstream.reporting.lr_search import register_resolvers  # noqa: E402
+# second; identity also registers the config's resolvers (${schedule:...}, ${protocol:...}, ${sweep_values:...},
+# ${run_hash:}, ${job_dirname:}).
 from downstream.training.errors import error_message, wants_traceback  # noqa: E402
 from downstream.training.identity import RunIdentity, check_run_dir, write_resolved_hydra_config  # noqa: E402
-
-register_resolvers()  # ${sweep_values:...} of experiment=lr_search
 
 log = logging.getLogger("run_downstream")
 

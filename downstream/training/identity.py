@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from downstream.files import write_atomically
 from downstream.results import ResultsFileError, RunResults
@@ -203,12 +204,26 @@ def _job_dirname(*, _root_: DictConfig) -> str:
     return job_dirname(list(_root_.hydra.overrides.task), _run_hash(_root_=_root_))
 
 
+def sweep_values(grid: Any) -> str:
+    """``lr_search.grid`` (a list of learning rates) as the comma-separated values of a Hydra sweep.
+
+    ValueError naming the key unless it is a non-empty list of positive finite numbers."""
+    values = list(grid) if isinstance(grid, list | tuple | ListConfig) else None
+    if not values or any(
+        isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0
+        for v in values
+    ):
+        raise ValueError(f"lr_search.grid must be a non-empty list of positive learning rates, got {grid!r}")
+    return ",".join(repr(float(v)) for v in values)
+
+
 def register_resolvers() -> None:
-    """Register ``schedule``, ``protocol``, ``run_hash`` and ``job_dirname`` with OmegaConf (idempotent); call before
+    """Register ``schedule``, ``protocol``, ``sweep_values`` (experiment=lr_search's grid), ``run_hash`` and ``job_dirname`` with OmegaConf (idempotent); call before
     composing the project's config."""
     for name, function in (
         ("schedule", _schedule_value),
         ("protocol", _protocol_value),
+        ("sweep_values", sweep_values),
         ("run_hash", _run_hash),
         ("job_dirname", _job_dirname),
     ):
