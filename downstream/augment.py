@@ -46,7 +46,9 @@ def time_warp(features: torch.Tensor, lengths: torch.Tensor, window: int) -> tor
             continue
         centre = int(torch.randint(window, length - window, (1,)))
         warped = int(torch.randint(centre - window, centre + window, (1,))) + 1
-        image = features[index, :length].float()[None, None]  # [1, 1, t, D]
+        image = features[index, :length][None, None]  # [1, 1, t, D]
+        if image.dtype in (torch.float16, torch.bfloat16):
+            image = image.float()
         left = F.interpolate(
             image[:, :, :centre], (warped, image.shape[3]), mode=TIME_WARP_MODE, align_corners=False
         )
