@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import downstream.training.identity  # noqa: F401 - registers the config's resolvers (${schedule:...}, ...)
+from downstream.data.voxceleb1 import read_trials
 from downstream.results import RESULTS_FILE, RunResults
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -189,3 +190,15 @@ def write_voxceleb1(root: Path, speakers: int = 3, counts: tuple[int, int, int] 
                 training.append(path)
     (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
     return training
+
+
+def write_small_trials(directory: Path) -> tuple[Path, Path]:
+    """Small trial lists over the mini corpus's dev and test speakers (absolute paths, fast evaluation)."""
+    lists = {}
+    for name, source in (("dev", "dev_trials.txt"), ("test", "veri_test.txt")):
+        trials = read_trials(MINI_SUPERB / "VoxCeleb1" / source)
+        chosen = [t for t in trials if t.same_speaker][:3] + [t for t in trials if not t.same_speaker][:3]
+        lines = [f"{int(t.same_speaker)} {t.enrollment}.flac {t.test}.flac" for t in chosen]
+        lists[name] = directory / f"{name}_trials.txt"
+        lists[name].write_text("\n".join(lines) + "\n")
+    return lists["dev"], lists["test"]

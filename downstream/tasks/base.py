@@ -207,10 +207,14 @@ class Task(ABC):
     def num_outputs(self) -> int:
         """The head's output count: vocabulary size with the CTC blank, classes, or summed slot sizes."""
 
-    def build_head(self, input_size: int, head_config: Mapping[str, Any]) -> nn.Module:
+    def build_head(
+        self, input_size: int, head_config: Mapping[str, Any], num_outputs: int | None = None
+    ) -> nn.Module:
         """The head of ``head_config`` (the task config's ``head`` node, a ``_target_`` config) with
-        ``input_size`` (the interface's output_size D') and ``num_outputs``."""
-        return hydra.utils.instantiate(head_config, input_size=input_size, num_outputs=self.num_outputs)
+        ``input_size`` (the interface's output_size D') and ``num_outputs`` (default: the task's, which
+        may read the training split; a finished run passes the count its best.pt records)."""
+        outputs = self.num_outputs if num_outputs is None else num_outputs
+        return hydra.utils.instantiate(head_config, input_size=input_size, num_outputs=outputs)
 
     def augment(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Training-time augmentation of the interface's features [B, T, D'] with valid frame counts [B];
@@ -229,6 +233,27 @@ class Task(ABC):
         """One batch's statistics of the head's eval-mode output (shapes as in ``loss``; SV: embeddings
         [B, E]): additive numbers (``edits``/``reference_units``, ``correct``/``total``, ...) or lists of
         per-utterance records, folded over batches and ranks by ``accumulate_statistics``."""
+
+    # -- prediction on new audio (downstream.inference) --------------------------------------------
+    def output_names(self) -> list[str]:
+        """The name of each head output, position i naming output i: the CTC vocabulary with the blank,
+        the class names, ``slot=value`` (IC), the training speakers (SV), one column per speaker (SD).
+        Recorded in best.pt, so a finished run predicts without its corpus. Default: none."""
+        return []
+
+    def predictions(
+        self,
+        logits: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        num_samples: list[int],
+        outputs: list[str],
+    ) -> list[dict[str, Any]]:
+        """One JSON-ready record per utterance of the head's eval-mode output (shapes as in
+        ``eval_statistics``): hypotheses, labels with class probabilities, embeddings or speaker turns.
+        ``num_samples`` [B]: each waveform's samples at 16 kHz before any padding; ``outputs``: the
+        trained run's ``output_names``. Raises NotImplementedError for a task without them (QbE scores
+        queries against documents instead: ``downstream.inference.qbe``)."""
+        raise NotImplementedError(f"task {self.name} has no per-utterance predictions")
 
     @abstractmethod
     def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:

@@ -19,6 +19,8 @@ from downstream.metrics.slot_filling import (
     begin_token,
     end_token,
     is_slot_token,
+    parse_slots,
+    parse_slots_s3prl,
     s3prl_slot_text,
     slot_metrics,
     slot_statistics,
@@ -178,6 +180,22 @@ class SlotFilling(CTCTask):
             **slot_statistics(reference_texts, hypothesis_texts, self.slot_parser),
             "word_edits": edits,
             "reference_words": words,
+        }
+
+    def hypothesis_record(self, tokens: list[str]) -> dict[str, Any]:
+        """``hypothesis``: the tagged transcript ('GO B-city ROME E-city'); ``text``: its words without slot
+        tokens; ``slots``: slot type -> its values in order, as the metric reads them (``slot_parser``:
+        ``parse_slots_s3prl`` of s3prl's decoded string, or ``parse_slots``)."""
+        tagged = tagged_transcript(tokens)
+        slots = (
+            parse_slots_s3prl(s3prl_slot_text(tokens), clean_values=True)
+            if self.slot_parser == "s3prl"
+            else parse_slots(tagged)
+        )
+        return {
+            "hypothesis": tagged,
+            "text": " ".join(word for word in tagged.split() if not is_slot_token(word)),
+            "slots": slots,
         }
 
     def metrics(self, statistics: Mapping[str, float]) -> dict[str, float]:

@@ -165,6 +165,20 @@ class SpeakerVerification(Task):
             "min_dcf": minimum_detection_cost(scores, labels, p_target=self.min_dcf_p_target),
         }
 
+    # -- prediction -------------------------------------------------------------------------
+    def output_names(self) -> list[str]:
+        return self.speakers()
+
+    def predictions(
+        self,
+        logits: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        num_samples: list[int],
+        outputs: list[str],
+    ) -> list[dict[str, Any]]:
+        """``embedding``: the head's eval-mode speaker embedding [E] (what trials are scored with)."""
+        return [{"embedding": row} for row in logits.detach().float().cpu().numpy()]
+
 
 def cosine_scores(embeddings: Mapping[str, np.ndarray], trials: list[Trial]) -> np.ndarray:
     """cos(e_a, e_b) = e_a . e_b / (|e_a| |e_b|) for every trial (a zero embedding scores 0)."""

@@ -210,7 +210,10 @@ class Branch:
         if improved:
             self.best_metric, self.best_step = value, step
             if rank_info().is_main:
-                save_best_model(self.model_state(), self.best_model_path, step)
+                # the head outputs' names (vocabulary, labels) travel with the model: a finished run is
+                # usable without its training corpus (downstream.inference)
+                state = {**self.model_state(), "outputs": task.output_names()}
+                save_best_model(state, self.best_model_path, step)
 
     @property
     def best_model_path(self) -> Path:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from downstream.data.dataset import AudioDataset
 from downstream.tasks.base import Batch, Task, accumulate_statistics
 from downstream.training.branch import Branch
+from downstream.training.checkpoint import load_model_file
 from downstream.training.distributed import (
     GradientAverager,
     RankBatchSampler,
@@ -288,8 +289,7 @@ class Trainer:
             self.evaluate_and_keep_best(unevaluated)  # only after a resume that found no usable best.pt
         barrier()  # rank 0 has written best.pt
         for branch in self.branches:
-            state = torch.load(branch.best_model_path, map_location=self.device, weights_only=True)
-            branch.load_model_state(state)
+            branch.load_model_state(load_model_file(branch.best_model_path, self.device))
         dev, test = self.evaluate("dev"), self.evaluate("test")
         outcomes = []
         for branch, dev_metrics, test_metrics in zip(self.branches, dev, test, strict=True):
