@@ -34,9 +34,10 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     ``halve_above_samples`` (count-based batching only): a batch whose longest utterance has more samples than
     this is cut into two batches, its first (longer) half and the rest, as s3prl's PR recipe halves a bucket
-    whose first utterance is longer than 300,000 samples (``downstream/ctc/data.py:11,24-27``; s3prl keeps the
-    first half of that bucket and draws its buckets as sliding windows, so here the second half becomes a batch
-    of its own and every utterance still comes once per epoch).
+    whose first utterance is longer than 300,000 samples (``downstream/ctc/data.py:11,24-27``). s3prl's buckets
+    are sorted by transcript length, so its test reads the longest transcript's audio (here: the longest
+    audio); it keeps the first half of that bucket and draws its buckets as sliding windows, so here the second
+    half becomes a batch of its own and every utterance still comes once per epoch.
 
     ``set_epoch(epoch, start_batch)`` selects the epoch's batches and skips its first ``start_batch``
     (resuming mid-epoch); ``len`` is the number of batches the next iteration yields (the epoch's batches
