@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from downstream.data.dataset import AudioDataset
 from downstream.tasks.base import Batch, Task, accumulate_statistics
 from downstream.training.branch import Branch
+from downstream.training.checkpoint import load_best_model
 from downstream.training.distributed import (
     GradientAverager,
     RankBatchSampler,
@@ -189,7 +190,7 @@ class Trainer:
                 else:
                     reason = "another rank received a stop signal"
                 log.info(
-                    "stopped at step %d (%s) with a checkpoint; relaunch the same command to resume",
+                    "stopped at step %d (%s) with a checkpoint",
                     self.step,
                     reason,
                 )
@@ -288,8 +289,7 @@ class Trainer:
             self.evaluate_and_keep_best(unevaluated)  # only after a resume that found no usable best.pt
         barrier()  # rank 0 has written best.pt
         for branch in self.branches:
-            state = torch.load(branch.best_model_path, map_location=self.device, weights_only=True)
-            branch.load_model_state(state)
+            branch.load_model_state(load_best_model(branch.best_model_path, self.device))
         dev, test = self.evaluate("dev"), self.evaluate("test")
         outcomes = []
         for branch, dev_metrics, test_metrics in zip(self.branches, dev, test, strict=True):
@@ -348,7 +348,8 @@ class Trainer:
         save_branch_checkpoints(self.branches, progress, self.step)
 
     def resume(self) -> None:
-        """Continue from the branches' checkpoints, if any (``resume.resume_branches``)."""
+        """Continue from the branches' checkpoints, if any (``resume.resume_branches``, which logs the files
+        it loaded)."""
         progress = resume_branches(self.branches, self.device)
         if progress is None:
             return
@@ -359,9 +360,6 @@ class Trainer:
         )
         # checkpoints written before the loss window was recorded: the window restarts at the resume
         self.loss_window_steps = progress.get("loss_window_steps", 0)
-        log.info(
-            "resumed at step %d from %s", self.step, ", ".join(str(b.checkpoint_path) for b in self.branches)
-        )
 
     # -- construction helpers ---------------------------------------------------------------
     def _loader(self, split: str, shuffle_seed: int | None = None, shard: bool = False) -> DataLoader:
