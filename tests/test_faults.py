@@ -125,7 +125,9 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code_and_the_previo
 ):
     marker, path = tmp_path / "payload-ran", tmp_path / "last.pt"
     save_checkpoint({"progress": {"step": 3}, "weights": torch.ones(4)}, path)
-    save_checkpoint({"progress": {"step": 9}, "weights": Payload(marker)}, path)  # valid checksums; needs pickle
+    save_checkpoint(
+        {"progress": {"step": 9}, "weights": Payload(marker)}, path
+    )  # valid checksums; needs pickle
     caplog.set_level(logging.INFO)
     found = find_checkpoint(path, "cpu")
     assert not marker.exists(), "the payload ran"
@@ -294,4 +296,7 @@ def test_a_damaged_curve_is_read_tolerantly_after_a_resume_and_results_are_writt
     expected = json.loads((reference / "results.json").read_text())
     assert results["test"] == pytest.approx(expected["test"])
     records = [json.loads(line) for line in curve.read_text().splitlines()]  # every line valid again
-    assert [r["step"] for r in records if r["split"] == "dev"][-2:] == [4, 6]  # those trained after the resume
+    assert [r["step"] for r in records if r["split"] == "dev"][-2:] == [
+        4,
+        6,
+    ]  # those trained after the resume

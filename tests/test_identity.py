@@ -328,7 +328,7 @@ def test_ctrl_c_checkpoints_and_exits_130_then_the_relaunch_resumes(tmp_path):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == EXIT_INTERRUPTED, stderr
-    assert "relaunch the same command to resume" in stderr and "Traceback" not in stderr
+    assert "to resume, run:" in stderr and "Traceback" not in stderr
     stopped_at = torch.load(run_dir / "last.pt", weights_only=False)["progress"]["step"]
     assert stopped_at >= 3 and not (run_dir / "results.json").exists()
     log_text = (run_dir / "run_downstream.log").read_text()

@@ -39,35 +39,46 @@ class AdoptError(ValueError):
     """A run folder that ``adopt=true`` cannot give back to this launch (the message says why and what to do)."""
 
 
-def _recorded_settings(results: RunResults) -> dict[str, Any]:
-    """The settings results.json records that a launch can be compared with key by key."""
-    recorded = {
-        "task_name": results.task,
-        "interface_name": results.interface,
-        "upstream_config": results.upstream_config,
-        "seed": results.seed,
-        "schedule": results.schedule,
-        "protocol.name": results.protocol,
+def _comparable(
+    task: str, interface: str, upstream: Any, seed: Any, schedule: Any, protocol: Any, trainer: dict[str, Any]
+) -> dict[str, Any]:
+    """The settings results.json records, as {config key: value}, to compare a launch with key by key."""
+    settings = {
+        "task_name": task,
+        "interface_name": interface,
+        "upstream_config": upstream,
+        "seed": seed,
+        "schedule": schedule,
+        "protocol.name": protocol,
+        **{f"trainer.{key}": value for key, value in trainer.items()},
     }
-    recorded.update({f"trainer.{key}": value for key, value in (results.trainer or {}).items()})
-    return {key: value for key, value in recorded.items() if value is not None}
+    return {key: value for key, value in settings.items() if value is not None}
 
 
-def _launch_settings(cfg: DictConfig) -> dict[str, Any]:
+def _differences(results: RunResults, cfg: DictConfig) -> str:
+    """``key: recorded, now`` for each setting results.json records that this launch sets otherwise."""
     from downstream.training.runner import resolve_trainer_settings
 
-    settings = {
-        "task_name": cfg.task_name,
-        "interface_name": cfg.interface_name,
-        "upstream_config": cfg.upstream_config,
-        "seed": cfg.seed,
-        "schedule": schedule_of(cfg),
-        "protocol.name": cfg.protocol.name,
-    }
-    settings.update(
-        {f"trainer.{key}": value for key, value in resolve_trainer_settings(cfg).record().items()}
+    recorded = _comparable(
+        results.task,
+        results.interface,
+        results.upstream_config,
+        results.seed,
+        results.schedule,
+        results.protocol,
+        results.trainer or {},
     )
-    return settings
+    launch = _comparable(
+        cfg.task_name,
+        cfg.interface_name,
+        cfg.upstream_config,
+        cfg.seed,
+        schedule_of(cfg),
+        cfg.protocol.name,
+        resolve_trainer_settings(cfg).record(),
+    )
+    differing = [key for key in recorded if key in launch and recorded[key] != launch[key]]
+    return "; ".join(f"{key}: {recorded[key]!r} recorded, {launch[key]!r} now" for key in differing)
 
 
 def adopt_run(cfg: DictConfig, run_dir: Path) -> None:
@@ -101,9 +112,7 @@ def adopt_run(cfg: DictConfig, run_dir: Path) -> None:
             f"version), so its settings cannot be checked against this launch's; {redo}"
         )
     if results.config_hash != identity.hash:
-        recorded, launch = _recorded_settings(results), _launch_settings(cfg)
-        differing = [key for key in recorded if key in launch and recorded[key] != launch[key]]
-        detail = "; ".join(f"{key}: {recorded[key]!r} recorded, {launch[key]!r} now" for key in differing)
+        detail = _differences(results, cfg)
         raise AdoptError(
             f"cannot re-adopt {run_dir}: its results.json records the settings hash {results.config_hash}, this "
             f"launch's is {identity.hash}, so they are not the same run ("
@@ -118,8 +127,10 @@ def adopt_run(cfg: DictConfig, run_dir: Path) -> None:
             f"cannot re-adopt {run_dir}: its finished model is unusable ({error}); {redo}"
         ) from error
     damaged = run_dir / IDENTITY_FILE
+    kept = ""
     if damaged.exists():
         damaged.replace(damaged.with_name(IDENTITY_FILE + ".damaged"))
+        kept = f" (the damaged one kept as {IDENTITY_FILE}.damaged)"
     write_identity(identity, run_dir)
     log.info(
         "re-adopted %s: this launch's settings have the hash results.json recorded (%s) and best.pt is intact; "
@@ -127,7 +138,5 @@ def adopt_run(cfg: DictConfig, run_dir: Path) -> None:
         run_dir,
         identity.hash,
         IDENTITY_FILE,
-        f" (the damaged one kept as {IDENTITY_FILE}.damaged)"
-        if damaged.with_name(IDENTITY_FILE + ".damaged").exists()
-        else "",
+        kept,
     )

@@ -124,7 +124,7 @@ def find_checkpoint(path: Path, device: torch.device | str) -> FoundCheckpoint |
             if "progress" not in checkpoint:
                 raise CheckpointUnreadableError(f"{candidate} holds no training progress")
         except CheckpointUnreadableError as error:
-            log.warning("checkpoint unusable, skipping it: %s", error)
+            log.warning("unreadable checkpoint, skipping it: %s", error)
             problems.append(candidate.name)
             continue
         if problems:

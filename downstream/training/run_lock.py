@@ -14,7 +14,8 @@ Taking over a lock left behind:
   host, or filelock fell back to a marker file (no ``flock`` at all), the record decides: a holder on another
   host whose heartbeat is older than ``SSL_BENCH_LOCK_STALE_S`` seconds (default 600; clocks must agree, as
   SLURM's munge already requires) is taken as dead, and its lock is taken over with a log line; a fresher
-  heartbeat refuses the launch.
+  heartbeat refuses the launch, except for a requeued SLURM job (the record's ``SLURM_JOB_ID`` is this
+  launch's: SLURM ended that run before requeueing it).
 
 By hand (docs/faults.md): make sure the holder is gone (``ps -p PID`` on its host, ``squeue``), then remove
 ``<run_dir>/.lock`` and ``<run_dir>/.lock.json``.

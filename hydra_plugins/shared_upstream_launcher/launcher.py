@@ -256,7 +256,9 @@ class SharedUpstreamLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from downstream.training.preemption import stop_signals
+        from downstream.training.preemption import EXIT_INTERRUPTED, stop_signals
+        from downstream.training.relaunch import continue_command
+        from downstream.training.run_lock import release_run_folder
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -301,16 +303,12 @@ class SharedUpstreamLauncher(Launcher):
                         fail(p, error)
                     continue
                 finally:
-                    from downstream.training.run_lock import release_run_folder
-
                     for p in held:
                         release_run_folder(p.job.run_dir)
                 for p, outcome in zip(held, outcomes, strict=True):
                     returns[position[p.index]]._return_value = outcome
                     stopped_early |= outcome is None
         except KeyboardInterrupt:
-            from downstream.training.preemption import EXIT_INTERRUPTED
-
             log.info("interrupted (Ctrl-C); what was trained up to the last checkpoints is kept")
             exit_stopped_early(sweep_dir, EXIT_INTERRUPTED)
         finally:
@@ -319,8 +317,6 @@ class SharedUpstreamLauncher(Launcher):
         if stopped_early or received:
             exit_stopped_early(sweep_dir)
         if failed:
-            from downstream.training.relaunch import continue_command
-
             log.error(
                 "%d job(s) failed (above); once fixed, continue the sweep (finished jobs are skipped, the "
                 "others resume from their last checkpoints) with:\n  %s",
