@@ -118,7 +118,7 @@ def test_resume_after_stop_matches_uninterrupted_run(make_config, tmp_path):
         make_config([*common, "trainer.stop_after_steps=4"], run_dir=resumed_dir), resumed_dir
     )
     assert first is None and not (resumed_dir / "results.json").exists()
-    assert torch.load(resumed_dir / "last.pt", weights_only=False)["progress"]["step"] == 4
+    assert torch.load(resumed_dir / "last.pt", weights_only=True)["progress"]["step"] == 4
     resumed = run_experiment(make_config(common, run_dir=resumed_dir), resumed_dir)
 
     for split in ("dev", "test"):
