@@ -43,6 +43,8 @@ class Utterance:
     ``text`` is the transcript (LibriSpeech), ``label`` the class (speaker id, emotion). ``start`` is
     where the utterance begins in the file, in samples at 16 kHz: an utterance that is a window of a
     longer recording (Speech Commands' 1 s silence windows) spans [start, start + num_samples).
+    ``source`` is where the id was read ('<text file>:<line>'); empty when the id comes from the audio
+    file's own name (``origin`` then names the audio file).
     """
 
     id: str
@@ -51,6 +53,12 @@ class Utterance:
     text: str | None = None
     label: str | None = None
     start: int = 0
+    source: str = ""
+
+    @property
+    def origin(self) -> str:
+        """Where this utterance comes from, for messages: ``source``, else the audio path."""
+        return self.source or str(self.path)
 
     @property
     def seconds(self) -> float:

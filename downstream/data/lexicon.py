@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from downstream.data.corpus import DataLayoutError, require_file
+from downstream.data.text import read_lines
 
 LEXICON_LAYOUT = (
     "one entry per line, 'WORD PHONE PHONE ...' (whitespace separated, e.g. librispeech-lexicon.txt)"
@@ -33,8 +34,8 @@ def load_lexicon(path: str | Path | None) -> dict[str, list[str]]:
         return {word: list(phones) for word, phones in _cmu_first_pronunciations().items()}
     path = require_file(Path(path), "lexicon", LEXICON_LAYOUT)
     lexicon: dict[str, list[str]] = {}
-    for line_number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip() or line.startswith(";;;"):
+    for line_number, line in read_lines(path):
+        if line.startswith(";;;"):
             continue
         word, *phones = line.split()
         if not phones:
