@@ -28,6 +28,9 @@ SPLITS = ("train", "dev", "test")
 #: What happens to audio shorter than the upstream's ``min_samples`` (``task.on_too_short``): zero-padded
 #: to it in every split, or (skip) left out of training and still padded in dev and test.
 TOO_SHORT_POLICIES = ("pad", "skip")
+#: What happens to a float audio file holding NaN or inf samples (``task.on_nonfinite``): the run stops
+#: before training naming the files (error), or its utterances are left out of every split and counted.
+NONFINITE_POLICIES = ("error", "skip")
 
 #: One batch's evaluation statistics: numbers (counts, edit distances) or lists of per-utterance records.
 Statistics = Mapping[str, float | list]
@@ -95,6 +98,12 @@ class Task(ABC):
     transcript_target: bool = False
     #: False for a task that trains nothing (QbE): the runner evaluates it by downstream.training.untrained.
     trains: bool = True
+    #: The splits the task reads (QbE: dev and test only).
+    splits: tuple[str, ...] = SPLITS
+    #: The sample rate of the corpus by definition (LibriSpeech, VoxCeleb1, IEMOCAP, ... are 16 kHz): a file
+    #: at another rate is refused by the data check unless ``task.resample=true``. None (ML-SUPERB, whose
+    #: sources differ): files at other rates are resampled on load, named in a warning.
+    native_sample_rate: int | None = 16000
 
     def __init__(
         self,
@@ -102,15 +111,24 @@ class Task(ABC):
         max_seconds: float | None = None,
         on_too_long: str = "crop",
         on_too_short: str = "pad",
+        on_nonfinite: str = "error",
+        resample: bool = False,
     ) -> None:
         """``data_root``: the corpus as distributed. ``max_seconds``: training utterances longer than this
         are cropped to a random window or skipped (``on_too_long``: crop | skip); dev and test are always
         whole. A task whose target is a transcript (``transcript_target``) never crops: ``crop`` becomes
         ``skip`` there, with a warning. ``on_too_short`` (pad | skip): audio shorter than the upstream's
         ``min_samples`` is zero-padded to it, or left out of training (dev/test are padded either way).
+        ``on_nonfinite`` (error | skip): a float audio file with NaN/inf samples stops the run before
+        training, or is left out of every split. ``resample``: allow files of a 16 kHz corpus
+        (``native_sample_rate``) at another rate, resampled on load (refused otherwise).
         The engine's data check (``downstream.training.data_check``) counts all of it per split."""
         check_choice(f"task ({self.name})", "on_too_long", on_too_long, TOO_LONG_POLICIES)
         check_choice(f"task ({self.name})", "on_too_short", on_too_short, TOO_SHORT_POLICIES)
+        check_choice(f"task ({self.name})", "on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
+        check_choice(f"task ({self.name})", "resample", resample, (True, False))
+        self.on_nonfinite = on_nonfinite
+        self.resample = resample
         self.data_root = str(data_root)
         self.max_seconds = max_seconds
         #: the policy as asked for in the config (``on_too_long`` is the one applied)
@@ -144,7 +162,7 @@ class Task(ABC):
 
     def check_data(self) -> None:
         """Read every split now, so a bad corpus fails before training with a clear message."""
-        for split in SPLITS:
+        for split in self.splits:
             self.utterances(split)
 
     def utterances(self, split: str) -> list[Utterance]:
@@ -175,6 +193,17 @@ class Task(ABC):
                     f"{self.name}: every utterance of the {split} split under {self.data_root} was left out "
                     "by the data policies (see the log)"
                 )
+
+    def label_values(self, utterance: Utterance) -> list[tuple[str, str]]:
+        """(field, value) of every training label of ``utterance`` that names a class (the data check refuses
+        values of one field that differ only in case or surrounding whitespace). Default: none; utterance
+        classification gives its label, IC its three slots, SF its intent and slot types."""
+        return []
+
+    def shared_audio(self, first: Utterance, second: Utterance) -> str | None:
+        """Why ``first`` and ``second`` (two splits, the same audio) may share it under the task's protocol,
+        or None (the default: the data check refuses the overlap as leakage)."""
+        return None
 
     def review_targets(self, split: str) -> tuple[dict[str, Any], set[str]]:
         """Task-specific findings about the targets of ``split``: records for results.json's

@@ -47,6 +47,9 @@ class QueryByExample(Task):
     metric = "mtwv"
     higher_is_better = True
     trains = False
+    splits = EVALUATED_SPLITS
+    #: QUESST 2014 is distributed at 8 kHz (torchaudio's QUESST14: SAMPLE_RATE = 8000): resampled on load.
+    native_sample_rate = None
 
     def __init__(
         self,
@@ -85,9 +88,12 @@ class QueryByExample(Task):
         qbe_set = self.qbe_set(split)
         return [*qbe_set.queries, *qbe_set.documents]
 
-    def check_data(self) -> None:
-        for split in EVALUATED_SPLITS:
-            self.utterances(split)
+    def shared_audio(self, first: Utterance, second: Utterance) -> str | None:
+        """dev and test search the same documents (QUESST 2014's one search set)."""
+        documents = {document.id for split in EVALUATED_SPLITS for document in self.qbe_set(split).documents}
+        if first.id in documents and second.id in documents:
+            return "the documents every query is searched in (QUESST 2014 has one search set)"
+        return None
 
     def encode(self, utterance: Utterance, split: str) -> None:
         return None

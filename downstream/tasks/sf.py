@@ -94,6 +94,9 @@ class SlotFilling(CTCTask):
             )
         return utterances
 
+    def label_values(self, utterance: SlotUtterance) -> list[tuple[str, str]]:  # type: ignore[override]
+        return [("intent", utterance.intent), *(("slot type", tag) for tag in utterance.tags if tag != "O")]
+
     def tokens(self) -> list[str]:
         slots = slot_types(self.data_root)
         return [

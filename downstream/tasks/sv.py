@@ -96,6 +96,9 @@ class SpeakerVerification(Task):
         """The training speakers (the AM-softmax classes)."""
         return label_vocabulary(self.utterances("train"))
 
+    def label_values(self, utterance: Utterance) -> list[tuple[str, str]]:
+        return [("speaker", str(utterance.label))]
+
     def encode(self, utterance: Utterance, split: str) -> int | None:
         """Training: the speaker's class index. Evaluation needs no target (trials are scored)."""
         if split != "train":
