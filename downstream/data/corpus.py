@@ -24,6 +24,7 @@ from pathlib import Path
 import soundfile
 
 from downstream.data.audio import FLOAT_SUBTYPES, SAMPLE_RATE, AudioDecodeError, resampled_length
+from downstream.data.text import shown as shown_value
 from downstream.files import write_atomically
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def raise_if_missing(paths: Iterable[Path], what: str, expected_layout: str) -> 
     """Raise one DataLayoutError listing how many of ``paths`` are missing and the first few of them."""
     missing = [path for path in paths if not path.is_file()]
     if missing:
-        shown = "\n  ".join(str(path) for path in missing[:5])
+        shown = "\n  ".join(shown_value(str(path)) for path in missing[:5])
         more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise DataLayoutError(
             f"{what}: {len(missing)} audio file(s) listed but not found:\n  {shown}{more}\n"
@@ -259,22 +260,25 @@ def probe_audio(paths: Sequence[Path], corpus: str) -> list[AudioInfo]:
         _write_manifest(manifest, cached)
 
     result: list[AudioInfo] = infos  # type: ignore[assignment]
-    _PROBED.update(zip(resolved, result, strict=True))
+    _PROBED.update(zip(resolved, zip(stats, result, strict=True), strict=True))
     _warn_about_conversions(result, resolved, corpus)
     return result
 
 
 #: Every header this process probed, by resolved path: the engine's data check reads rates and sample
 #: formats from here instead of probing again (``audio_info``).
-_PROBED: dict[str, AudioInfo] = {}
+_PROBED: dict[str, tuple[tuple[int, int], AudioInfo]] = {}
 
 
 def audio_info(path: Path) -> AudioInfo:
-    """The header facts of ``path`` as ``probe_audio`` found them (probed now if no reader did)."""
+    """The header facts of ``path`` as ``probe_audio`` found them (probed again if no reader did, or if the
+    file's size or modification time changed since)."""
     resolved = str(Path(path).resolve())
-    if resolved not in _PROBED:
+    stat = os.stat(resolved)
+    known = _PROBED.get(resolved)
+    if known is None or known[0] != (stat.st_size, stat.st_mtime_ns):
         probe_audio([Path(resolved)], "audio")
-    return _PROBED[resolved]
+    return _PROBED[resolved][1]
 
 
 def rate_examples(files: Sequence[tuple[str, int]], shown: int = 10) -> str:

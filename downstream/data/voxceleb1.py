@@ -55,13 +55,15 @@ def read_voxceleb1_sid(root: str | Path, split: str, split_file: str | Path | No
     sources: list[str] = []
     for line_number, line in read_lines(split_path):
         fields = line.split()
+        if len(fields) == 2:
+            inside(fields[1], split_path, line_number, "listed path")
         if len(fields) != 2 or fields[0] not in SPLIT_CODES.values() or fields[1].count("/") != 2:
             raise DataLayoutError(
                 f"VoxCeleb1 split file '{split_path}' line {line_number} is not "
                 f"'<1|2|3> <speaker>/<video>/<file>': {line!r}"
             )
         if fields[0] == code:
-            relative_paths.append(inside(fields[1], split_path, line_number, "listed path"))
+            relative_paths.append(fields[1])
             sources.append(f"{split_path}:{line_number}")
     if not relative_paths:
         raise DataLayoutError(
@@ -113,14 +115,14 @@ def read_trials(path: str | Path) -> list[Trial]:
     trials = []
     for line_number, line in read_lines(path):
         fields = line.split()
+        for field in fields[1:3]:
+            inside(field, path, line_number, "listed path")
         if len(fields) != 3 or fields[0] not in ("0", "1") or any(f.count("/") != 2 for f in fields[1:]):
             raise DataLayoutError(
                 f"VoxCeleb1 trial list '{path}' line {line_number} is not "
                 f"'<1|0> <speaker>/<video>/<file> <speaker>/<video>/<file>': {line!r}"
             )
-        enrollment, test = (
-            str(Path(inside(field, path, line_number, "listed path")).with_suffix("")) for field in fields[1:]
-        )
+        enrollment, test = (str(Path(field).with_suffix("")) for field in fields[1:])
         trials.append(Trial(fields[0] == "1", enrollment, test))
     kinds = {trial.same_speaker for trial in trials}
     if kinds != {True, False}:
