@@ -1,7 +1,9 @@
 """The task contract: a task is a dataset + a head + a loss + a metric, driven by the one trainer.
 
 The engine (``downstream.training``) calls a task's public methods in this order: ``check_data`` (every
-split read and encoded before training), ``num_outputs`` and ``build_head`` (the head on the interface's
+split read and encoded before training; the engine's integrity pass and data check then read each split's
+``utterances`` once, ask ``label_values``, ``shared_audio``, ``review_targets`` and ``required_frames``, and
+remove what their policies leave out with one ``leave_out`` per split), ``num_outputs`` and ``build_head`` (the head on the interface's
 ``output_size``), ``collate`` in the DataLoader, then per batch ``augment`` and ``loss`` (training) or
 ``eval_statistics`` (evaluation), and ``metrics`` once per split over the accumulated statistics. The head
 and the trainer schedules live in the task's config (``task.head``, ``task.schedules``); the runner reads
