@@ -6,8 +6,11 @@ several tasks, splits or forms by the same code."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,16 @@ import soundfile
 from downstream.data.audio import NonFiniteAudioError, load_audio
 from downstream.data.corpus import DataLayoutError
 from downstream.training.integrity import CorpusIntegrityError, check_integrity
-from tests.helpers import CORPUS, MINI_SUPERB, cases, copy_corpus, edit_lines, make_task
+from tests.helpers import (
+    CORPUS,
+    MINI_SUPERB,
+    REPO_ROOT,
+    TINY_UPSTREAM,
+    cases,
+    copy_corpus,
+    edit_lines,
+    make_task,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -382,3 +394,23 @@ def test_training_labels_that_differ_only_in_case_are_refused_naming_both_forms(
     assert "1 training label(s) are written in several forms" in message
     assert f"{first!r} (" in message and f"{second!r} (" in message
     assert message.count("first ") == 2 and str(root) in message
+
+
+@pytest.mark.slow
+def test_a_launch_on_a_flawed_corpus_stops_before_any_model_with_the_one_message(tmp_path):
+    root = copy_corpus(tmp_path, "FluentSpeechCommands")
+    _capitalised(root, "ic")
+    run_dir = tmp_path / "run"
+    completed = subprocess.run(
+        [sys.executable, "run_downstream.py", "task=ic", f"paths.mini_superb={tmp_path}", *TINY_UPSTREAM]
+        + [f"hydra.run.dir={run_dir}"],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, SSL_BENCH_CACHE="off"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode != 0
+    assert "training label(s) are written in several forms" in completed.stderr
+    assert "Error: CorpusIntegrityError" in completed.stderr and "Traceback" not in completed.stderr
+    assert not (run_dir / "results.json").exists() and not list(run_dir.glob("**/*.pt"))

@@ -153,7 +153,7 @@ def _check_sample_rates(task: Task, lists: Mapping[str, list[Utterance]], report
         rates: dict[str, int] = defaultdict(int)
         for _, rate in other:
             rates[str(rate)] += 1
-        policy = "refused" if strict and other else "resampled to 16 kHz on load"
+        policy = "refused (task.resample=false)" if strict else "resampled to 16 kHz on load"
         report[split]["sample_rate"] = {"count": len(other), "rates": dict(rates), "policy": policy}
         if other:
             report[split]["sample_rate"]["examples"] = [path for path, _ in other[:EXAMPLES]]
