@@ -412,5 +412,5 @@ def test_a_launch_on_a_flawed_corpus_stops_before_any_model_with_the_one_message
     )
     assert completed.returncode != 0
     assert "training label(s) are written in several forms" in completed.stderr
-    assert "Error: CorpusIntegrityError" in completed.stderr and "Traceback" not in completed.stderr
+    assert "rror: CorpusIntegrityError: ic: " in completed.stderr and "Traceback" not in completed.stderr
     assert not (run_dir / "results.json").exists() and not list(run_dir.glob("**/*.pt"))
