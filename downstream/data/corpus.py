@@ -270,10 +270,10 @@ def probe_audio(paths: Sequence[Path], corpus: str) -> list[AudioInfo]:
 _PROBED: dict[str, tuple[tuple[int, int], AudioInfo]] = {}
 
 
-def audio_info(path: Path) -> AudioInfo:
+def audio_info(path: Path, resolved: bool = False) -> AudioInfo:
     """The header facts of ``path`` as ``probe_audio`` found them (probed again if no reader did, or if the
-    file's size or modification time changed since)."""
-    resolved = str(Path(path).resolve())
+    file's size or modification time changed since). ``resolved``: ``path`` is already a real path."""
+    resolved = str(path) if resolved else str(Path(path).resolve())
     stat = os.stat(resolved)
     known = _PROBED.get(resolved)
     if known is None or known[0] != (stat.st_size, stat.st_mtime_ns):

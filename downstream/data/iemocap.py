@@ -52,7 +52,7 @@ def read_emotion_labels(session_dir: Path) -> dict[str, tuple[str, str]]:
         )
     rows: list[tuple[str, str, str]] = []
     for label_file in label_files:
-        for line_number, line in read_lines(label_file):
+        for line_number, line in read_lines(label_file, replace_undecodable=True):
             match = _LABEL_LINE.match(line)
             if match:
                 inside(match.group(1), label_file, line_number)

@@ -34,7 +34,7 @@ def load_lexicon(path: str | Path | None) -> dict[str, list[str]]:
         return {word: list(phones) for word, phones in _cmu_first_pronunciations().items()}
     path = require_file(Path(path), "lexicon", LEXICON_LAYOUT)
     lexicon: dict[str, list[str]] = {}
-    for line_number, line in read_lines(path):
+    for line_number, line in read_lines(path, replace_undecodable=True):
         if line.startswith(";;;"):
             continue
         word, *phones = line.split()

@@ -25,11 +25,15 @@ def _corpus_error(message: str) -> ValueError:
     return DataLayoutError(message)
 
 
-def read_text(path: str | Path) -> str:
+def read_text(path: str | Path, replace_undecodable: bool = False) -> str:
     """The content of the text file ``path`` (UTF-8, an optional BOM dropped). Raises DataLayoutError naming
-    the file, the line and the bytes when it is not UTF-8; OSError when it cannot be read."""
+    the file, the line and the bytes when it is not UTF-8 (``replace_undecodable``: such bytes become
+    U+FFFD instead, for files whose free-text parts are known to hold other encodings: IEMOCAP's
+    annotator comments, raw CMU dictionary files); OSError when it cannot be read."""
     path = Path(path)
     data = path.read_bytes()
+    if replace_undecodable:
+        return data.decode(ENCODING, errors="replace")
     try:
         return data.decode(ENCODING)
     except UnicodeDecodeError as error:
@@ -41,9 +45,10 @@ def read_text(path: str | Path) -> str:
         ) from None
 
 
-def read_lines(path: str | Path) -> list[tuple[int, str]]:
+def read_lines(path: str | Path, replace_undecodable: bool = False) -> list[tuple[int, str]]:
     """(line number from 1, line) of every non-blank line of ``path`` (``read_text``), line ends dropped."""
-    return [(number, line) for number, line in enumerate(read_text(path).splitlines(), 1) if line.strip()]
+    text = read_text(path, replace_undecodable)
+    return [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def open_text(path: str | Path) -> io.StringIO:

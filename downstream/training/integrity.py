@@ -26,10 +26,11 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from downstream.data.audio import SAMPLE_RATE, NonFiniteAudioError, load_audio
-from downstream.data.corpus import Utterance, audio_info, rate_examples
+from downstream.data.corpus import AudioInfo, Utterance, audio_info, rate_examples
 from downstream.data.text import refuse_repeated_ids, shown
 from downstream.tasks.base import Task
 
@@ -144,11 +145,17 @@ def _check_shared_audio(
         )
 
 
-def _check_sample_rates(task: Task, lists: Mapping[str, list[Utterance]], report: dict[str, dict]) -> None:
+def _check_sample_rates(
+    task: Task,
+    lists: Mapping[str, list[Utterance]],
+    real: dict[int, str],
+    headers: Mapping[str, AudioInfo],
+    report: dict[str, dict],
+) -> None:
     refused: list[tuple[str, int]] = []
     strict = task.native_sample_rate is not None and not task.resample
     for split, utterances in lists.items():
-        files = {str(u.path): audio_info(u.path).sample_rate for u in utterances}
+        files = {str(u.path): headers[real[id(u)]].sample_rate for u in utterances}
         other = [(path, rate) for path, rate in files.items() if rate != SAMPLE_RATE]
         rates: dict[str, int] = defaultdict(int)
         for _, rate in other:
@@ -177,16 +184,13 @@ def _check_sample_rates(task: Task, lists: Mapping[str, list[Utterance]], report
 
 
 def _check_nonfinite(
-    task: Task, lists: Mapping[str, list[Utterance]], real: dict[int, str], report: dict[str, dict]
+    task: Task,
+    lists: Mapping[str, list[Utterance]],
+    real: dict[int, str],
+    headers: Mapping[str, AudioInfo],
+    report: dict[str, dict],
 ) -> None:
-    float_files = sorted(
-        {
-            real[id(u)]
-            for utterances in lists.values()
-            for u in utterances
-            if audio_info(u.path).can_be_nonfinite
-        }
-    )
+    float_files = sorted(path for path, header in headers.items() if header.can_be_nonfinite)
     bad: dict[str, str] = {}
     for path in float_files:
         try:
@@ -257,11 +261,12 @@ def check_integrity(task: Task) -> dict[str, dict[str, Any]]:
     lists = {split: list(task.utterances(split)) for split in task.splits}
     report: dict[str, dict[str, Any]] = {split: {} for split in lists}
     real = _real_paths(lists)
+    headers = {path: audio_info(Path(path), resolved=True) for path in set(real.values())}
     _refuse_repeated_ids(task, lists)
     _refuse_conflicting_ids(task, lists, real)
     _check_shared_audio(task, lists, real, report)
-    _check_sample_rates(task, lists, report)
+    _check_sample_rates(task, lists, real, headers, report)
     if "train" in lists:
         _refuse_label_variants(task, lists["train"])
-    _check_nonfinite(task, lists, real, report)
+    _check_nonfinite(task, lists, real, headers, report)
     return report
