@@ -72,6 +72,7 @@ class QueryByExample(Task):
         self.decision_threshold = decision_threshold
         self.costs = {"p_target": p_target, "c_miss": c_miss, "c_fa": c_fa}
         self._sets: dict[str, QbeSet] = {}
+        self._document_ids: set[str] | None = None
 
     # -- data: each evaluated split is its queries followed by the shared documents ---------------------
     def qbe_set(self, split: str) -> QbeSet:
@@ -90,8 +91,9 @@ class QueryByExample(Task):
 
     def shared_audio(self, first: Utterance, second: Utterance) -> str | None:
         """dev and test search the same documents (QUESST 2014's one search set)."""
-        documents = {document.id for split in EVALUATED_SPLITS for document in self.qbe_set(split).documents}
-        if first.id in documents and second.id in documents:
+        if self._document_ids is None:
+            self._document_ids = {d.id for split in EVALUATED_SPLITS for d in self.qbe_set(split).documents}
+        if first.id in self._document_ids and second.id in self._document_ids:
             return "the documents every query is searched in (QUESST 2014 has one search set)"
         return None
 

@@ -234,10 +234,8 @@ def _refuse_label_variants(task: Task, utterances: list[Utterance]) -> None:
     variants = []
     for (field, _), by_form in forms.items():
         if len(by_form) > 1:
-            described = " and ".join(
-                f"{shown(form)!s} ({len(uses)} utterance(s), first {_where(uses[0])})"
-                if shown(form) != form
-                else f"{form!r} ({len(uses)} utterance(s), first {_where(uses[0])})"
+            described = " and ".join(  # repr: quotes show surrounding spaces, escapes invisible characters
+                f"{form!r} ({len(uses)} utterance(s), first {_where(uses[0])})"
                 for form, uses in by_form.items()
             )
             variants.append(f"{field}: {described}")
