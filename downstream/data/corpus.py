@@ -270,7 +270,7 @@ def probe_audio(paths: Sequence[Path], corpus: str) -> list[AudioInfo]:
 _PROBED: dict[str, tuple[tuple[int, int], AudioInfo]] = {}
 
 
-def audio_info(path: Path, resolved: bool = False) -> AudioInfo:
+def audio_info(path: str | Path, resolved: bool = False) -> AudioInfo:
     """The header facts of ``path`` as ``probe_audio`` found them (probed again if no reader did, or if the
     file's size or modification time changed since). ``resolved``: ``path`` is already a real path."""
     resolved = str(path) if resolved else str(Path(path).resolve())

@@ -26,7 +26,6 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from downstream.data.audio import SAMPLE_RATE, NonFiniteAudioError, load_audio
@@ -259,7 +258,7 @@ def check_integrity(task: Task) -> dict[str, dict[str, Any]]:
     lists = {split: list(task.utterances(split)) for split in task.splits}
     report: dict[str, dict[str, Any]] = {split: {} for split in lists}
     real = _real_paths(lists)
-    headers = {path: audio_info(Path(path), resolved=True) for path in set(real.values())}
+    headers = {path: audio_info(path, resolved=True) for path in set(real.values())}
     _refuse_repeated_ids(task, lists)
     _refuse_conflicting_ids(task, lists, real)
     _check_shared_audio(task, lists, real, report)
