@@ -109,7 +109,7 @@ def _check_shared_audio(
     for split, utterances in lists.items():
         for utterance in utterances:
             by_file[real[id(utterance)]].append((split, utterance))
-    leaks: list[str] = []
+    leaks: dict[str, list[str]] = defaultdict(list)  # real path -> the pairs of splits sharing it
     allowed: dict[str, dict[str, Any]] = {}
     for path, entries in by_file.items():
         if len({split for split, _ in entries}) < 2:
@@ -120,16 +120,17 @@ def _check_shared_audio(
                     continue
                 reason = task.shared_audio(a, b)
                 if reason is None:
-                    leaks.append(f"'{path}' is {_where(a)} in {split_a} and {_where(b)} in {split_b}")
+                    leaks[path].append(f"'{path}' is {_where(a)} in {split_a} and {_where(b)} in {split_b}")
                     continue
                 for split, other in ((split_a, split_b), (split_b, split_a)):
                     record = allowed.setdefault(split, {"pairs": 0, "with": set(), "reason": reason})
                     record["pairs"] += 1
                     record["with"].add(other)
     if leaks:
+        pairs = [pair for shared in leaks.values() for pair in shared]
         raise CorpusIntegrityError(
             f"{task.name}: {len(leaks)} audio file(s) are in more than one split (by their real path; "
-            f"symbolic links resolved): {'; '.join(leaks[:EXAMPLES])}{_more(len(leaks), EXAMPLES)}. A "
+            f"symbolic links resolved): {'; '.join(pairs[:EXAMPLES])}{_more(len(pairs), EXAMPLES)}. A "
             "score on audio the model trained or was selected on is not a test score: give each split its "
             "own files"
         )
