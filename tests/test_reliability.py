@@ -277,11 +277,14 @@ SID = ["task=sid", "schedule=demo", "trainer.batch_size=2", "trainer.log_every=1
 
 
 def test_non_finite_updates_are_skipped_counted_and_logged(tmp_path, caplog):
-    """One training utterance holds NaN samples (a float WAV): every batch holding it has a NaN loss.
-    18 utterances in batches of 2 for 18 steps is two epochs, so exactly two updates are skipped."""
+    """One training utterance holds samples at float32's largest magnitude (a float WAV: finite, so the
+    corpus integrity pass lets it through, but the upstream overflows): every batch holding it has a
+    non-finite loss. 18 utterances in batches of 2 for 18 steps is two epochs, so exactly two updates are
+    skipped."""
     corpus = tmp_path / "corpus"
     damaged = write_voxceleb1(corpus)[4]
-    soundfile.write(str(damaged), np.full(8000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    huge = np.finfo(np.float32).max * np.where(np.arange(8000) % 2, 1.0, -1.0)
+    soundfile.write(str(damaged), huge.astype(np.float32), 16000, subtype="FLOAT")
     run_dir = tmp_path / "run"
     with caplog.at_level(logging.WARNING):
         results = run_in_process(
