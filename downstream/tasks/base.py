@@ -209,9 +209,9 @@ class Task(ABC):
         classification gives its label, IC its three slots, SF its intent and slot types."""
         return []
 
-    def shared_audio(self, first: Utterance, second: Utterance) -> str | None:
-        """Why ``first`` and ``second`` (two splits, the same audio) may share it under the task's protocol,
-        or None (the default: the data check refuses the overlap as leakage)."""
+    def shared_audio(self, splits: frozenset[str], first: Utterance, second: Utterance) -> str | None:
+        """Why ``first`` and ``second`` (of the two ``splits``, the same audio) may share it under the task's
+        protocol, or None (the default: the integrity pass refuses the overlap as leakage)."""
         return None
 
     def review_targets(self, split: str) -> tuple[dict[str, Any], set[str]]:

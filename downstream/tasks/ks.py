@@ -37,10 +37,10 @@ class KeywordSpotting(ClassificationTask):
     def labels(self) -> list[str]:
         return list(CLASSES)
 
-    def shared_audio(self, first: Utterance, second: Utterance) -> str | None:
+    def shared_audio(self, splits: frozenset[str], first: Utterance, second: Utterance) -> str | None:
         """Train and dev ``_silence_`` windows cut from the same background-noise recordings: s3prl's recipe
         draws both from the same six files (``speech_commands/dataset.py``, docs/protocols.md row 19)."""
-        if first.label == second.label == CLASSES[-1]:
+        if splits == {"train", "dev"} and first.label == second.label == CLASSES[-1]:
             return (
                 "_silence_ windows of the same background-noise recordings (s3prl speech_commands/dataset.py)"
             )

@@ -89,7 +89,7 @@ class QueryByExample(Task):
         qbe_set = self.qbe_set(split)
         return [*qbe_set.queries, *qbe_set.documents]
 
-    def shared_audio(self, first: Utterance, second: Utterance) -> str | None:
+    def shared_audio(self, splits: frozenset[str], first: Utterance, second: Utterance) -> str | None:
         """dev and test search the same documents (QUESST 2014's one search set)."""
         if self._document_ids is None:
             self._document_ids = {d.id for split in EVALUATED_SPLITS for d in self.qbe_set(split).documents}

@@ -118,7 +118,7 @@ def _check_shared_audio(
             for split_b, b in entries[position + 1 :]:
                 if split_a == split_b or not _overlap(a, b):
                     continue
-                reason = task.shared_audio(a, b)
+                reason = task.shared_audio(frozenset((split_a, split_b)), a, b)
                 if reason is None:
                     leaks[path].append(f"'{path}' is {_where(a)} in {split_a} and {_where(b)} in {split_b}")
                     continue
