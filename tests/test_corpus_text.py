@@ -15,16 +15,7 @@ from downstream.data.snips import read_snips
 from downstream.data.text import read_lines, shown
 from tests.helpers import CORPUS, MINI_SUPERB, cases, copy_corpus, edit_lines, make_task
 
-
-@pytest.fixture(scope="module")
-def module_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(autouse=True)
-def own_cache(monkeypatch, module_cache):
-    """Header manifests and SV's VAD output in a cache of this module (flawed copies share no rows)."""
-    monkeypatch.setenv("SSL_BENCH_CACHE", str(module_cache))
+pytestmark = pytest.mark.usefixtures("module_cache")
 
 
 # -- text files: BOM, invisible characters, ids that are paths --------------------------------------------

@@ -31,16 +31,7 @@ from tests.helpers import (
     make_task,
 )
 
-
-@pytest.fixture(scope="module")
-def module_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(autouse=True)
-def own_cache(monkeypatch, module_cache):
-    """Header manifests and SV's VAD output in a cache of this module (flawed copies share no rows)."""
-    monkeypatch.setenv("SSL_BENCH_CACHE", str(module_cache))
+pytestmark = pytest.mark.usefixtures("module_cache")
 
 
 def checked(name: str, root: Path, *overrides: str) -> dict:
