@@ -332,7 +332,7 @@ def test_header_cache_is_reused_and_refreshed(tmp_path, manifest_cache, monkeypa
     chapter = write_librispeech_chapter(tmp_path, "dev-clean", {"0000": np.full(1600, 0.1, dtype=np.float32)})
     assert read_librispeech(tmp_path, "dev-clean")[0].num_samples == 1600
     (manifest,) = (manifest_cache / "manifests").glob("*.tsv")
-    assert "\t1600\t16000\t1\n" in manifest.read_text()
+    assert "\t1600\t16000\t1\tPCM_16\n" in manifest.read_text()
     soundfile.write(str(chapter / "1-2-0000.flac"), np.full(2400, 0.1, dtype=np.float32), 16000)
     assert read_librispeech(tmp_path, "dev-clean")[0].num_samples == 2400
     monkeypatch.setenv("SSL_BENCH_CACHE", "off")

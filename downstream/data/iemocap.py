@@ -19,14 +19,15 @@ import re
 from pathlib import Path
 
 from downstream.data.corpus import (
-    audio_path,
     DataLayoutError,
     Utterance,
+    audio_path,
     check_choice,
     probe_audio,
     raise_if_missing,
     require_dir,
 )
+from downstream.data.text import inside, read_lines, refuse_repeated_ids
 
 EMOTIONS = ("neu", "hap", "ang", "sad")
 MERGED_LABELS = {"exc": "hap"}
@@ -40,21 +41,24 @@ LAYOUT = (
 _LABEL_LINE = re.compile(r"^\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(\S+)\s+(\S+)\s+\[")
 
 
-def read_emotion_labels(session_dir: Path) -> dict[str, str]:
-    """Utterance id -> raw IEMOCAP emotion code for every EmoEvaluation/<dialog>.txt of one session."""
+def read_emotion_labels(session_dir: Path) -> dict[str, tuple[str, str]]:
+    """Utterance id -> (raw IEMOCAP emotion code, '<label file>:<line>') for every EmoEvaluation/<dialog>.txt
+    of one session. DataLayoutError for an id that leads out of the folder or occurs twice."""
     evaluation_dir = require_dir(session_dir / "dialog" / "EmoEvaluation", "IEMOCAP label folder", LAYOUT)
     label_files = sorted(path for path in evaluation_dir.glob("*.txt") if not path.name.startswith("."))
     if not label_files:
         raise DataLayoutError(
             f"IEMOCAP label folder '{evaluation_dir}' holds no <dialog>.txt; expected: {LAYOUT}"
         )
-    labels: dict[str, str] = {}
+    rows: list[tuple[str, str, str]] = []
     for label_file in label_files:
-        for line in label_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line_number, line in read_lines(label_file, replace_undecodable=True):
             match = _LABEL_LINE.match(line)
             if match:
-                labels[match.group(1)] = match.group(2)
-    return labels
+                inside(match.group(1), label_file, line_number)
+                rows.append((match.group(1), match.group(2), f"{label_file}:{line_number}"))
+    refuse_repeated_ids(((row[0], row[2]) for row in rows), f"IEMOCAP labels of '{session_dir}'")
+    return {utterance_id: (label, source) for utterance_id, label, source in rows}
 
 
 def read_session(root: Path, session: int) -> list[Utterance]:
@@ -62,17 +66,17 @@ def read_session(root: Path, session: int) -> list[Utterance]:
     session_dir = require_dir(root / f"Session{session}", "IEMOCAP session folder", LAYOUT)
     wav_dir = require_dir(session_dir / "sentences" / "wav", "IEMOCAP audio folder", LAYOUT)
     kept = []
-    for utterance_id, raw_label in sorted(read_emotion_labels(session_dir).items()):
+    for utterance_id, (raw_label, source) in sorted(read_emotion_labels(session_dir).items()):
         label = MERGED_LABELS.get(raw_label, raw_label)
         if label in EMOTIONS:
             dialog = utterance_id.rsplit("_", 1)[0]
-            kept.append((utterance_id, label, wav_dir / dialog / utterance_id))
-    paths = [audio_path(stem) for _, _, stem in kept]
+            kept.append((utterance_id, label, wav_dir / dialog / utterance_id, source))
+    paths = [audio_path(stem) for _, _, stem, _ in kept]
     raise_if_missing(paths, f"IEMOCAP Session{session}", LAYOUT)
     infos = probe_audio(paths, f"IEMOCAP/Session{session}")
     return [
-        Utterance(id=utterance_id, path=path, num_samples=info.num_samples, label=label)
-        for (utterance_id, label, _), path, info in zip(kept, paths, infos, strict=True)
+        Utterance(id=utterance_id, path=path, num_samples=info.num_samples, label=label, source=source)
+        for (utterance_id, label, _, source), path, info in zip(kept, paths, infos, strict=True)
     ]
 
 

@@ -33,6 +33,7 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
+from downstream.data.text import inside, read_lines, refuse_repeated_ids
 
 #: Our split names -> QUESST 2014's (the eval queries are SUPERB's test set).
 SPLITS = {"dev": "dev", "test": "eval"}
@@ -61,25 +62,28 @@ def read_language_key(path: Path, root: Path, language: str | None) -> list[Utte
     """Utterances listed in a language_key_*.lst file (audio not probed yet: num_samples 0)."""
     require_file(path, "QUESST 2014 language key", LAYOUT)
     utterances = []
-    seen: set[str] = set()
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    listed: list[tuple[str, str]] = []
+    for line_number, line in read_lines(path):
         fields = line.split()
         if len(fields) != 2 or "/" not in fields[0]:
             raise DataLayoutError(
                 f"QUESST 2014 language key '{path}' line {line_number} is not "
                 f"'<db folder>/<path> <language>': {line!r}"
             )
-        relative = Path(fields[0].split("/", 1)[1])
+        relative = Path(inside(fields[0].split("/", 1)[1], path, line_number, "listed path"))
         utterance_id = relative.stem
-        if utterance_id in seen:
-            raise DataLayoutError(f"QUESST 2014 language key '{path}' lists '{utterance_id}' twice")
-        seen.add(utterance_id)
+        listed.append((utterance_id, f"{path}:{line_number}"))
         if language is None or fields[1] == language:
             utterances.append(
-                Utterance(utterance_id, audio_path(root / relative.with_suffix("")), 0, label=fields[1])
+                Utterance(
+                    utterance_id,
+                    audio_path(root / relative.with_suffix("")),
+                    0,
+                    label=fields[1],
+                    source=listed[-1][1],
+                )
             )
+    refuse_repeated_ids(listed, f"QUESST 2014 language key '{path}'")
     return utterances
 
 
@@ -87,9 +91,9 @@ def read_lexeme_rttm(path: Path) -> list[tuple[str, str]]:
     """(query id, document id) of every LEXEME line of a QUESST ground-truth RTTM, in file order."""
     require_file(path, "QUESST 2014 ground truth", LAYOUT)
     pairs = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line_number, line in read_lines(path):
         fields = line.split()
-        if not fields or fields[0] != "LEXEME":
+        if fields[0] != "LEXEME":
             continue
         if len(fields) < 9:
             raise DataLayoutError(
@@ -146,7 +150,7 @@ def read_quesst14(root: str | Path, split: str, language: str | None = SUPERB_LA
         probed.append(
             sorted(
                 (
-                    Utterance(u.id, u.path, info.num_samples, label=u.label)
+                    Utterance(u.id, u.path, info.num_samples, label=u.label, source=u.source)
                     for u, info in zip(utterances, infos, strict=True)
                 ),
                 key=lambda utterance: utterance.id,

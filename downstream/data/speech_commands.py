@@ -35,6 +35,7 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
+from downstream.data.text import inside, read_lines
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +72,13 @@ def _audio_files(folder: Path) -> list[Path]:
 
 def _read_list(path: Path, root: Path) -> list[str]:
     """Entries '<word>/<file>' of a split list; each must name a file in a word folder under root."""
-    entries = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    numbered = [
+        (number, inside(line.strip(), path, number, "listed path")) for number, line in read_lines(path)
+    ]
+    entries = [entry for _, entry in numbered]
     malformed = [
         (number, entry)
-        for number, entry in enumerate(entries, 1)
+        for number, entry in numbered
         if len(Path(entry).parts) != 2 or Path(entry).parts[0] == BACKGROUND_NOISE
     ]
     if malformed:

@@ -37,6 +37,15 @@ class KeywordSpotting(ClassificationTask):
     def labels(self) -> list[str]:
         return list(CLASSES)
 
+    def shared_audio(self, splits: frozenset[str], first: Utterance, second: Utterance) -> str | None:
+        """Train and dev ``_silence_`` windows cut from the same background-noise recordings: s3prl's recipe
+        draws both from the same six files (``speech_commands/dataset.py``, docs/protocols.md row 19)."""
+        if splits == {"train", "dev"} and first.label == second.label == CLASSES[-1]:
+            return (
+                "_silence_ windows of the same background-noise recordings (s3prl speech_commands/dataset.py)"
+            )
+        return None
+
     def train_sample_weights(self) -> list[float]:
         """Weight 1 / (utterances of the class) for every training utterance, so that each of the 12 classes
         is drawn equally often (s3prl: len(data) / class count, the same up to a constant)."""

@@ -47,6 +47,9 @@ class QueryByExample(Task):
     metric = "mtwv"
     higher_is_better = True
     trains = False
+    splits = EVALUATED_SPLITS
+    #: QUESST 2014 is distributed at 8 kHz (torchaudio's QUESST14: SAMPLE_RATE = 8000): resampled on load.
+    native_sample_rate = None
 
     def __init__(
         self,
@@ -69,6 +72,7 @@ class QueryByExample(Task):
         self.decision_threshold = decision_threshold
         self.costs = {"p_target": p_target, "c_miss": c_miss, "c_fa": c_fa}
         self._sets: dict[str, QbeSet] = {}
+        self._document_ids: set[str] | None = None
 
     # -- data: each evaluated split is its queries followed by the shared documents ---------------------
     def qbe_set(self, split: str) -> QbeSet:
@@ -85,9 +89,13 @@ class QueryByExample(Task):
         qbe_set = self.qbe_set(split)
         return [*qbe_set.queries, *qbe_set.documents]
 
-    def check_data(self) -> None:
-        for split in EVALUATED_SPLITS:
-            self.utterances(split)
+    def shared_audio(self, splits: frozenset[str], first: Utterance, second: Utterance) -> str | None:
+        """dev and test search the same documents (QUESST 2014's one search set)."""
+        if self._document_ids is None:
+            self._document_ids = {d.id for split in EVALUATED_SPLITS for d in self.qbe_set(split).documents}
+        if first.id in self._document_ids and second.id in self._document_ids:
+            return "the documents every query is searched in (QUESST 2014 has one search set)"
+        return None
 
     def encode(self, utterance: Utterance, split: str) -> None:
         return None
