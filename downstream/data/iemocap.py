@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from downstream.data.corpus import (
-    audio_path,
     DataLayoutError,
     Utterance,
+    audio_path,
     check_choice,
     probe_audio,
     raise_if_missing,
