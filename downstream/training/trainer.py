@@ -273,13 +273,13 @@ class Trainer:
                 self.step,
                 self.settings.max_steps,
                 summary,
-                self.task.metric,
+                self.task.select_metric,
                 branch.best_metric,
                 branch.best_step,
                 branch.run_dir,
             )
         if self.step in (self.settings.halving_steps or ()) and self.step < self.settings.max_steps:
-            halve(self.branches, self.task.higher_is_better, self.step)
+            halve(self.branches, self.task.select_higher_is_better, self.step)
 
     def test_best(self) -> list[dict[str, Any]]:
         """Load each branch's best dev checkpoint, evaluate dev and test with it."""
@@ -290,9 +290,11 @@ class Trainer:
         for branch in self.branches:
             state = torch.load(branch.best_model_path, map_location=self.device, weights_only=True)
             branch.load_model_state(state)
+        self.task.final_evaluation = True
         dev, test = self.evaluate("dev"), self.evaluate("test")
         outcomes = []
         for branch, dev_metrics, test_metrics in zip(self.branches, dev, test, strict=True):
+            test_metrics = self.task.finish_test(dev_metrics, test_metrics)
             branch.logger.log(self.step, "test", test_metrics)
             log.info(
                 "best step %s: dev %s, test %s [%s]",
