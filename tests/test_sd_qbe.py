@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -386,6 +387,93 @@ def test_mtwv_hand_worked_and_brute_force():
         assert result.mtwv == pytest.approx(max(0.0, *candidates))
         if result.mtwv > 0:
             assert brute_force_twv(scores, targets, result.threshold, beta) == pytest.approx(result.mtwv)
+
+
+def quesst_scorer_mtwv(scores: dict, queries: list, documents: list, occurrences: set, prior: float) -> float:
+    """MTWV as QUESST 2014's scorer defines it, written out here independently: trials = every query with an
+    occurrence x every document; a trial missing from ``scores`` scores -10; TWV(t) = 1 - mean over queries
+    of [P_miss + beta P_fa] with beta = (1 - prior) / prior (effective prior 0.0741289, the value
+    score-TWV-Cnxe.sh passes to the scorer); MTWV = the maximum over thresholds (accepting nothing: 0)."""
+    beta = (1 - prior) / prior
+    queries = [q for q in queries if any((q, d) in occurrences for d in documents)]
+    trial = {(q, d): scores.get((q, d), -10.0) for q in queries for d in documents}
+    best = 0.0
+    for threshold in sorted(set(trial.values())):
+        total = 0.0
+        for q in queries:
+            true = [d for d in documents if (q, d) in occurrences]
+            hits = sum(trial[(q, d)] >= threshold for d in true)
+            false_alarms = sum(trial[(q, d)] >= threshold for d in documents if (q, d) not in occurrences)
+            total += (1 - hits / len(true)) + beta * false_alarms / (len(documents) - len(true))
+        best = max(best, 1 - total / len(queries))
+    return best
+
+
+def test_qbe_superb_mtwv_is_quesst_scorer_over_the_full_ground_truth():
+    """protocol=superb: MTWV over every occurring query x every document of groundtruth_quesst14_<split>
+    (all languages), trials not searched (non-English) scoring -10 and searched ones written with 4
+    decimals as s3prl's stdlist.xml, against an independent implementation of the scorer's definition; the
+    English-only figure is kept, labelled. A non-English query with occurrences (never searched) counts."""
+    from dataclasses import replace
+
+    from downstream.data.quesst14 import GroundTruth
+    from downstream.tasks.qbe import QueryByExample
+
+    superb = QueryByExample(str(QUESST), mtwv_trials="full_ground_truth")
+    exact = QueryByExample(str(QUESST), mtwv_trials="searched")
+    qbe_set = superb.qbe_set("dev")
+    # the ground truth read independently from the files the scorer reads
+    truth_dir = QUESST / "scoring" / "groundtruth_quesst14_dev"
+    terms = re.findall(r'termid="([^"]+)"', (truth_dir / "quesst14_dev.tlist.xml").read_text())
+    documents = [
+        Path(n).stem
+        for n in re.findall(r'audio_filename="([^"]+)"', (truth_dir / "quesst14.ecf.xml").read_text())
+    ]
+    occurrences = {
+        (line.split()[5], line.split()[1])
+        for line in (truth_dir / "quesst14_dev.rttm").read_text().splitlines()
+    }
+    assert set(documents) > {d.id for d in qbe_set.documents}  # the Albanian documents are trials too
+    rng = np.random.default_rng(0)
+    targets = np.array(
+        [[(q.id, d.id) in qbe_set.targets for d in qbe_set.documents] for q in qbe_set.queries]
+    )
+    scores = rng.normal(size=targets.shape) + 2.5 * targets - 3.0  # the best threshold is below 0
+    statistics = {"scores": scores, "targets": targets, "too_short_queries": 0, "set": qbe_set}
+    got = superb.metrics(statistics)
+    written = {
+        (q.id, d.id): round(float(scores[i, j]), 4)
+        for i, q in enumerate(qbe_set.queries)
+        for j, d in enumerate(qbe_set.documents)
+    }
+    expected = quesst_scorer_mtwv(written, terms, documents, occurrences, 0.0741289)
+    assert got["mtwv"] == got["mtwv_full_ground_truth"] == pytest.approx(expected, abs=1e-5)
+    unrounded = {
+        (q.id, d.id): float(scores[i, j])
+        for i, q in enumerate(qbe_set.queries)
+        for j, d in enumerate(qbe_set.documents)
+    }
+    searched_queries, searched_documents = [q.id for q in qbe_set.queries], [d.id for d in qbe_set.documents]
+    english_only = quesst_scorer_mtwv(
+        unrounded, searched_queries, searched_documents, set(qbe_set.targets), 0.0741289
+    )
+    assert got["mtwv_english_only"] == pytest.approx(english_only, abs=1e-5)
+    assert got["mtwv_english_only"] != pytest.approx(got["mtwv_full_ground_truth"], abs=1e-3)
+    assert exact.metrics(statistics)["mtwv"] == got["mtwv_english_only"]
+    occurring = {q for q, _ in occurrences}
+    assert got["trials_default_score"] == len(occurring) * len(documents) - 8 * 64  # the Albanian documents
+    # a non-English query that occurs in non-English documents: never searched, so missed at any threshold > -10
+    albanian_query = next(t for t in terms if t not in {q.id for q in qbe_set.queries})
+    albanian_docs = [d for d in documents if d not in {x.id for x in qbe_set.documents}][:2]
+    more = occurrences | {(albanian_query, d) for d in albanian_docs}
+    truth = GroundTruth(
+        tuple(q for q in terms if any(p[0] == q for p in more)), tuple(documents), frozenset(more)
+    )
+    widened = superb.metrics({**statistics, "set": replace(qbe_set, truth=truth)})
+    assert widened["mtwv"] == pytest.approx(
+        quesst_scorer_mtwv(written, terms, documents, more, 0.0741289), abs=1e-5
+    )
+    assert widened["mtwv"] < got["mtwv"]
 
 
 def test_cnxe_definition():
