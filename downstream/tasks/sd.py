@@ -114,6 +114,8 @@ class SpeakerDiarization(Task):
         self.grid = [(value, width) for value in thresholds for width in medians]
         #: the one setting scored at the evaluations during training (the grid: at the final ones)
         self.training_setting = (float(threshold), int(median))
+        #: the setting predictions on new audio use (downstream.inference)
+        self.threshold, self.median = self.training_setting
         if select_metric == "frame_accuracy":
             self.selection_metric, self.selection_higher_is_better = "frame_accuracy", True
 
@@ -134,9 +136,9 @@ class SpeakerDiarization(Task):
         return self.num_speakers
 
     @staticmethod
-    def _frame_shift(recording: Recording, frames: int) -> float:
-        """Seconds per feature frame of a whole recording: its samples / its frames."""
-        return recording.num_samples / max(frames, 1) / SAMPLE_RATE
+    def _frame_shift(samples: int, frames: int) -> float:
+        """Seconds per feature frame of a whole recording: its samples (16 kHz) / its frames."""
+        return samples / max(frames, 1) / SAMPLE_RATE
 
     def targets(self, batch: Batch, frame_lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
         """[B, num_frames, num_speakers] float activity of every recording at its feature frames."""
@@ -150,7 +152,7 @@ class SpeakerDiarization(Task):
                     recording.turns,
                     columns,
                     num_frames,
-                    self._frame_shift(recording, int(frame_lengths[row])),
+                    self._frame_shift(recording.num_samples, int(frame_lengths[row])),
                 )
             )
         return torch.from_numpy(np.stack(rows))
@@ -177,7 +179,7 @@ class SpeakerDiarization(Task):
             permuted = target_array[row, :length][:, list(permutations[int(permutation_index[row])])]
             statistics["recordings"] += 1.0
             statistics["frame_accuracy_sum"] += frame_accuracy(raw[row, :length], permuted)
-            shift = self._frame_shift(recording, length)
+            shift = self._frame_shift(recording.num_samples, length)
             for threshold, median in self._settings():
                 frames = smooth_activity(probabilities[row, :length] > threshold, median)
                 errors = diarization_errors(recording.reference, activity_to_turns(frames, shift))
@@ -190,6 +192,28 @@ class SpeakerDiarization(Task):
         """The post-processing settings scored now: the grid at the final evaluations, else the training
         setting (``threshold``, ``median``; s3prl's dev DER is at logit > 0, no median filter)."""
         return self.grid if self.final_evaluation else [self.training_setting]
+
+    def output_names(self) -> list[str]:
+        """One column per speaker: ``speaker1`` ... (a recording's speakers are unnamed at prediction)."""
+        return [f"speaker{k + 1}" for k in range(self.num_speakers)]
+
+    def predictions(
+        self,
+        logits: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        num_samples: list[int],
+        outputs: list[str],
+    ) -> list[dict[str, Any]]:
+        """``turns``: [speaker, start s, end s] of each run of active frames (sigmoid > ``threshold``, then
+        the ``median`` filter), frames timed as in evaluation (samples / frames of the recording)."""
+        activity = (torch.sigmoid(logits.float()) > self.threshold).cpu().numpy()
+        records = []
+        for row, samples in enumerate(num_samples):
+            frames = int(frame_lengths[row])
+            smoothed = smooth_activity(activity[row, :frames], self.median)
+            turns = activity_to_turns(smoothed, self._frame_shift(samples, frames), outputs)
+            records.append({"turns": [[turn.speaker, turn.start, turn.end] for turn in turns]})
+        return records
 
     def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:
         """In percent: ``frame_accuracy`` (mean over recordings), the DER of every post-processing setting

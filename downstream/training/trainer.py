@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from downstream.data.dataset import AudioDataset
 from downstream.tasks.base import Batch, Task, accumulate_statistics
 from downstream.training.branch import Branch
+from downstream.training.checkpoint import load_model_file
 from downstream.training.distributed import (
     GradientAverager,
     RankBatchSampler,
@@ -169,6 +170,9 @@ class Trainer:
             evaluated = self.step % settings.eval_every == 0 or self.step == settings.max_steps
             if evaluated:
                 self.evaluate_and_keep_best()
+            if settings.test_every and self.step % settings.test_every == 0:
+                self.evaluate_test_and_keep_best()
+            if evaluated or (settings.test_every and self.step % settings.test_every == 0):
                 window_start, timed_steps = time.perf_counter(), 0
             save_every = settings.save_every or settings.eval_every
             # Every evaluation is followed by a checkpoint, so at most one best.pt is newer than last.pt
@@ -281,6 +285,26 @@ class Trainer:
         if self.step in (self.settings.halving_steps or ()) and self.step < self.settings.max_steps:
             halve(self.branches, self.task.select_higher_is_better, self.step)
 
+    def evaluate_test_and_keep_best(self) -> None:
+        """trainer.test_every: evaluate test with the models of this step and keep each branch's best
+        (``Branch.best_test``, results.json's ``test_selected``): SUPERB's SV selection, the best test EER
+        over checkpoints (s3prl ``sv_voxceleb1/test_expdir.sh``). Selection on test is optimistic; the
+        run's ``test`` stays the best dev checkpoint's."""
+        branches = self.training_branches
+        for branch, metrics in zip(branches, self.evaluate("test", branches), strict=True):
+            branch.keep_if_best_test(metrics, self.task, self.step)
+            branch.logger.log(self.step, "test_every", metrics)
+            log.info(
+                "step %d/%d test: %s (best test %s %.2f at step %d) [%s]",
+                self.step,
+                self.settings.max_steps,
+                ", ".join(f"{key} {value:.2f}" for key, value in metrics.items()),
+                self.task.metric,
+                branch.best_test[self.task.metric],
+                branch.best_test["step"],
+                branch.run_dir,
+            )
+
     def test_best(self) -> list[dict[str, Any]]:
         """Load each branch's best dev checkpoint, evaluate dev and test with it."""
         unevaluated = [branch for branch in self.branches if branch.best_step is None]
@@ -288,8 +312,7 @@ class Trainer:
             self.evaluate_and_keep_best(unevaluated)  # only after a resume that found no usable best.pt
         barrier()  # rank 0 has written best.pt
         for branch in self.branches:
-            state = torch.load(branch.best_model_path, map_location=self.device, weights_only=True)
-            branch.load_model_state(state)
+            branch.load_model_state(load_model_file(branch.best_model_path, self.device))
         self.task.final_evaluation = True
         dev, test = self.evaluate("dev"), self.evaluate("test")
         outcomes = []
@@ -311,6 +334,7 @@ class Trainer:
                     "bad_steps": branch.bad_steps_total,
                     "too_long": dict(self.too_long_counts),
                     "stopped_early": branch.stopped_early,
+                    "test_selected": branch.best_test,
                 }
             )
         return outcomes
