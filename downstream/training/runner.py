@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,9 @@ from downstream.results import ResultsFileError, RunResults, too_long_record
 from downstream.tasks.base import Task
 from downstream.training.branch import BRANCH_SETTINGS, Branch
 from downstream.training.cache import HiddenStateCache, open_hidden_state_cache
+from downstream.training.checkpoint import remove_leftover_temporary_files
 from downstream.training.data_check import check_inputs
-from downstream.training.distributed import barrier, init_distributed, rank_info
+from downstream.training.distributed import barrier, gather_objects, init_distributed, rank_info
 from downstream.training.identity import (
     IDENTITY_FILE,
     RunIdentity,
@@ -34,6 +37,7 @@ from downstream.training.identity import (
     resolved_job_config as resolved_job_config,  # re-exported: the shared-upstream launcher's import
 )
 from downstream.training.loading import pick_device
+from downstream.training.run_lock import HOLDER_FILE, RunFolderLockedError, hold_run_folders
 from downstream.training.run_log import SilentRunLogger, environment_record
 from downstream.training.settings import TrainerSettings
 from downstream.training.trainer import Trainer
@@ -78,6 +82,16 @@ def load_complete_results(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def interface_member_arguments(interface_config: DictConfig, upstream: Upstream) -> dict[str, Any]:
+    """``member_dims`` for an interface that takes it (the fusion interfaces) on a fused upstream, else {}."""
+    member_dims = getattr(upstream, "member_dims", None)
+    if member_dims is None:
+        return {}
+    if not getattr(hydra.utils.get_class(interface_config._target_), "takes_member_dims", False):
+        return {}
+    return {"member_dims": list(member_dims)}
+
+
 def build_model(
     cfg: DictConfig, upstream: Upstream, task: Task, num_outputs: int | None = None
 ) -> tuple[Interface, nn.Module]:
@@ -94,7 +108,10 @@ def build_interface(cfg: DictConfig, upstream: Upstream) -> Interface:
     initial weights are those of a run of its own)."""
     seed_everything(cfg.seed)
     return hydra.utils.instantiate(
-        cfg.interface, num_layers=upstream.num_layers, hidden_size=upstream.hidden_size
+        cfg.interface,
+        num_layers=upstream.num_layers,
+        hidden_size=upstream.hidden_size,
+        **interface_member_arguments(cfg.interface, upstream),
     )
 
 
@@ -147,6 +164,7 @@ def build_results(
         hidden_size=upstream.hidden_size,
         layer_ids=list(upstream.layer_ids),
         frame_rate=upstream.frame_rate,
+        members=upstream.member_records() if hasattr(upstream, "member_records") else None,
         seed=cfg.seed,
         fold=cfg.task.get("fold"),
         schedule=schedule_of(cfg),
@@ -281,6 +299,34 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
     """
     all_settings = [resolve_trainer_settings(job.cfg) for job in jobs]  # checked before anything is written
     init_distributed(jobs[0].cfg.trainer.device)  # torchrun: join the process group (no-op otherwise)
+    with lock_run_folders([job.run_dir for job in jobs]):
+        return _run_locked_jobs(jobs, all_settings)
+
+
+@contextlib.contextmanager
+def lock_run_folders(run_dirs: list[Path]) -> Iterator[None]:
+    """Hold every run folder's lock inside the block (``run_lock``; rank 0 holds them under torchrun), after
+    removing the temporary files a killed launch left there. ``RunFolderLockedError`` on every rank, naming
+    the holder, when another launch trains one of the folders."""
+    ranks = rank_info()
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if ranks.is_main:
+            try:
+                stack.enter_context(hold_run_folders(run_dirs))
+            except RunFolderLockedError as error:
+                refusal = str(error)
+        refusals = [message for message in gather_objects(refusal) if message]
+        if refusals:
+            raise RunFolderLockedError(refusals[0])
+        if ranks.is_main:
+            for run_dir in run_dirs:
+                remove_leftover_temporary_files(run_dir, keep=(f".{HOLDER_FILE}.",))
+        yield
+
+
+def _run_locked_jobs(jobs: list[Job], all_settings: list[TrainerSettings]) -> list[dict[str, Any] | None]:
+    """``run_jobs`` once the folders are locked."""
     results = [prepare_run_dir(job.cfg, job.run_dir) for job in jobs]
     barrier()  # rank 0 has removed old outputs (overwrite=true) before any rank reads the run directory
     pending = [index for index, finished in enumerate(results) if finished is None]
