@@ -93,6 +93,13 @@ class Task(ABC):
     name: str = "task"
     metric: str = "loss"
     higher_is_better: bool = False
+    #: The dev metric that picks the best checkpoint when it is not ``metric`` (SD under protocol=superb:
+    #: s3prl keeps the best dev frame accuracy) and whether higher is better there.
+    selection_metric: str | None = None
+    selection_higher_is_better: bool | None = None
+    #: Set by the trainer before it evaluates the best checkpoint on dev and test (``finish_test`` follows):
+    #: a task may score more there than at the evaluations during training (SD's post-processing grid).
+    final_evaluation: bool = False
     #: Random crop length of training utterances in seconds (None: whole utterances).
     train_crop_seconds: float | None = None
     #: Whether the target describes the whole utterance in order (a transcript: CTC tasks), so the audio
@@ -160,6 +167,18 @@ class Task(ABC):
         self.pad_to_samples: int | None = None
         self._utterances: dict[str, list[Utterance]] = {}
         self._targets: dict[str, dict[str, Any]] = {}
+
+    @property
+    def select_metric(self) -> str:
+        """The dev metric the trainer keeps the best checkpoint by (``selection_metric``, else ``metric``)."""
+        return self.selection_metric or self.metric
+
+    @property
+    def select_higher_is_better(self) -> bool:
+        """Whether a higher ``select_metric`` is better."""
+        if self.selection_metric is None or self.selection_higher_is_better is None:
+            return self.higher_is_better
+        return self.selection_higher_is_better
 
     # -- data -------------------------------------------------------------------------------
     @abstractmethod
@@ -271,6 +290,12 @@ class Task(ABC):
         """One batch's statistics of the head's eval-mode output (shapes as in ``loss``; SV: embeddings
         [B, E]): additive numbers (``edits``/``reference_units``, ``correct``/``total``, ...) or lists of
         per-utterance records, folded over batches and ranks by ``accumulate_statistics``."""
+
+    def finish_test(self, dev: Mapping[str, float], test: Mapping[str, float]) -> dict[str, float]:
+        """The test metrics recorded for the best checkpoint, given its dev and test ``metrics``: a task whose
+        test number depends on a setting chosen on dev (SD's post-processing) finishes it here. Default:
+        ``test`` unchanged."""
+        return dict(test)
 
     # -- prediction on new audio (downstream.inference) --------------------------------------------
     def output_names(self) -> list[str]:
