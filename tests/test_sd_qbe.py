@@ -17,6 +17,7 @@ import torch
 from dtw import dtw
 from scipy.spatial import distance as scipy_distance
 
+from downstream import reporting
 from downstream.data.corpus import DataLayoutError
 from downstream.data.diarization import SpeakerTurn, read_diarization, read_kaldi_diarization
 from downstream.data.quesst14 import read_quesst14
@@ -40,7 +41,7 @@ from downstream.metrics.qbe import (
     subsequence_dtw_costs,
     znorm_per_query,
 )
-from tests.helpers import TINY_UPSTREAM, run_downstream_cli
+from tests.helpers import TINY_UPSTREAM, run_downstream_cli, write_superb_run
 
 MINI = Path(__file__).resolve().parent.parent / "data" / "mini_superb"
 DIARIZATION = MINI / "Diarization"
@@ -779,3 +780,18 @@ def test_table_cells_below_one_keep_four_decimals():
     assert number_text(5.88) == "5.88" and number_text(0.0) == "0.00" and number_text(-0.25) == "-0.2500"
     assert number_text(0.21, like=3.25) == "0.21"  # a spread takes its mean's precision
     assert number_text(0.0031, like=0.0736) == "0.0031"
+
+
+def test_table_shows_superbs_sd_der_beside_the_test_chosen_der_only(tmp_path):
+    """SUPERB's 5.88 is the best test DER over score.sh's grid: it stands in the sd_superb column (der_superb),
+    never beside the dev-chosen der."""
+    sweep = tmp_path / "multirun" / "superb"
+    write_superb_run(sweep / "a", "sd", "der", False, {"der": 7.5, "der_superb": 6.25})
+    table = reporting.aggregate(reporting.collect_runs([sweep]))
+    assert [(c.task, c.metric, c.arrow) for c in table.columns] == [
+        ("sd", "der", "↓"),
+        ("sd_superb", "der_superb", "↓"),
+    ]
+    honest, superb = (table.cells[(table.rows[0], task)] for task in ("sd", "sd_superb"))
+    assert (honest.values, superb.values) == ((7.5,), (6.25,))
+    assert honest.reference is None and superb.reference.value == 5.88
