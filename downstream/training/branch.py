@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from downstream.tasks.base import Task
+from downstream.training.averaging import BestCheckpoints
 from downstream.training.checkpoint import (
     capture_rng_state,
     restore_rng_state,
@@ -114,6 +115,8 @@ class Branch:
         self.running_loss = torch.zeros((), device=device)
         self.best_metric: float | None = None
         self.best_step: int | None = None
+        #: the n best evaluations whose average is the tested model (``use_averaging``; None: best.pt)
+        self.best_checkpoints: BestCheckpoints | None = None
         self.bad_steps_in_a_row = 0
         self.bad_steps_total = 0
         #: (step, device flag: 1.0 where that update was skipped) not yet counted by ``account_updates``
@@ -141,11 +144,17 @@ class Branch:
 
     def forward(
         self, hidden_states: torch.Tensor, frame_lengths: torch.Tensor, task: Task, training: bool
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(head output, its valid frames [B]): the frame lengths unless the head changes the frame rate
+        (a head with ``output_lengths``, e.g. ML-SUPERB's conv2d2 front)."""
         features = self.interface(hidden_states, frame_lengths)
         if training:
             features = task.augment(features, frame_lengths)
-        return self.head(features, frame_lengths)
+        output = self.head(features, frame_lengths)
+        output_lengths = getattr(self.head, "output_lengths", None)
+        if output_lengths is None:
+            return output, frame_lengths
+        return output, output_lengths(frame_lengths, features.shape[1])
 
     def train(self, training: bool) -> None:
         self.interface.train(training)
@@ -202,15 +211,39 @@ class Branch:
                     "use trainer.precision=fp32"
                 )
 
+    def use_averaging(self, task: Task) -> None:
+        """Test the average of the task's ``average_best`` best checkpoints by its ``select_by`` number
+        (``averaging.BestCheckpoints`` under <run dir>/nbest) when it asks for more than one."""
+        if getattr(task, "average_best", 1) > 1:
+            key, higher = selection_key(task)
+            self.best_checkpoints = BestCheckpoints(self.run_dir / "nbest", task.average_best, higher)
+
     def keep_if_best(self, metrics: dict[str, float], task: Task, step: int) -> None:
-        value = metrics[task.metric]
+        """Keep best.pt (strictly better dev number, ``selection_key``) and the n best for averaging."""
+        key, higher_is_better = selection_key(task)
+        value = metrics[key]
         improved = self.best_metric is None or (
-            value > self.best_metric if task.higher_is_better else value < self.best_metric
+            value > self.best_metric if higher_is_better else value < self.best_metric
         )
         if improved:
             self.best_metric, self.best_step = value, step
             if rank_info().is_main:
                 save_best_model(self.model_state(), self.best_model_path, step)
+        if self.best_checkpoints is not None:
+            self.best_checkpoints.update(value, step, self.model_state)
+
+    def tested_model_state(self, device: torch.device) -> dict[str, Any]:
+        """The model to test: the average of the n best checkpoints (``use_averaging``), else best.pt."""
+        if self.best_checkpoints is not None and self.best_checkpoints.ranking:
+            self.best_checkpoints.finish()
+            state = self.best_checkpoints.average(device)
+            log.info(
+                "%s: testing the average of the checkpoints of steps %s",
+                self.run_dir,
+                self.best_checkpoints.steps(),
+            )
+            return state
+        return torch.load(self.best_model_path, map_location=device, weights_only=True)
 
     @property
     def best_model_path(self) -> Path:
@@ -254,6 +287,7 @@ class Branch:
                 "bad_steps_total": self.bad_steps_total,
                 "interface_fitted": self.interface_fitted,
                 "stopped_early": self.stopped_early,
+                "best_checkpoints": None if self.best_checkpoints is None else self.best_checkpoints.state(),
             },
         }
 
@@ -271,3 +305,12 @@ class Branch:
         self.bad_steps_total = progress["bad_steps_total"]
         self.interface_fitted = progress["interface_fitted"]
         self.stopped_early = progress.get("stopped_early")  # absent in checkpoints written before halving
+        if self.best_checkpoints is not None:
+            self.best_checkpoints.load_state(progress.get("best_checkpoints"))
+
+
+def selection_key(task: Task) -> tuple[str, bool]:
+    """(dev metric key, higher is better) that ranks checkpoints: the task's ``select_by`` when it has one
+    ('loss': lower is better), else its ``metric``."""
+    key = getattr(task, "select_by", None) or task.metric
+    return key, task.higher_is_better if key == task.metric else False

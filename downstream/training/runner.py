@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from downstream.heads import count_parameters
 from downstream.results import ResultsFileError, RunResults, too_long_record
 from downstream.tasks.base import Task
-from downstream.training.branch import BRANCH_SETTINGS, Branch
+from downstream.training.branch import BRANCH_SETTINGS, Branch, selection_key
 from downstream.training.cache import HiddenStateCache, open_hidden_state_cache
 from downstream.training.data_check import check_inputs
 from downstream.training.distributed import barrier, init_distributed, rank_info
@@ -89,7 +89,7 @@ def build_branch(
     logger = (
         hydra.utils.instantiate(cfg.logger, run_dir=run_dir) if rank_info().is_main else SilentRunLogger()
     )
-    return Branch(
+    branch = Branch(
         interface,
         head,
         run_dir,
@@ -104,6 +104,8 @@ def build_branch(
             "environment": environment_record(pick_device(settings.device)),
         },
     )
+    branch.use_averaging(task)
+    return branch
 
 
 def build_results(
@@ -153,7 +155,16 @@ def build_results(
         trainer=settings.record(),
         environment=environment_record(pick_device(settings.device)),
         config_hash=RunIdentity.of(cfg).hash,
+        extra=averaged_record(task, outcome.get("averaged_steps")),
     ).to_dict()
+
+
+def averaged_record(task: Task, steps: list[int] | None) -> dict[str, Any]:
+    """results.json's ``averaged_checkpoints`` when the tested model is an average (``averaging.py``):
+    the steps averaged, best first, and the dev number that ranked them."""
+    if not steps:
+        return {}
+    return {"averaged_checkpoints": {"steps": steps, "by": selection_key(task)[0]}}
 
 
 #: What ``overwrite=true`` removes from a run folder before training it again.
@@ -179,6 +190,8 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         if rank_info().is_main:
             for name in STALE_OUTPUTS:
                 (run_dir / name).unlink(missing_ok=True)
+            for model in (run_dir / "nbest").glob("step*.pt*"):  # checkpoint averaging's models
+                model.unlink()
     else:
         finished = check_run_dir(identity, run_dir)
         if finished is not None:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from downstream.data.dataset import AudioDataset
 from downstream.tasks.base import Batch, Task, accumulate_statistics
-from downstream.training.branch import Branch
+from downstream.training.branch import Branch, selection_key
 from downstream.training.distributed import (
     GradientAverager,
     RankBatchSampler,
@@ -207,8 +207,8 @@ class Trainer:
             hidden_states, frame_lengths = self.upstream_forward(batch)
             for branch in self.training_branches:
                 with branch.own_random_stream(), self._autocast():
-                    logits = branch.forward(hidden_states, frame_lengths, self.task, training=True)
-                    loss = self.task.loss(logits, frame_lengths, batch) / accumulation
+                    logits, lengths = branch.forward(hidden_states, frame_lengths, self.task, training=True)
+                    loss = self.task.loss(logits, lengths, batch) / accumulation
                 branch.scaler.scale(loss).backward()
                 branch.running_loss += loss.detach()
         if self.gradient_averager is not None:
@@ -249,8 +249,8 @@ class Trainer:
             hidden_states, frame_lengths = self.upstream_forward(batch, split)
             for branch, totals in zip(branches, statistics, strict=True):
                 with self._autocast():
-                    logits = branch.forward(hidden_states, frame_lengths, self.task, training=False)
-                accumulate_statistics(totals, self.task.eval_statistics(logits, frame_lengths, batch))
+                    logits, lengths = branch.forward(hidden_states, frame_lengths, self.task, training=False)
+                accumulate_statistics(totals, self.task.eval_statistics(logits, lengths, batch))
         return [self.task.metrics(totals) for totals in merge_statistics_over_ranks(statistics)]
 
     def evaluate_and_keep_best(self, branches: list[Branch] | None = None) -> None:
@@ -273,7 +273,7 @@ class Trainer:
                 self.step,
                 self.settings.max_steps,
                 summary,
-                self.task.metric,
+                selection_key(self.task)[0],
                 branch.best_metric,
                 branch.best_step,
                 branch.run_dir,
@@ -288,8 +288,7 @@ class Trainer:
             self.evaluate_and_keep_best(unevaluated)  # only after a resume that found no usable best.pt
         barrier()  # rank 0 has written best.pt
         for branch in self.branches:
-            state = torch.load(branch.best_model_path, map_location=self.device, weights_only=True)
-            branch.load_model_state(state)
+            branch.load_model_state(branch.tested_model_state(self.device))
         dev, test = self.evaluate("dev"), self.evaluate("test")
         outcomes = []
         for branch, dev_metrics, test_metrics in zip(self.branches, dev, test, strict=True):
@@ -309,6 +308,7 @@ class Trainer:
                     "bad_steps": branch.bad_steps_total,
                     "too_long": dict(self.too_long_counts),
                     "stopped_early": branch.stopped_early,
+                    "averaged_steps": branch.best_checkpoints.steps() if branch.best_checkpoints else None,
                 }
             )
         return outcomes
