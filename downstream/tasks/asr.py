@@ -26,7 +26,7 @@ class SpeechRecognition(CTCTask):
     def __init__(
         self,
         data_root: str,
-        spec_augment: Mapping[str, int] | None = None,
+        spec_augment: Mapping[str, Any] | None = None,
         train_split: str = "train-clean-100",
         dev_split: str = "dev-clean",
         test_split: str = "test-clean",

@@ -104,7 +104,7 @@ class CTCTask(Task):
 
     #: SpecAugment of the interface's features in training (``downstream.augment.spec_augment`` keyword
     #: arguments; None: off). ASR and ML-SUPERB set it from their config.
-    spec_augment: dict[str, int] | None = None
+    spec_augment: dict[str, Any] | None = None
     transcript_target = True
 
     def __init__(self, data_root: str, on_ctc_infeasible: str = "keep", **options: Any) -> None:

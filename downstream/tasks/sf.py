@@ -69,7 +69,7 @@ class SlotFilling(CTCTask):
     def __init__(
         self,
         data_root: str,
-        spec_augment: Mapping[str, int] | None = None,
+        spec_augment: Mapping[str, Any] | None = None,
         speakers: Mapping[str, Sequence[str]] | None = None,
         **options: Any,
     ) -> None:
