@@ -264,7 +264,7 @@ def test_ml_superb_reader_errors_and_normalisation(tmp_path, caplog):
         read_ml_superb(tmp_path / "missing", "train")
     with pytest.raises(ValueError, match="duration must be one of '10min', '1h', got '2h'"):
         read_ml_superb(ML_SUPERB, "train", "2h")
-    with pytest.raises(ValueError, match="monolingual must be one of 'eng1'"):
+    with pytest.raises(ValueError, match=r"monolingual set \(task.language\) must be one of 'eng1'"):
         read_ml_superb(ML_SUPERB, "train", monolingual="klingon")
     with pytest.raises(DataLayoutError, match=r"no nchlt/eng/ folder \(monolingual set 'eng2'\)"):
         read_ml_superb(ML_SUPERB, "train", monolingual="eng2")
@@ -423,9 +423,9 @@ def test_ml_superb_vocabulary_unknown_characters_lid_and_cer():
 
     plain = MultilingualSpeechRecognition(str(ML_SUPERB), lid=False)
     assert not any(token.startswith("[") for token in plain.vocabulary)
-    mono = MonolingualSpeechRecognition(str(ML_SUPERB), language="deu")
+    mono = MonolingualSpeechRecognition(str(ML_SUPERB), language="deu1")
     assert {u.label for s in ("train", "dev", "test") for u in mono.utterances(s)} == {"deu"}
-    with pytest.raises(ValueError, match="language must be one of"):
+    with pytest.raises(ValueError, match=r"\(task.language\) must be one of"):
         MonolingualSpeechRecognition(str(ML_SUPERB), language="de")
 
 

@@ -67,13 +67,13 @@ ML_MONO_LANGUAGES = {
     "eng3",
     "fra1",
     "fra2",
-    "deu",
+    "deu1",
+    "deu2",
     "rus",
     "swa",
     "swe",
     "jpn",
     "cmn",
-    "sat",
     "xty",
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
