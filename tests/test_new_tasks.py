@@ -494,8 +494,8 @@ TASK_OVERRIDES = {
 METRICS = {
     "sv": {"eer", "min_dcf"},
     "ic": {"acc", "action_acc", "object_acc", "location_acc"},
-    "ml_mono": {"cer"},
-    "ml_multi": {"cer", "lid_acc"},
+    "ml_mono": {"cer", "loss"},  # loss: ESPnet's validation loss, which ranks checkpoints under protocol=superb
+    "ml_multi": {"cer", "loss", "lid_acc", "cer_normal", "lid_acc_normal"},  # the mini corpus has no few-shot language
 }
 
 

@@ -157,9 +157,10 @@ def read_ml_superb(
     ``text`` "" and a warning naming the file and line.
     """
     file_name = transcript_file(split, duration)
-    folders = language_folders(root)
     if monolingual is not None:
         check_monolingual_set(monolingual)
+    folders = language_folders(root)
+    if monolingual is not None:
         dataset, language = MONOLINGUAL_SETS[monolingual]
         folders = [
             entry for entry in folders if entry[1] == language and (split == "test" or entry[0] == dataset)

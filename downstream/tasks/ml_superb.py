@@ -282,8 +282,8 @@ class MultilingualSpeechRecognition(MLSuperbSpeechRecognition):
         hypotheses = [self.decode(ids) for ids in ctc_greedy_decode(logits, frame_lengths)]
         references = [self.decode(ids) for ids in batch["targets"]]
         statistics = dict(self.sequence_statistics(references, hypotheses))
-        if self.reserved:
-            groups = batch["groups"]
+        groups = batch.get("groups")  # set by ``collate`` (absent from a batch built by hand)
+        if self.reserved and groups is not None:
             for group in GROUPS:
                 chosen = [index for index, name in enumerate(groups) if name == group]
                 part = self.sequence_statistics(
