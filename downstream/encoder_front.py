@@ -10,9 +10,10 @@ normalize (``utterance_mvn``) -> preencoder (Linear to 80) -> encoder (conv2d2, 
   frames in a batch padded to T frames min(ceil(min(L, T - 2) / 2), (T - 1) // 2 - 2) output frames: a
   shorter utterance of the batch keeps up to 3 output frames that the convolutions computed partly from
   padding, so its output depends on the batch it is in.
-- ``exact``: padded frames stay zero after normalisation and the linear pre-encoder, and an utterance keeps
-  the (L - 1) // 2 - 2 output frames whose receptive field lies within its own L frames, the count the
-  longest utterance of a batch gets under ESPnet's rule: the output is the same in any batch.
+- ``exact``: an utterance keeps the (L - 1) // 2 - 2 output frames whose receptive field lies within its own
+  L frames (the count the longest utterance of a batch gets under ESPnet's rule), so what the padding holds
+  never reaches a valid frame and the output is the same in any batch; the normalisation leaves padded
+  frames at zero.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from interfaces.base import frame_mask, zero_padded_frames
+from interfaces.base import frame_mask
 
 LENGTH_RULES = ("espnet", "exact")
 
@@ -94,8 +95,6 @@ class Conv2dSubsampling2(nn.Module):
         frames = features.shape[1]
         if frames < 7:
             features = nn.functional.pad(features, (0, 0, 0, 7 - frames))
-        if rule == "exact":
-            features = zero_padded_frames(features, lengths)
         hidden = self.conv(features.unsqueeze(1))
         batch, channels, steps, columns = hidden.shape
         hidden = self.out(hidden.transpose(1, 2).reshape(batch, steps, channels * columns))

@@ -4,7 +4,6 @@ average of the n best checkpoints. Each expected value is ESPnet's list or an in
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,8 @@ from downstream.heads import TransformerCTCHead
 from downstream.metrics.edit import edit_statistics
 from downstream.tasks.ml_superb import MonolingualSpeechRecognition, MultilingualSpeechRecognition
 from downstream.training.averaging import BestCheckpoints, average_states
-from tests.helpers import run_downstream_cli
+from downstream.training.runner import run_experiment
+from tests.helpers import read_curve
 
 # ESPnet egs2/ml_superb/asr1/local/single_lang_data_prep.py: SINGLE_LANG and LANG_TO_SELECTED_DATASET
 ESPNET_SINGLE_LANG = [
@@ -308,30 +308,28 @@ def test_checkpoint_averaging_resumes_with_the_files_its_ranking_names(tmp_path)
 
 
 @pytest.mark.slow
-def test_a_run_tests_the_average_of_its_best_checkpoints_and_resumes_to_the_same_result(tmp_path):
-    common = [
+def test_a_run_tests_the_average_of_its_best_checkpoints_and_resumes_to_the_same_result(
+    make_config, tmp_path
+):
+    overrides = [
         "task=ml_mono",
-        "task.language=eng1",
         "trainer.max_steps=6",
         "trainer.eval_every=1",
         "task.average_best=3",
         "task.select_by=loss",
     ]
     whole, halves = tmp_path / "whole", tmp_path / "halves"
-    run_downstream_cli([*common, f"hydra.run.dir={whole}"])
-    run_downstream_cli([*common, f"hydra.run.dir={halves}", "trainer.stop_after_steps=3"])
-    run_downstream_cli([*common, f"hydra.run.dir={halves}"])
-    results = [json.loads((folder / "results.json").read_text()) for folder in (whole, halves)]
+    results = [run_experiment(make_config(overrides, run_dir=whole), whole, overrides=overrides)]
+    stopped = [*overrides, "trainer.stop_after_steps=3"]
+    assert run_experiment(make_config(stopped, run_dir=halves), halves, overrides=stopped) is None
+    results.append(run_experiment(make_config(overrides, run_dir=halves), halves, overrides=overrides))
     assert results[0]["averaged_checkpoints"]["by"] == "loss"
     assert len(results[0]["averaged_checkpoints"]["steps"]) == 3
     assert results[0]["averaged_checkpoints"] == results[1]["averaged_checkpoints"]
     assert results[0]["test"] == pytest.approx(results[1]["test"])
     kept = sorted(p.name for p in (whole / "nbest").glob("step*.pt"))
     assert kept == sorted(f"step{s}.pt" for s in results[0]["averaged_checkpoints"]["steps"])
-    curve = [json.loads(line) for line in (whole / "curve.jsonl").read_text().splitlines()]
-    dev_losses = {
-        r["step"]: r["loss"] for r in curve if r.get("split") == "dev" and "loss" in r and r["step"] <= 6
-    }
+    dev_losses = {r["step"]: r["loss"] for r in read_curve(whole) if r["split"] == "dev"}
     assert (
         results[0]["averaged_checkpoints"]["steps"]
         == sorted(dev_losses, key=lambda s: (dev_losses[s], s))[:3]
