@@ -189,3 +189,22 @@ def write_voxceleb1(root: Path, speakers: int = 3, counts: tuple[int, int, int] 
                 training.append(path)
     (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
     return training
+
+
+# ESPnet egs2/ml_superb/asr1: the monolingual sets in run_mono.sh's order (local/single_lang_data_prep.py
+# SINGLE_LANG), written out here as ESPnet lists them so tests compare the code against it.
+ESPNET_MONOLINGUAL_SETS = (
+    "eng1",
+    "eng2",
+    "eng3",
+    "fra1",
+    "fra2",
+    "deu1",
+    "deu2",
+    "rus",
+    "swa",
+    "swe",
+    "jpn",
+    "cmn",
+    "xty",
+)

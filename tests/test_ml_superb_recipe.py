@@ -12,6 +12,7 @@ import soundfile
 import torch
 import torch.nn.functional as F
 
+from downstream import reporting
 from downstream.data.ml_superb import MONOLINGUAL_SETS, few_shot_selection, read_ml_superb
 from downstream.encoder_front import Conv2dSubsampling2, conv2d2_lengths, utterance_mvn
 from downstream.heads import TransformerCTCHead
@@ -19,24 +20,9 @@ from downstream.metrics.edit import edit_statistics
 from downstream.tasks.ml_superb import MonolingualSpeechRecognition, MultilingualSpeechRecognition
 from downstream.training.averaging import BestCheckpoints, average_states
 from downstream.training.runner import run_experiment
-from tests.helpers import read_curve
+from tests.helpers import ESPNET_MONOLINGUAL_SETS, read_curve, write_finished_run
 
-# ESPnet egs2/ml_superb/asr1/local/single_lang_data_prep.py: SINGLE_LANG and LANG_TO_SELECTED_DATASET
-ESPNET_SINGLE_LANG = [
-    "eng1",
-    "eng2",
-    "eng3",
-    "fra1",
-    "fra2",
-    "deu1",
-    "deu2",
-    "rus",
-    "swa",
-    "swe",
-    "jpn",
-    "cmn",
-    "xty",
-]
+# ESPnet egs2/ml_superb/asr1/local/single_lang_data_prep.py: LANG_TO_SELECTED_DATASET
 ESPNET_DATASETS = {
     "eng1": "mls",
     "eng2": "nchlt",
@@ -78,7 +64,7 @@ ESPNET_RESERVED = [
 
 
 def test_monolingual_sets_are_espnets_and_the_old_names_are_refused(tmp_path):
-    assert list(MONOLINGUAL_SETS) == ESPNET_SINGLE_LANG
+    assert tuple(MONOLINGUAL_SETS) == ESPNET_MONOLINGUAL_SETS
     assert {name: pair[0] for name, pair in MONOLINGUAL_SETS.items()} == ESPNET_DATASETS
     assert all(pair[1] == name[:3] for name, pair in MONOLINGUAL_SETS.items())  # lang = args.lang[:3]
     with pytest.raises(
@@ -334,3 +320,54 @@ def test_a_run_tests_the_average_of_its_best_checkpoints_and_resumes_to_the_same
         results[0]["averaged_checkpoints"]["steps"]
         == sorted(dev_losses, key=lambda s: (dev_losses[s], s))[:3]
     )
+
+
+def write_ml_run(run_dir: Path, interface: str, cer: float, **changes) -> None:
+    """A finished ml_mono run of s3prl's HuBERT (one language set) with test CER ``cer``."""
+    fields = {
+        "task": "ml_mono",
+        "metric": "cer",
+        "higher_is_better": False,
+        "interface": interface,
+        "upstream": "hubert (s3prl)",
+        "upstream_config": "s3prl",
+        "seed": 0,
+        "schedule": "superb",
+        "protocol": "superb",
+        "trainable_params": {"interface": 13, "head": 1000, "upstream": 0},
+        "dev": {"cer": cer},
+        "test": {"cer": cer},
+    }
+    fields.update(changes)
+    config = fields.pop("config", None)
+    write_finished_run(run_dir, config_yaml=config, **fields)
+
+
+def test_tables_put_the_papers_conditions_beside_their_published_numbers(tmp_path):
+    root = tmp_path / "sweep"
+    languages = ("task.language=eng1",)
+    write_ml_run(root / "ws_1h", "weighted_sum", 36.0, overrides=(*languages, "task.duration=1h"))
+    write_ml_run(root / "ws_10min", "weighted_sum", 44.0, overrides=(*languages, "task.duration=10min"))
+    write_ml_run(root / "pca_1h", "pca_concat", 37.0, overrides=(*languages, "task.duration=1h"))
+    tuned = {"interface": 13, "head": 1000, "upstream": 94_000_000}
+    write_ml_run(root / "hconv_tuned", "hconv", 31.0, trainable_params=tuned, overrides=languages)
+    wide = "task:\n  head:\n    extra_params: 4424832\n"
+    write_ml_run(root / "ws_wide", "weighted_sum", 35.0, config=wide, overrides=languages)
+    write_ml_run(
+        root / "ws_exact", "weighted_sum", 35.5, protocol="exact", overrides=(*languages, "protocol=exact")
+    )
+    table = reporting.aggregate(reporting.collect_runs([root]))
+    references = {
+        (row.interface, row.condition, task): cell.reference.value if cell.reference else None
+        for (row, task), cell in table.cells.items()
+    }
+    assert references[("weighted_sum", "", "ml_mono")] == 35.1  # Table 2 (listed before Table 1)
+    assert references[("weighted_sum", "", "ml_mono_10min")] == 42.85  # Table 1's 10-minute column
+    assert references[("pca_concat", "", "ml_mono")] == 36.58  # Table 1
+    assert references[("hconv", "fine-tuned", "ml_mono")] == 31.1  # Table 4
+    assert (
+        references[("weighted_sum + larger head (+4,424,832)", "larger head", "ml_mono")] == 35.2
+    )  # Table 3
+    exact = [key for key in references if "protocol=exact" in key[0]]
+    assert exact and all(references[key] is None for key in exact)  # never beside protocol=exact
+    assert [column.task for column in table.columns] == ["ml_mono_10min", "ml_mono"]

@@ -13,8 +13,10 @@ is an empty transcript: a warning names the file and line (the tasks' policy for
 ``downstream.tasks.ctc.CTCTask.review_targets``, then applies). The language is the folder's
 three-letter code. The shipped mini corpus stores FLAC files and is read unchanged.
 
-Monolingual ASR trains and validates on one (dataset, language) pair of ``MONOLINGUAL_SETS`` and tests
-on that language in every dataset that has it; multilingual ASR and LID use every language folder.
+Monolingual ASR trains and validates on one (dataset, language) pair of ``MONOLINGUAL_SETS`` (ESPnet's 13
+sets) and tests on that language in every dataset that has it; multilingual ASR and LID use every language
+folder, the reserved (few-shot) languages only with the training utterances ``few_shot_selection`` lists
+(ESPnet's data_prep.py, kept in ml_superb_recipe/few_shot.txt).
 """
 
 from __future__ import annotations
