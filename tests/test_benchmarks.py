@@ -5,6 +5,7 @@ never how fast anything is."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import subprocess
@@ -14,21 +15,22 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.bench import hubert_forward, vs_s3prl
+from scripts.bench import hubert_forward, s3prl_runner
+from scripts.bench import synthetic_librispeech as corpus
 from tests.helpers import REPO_ROOT
 
 
 def test_synthetic_durations_match_train_clean_100():
     """100.6 h / 28,539 utterances = 12.7 s mean (LibriSpeech paper, Table 1), between 2 and 35 s."""
-    durations = vs_s3prl.sample_durations(50_000, np.random.default_rng(0))
+    durations = corpus.sample_durations(50_000, np.random.default_rng(0))
     assert durations.mean() == pytest.approx(100.6 * 3600 / 28_539, abs=0.15)
     assert durations.min() >= 2.0 and durations.max() <= 35.0
     assert 0.6 < np.mean((durations >= 11) & (durations <= 17.5)) < 0.9  # most utterances 11-17.5 s
 
 
 def test_s3prl_phone_vocabulary_is_arpabet_with_stress():
-    assert len(vs_s3prl.S3PRL_PHONE_VOCAB) == 71  # s3prl's downstream/ctc/vocab/phoneme.txt has 71 lines
-    assert {"SIL", "SPN", "AA0", "AA1", "AA2", "ZH"} <= set(vs_s3prl.S3PRL_PHONE_VOCAB)
+    assert len(corpus.S3PRL_PHONE_VOCAB) == 71  # s3prl's downstream/ctc/vocab/phoneme.txt has 71 lines
+    assert {"SIL", "SPN", "AA0", "AA1", "AA2", "ZH"} <= set(corpus.S3PRL_PHONE_VOCAB)
 
 
 class _Tokenizer:
@@ -44,7 +46,7 @@ def test_libriphone_dataset_buckets_by_transcript_length(tmp_path):
     chapter.mkdir(parents=True)
     texts = {"1-2-0000": "A", "1-2-0001": "BC BC", "1-2-0002": "A BC", "1-2-0003": "BC BC BC"}
     (chapter / "1-2.trans.txt").write_text("".join(f"{k} {v}\n" for k, v in texts.items()))
-    dataset = vs_s3prl.LibriPhoneDataset(
+    dataset = s3prl_runner.LibriPhoneDataset(
         ["train"], _Tokenizer(), 2, str(tmp_path), [str(tmp_path / "lexicon.txt")]
     )
     assert [path.stem for path in dataset.file_list] == ["1-2-0003", "1-2-0001", "1-2-0002", "1-2-0000"]
@@ -70,8 +72,8 @@ def test_unmasked_attention_equals_the_masked_path_on_equal_lengths():
 
 @pytest.mark.slow
 def test_s3prl_checkpoint_imports_into_torchaudio_with_the_same_hidden_states(tmp_path):
-    vs_s3prl.write_s3prl_checkpoint("tiny", tmp_path / "tiny.pt")
-    assert vs_s3prl.write_torchaudio_state(tmp_path / "tiny.pt", tmp_path / "tiny_ta.pt") < 1e-5
+    corpus.write_s3prl_checkpoint("tiny", tmp_path / "tiny.pt")
+    assert corpus.write_torchaudio_state(tmp_path / "tiny.pt", tmp_path / "tiny_ta.pt") < 1e-5
     assert set(torch.load(tmp_path / "tiny_ta.pt", weights_only=True)) >= {
         "encoder.transformer.layers.0.attention.k_proj.weight"
     }
@@ -130,6 +132,28 @@ def test_hubert_forward_smoke_reports_every_variant_within_tolerance(tmp_path):
     "module",
     sorted(path.stem for path in (REPO_ROOT / "scripts" / "bench").glob("*.py") if path.stem != "__init__"),
 )
-def test_every_benchmark_module_imports(module):
-    """scripts/benchmark.py imports every subcommand's module: one that no longer imports breaks them all."""
-    importlib.import_module(f"scripts.bench.{module}")
+def test_every_benchmark_module_is_a_command_that_parses_its_defaults(module):
+    """Each benchmark module is either a subcommand of scripts/benchmark.py (``add_arguments`` + ``run``)
+    or a script of its own (``add_arguments`` + ``main``), or a part one of those imports; every command's
+    parser takes its defaults (a broken import or argument breaks scripts/benchmark.py for all of them)."""
+    from scripts import benchmark
+
+    loaded = importlib.import_module(f"scripts.bench.{module}")
+    if not hasattr(loaded, "add_arguments"):  # a part: imported by a command
+        users = [
+            path
+            for path in (REPO_ROOT / "scripts" / "bench").glob("*.py")
+            if f"scripts.bench.{module} " in path.read_text()
+        ]
+        assert users, f"scripts/bench/{module}.py is neither a command nor imported by one"
+        return
+    parser = argparse.ArgumentParser()
+    loaded.add_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    assert defaults, f"{module} takes no arguments"
+    if loaded in benchmark.SUBCOMMANDS.values():
+        assert callable(loaded.run)
+    else:
+        assert callable(loaded.main), (
+            f"{module} is not a subcommand of scripts/benchmark.py and has no main()"
+        )

@@ -18,6 +18,7 @@ from downstream import reporting
 from downstream.reporting.lr_search import REPORT_FILE, sweep_values
 from downstream.results import RunResults
 from downstream.training.halving import halve
+from downstream.training.identity import schedule_of
 from downstream.training.runner import (
     Job,
     resolve_trainer_settings,
@@ -343,7 +344,16 @@ def test_documented_lr_search_launches_pass_the_settings_check_on_the_shipped_co
         key = override.get_key_element()
         value = next(override.sweep_string_iterator()) if override.is_sweep_override() else None
         job.append(override.input_line if value is None else f"{key}={value}")
-    resolve_trainer_settings(compose_config([*job, "trainer.lr=0.001"]))
+    cfg = compose_config([*job, "trainer.lr=0.001"])
+    settings = resolve_trainer_settings(cfg)
+    assert settings.lr == 0.001
+    for step in settings.halving_steps or ():  # a halving decision needs an evaluation at that step
+        assert step % settings.eval_every == 0 and step < settings.max_steps, (launch, step)
+    task = cfg.task.schedules[schedule_of(cfg)]
+    assert (settings.max_steps, settings.eval_every) == (
+        task.max_steps,
+        task.eval_every,
+    )  # the task's schedule
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ The product's frozen torchaudio upstream (upstream/torchaudio_bundle.py, HUBERT_
 architecture, random weights seeded identically for every variant, nothing downloaded) on one batch of
 ``--batch-size`` x ``--seconds`` equal-length random waveforms (default 32 x 12 s), then, with
 ``--varied-batches K``, on K batches of different lengths (train-clean-100-like durations, see
-scripts/bench/vs_s3prl.py's ``sample_durations``) padded up to a multiple of ``--bucket-seconds`` so a
+scripts/bench/synthetic_librispeech.py's ``sample_durations``) padded up to a multiple of ``--bucket-seconds`` so a
 static compile sees few shapes. Variants (``--variants``):
 
 - ``fp32``: eager, fp32 weights, matmuls in full fp32 (PyTorch's default; cuDNN convolutions may use TF32,
@@ -56,7 +56,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO_ROOT))
 
-from scripts.bench.vs_s3prl import describe_machine, markdown_table, sample_durations  # noqa: E402
+from scripts.bench.synthetic_librispeech import sample_durations  # noqa: E402
+from scripts.bench.vs_s3prl import describe_machine, markdown_table  # noqa: E402
 from upstream.torchaudio_bundle import TorchaudioModelUpstream, TorchaudioUpstream  # noqa: E402
 
 TOLERANCE = 0.03  # per-layer relative Frobenius error vs fp32 (upstream/base.py's stated bf16 tolerance)
