@@ -32,7 +32,9 @@ class Reference:
 class PublishedNumbers:
     models: tuple[str, ...]  # published models, in the order table rows are sorted
     aliases: dict[str, str]  # normalised upstream name -> published model
-    references: dict[tuple[str, str, str, str], Reference]  # (model, interface, task, condition) -> value
+    references: dict[tuple[str, str, str], Reference]  # (model, interface, task) -> value, standard condition
+    #: (model, interface, task, condition) -> value for the paper's other conditions (``CONDITIONS``)
+    conditioned: dict[tuple[str, str, str, str], Reference]
     citations: dict[str, str]  # source name -> full citation
 
 
@@ -44,7 +46,8 @@ def load_published(path: Path = DATA_FILE) -> PublishedNumbers:
     """Read and check ``path``; ValueError naming the file and the entry that does not fit."""
     data = yaml.safe_load(path.read_text())
     models = data["models"]
-    references: dict[tuple[str, str, str, str], Reference] = {}
+    references: dict[tuple[str, str, str], Reference] = {}
+    conditioned: dict[tuple[str, str, str, str], Reference] = {}
     citations = {}
     interfaces = interface_config_names()
     for source in data["sources"]:
@@ -74,9 +77,12 @@ def load_published(path: Path = DATA_FILE) -> PublishedNumbers:
                     )
                 for task, column in source["tasks"].items():
                     value = float(values[columns.index(column)])
-                    references.setdefault((model, interface, task, condition), Reference(value, name))
+                    if condition:
+                        conditioned.setdefault((model, interface, task, condition), Reference(value, name))
+                    else:
+                        references.setdefault((model, interface, task), Reference(value, name))
     aliases = {_normalise_name(alias): model for model, names in models.items() for alias in names}
-    return PublishedNumbers(tuple(models), aliases, references, citations)
+    return PublishedNumbers(tuple(models), aliases, references, conditioned, citations)
 
 
 PUBLISHED = load_published()
@@ -97,4 +103,8 @@ def published_reference(
 ) -> Reference | None:
     """The published number for the model (see ``paper_model``), interface config name, task and
     ``condition`` (``CONDITIONS``: '' for a frozen upstream with the standard head), or None."""
-    return PUBLISHED.references.get((model, interface, task, condition)) if model else None
+    if not model:
+        return None
+    if condition:
+        return PUBLISHED.conditioned.get((model, interface, task, condition))
+    return PUBLISHED.references.get((model, interface, task))
