@@ -30,7 +30,10 @@ class RunResults:
     """What one finished run records in results.json. Error rates and accuracies are in percent.
 
     ``trainable_params`` maps interface/head/upstream to trainable parameter counts (upstream 0 when frozen);
-    ``dev``/``test`` map metric names to values (``test`` always holds ``metric``); ``layer_weights`` is a
+    ``dev``/``test`` map metric names to values (``test`` always holds ``metric``: the test score of the best
+    dev checkpoint); ``test_selected`` is SUPERB's test-selected figure where the run recorded one
+    (trainer.test_every: the best test metrics over the evaluated steps, with their ``step``; SV's published
+    EERs are of this kind), else None; ``layer_weights`` is a
     list over layers, a list per group, or None for interfaces that do not weigh layers; ``layer_ids`` are the
     upstream's hidden states the interface saw (``upstream.layers``; 0 = the encoder input), so
     ``layer_weights[i]`` belongs to hidden state ``layer_ids[i]``; ``frame_rate`` is the upstream's output frames
@@ -57,6 +60,7 @@ class RunResults:
     trainable_params: dict[str, int]
     test: dict[str, float]
     dev: dict[str, float] = field(default_factory=dict)
+    test_selected: dict[str, float] | None = None
     upstream_config: str | None = None
     num_layers: int | None = None
     hidden_size: int | None = None
@@ -107,6 +111,7 @@ class RunResults:
         "data_policy",
         "dev",
         "test",
+        "test_selected",
         "layer_weights",
         "overrides",
         "stopped_early",

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import downstream.training.identity  # noqa: F401 - registers the config's resolvers (${schedule:...}, ...)
+from downstream.data.voxceleb1 import read_trials
 from downstream.results import RESULTS_FILE, RunResults
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -87,9 +88,17 @@ def write_finished_run(run_dir: Path, config_yaml: str | None = None, **fields: 
 
 
 def write_superb_run(
-    run_dir: Path, task: str, metric: str, higher: bool, scores: dict, overrides: tuple[str, ...] = ()
+    run_dir: Path,
+    task: str,
+    metric: str,
+    higher: bool,
+    scores: dict,
+    overrides: tuple[str, ...] = (),
+    protocol: str | None = "superb",
+    **fields: Any,
 ) -> RunResults:
-    """A finished weighted-sum run of s3prl's HuBERT on ``task`` whose dev and test scores are ``scores``."""
+    """A finished weighted-sum run of s3prl's HuBERT on ``task`` whose dev and test scores are ``scores``,
+    under ``protocol`` (other RunResults ``fields`` as given)."""
     return write_finished_run(
         run_dir,
         task=task,
@@ -100,10 +109,12 @@ def write_superb_run(
         upstream_config="s3prl",
         seed=0,
         schedule="superb",
+        protocol=protocol,
         trainable_params={"interface": 13, "head": 1000, "upstream": 0},
         dev=scores,
         test=scores,
         overrides=(f"task={task}", "interface=weighted_sum", *overrides),
+        **fields,
     )
 
 
@@ -189,6 +200,44 @@ def write_voxceleb1(root: Path, speakers: int = 3, counts: tuple[int, int, int] 
                 training.append(path)
     (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
     return training
+
+
+def write_small_trials(directory: Path) -> tuple[Path, Path]:
+    """Small trial lists over the mini corpus's dev and test speakers (absolute paths, fast evaluation)."""
+    lists = {}
+    for name, source in (("dev", "dev_trials.txt"), ("test", "veri_test.txt")):
+        trials = read_trials(MINI_SUPERB / "VoxCeleb1" / source)
+        chosen = [t for t in trials if t.same_speaker][:3] + [t for t in trials if not t.same_speaker][:3]
+        lines = [f"{int(t.same_speaker)} {t.enrollment}.flac {t.test}.flac" for t in chosen]
+        lists[name] = directory / f"{name}_trials.txt"
+        lists[name].write_text("\n".join(lines) + "\n")
+    return lists["dev"], lists["test"]
+
+
+# -- s3prl's sox effects, run by the sox program ------------------------------------------------------
+# s3prl 0.4.18's effect chains, written out from the s3prl files (not from this project's code)
+S3PRL_KS_QBE = ["channels", "1", "rate", "16000", "gain", "-3.0"]  # speech_commands/dataset.py:22
+S3PRL_SV = [
+    *S3PRL_KS_QBE,
+    "silence",
+    "1",
+    "0.1",
+    "0.1%",
+    "-1",
+    "0.1",
+    "0.1%",
+]  # sv_voxceleb1/dataset.py:22-27
+
+
+def sox_output(source: Path, effects: list[str], tmp_path: Path) -> np.ndarray:
+    """What s3prl's apply_effects_file gave: sox's float output of ``effects`` on ``source``."""
+    target = tmp_path / "sox_reference.wav"
+    subprocess.run(
+        ["sox", str(source), "-b", "32", "-e", "floating-point", str(target), *effects], check=True
+    )
+    data, rate = soundfile.read(str(target), dtype="float32")
+    assert rate == 16000
+    return data
 
 
 # ESPnet egs2/ml_superb/asr1: the monolingual sets in run_mono.sh's order (local/single_lang_data_prep.py

@@ -34,6 +34,7 @@ from tests.helpers import (
     TINY_UPSTREAM,
     best_dev_record,
     read_curve,
+    write_small_trials,
     write_superb_run,
 )
 
@@ -315,18 +316,6 @@ def test_intent_classification_loss_and_metrics():
         200 / 3
     )
     assert set(metrics) == {"acc", "action_acc", "object_acc", "location_acc"}  # what results.json records
-
-
-def write_small_trials(directory: Path) -> tuple[Path, Path]:
-    """Small trial lists over the mini corpus's dev and test speakers (absolute paths, fast evaluation)."""
-    lists = {}
-    for name, source in (("dev", "dev_trials.txt"), ("test", "veri_test.txt")):
-        trials = read_trials(VOXCELEB / source)
-        chosen = [t for t in trials if t.same_speaker][:3] + [t for t in trials if not t.same_speaker][:3]
-        lines = [f"{int(t.same_speaker)} {t.enrollment}.flac {t.test}.flac" for t in chosen]
-        lists[name] = directory / f"{name}_trials.txt"
-        lists[name].write_text("\n".join(lines) + "\n")
-    return lists["dev"], lists["test"]
 
 
 def test_speaker_verification_am_softmax_and_trial_scoring(tmp_path):

@@ -242,7 +242,13 @@ def test_two_processes_under_torchrun_match_one_process_with_the_same_global_bat
     test statistics equal one process's only if no batch is scored twice (no padding of the shards).
     """
     training = [o for o in TRAINING[2:] if not o.startswith("trainer.limit_eval_batches=")]
-    schedule = ["trainer.max_steps=20", "trainer.eval_every=10", *training, "trainer.limit_eval_batches=3", *TINY]
+    schedule = [
+        "trainer.max_steps=20",
+        "trainer.eval_every=10",
+        *training,
+        "trainer.limit_eval_batches=3",
+        *TINY,
+    ]
     single = tmp_path / "single"
     run_in_process([*schedule, "trainer.grad_accum=2"], single)
 

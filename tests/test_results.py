@@ -37,6 +37,7 @@ RECORD = {
     },
     "dev": {"acc": 25.0},
     "test": {"acc": 30.0},
+    "test_selected": {"step": 2, "acc": 30.0},
     "layer_weights": [0.2, 0.3, 0.5],
     "overrides": ["task=er", "task.fold=1"],
     "stopped_early": {"step": 2, "rank": 2, "of": 2},

@@ -102,13 +102,16 @@ class Task(ABC):
         max_seconds: float | None = None,
         on_too_long: str = "crop",
         on_too_short: str = "pad",
+        gain_db: float = 0.0,
     ) -> None:
         """``data_root``: the corpus as distributed. ``max_seconds``: training utterances longer than this
         are cropped to a random window or skipped (``on_too_long``: crop | skip); dev and test are always
         whole. A task whose target is a transcript (``transcript_target``) never crops: ``crop`` becomes
         ``skip`` there, with a warning. ``on_too_short`` (pad | skip): audio shorter than the upstream's
         ``min_samples`` is zero-padded to it, or left out of training (dev/test are padded either way).
-        The engine's data check (``downstream.training.data_check``) counts all of it per split."""
+        The engine's data check (``downstream.training.data_check``) counts all of it per split.
+        ``gain_db``: every split's audio is scaled by 10^(gain_db / 20) when loaded
+        (``downstream.data.audio.load_audio``; s3prl runs sox ``gain -3.0`` for SV, KS and QbE)."""
         check_choice(f"task ({self.name})", "on_too_long", on_too_long, TOO_LONG_POLICIES)
         check_choice(f"task ({self.name})", "on_too_short", on_too_short, TOO_SHORT_POLICIES)
         self.data_root = str(data_root)
@@ -125,6 +128,9 @@ class Task(ABC):
             on_too_long = "skip"
         self.on_too_long = on_too_long
         self.on_too_short = on_too_short
+        if isinstance(gain_db, bool) or not isinstance(gain_db, int | float):
+            raise ValueError(f"task.gain_db must be a number of decibels, got {gain_db!r}")
+        self.gain_db = float(gain_db)
         #: waveforms shorter than this are zero-padded to it when loaded (set by the engine's data check
         #: from the upstream's ``min_samples``; None: no padding)
         self.pad_to_samples: int | None = None
@@ -204,10 +210,14 @@ class Task(ABC):
     def num_outputs(self) -> int:
         """The head's output count: vocabulary size with the CTC blank, classes, or summed slot sizes."""
 
-    def build_head(self, input_size: int, head_config: Mapping[str, Any]) -> nn.Module:
+    def build_head(
+        self, input_size: int, head_config: Mapping[str, Any], num_outputs: int | None = None
+    ) -> nn.Module:
         """The head of ``head_config`` (the task config's ``head`` node, a ``_target_`` config) with
-        ``input_size`` (the interface's output_size D') and ``num_outputs``."""
-        return hydra.utils.instantiate(head_config, input_size=input_size, num_outputs=self.num_outputs)
+        ``input_size`` (the interface's output_size D') and ``num_outputs`` (default: the task's, which
+        may read the training split; a finished run passes the count its best.pt records)."""
+        outputs = self.num_outputs if num_outputs is None else num_outputs
+        return hydra.utils.instantiate(head_config, input_size=input_size, num_outputs=outputs)
 
     def augment(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Training-time augmentation of the interface's features [B, T, D'] with valid frame counts [B];
@@ -226,6 +236,27 @@ class Task(ABC):
         """One batch's statistics of the head's eval-mode output (shapes as in ``loss``; SV: embeddings
         [B, E]): additive numbers (``edits``/``reference_units``, ``correct``/``total``, ...) or lists of
         per-utterance records, folded over batches and ranks by ``accumulate_statistics``."""
+
+    # -- prediction on new audio (downstream.inference) --------------------------------------------
+    def output_names(self) -> list[str]:
+        """The name of each head output, position i naming output i: the CTC vocabulary with the blank,
+        the class names, ``slot=value`` (IC), the training speakers (SV), one column per speaker (SD).
+        Recorded in best.pt, so a finished run predicts without its corpus. Default: none."""
+        return []
+
+    def predictions(
+        self,
+        logits: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        num_samples: list[int],
+        outputs: list[str],
+    ) -> list[dict[str, Any]]:
+        """One JSON-ready record per utterance of the head's eval-mode output (shapes as in
+        ``eval_statistics``): hypotheses, labels with class probabilities, embeddings or speaker turns.
+        ``num_samples`` [B]: each waveform's samples at 16 kHz before any padding; ``outputs``: the
+        trained run's ``output_names``. Raises NotImplementedError for a task without them (QbE scores
+        queries against documents instead: ``downstream.inference.qbe``)."""
+        raise NotImplementedError(f"task {self.name} has no per-utterance predictions")
 
     @abstractmethod
     def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:

@@ -52,3 +52,26 @@ class ClassificationTask(Task):
 
     def metrics(self, statistics: Mapping[str, float]) -> dict[str, float]:
         return {"acc": accuracy_percent(statistics["correct"], statistics["total"])}
+
+    def output_names(self) -> list[str]:
+        return list(self.labels())
+
+    def predictions(
+        self,
+        logits: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        num_samples: list[int],
+        outputs: list[str],
+    ) -> list[dict[str, Any]]:
+        """``label``: the argmax class (as the accuracy counts it); ``probabilities``: class -> softmax
+        probability of the logits [B, C]."""
+        return [class_record(row, outputs) for row in logits.float().cpu()]
+
+
+def class_record(logits: torch.Tensor, names: list[str]) -> dict[str, Any]:
+    """{label: names[argmax], probabilities: {name: softmax probability}} of one row of logits [C]."""
+    probabilities = torch.softmax(logits, dim=-1).tolist()
+    return {
+        "label": names[int(logits.argmax())],
+        "probabilities": dict(zip(names, probabilities, strict=True)),
+    }

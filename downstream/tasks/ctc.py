@@ -252,3 +252,23 @@ class CTCTask(Task):
 
     def metrics(self, statistics: Mapping[str, float]) -> dict[str, float]:
         return {self.metric: error_rate_percent(statistics["edits"], statistics["reference_units"])}
+
+    # -- prediction -------------------------------------------------------------------------
+    def output_names(self) -> list[str]:
+        return list(self.vocabulary)
+
+    def predictions(
+        self,
+        logits: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        num_samples: list[int],
+        outputs: list[str],
+    ) -> list[dict[str, Any]]:
+        """Greedy CTC decoding (as in evaluation), each hypothesis as ``hypothesis_record`` writes it."""
+        decoded = ctc_greedy_decode(logits, frame_lengths)
+        return [self.hypothesis_record([outputs[index] for index in ids]) for ids in decoded]
+
+    def hypothesis_record(self, tokens: list[str]) -> dict[str, Any]:
+        """A decoded token sequence as the user reads it: ``hypothesis``, the units the error rate counts
+        joined by spaces (PR: phones)."""
+        return {"hypothesis": " ".join(self.error_units(tokens))}

@@ -12,6 +12,7 @@ from downstream.data.corpus import Utterance
 from downstream.data.fluent_commands import SLOTS, IntentUtterance, read_fluent_commands
 from downstream.metrics.classification import accuracy_percent
 from downstream.tasks.base import Batch, Statistics, Task
+from downstream.tasks.classification import class_record
 
 
 class IntentClassification(Task):
@@ -82,6 +83,39 @@ class IntentClassification(Task):
         for slot, name in enumerate(SLOTS):
             statistics[f"{name}_correct"] = right[:, slot].sum().item()
         return statistics
+
+    def output_names(self) -> list[str]:
+        """``<slot>=<value>`` for every slot's values, in the head's block order."""
+        return [
+            f"{slot}={value}"
+            for slot, values in zip(SLOTS, self.slot_values(), strict=True)
+            for value in values
+        ]
+
+    def predictions(
+        self,
+        logits: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        num_samples: list[int],
+        outputs: list[str],
+    ) -> list[dict[str, Any]]:
+        """Per utterance: ``label``, the three predicted values joined by '/' (action/object/location);
+        ``slots``: slot -> predicted value (the argmax of its block, as the accuracy counts it);
+        ``probabilities``: slot -> value -> softmax probability within the slot's block."""
+        blocks: dict[str, list[int]] = {}
+        for index, name in enumerate(outputs):
+            blocks.setdefault(name.split("=", 1)[0], []).append(index)
+        records = []
+        for row in logits.float().cpu():
+            slots, probabilities = {}, {}
+            for slot, columns in blocks.items():
+                names = [outputs[column].split("=", 1)[1] for column in columns]
+                block = class_record(row[columns], names)
+                slots[slot], probabilities[slot] = block["label"], block["probabilities"]
+            records.append(
+                {"label": "/".join(slots.values()), "slots": slots, "probabilities": probabilities}
+            )
+        return records
 
     def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:
         total = statistics["total"]

@@ -102,6 +102,16 @@ class MLSuperbSpeechRecognition(CTCTask):
     def error_units(self, tokens: Sequence[str]) -> list[str]:
         return normalised_characters(tokens, WORD_BOUNDARY)
 
+    def hypothesis_record(self, tokens: list[str]) -> dict[str, Any]:
+        """``hypothesis``: the text (characters, one space between words) without language tokens;
+        ``ml_multi`` with LID adds ``language``, the first decoded language token's code (None: none)."""
+        languages = [token for token in tokens if is_language_token(token)]
+        text = "".join(normalised_characters([t for t in tokens if not is_language_token(t)], WORD_BOUNDARY))
+        record: dict[str, Any] = {"hypothesis": text}
+        if getattr(self, "lid", False):
+            record["language"] = languages[0][1:-1] if languages else None
+        return record
+
     def tokenize(self, utterance: Utterance, split: str) -> list[str]:
         known = self.training_characters()
         return [
@@ -325,3 +335,8 @@ class MultilingualSpeechRecognition(MLSuperbSpeechRecognition):
 
 def language_token(language: str) -> str:
     return f"[{language}]"
+
+
+def is_language_token(token: str) -> bool:
+    """Whether ``token`` is a language token '[xxx]' (characters are single, '<unk>' and '|' are not)."""
+    return len(token) > 2 and token.startswith("[") and token.endswith("]")

@@ -88,9 +88,9 @@ class SpeakerDiarization(Task):
         return self.num_speakers
 
     @staticmethod
-    def _frame_shift(recording: Recording, frames: int) -> float:
-        """Seconds per feature frame of a whole recording: its samples / its frames."""
-        return recording.num_samples / max(frames, 1) / SAMPLE_RATE
+    def _frame_shift(samples: int, frames: int) -> float:
+        """Seconds per feature frame of a whole recording: its samples (16 kHz) / its frames."""
+        return samples / max(frames, 1) / SAMPLE_RATE
 
     def targets(self, batch: Batch, frame_lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
         """[B, num_frames, num_speakers] float activity of every recording at its feature frames."""
@@ -104,7 +104,7 @@ class SpeakerDiarization(Task):
                     recording.turns,
                     columns,
                     num_frames,
-                    self._frame_shift(recording, int(frame_lengths[row])),
+                    self._frame_shift(recording.num_samples, int(frame_lengths[row])),
                 )
             )
         return torch.from_numpy(np.stack(rows))
@@ -122,7 +122,9 @@ class SpeakerDiarization(Task):
         total = DiarizationErrors()
         for row, recording in enumerate(batch["targets"]):
             frames = smooth_activity(activity[row, : int(frame_lengths[row])], self.median)
-            hypothesis = activity_to_turns(frames, self._frame_shift(recording, int(frame_lengths[row])))
+            hypothesis = activity_to_turns(
+                frames, self._frame_shift(recording.num_samples, int(frame_lengths[row]))
+            )
             total = total + diarization_errors(recording.reference, hypothesis)
         return {
             "scored": total.scored,
@@ -130,6 +132,28 @@ class SpeakerDiarization(Task):
             "false_alarm": total.false_alarm,
             "confusion": total.confusion,
         }
+
+    def output_names(self) -> list[str]:
+        """One column per speaker: ``speaker1`` ... (a recording's speakers are unnamed at prediction)."""
+        return [f"speaker{k + 1}" for k in range(self.num_speakers)]
+
+    def predictions(
+        self,
+        logits: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        num_samples: list[int],
+        outputs: list[str],
+    ) -> list[dict[str, Any]]:
+        """``turns``: [speaker, start s, end s] of each run of active frames (sigmoid > ``threshold``, then
+        the ``median`` filter), frames timed as in evaluation (samples / frames of the recording)."""
+        activity = (torch.sigmoid(logits.float()) > self.threshold).cpu().numpy()
+        records = []
+        for row, samples in enumerate(num_samples):
+            frames = int(frame_lengths[row])
+            smoothed = smooth_activity(activity[row, :frames], self.median)
+            turns = activity_to_turns(smoothed, self._frame_shift(samples, frames), outputs)
+            records.append({"turns": [[turn.speaker, turn.start, turn.end] for turn in turns]})
+        return records
 
     def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:
         """DER and its parts, in percent of the scored reference speaker time."""

@@ -16,6 +16,7 @@ from downstream.metrics.slot_filling import (
     begin_token,
     end_token,
     is_slot_token,
+    parse_slots,
     slot_metrics,
     slot_statistics,
     slot_target_tokens,
@@ -120,6 +121,16 @@ class SlotFilling(CTCTask):
             **slot_statistics(reference_texts, hypothesis_texts),
             "word_edits": edits,
             "reference_words": words,
+        }
+
+    def hypothesis_record(self, tokens: list[str]) -> dict[str, Any]:
+        """``hypothesis``: the tagged transcript ('GO B-city ROME E-city'); ``text``: its words without slot
+        tokens; ``slots``: slot type -> its values in order (``parse_slots``, as the metric reads them)."""
+        tagged = tagged_transcript(tokens)
+        return {
+            "hypothesis": tagged,
+            "text": " ".join(word for word in tagged.split() if not is_slot_token(word)),
+            "slots": parse_slots(tagged),
         }
 
     def metrics(self, statistics: Mapping[str, float]) -> dict[str, float]:

@@ -2,8 +2,9 @@
 ESPnet does for ML-SUPERB (``keep_nbest_models: 5``, ``best_model_criterion: [valid, loss, min]``, tested
 model ``valid.loss.ave.pth``: espnet2/main_funcs/average_nbest_models.py).
 
-A run directory then holds ``nbest/step<k>.pt`` (one model per kept evaluation, written with
-``checkpoint.save_checkpoint``) and, after training, ``average.pt``. The ranking (value, step) travels in
+A run directory then holds ``nbest/step<k>.pt`` (one model per kept evaluation, written and read with
+``checkpoint.save_best_model`` / ``load_model_file``) and, after training, ``average.pt`` (``AVERAGE_MODEL``,
+the tested model, which ``downstream.inference`` loads instead of best.pt). The ranking (value, step) travels in
 the branch's resumable checkpoint; a model file is deleted only at the next evaluation after the one that
 pushed it out of the n best, when the checkpoint that forgot it has been written (every evaluation is
 followed by a checkpoint), so a launch killed at any point resumes with every file its ranking names.
@@ -18,10 +19,13 @@ from typing import Any
 
 import torch
 
-from downstream.training.checkpoint import save_checkpoint
+from downstream.training.checkpoint import load_model_file, save_best_model
 from downstream.training.distributed import rank_info
 
 log = logging.getLogger(__name__)
+
+#: The tested model of a run that averages checkpoints (what ``downstream.inference`` loads for it).
+AVERAGE_MODEL = "average.pt"
 
 
 def average_states(states: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -85,7 +89,7 @@ class BestCheckpoints:
         self.evicted = [s for _, s in dropped if s != step]
         is_kept = any(s == step for _, s in kept)
         if is_kept and rank_info().is_main:
-            save_checkpoint({**model_state(), "step": step}, self.path(step))
+            save_best_model(model_state(), self.path(step), step)
         return is_kept
 
     def state(self) -> dict[str, Any]:
@@ -116,7 +120,7 @@ class BestCheckpoints:
             raise ValueError(f"no checkpoint to average under {self.folder}")
         states = []
         for step in self.steps():
-            state = torch.load(self.path(step), map_location=device, weights_only=True)
+            state = load_model_file(self.path(step), device)
             state.pop("step", None)
             states.append(state)
         return average_states(states)

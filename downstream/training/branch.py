@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from downstream.tasks.base import Task
-from downstream.training.averaging import BestCheckpoints
+from downstream.training.averaging import AVERAGE_MODEL, BestCheckpoints
 from downstream.training.checkpoint import (
     capture_rng_state,
+    load_model_file,
     restore_rng_state,
     roll_back_best_model,
     save_best_model,
@@ -117,6 +118,9 @@ class Branch:
         self.best_step: int | None = None
         #: the n best evaluations whose average is the tested model (``use_averaging``; None: best.pt)
         self.best_checkpoints: BestCheckpoints | None = None
+        #: the best test metrics over the evaluations of trainer.test_every, with their step (SUPERB's
+        #: test-selected figure: results.json's test_selected); None until test is first evaluated
+        self.best_test: dict[str, float] | None = None
         self.bad_steps_in_a_row = 0
         self.bad_steps_total = 0
         #: (step, device flag: 1.0 where that update was skipped) not yet counted by ``account_updates``
@@ -228,22 +232,43 @@ class Branch:
         if improved:
             self.best_metric, self.best_step = value, step
             if rank_info().is_main:
-                save_best_model(self.model_state(), self.best_model_path, step)
+                save_best_model(self.named_model_state(task), self.best_model_path, step)
         if self.best_checkpoints is not None:
-            self.best_checkpoints.update(value, step, self.model_state)
+            self.best_checkpoints.update(value, step, lambda: self.named_model_state(task))
+
+    def named_model_state(self, task: Task) -> dict[str, Any]:
+        """``model_state`` with the head outputs' names (vocabulary, labels): a finished run is usable
+        without its training corpus (downstream.inference)."""
+        return {**self.model_state(), "outputs": task.output_names()}
 
     def tested_model_state(self, device: torch.device) -> dict[str, Any]:
-        """The model to test: the average of the n best checkpoints (``use_averaging``), else best.pt."""
+        """The model to test: the average of the n best checkpoints (``use_averaging``), written to
+        ``average_model_path`` for inference, else best.pt."""
         if self.best_checkpoints is not None and self.best_checkpoints.ranking:
             self.best_checkpoints.finish()
             state = self.best_checkpoints.average(device)
+            if rank_info().is_main:
+                save_best_model(state, self.average_model_path, self.best_checkpoints.steps()[0])
             log.info(
-                "%s: testing the average of the checkpoints of steps %s",
+                "%s: testing the average of the checkpoints of steps %s (%s)",
                 self.run_dir,
                 self.best_checkpoints.steps(),
+                self.average_model_path.name,
             )
             return state
-        return torch.load(self.best_model_path, map_location=device, weights_only=True)
+        return load_model_file(self.best_model_path, device)
+
+    @property
+    def average_model_path(self) -> Path:
+        return self.run_dir / AVERAGE_MODEL
+
+    def keep_if_best_test(self, metrics: dict[str, float], task: Task, step: int) -> None:
+        """Keep ``metrics`` (with ``step``) as ``best_test`` when its task metric beats the kept one."""
+        value, kept = metrics[task.metric], self.best_test
+        if kept is None or (
+            value > kept[task.metric] if task.higher_is_better else value < kept[task.metric]
+        ):
+            self.best_test = {"step": step, **metrics}
 
     @property
     def best_model_path(self) -> Path:
@@ -284,6 +309,7 @@ class Branch:
                 **progress,
                 "best_metric": self.best_metric,
                 "best_step": self.best_step,
+                "best_test": self.best_test,
                 "bad_steps_total": self.bad_steps_total,
                 "interface_fitted": self.interface_fitted,
                 "stopped_early": self.stopped_early,
@@ -302,6 +328,7 @@ class Branch:
         self.running_loss.fill_(checkpoint.get("running_loss", 0.0))
         progress = checkpoint["progress"]
         self.best_metric, self.best_step = progress["best_metric"], progress["best_step"]
+        self.best_test = progress.get("best_test")  # absent in checkpoints written before trainer.test_every
         self.bad_steps_total = progress["bad_steps_total"]
         self.interface_fitted = progress["interface_fitted"]
         self.stopped_early = progress.get("stopped_early")  # absent in checkpoints written before halving

@@ -284,6 +284,8 @@ def split_folder(
         **description(upstream_key, split, task),
         "utterances": [[utterance.id, utterance.num_samples] for utterance in dataset.utterances],
     }
+    if dataset.gain_db:  # only when set, so that the caches of unscaled audio keep their folders
+        keyed["gain_db"] = dataset.gain_db
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:24]
     return directory / f"{split}-{digest}"
 

@@ -83,10 +83,39 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # -- the best dev model --------------------------------------------------------------------------------
+#: Layout version of best.pt: 1 adds ``format_version`` and ``outputs`` (the name of each head output) to
+#: the model state dicts and ``step``. Files without ``format_version`` are version 0 (still readable).
+#: Raise it whenever a change makes older files unreadable by this code, or this code's files by older code.
+MODEL_FORMAT_VERSION = 1
+
+
+class ModelFormatError(ValueError):
+    """A model file written in a format this code cannot read (the message names both versions)."""
+
+
 def save_best_model(model_state: dict[str, Any], path: Path, step: int) -> None:
-    """Write the best model with its ``step``; the replaced best.pt stays as best.pt.previous, so a launch
-    killed after this write and before its next checkpoint can roll back (``roll_back_best_model``)."""
-    save_checkpoint({**model_state, "step": step}, path)
+    """Write the best model with its ``step`` and ``MODEL_FORMAT_VERSION``; the replaced best.pt stays as
+    best.pt.previous, so a launch killed after this write and before its next checkpoint can roll back
+    (``roll_back_best_model``)."""
+    save_checkpoint({**model_state, "step": step, "format_version": MODEL_FORMAT_VERSION}, path)
+
+
+def load_model_file(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The model state a best-model file holds (``interface``, ``head``, optionally ``upstream`` state
+    dicts, ``step``, ``format_version``, ``outputs``), tensors on ``device``; the one reader of best.pt for
+    the trainer and for loading a finished run. Raises FileNotFoundError naming the file when it is absent,
+    and ``ModelFormatError`` naming the file's version and this code's when it was written by a newer,
+    incompatible version."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    state = torch.load(path, map_location=device, weights_only=True)
+    version = state.get("format_version", 0) if isinstance(state, dict) else None
+    if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{path} was written in model format version {version!r}; this code reads versions 0 to "
+            f"{MODEL_FORMAT_VERSION}: use the version of this project that trained the run"
+        )
+    return state
 
 
 def best_model_step(path: Path) -> int | None:

@@ -13,6 +13,7 @@ import hydra.utils
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from downstream.heads import count_parameters
 from downstream.results import ResultsFileError, RunResults, too_long_record
@@ -37,6 +38,7 @@ from downstream.training.run_log import SilentRunLogger, environment_record
 from downstream.training.settings import TrainerSettings
 from downstream.training.trainer import Trainer
 from downstream.training.untrained import run_untrained_jobs
+from interfaces.base import Interface
 from upstream.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -76,15 +78,31 @@ def load_complete_results(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def build_model(
+    cfg: DictConfig, upstream: Upstream, task: Task, num_outputs: int | None = None
+) -> tuple[Interface, nn.Module]:
+    """The job's interface (``cfg.interface`` on the upstream's L and D) and head (``cfg.task.head`` on the
+    interface's D'), seeded with ``cfg.seed`` as in a run of its own. ``num_outputs``: the head's output
+    count when known without the corpus (a finished run's best.pt records it), else the task's."""
+    interface = build_interface(cfg, upstream)
+    head = task.build_head(interface.output_size, cfg.task.head, num_outputs=num_outputs)
+    return interface, head
+
+
+def build_interface(cfg: DictConfig, upstream: Upstream) -> Interface:
+    """``cfg.interface`` on the upstream's L hidden states of size D, seeded with ``cfg.seed`` first (its
+    initial weights are those of a run of its own)."""
+    seed_everything(cfg.seed)
+    return hydra.utils.instantiate(
+        cfg.interface, num_layers=upstream.num_layers, hidden_size=upstream.hidden_size
+    )
+
+
 def build_branch(
     cfg: DictConfig, upstream: Upstream, task: Task, settings: TrainerSettings, run_dir: Path
 ) -> Branch:
     """The job's interface and head, seeded exactly as in a run of its own, with its logger and run dir."""
-    seed_everything(cfg.seed)
-    interface = hydra.utils.instantiate(
-        cfg.interface, num_layers=upstream.num_layers, hidden_size=upstream.hidden_size
-    )
-    head = task.build_head(interface.output_size, cfg.task.head)
+    interface, head = build_model(cfg, upstream, task)
     # under torchrun only rank 0 writes the curve, results.json and W&B
     logger = (
         hydra.utils.instantiate(cfg.logger, run_dir=run_dir) if rank_info().is_main else SilentRunLogger()
@@ -149,6 +167,7 @@ def build_results(
         data_policy=data_policy,
         dev=outcome["dev"],
         test=outcome["test"],
+        test_selected=outcome.get("test_selected"),
         layer_weights=None if weights is None else weights.detach().float().cpu().tolist(),
         overrides=tuple(overrides or ()),
         stopped_early=outcome.get("stopped_early"),
@@ -174,6 +193,8 @@ STALE_OUTPUTS = (
     "last.pt.previous",
     "best.pt",
     "best.pt.previous",
+    "average.pt",  # checkpoint averaging's tested model (training/averaging.py)
+    "average.pt.previous",
     "curve.jsonl",
     IDENTITY_FILE,
     "wandb/run_id.txt",

@@ -1,0 +1,136 @@
+"""Upstream -> interface [-> head] in evaluation mode, over batches of files or one waveform: the forward pass
+of the trainer's evaluation (same batching, padding, precision), shared by ``predict``, ``extract`` and the
+Python API."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+import torch
+from torch import nn
+
+from downstream.data.audio import SAMPLE_RATE, resampled_length
+from downstream.data.corpus import Utterance
+from downstream.inference.inputs import InputReport, input_batches
+from downstream.training.settings import PRECISIONS, TrainerSettings, apply_tf32
+from interfaces.base import Interface
+from upstream.base import Upstream
+
+
+@dataclass
+class Forward:
+    """One batch through the pipeline: ``utterances`` (its inputs, in batch order), ``hidden_states``
+    [L, B, T, D], ``frame_lengths`` [B] long, ``features`` [B, T, D'] (the interface's output) and
+    ``logits`` (the head's eval-mode output, None without a head); padded frames beyond each
+    ``frame_lengths[b]`` are not part of utterance b."""
+
+    utterances: list[Utterance]
+    hidden_states: torch.Tensor
+    frame_lengths: torch.Tensor
+    features: torch.Tensor
+    logits: torch.Tensor | None
+
+
+def waveform_at_16k(wav: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
+    """A waveform [N] or [channels, N] (float, any rate) as ``load_audio`` would decode it: float32 mono
+    [N'] at 16 kHz (channels averaged; resampled with soxr HQ, trimmed or padded to ``resampled_length``).
+    Raises ValueError for an empty waveform or a bad shape."""
+    array = wav.detach().cpu().numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav)
+    array = array.astype(np.float32, copy=False)
+    if array.ndim == 2:
+        array = array.mean(axis=0)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"expected a waveform [N] or [channels, N] with N > 0, got shape {array.shape}")
+    if sample_rate != SAMPLE_RATE:
+        target = resampled_length(array.size, sample_rate)
+        array = soxr.resample(array, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+        array = np.pad(array[:target], (0, max(target - array.size, 0)))
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class Pipeline:
+    """A frozen upstream, an interface and optionally a head, on ``device``, in evaluation mode; run with
+    the trainer's precision (``settings.precision``) and batching (``settings.batch_size`` /
+    ``max_batch_seconds``)."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        interface: Interface,
+        head: nn.Module | None,
+        settings: TrainerSettings,
+        device: torch.device,
+        seed: int = 0,
+    ) -> None:
+        self.device = device
+        self.upstream = upstream.to(device).eval()
+        self.interface = interface.to(device).eval()
+        self.head = None if head is None else head.to(device).eval()
+        self.settings = settings
+        self.seed = seed
+        apply_tf32(settings.tf32)
+        self.autocast_dtype = PRECISIONS[settings.precision]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @torch.no_grad()
+    def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """wavs [B, N] float32 at 16 kHz, wav_lengths [B] -> (hidden states [L, B, T, D], frame lengths [B],
+        features [B, T, D'], logits or None), as ``Trainer.evaluate`` computes them."""
+        wavs = wavs.to(self.device)
+        wav_lengths = wav_lengths.to(self.device)
+        with self._autocast():
+            hidden_states, frame_lengths = self.upstream(wavs, wav_lengths)
+        with self._autocast():
+            features = self.interface(hidden_states, frame_lengths)
+            logits = None if self.head is None else self.head(features, frame_lengths)
+        return hidden_states, frame_lengths, features, logits
+
+    def one(self, wav: torch.Tensor | np.ndarray, sample_rate: int) -> Forward:
+        """One waveform (``waveform_at_16k``) as a batch of one, padded to the upstream's ``min_samples``.
+        Raises ValueError when the upstream refuses its length (Whisper with whisper_long_audio=error)."""
+        audio = waveform_at_16k(wav, sample_rate)
+        samples = audio.shape[0]
+        limit = self.upstream.max_samples
+        if limit is not None and samples > limit:
+            raise ValueError(
+                f"the waveform has {samples} samples at 16 kHz, more than this upstream accepts ({limit})"
+            )
+        padded = torch.nn.functional.pad(audio, (0, max(0, int(self.upstream.min_samples) - samples)))
+        outputs = self.forward(padded[None], torch.tensor([padded.shape[0]]))
+        utterance = Utterance(id="waveform", path=None, num_samples=samples)  # type: ignore[arg-type]
+        return Forward([utterance], *outputs)
+
+    def batches(self, utterances: list[Utterance], report: InputReport, desc: str) -> Iterator[Forward]:
+        """Every checked input (``inputs.check_inputs``) in the trainer's evaluation batches, with a
+        progress bar on a terminal (``trainer.progress_bar``); files that fail to decode are named in
+        ``report`` and left out."""
+        loader = input_batches(
+            utterances, self.settings, self.device, int(self.upstream.min_samples), self.seed
+        )
+        show = self.settings.progress_bar
+        if show == "auto":
+            show = sys.stderr.isatty()
+        progress = None
+        if show:
+            from tqdm import tqdm
+
+            progress = tqdm(total=len(utterances), desc=desc, unit="file", dynamic_ncols=True)
+        for batch in loader:
+            for index, message in batch["failed"]:
+                report.skip(utterances[index].path, message)
+            if "wavs" in batch:
+                outputs = self.forward(batch["wavs"], batch["wav_lengths"])
+                yield Forward([utterances[i] for i in batch["indices"].tolist()], *outputs)
+            if progress is not None:
+                progress.update(len(batch["failed"]) + len(batch.get("indices", ())))
+        if progress is not None:
+            progress.close()
