@@ -25,6 +25,14 @@ def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+def head_output_lengths(head: nn.Module, lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """Valid output frames [B] of ``head`` for ``lengths`` [B] valid input frames padded to ``frames``: the
+    head's ``output_lengths`` where it changes the frame rate (``TransformerCTCHead`` with conv2d2), else
+    ``lengths``."""
+    rule = getattr(head, "output_lengths", None)
+    return lengths if rule is None else rule(lengths, frames)
+
+
 def meta_parameter_count(build: Callable[[], nn.Module]) -> int:
     """Every parameter of the module ``build()`` returns, constructed on the meta device (exact, allocates
     nothing)."""

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from downstream.data.corpus import Utterance
+from downstream.heads import head_output_lengths
 from downstream.inference.inputs import InputReport
 from downstream.inference.pipeline import Forward, Pipeline
 from downstream.results import HYDRA_DIR, RESULTS_FILE
@@ -154,7 +155,8 @@ class TrainedRun:
     def records(self, forward: Forward) -> list[dict[str, Any]]:
         """The task's prediction of every utterance of a batch (``Task.predictions``)."""
         samples = [utterance.num_samples for utterance in forward.utterances]
-        return self.task.predictions(forward.logits, forward.frame_lengths, samples, self.outputs)
+        lengths = head_output_lengths(self.pipeline.head, forward.frame_lengths, forward.features.shape[1])
+        return self.task.predictions(forward.logits, lengths, samples, self.outputs)
 
     def predict_files(
         self, utterances: list[Utterance], report: InputReport

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from downstream.heads import head_output_lengths
 from downstream.tasks.base import Task
 from downstream.training.averaging import AVERAGE_MODEL, BestCheckpoints
 from downstream.training.checkpoint import (
@@ -155,10 +156,7 @@ class Branch:
         if training:
             features = task.augment(features, frame_lengths)
         output = self.head(features, frame_lengths)
-        output_lengths = getattr(self.head, "output_lengths", None)
-        if output_lengths is None:
-            return output, frame_lengths
-        return output, output_lengths(frame_lengths, features.shape[1])
+        return output, head_output_lengths(self.head, frame_lengths, features.shape[1])
 
     def train(self, training: bool) -> None:
         self.interface.train(training)
