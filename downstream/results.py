@@ -37,7 +37,9 @@ class RunResults:
     list over layers, a list per group, or None for interfaces that do not weigh layers; ``layer_ids`` are the
     upstream's hidden states the interface saw (``upstream.layers``; 0 = the encoder input), so
     ``layer_weights[i]`` belongs to hidden state ``layer_ids[i]``; ``frame_rate`` is the upstream's output frames
-    per second (Hz); ``too_long`` is
+    per second (Hz); ``members`` is None for one upstream, and for a fused one (``upstream=fusion``) a list
+    over its members of {name, upstream, num_layers, total_layers, layer_ids, hidden_size, frame_rate,
+    downsample_rate, frame_grid} (``FusedUpstream.member_records``); ``too_long`` is
     {max_seconds, policy, <split>: count} or None without a length limit. ``lr`` is the head's learning
     rate (trainer.lr, after the schedule). ``stopped_early`` is None for a run trained to the end, or
     {step, rank, of} when successive halving stopped it (downstream/training/halving.py): it ranked ``rank``
@@ -66,6 +68,7 @@ class RunResults:
     hidden_size: int | None = None
     layer_ids: list[int] | None = None
     frame_rate: float | None = None
+    members: list[dict[str, Any]] | None = None
     seed: int | None = None
     fold: int | None = None
     schedule: str | None = None
@@ -97,6 +100,7 @@ class RunResults:
         "hidden_size",
         "layer_ids",
         "frame_rate",
+        "members",
         "seed",
         "fold",
         "schedule",

@@ -20,6 +20,7 @@ RECORD = {
     "hidden_size": 32,
     "layer_ids": [0, 1, 2],
     "frame_rate": 50.0,
+    "members": None,
     "seed": 0,
     "fold": 1,
     "schedule": "demo",

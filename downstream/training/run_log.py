@@ -238,6 +238,8 @@ class RunLogger:
                 run.summary["protocol"] = results.get("protocol")
                 if results.get("layer_weights") is not None:
                     run.summary["layer_weights"] = results["layer_weights"]
+                if results.get("members") is not None:  # a fused upstream: each member's layers and rate
+                    run.summary["members"] = results["members"]
             run.finish()
 
         self._wandb_call(summarize_and_finish)

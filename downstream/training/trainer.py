@@ -267,8 +267,11 @@ class Trainer:
             weights = branch.interface.layer_weights()
             if weights is not None and weights.dim() == 1:
                 ids = self.upstream.layer_ids or range(len(weights))  # hidden-state indices (upstream.layers)
+                labels = branch.interface.layer_weight_labels(ids)
                 branch.logger.log(
-                    self.step, "layer_weights", {f"layer_{ids[i]}": float(w) for i, w in enumerate(weights)}
+                    self.step,
+                    "layer_weights",
+                    {label: float(w) for label, w in zip(labels, weights, strict=True)},
                 )
             summary = ", ".join(f"{key} {value:.2f}" for key, value in metrics.items())
             log.info(
