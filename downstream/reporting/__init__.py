@@ -11,6 +11,8 @@ resolvers (``lr_search``) without importing torch or matplotlib before it skips 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _MODULE_OF = {
@@ -41,3 +43,17 @@ def __getattr__(name: str) -> Any:
     if name not in _MODULE_OF:
         raise AttributeError(f"module 'downstream.reporting' has no attribute {name!r}")
     return getattr(importlib.import_module(f"downstream.reporting.{_MODULE_OF[name]}"), name)
+
+
+class _Reporting(types.ModuleType):
+    """``aggregate`` and ``render`` are the names of a function and of the module that defines it: once the
+    module is imported, Python binds the package attribute to the module, so these two are always looked up
+    here and give the function."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("aggregate", "render"):
+            return getattr(importlib.import_module(f"downstream.reporting.{name}"), name)
+        return super().__getattribute__(name)
+
+
+sys.modules[__name__].__class__ = _Reporting
