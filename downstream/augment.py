@@ -18,6 +18,9 @@ Keys of a task's ``spec_augment`` config node (``spec_augment(features, lengths,
 With ``max_time_ratio``, W is ``floor(ratio * L)`` with L the padded length under ``positions: padded`` (ESPnet's
 ``MaskAlongAxisVariableMaxWidth``: no time mask at all when W is 0 under ``widths: exclusive``) and each
 utterance's own valid length under ``positions: valid``.
+
+Time warp draws its centre per utterance, as s3prl does (ESPnet draws one warp for the whole batch when every
+utterance has the same length); it reads the lengths on the host (one synchronisation per training step).
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ def time_warp(features: torch.Tensor, lengths: torch.Tensor, window: int) -> tor
             continue
         centre = int(torch.randint(window, length - window, (1,)))
         warped = int(torch.randint(centre - window, centre + window, (1,))) + 1
-        image = features[index, :length].float()[None, None]  # [1, 1, t, D]
+        image = features[index, :length][None, None]  # [1, 1, t, D]
+        if image.dtype in (torch.float16, torch.bfloat16):
+            image = image.float()
         left = F.interpolate(
             image[:, :, :centre], (warped, image.shape[3]), mode=TIME_WARP_MODE, align_corners=False
         )

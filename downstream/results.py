@@ -197,13 +197,20 @@ class RunResults:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> RunResults:
-        """Read ``<run_dir>/results.json``; ResultsFileError naming the file if it is missing or invalid."""
+        """Read ``<run_dir>/results.json``; ResultsFileError naming the file if it is missing, unreadable (bad
+        encoding, truncated, not JSON) or invalid."""
         path = Path(run_dir) / RESULTS_FILE
         if not path.is_file():
             raise ResultsFileError(
                 f"{path}: no such file (the run did not finish, or this is not a run directory)"
             )
-        return cls.from_json(path.read_text(), path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ResultsFileError(f"{path}: not UTF-8 text ({error}); the file is damaged") from error
+        except OSError as error:
+            raise ResultsFileError(f"{path}: cannot be read ({error})") from error
+        return cls.from_json(text, path)
 
 
 def too_long_record(
