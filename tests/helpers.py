@@ -315,3 +315,22 @@ def make_task(name: str, root: Path, *overrides: str):
 def edit_lines(path: Path, change) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     path.write_text("\n".join(change(lines)) + "\n", encoding="utf-8")
+
+
+# ESPnet egs2/ml_superb/asr1: the monolingual sets in run_mono.sh's order (local/single_lang_data_prep.py
+# SINGLE_LANG), written out here as ESPnet lists them so tests compare the code against it.
+ESPNET_MONOLINGUAL_SETS = (
+    "eng1",
+    "eng2",
+    "eng3",
+    "fra1",
+    "fra2",
+    "deu1",
+    "deu2",
+    "rus",
+    "swa",
+    "swe",
+    "jpn",
+    "cmn",
+    "xty",
+)

@@ -123,9 +123,8 @@ def test_training_step_syncs_only_inside_torch_ctc(make_config, tmp_path):
 
     hidden_states, frame_lengths = trainer.upstream_forward(batch)
     branch = trainer.branches[0]
-    logits = (
-        branch.forward(hidden_states, frame_lengths, trainer.task, training=True).detach().requires_grad_()
-    )
+    logits = branch.forward(hidden_states, frame_lengths, trainer.task, training=True)[0]
+    logits = logits.detach().requires_grad_()
 
     def bare_ctc() -> None:
         loss = F.ctc_loss(

@@ -237,7 +237,7 @@ def test_the_ctc_check_is_one_implementation_for_pr_and_ml_superb(tmp_path):
     report = check_inputs(task, tiny_upstream())
     assert report["train"]["ctc_infeasible"]["count"] == 1 and report["train"]["utterances"] == 3
     ml = MonolingualSpeechRecognition(
-        str(write_ml_superb(tmp_path / "ml", [(1600, "HELLO WORLD GOOD MORNING")])), language="deu"
+        str(write_ml_superb(tmp_path / "ml", [(1600, "HELLO WORLD GOOD MORNING")])), language="deu1"
     )
     ml.check_data()
     report = check_inputs(ml, tiny_upstream())
@@ -437,13 +437,13 @@ def test_an_empty_ml_superb_transcript_is_named_with_its_line_and_left_out_of_tr
 ):
     root = write_ml_superb(tmp_path, [], empty_line=line)
     with caplog.at_level(logging.WARNING):
-        read_ml_superb(root, "train", monolingual="deu")
+        read_ml_superb(root, "train", monolingual="deu1")
     if line.endswith("?!"):  # punctuation only: empty after normalisation, found by the task's check
         assert "is empty" not in caplog.text
     else:
         assert "line 4: the transcript of utterance swc_deu_silence_train is empty" in caplog.text
         assert "transcript_1h_train.txt' line 4" in caplog.text and "is empty" in caplog.text
-    task = MonolingualSpeechRecognition(str(root), language="deu")
+    task = MonolingualSpeechRecognition(str(root), language="deu1")
     task.check_data()
     caplog.clear()
     with caplog.at_level(logging.WARNING):

@@ -28,6 +28,7 @@ from downstream.training.runner import run_experiment
 from scripts.make_table import main as make_table_main
 from tests.helpers import (
     CONFIG_DIR,
+    ESPNET_MONOLINGUAL_SETS,
     MINI_SUPERB,
     TWO_STEP_RUN,
     compose_config,
@@ -61,21 +62,7 @@ CORPUS_FOLDERS = {
     "sd": "Diarization",
     "qbe": "quesst14Database",
 }
-ML_MONO_LANGUAGES = {
-    "eng1",
-    "eng2",
-    "eng3",
-    "fra1",
-    "fra2",
-    "deu",
-    "rus",
-    "swa",
-    "swe",
-    "jpn",
-    "cmn",
-    "sat",
-    "xty",
-}
+ML_MONO_LANGUAGES = set(ESPNET_MONOLINGUAL_SETS)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -564,8 +551,9 @@ def test_rows_are_told_apart_by_what_differs(tmp_path):
     assert labels == {
         ("sweep/g2", "hubert (s3prl)", "group_ws (num_groups=2)", False),
         ("sweep/g3", "hubert (s3prl)", "group_ws (num_groups=3)", False),
-        ("sweep/wide", "hubert (s3prl)", "weighted_sum + larger head (+4,424,832)", False),
-        ("sweep/tuned", "hubert (s3prl), fine-tuned", "weighted_sum", False),
+        # the paper's Table 3 and Table 4 conditions: compared with their own published numbers (none for PR)
+        ("sweep/wide", "hubert (s3prl)", "weighted_sum + larger head (+4,424,832)", True),
+        ("sweep/tuned", "hubert (s3prl), fine-tuned", "weighted_sum", True),
     }
     assert "all runs: trainer.max_steps=9" in collection.notes  # shared by every run: a note, not a label
     table = reporting.aggregate(collection)
@@ -824,9 +812,12 @@ def test_published_numbers_file_is_checked_against_the_interface_configs(tmp_pat
     text = DATA_FILE.read_text()
     # Table 2: 5 models x 3 interfaces x 7 tasks; SUPERB adds FBANK (2 interfaces x 4 tasks), wav2vec 2.0
     # (4 tasks) and HuBERT Base's ASR and SID (its PR and ER are Table 2's, the first source listed), and
-    # HuBERT Base's KS, SF F1 and SF CER, SD and QbE; the fusion paper's Table I (secondary) 3 rows x 2 tasks
+    # HuBERT Base's KS, SF F1 and SF CER, SD and QbE; the fusion paper's Table I (secondary) 3 rows x 2 tasks;
+    # Table 1 adds HuBERT Base's 10-minute CER of 5 interfaces and the 1-hour CER of the 2 that Table 2 lacks;
+    # Table 3 (5 models x 2 tasks) and Table 4 (3 rows) are numbers of other conditions
     published = load_published(DATA_FILE)
-    assert len(published.references) == 5 * 3 * 7 + 2 * 4 + 4 + 2 + 3 + 2 + 3 * 2
+    assert len(published.references) == 5 * 3 * 7 + 2 * 4 + 4 + 2 + 3 + 2 + 3 * 2 + 5 + 2
+    assert len(published.conditioned) == 5 * 2 + 3
     assert published.references[("HuBERT Base", "weighted_sum", "pr")] == reporting.Reference(
         5.41, "paper T2"
     )

@@ -64,7 +64,7 @@ ADOPT_HINT = (
     "adopt.py); otherwise add overwrite=true to train it anew (this deletes the folder's outputs)."
 )
 #: Files that hold a run's state: a folder with any of them is a run that a relaunch would continue or skip.
-RUN_STATE_FILES = ("results.json", "last.pt", "last.pt.previous", "best.pt", "best.pt.previous")
+RUN_STATE_FILES = ("results.json", "last.pt", "last.pt.previous", "best.pt", "best.pt.previous", "average.pt")
 SCHEDULES = ("auto", "superb", "demo")
 _MAX_READABLE = 200  # characters of a sweep job's readable folder name before the hash
 

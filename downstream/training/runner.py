@@ -125,7 +125,7 @@ def build_branch(
     logger = (
         hydra.utils.instantiate(cfg.logger, run_dir=run_dir) if rank_info().is_main else SilentRunLogger()
     )
-    return Branch(
+    branch = Branch(
         interface,
         head,
         run_dir,
@@ -140,6 +140,8 @@ def build_branch(
             "environment": environment_record(pick_device(settings.device)),
         },
     )
+    branch.use_averaging(task)
+    return branch
 
 
 def build_results(
@@ -191,7 +193,16 @@ def build_results(
         trainer=settings.record(),
         environment=environment_record(pick_device(settings.device)),
         config_hash=RunIdentity.of(cfg).hash,
+        extra=averaged_record(task, outcome.get("averaged_steps")),
     ).to_dict()
+
+
+def averaged_record(task: Task, steps: list[int] | None) -> dict[str, Any]:
+    """results.json's ``averaged_checkpoints`` when the tested model is an average (``averaging.py``):
+    the steps averaged, best first, and the dev number that ranked them."""
+    if not steps:
+        return {}
+    return {"averaged_checkpoints": {"steps": steps, "by": task.select_metric}}
 
 
 #: What ``overwrite=true`` removes from a run folder before training it again.
@@ -201,6 +212,8 @@ STALE_OUTPUTS = (
     "last.pt.previous",
     "best.pt",
     "best.pt.previous",
+    "average.pt",  # checkpoint averaging's tested model (training/averaging.py)
+    "average.pt.previous",
     "curve.jsonl",
     IDENTITY_FILE,
     "wandb/run_id.txt",
@@ -217,6 +230,8 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         if rank_info().is_main:
             for name in STALE_OUTPUTS:
                 (run_dir / name).unlink(missing_ok=True)
+            for model in (run_dir / "nbest").glob("step*.pt*"):  # checkpoint averaging's models
+                model.unlink()
     else:
         finished = check_run_dir(identity, run_dir)
         if finished is not None:

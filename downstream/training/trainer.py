@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader
 from downstream.data.dataset import AudioDataset
 from downstream.tasks.base import Batch, Task, accumulate_statistics
 from downstream.training.branch import Branch
-from downstream.training.checkpoint import load_model_file
 from downstream.training.distributed import (
     GradientAverager,
     RankBatchSampler,
@@ -211,8 +210,8 @@ class Trainer:
             hidden_states, frame_lengths = self.upstream_forward(batch)
             for branch in self.training_branches:
                 with branch.own_random_stream(), self._autocast():
-                    logits = branch.forward(hidden_states, frame_lengths, self.task, training=True)
-                    loss = self.task.loss(logits, frame_lengths, batch) / accumulation
+                    logits, lengths = branch.forward(hidden_states, frame_lengths, self.task, training=True)
+                    loss = self.task.loss(logits, lengths, batch) / accumulation
                 branch.scaler.scale(loss).backward()
                 branch.running_loss += loss.detach()
         if self.gradient_averager is not None:
@@ -253,8 +252,8 @@ class Trainer:
             hidden_states, frame_lengths = self.upstream_forward(batch, split)
             for branch, totals in zip(branches, statistics, strict=True):
                 with self._autocast():
-                    logits = branch.forward(hidden_states, frame_lengths, self.task, training=False)
-                accumulate_statistics(totals, self.task.eval_statistics(logits, frame_lengths, batch))
+                    logits, lengths = branch.forward(hidden_states, frame_lengths, self.task, training=False)
+                accumulate_statistics(totals, self.task.eval_statistics(logits, lengths, batch))
         return [self.task.metrics(totals) for totals in merge_statistics_over_ranks(statistics)]
 
     def evaluate_and_keep_best(self, branches: list[Branch] | None = None) -> None:
@@ -315,7 +314,7 @@ class Trainer:
             self.evaluate_and_keep_best(unevaluated)  # only after a resume that found no usable best.pt
         barrier()  # rank 0 has written best.pt
         for branch in self.branches:
-            branch.load_model_state(load_model_file(branch.best_model_path, self.device))
+            branch.load_model_state(branch.tested_model_state(self.device))
         self.task.final_evaluation = True
         dev, test = self.evaluate("dev"), self.evaluate("test")
         outcomes = []
@@ -337,6 +336,7 @@ class Trainer:
                     "bad_steps": branch.bad_steps_total,
                     "too_long": dict(self.too_long_counts),
                     "stopped_early": branch.stopped_early,
+                    "averaged_steps": branch.best_checkpoints.steps() if branch.best_checkpoints else None,
                     "test_selected": branch.best_test,
                 }
             )
