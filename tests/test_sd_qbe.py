@@ -617,7 +617,8 @@ def test_sd_frame_accuracy_selects_the_checkpoint_under_superb(tmp_path):
     branch = SimpleNamespace(
         best_metric=None,
         best_step=None,
-        model_state=lambda: {},
+        named_model_state=lambda task: {},
+        best_checkpoints=None,
         best_model_path=tmp_path / "best.pt",
     )
     import downstream.training.branch as branch_module
