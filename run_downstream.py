@@ -29,6 +29,7 @@ os.environ.setdefault("SSL_BENCH_ROOT", str(Path(__file__).resolve().parent))
 
 # Torch-free imports only up to the skip check, so that relaunching a finished run returns in about a
 # second; identity also registers the config's resolvers (${schedule:...}, ${run_hash:}, ${job_dirname:}).
+from downstream.quiet import quiet_third_party  # noqa: E402
 from downstream.reporting.lr_search import register_resolvers  # noqa: E402
 from downstream.training.errors import error_message, wants_traceback  # noqa: E402
 from downstream.training.identity import RunIdentity, check_run_dir, write_resolved_hydra_config  # noqa: E402
@@ -124,6 +125,7 @@ def main(cfg: DictConfig) -> None:
 
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
+    quiet_third_party(wants_traceback(cfg.get("debug", False)))
     try:
         status = launch(cfg, run_dir, list(hydra_config.overrides.task))
     except KeyboardInterrupt:
