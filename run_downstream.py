@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -31,7 +32,8 @@ os.environ.setdefault("SSL_BENCH_ROOT", str(Path(__file__).resolve().parent))
 # second; identity also registers the config's resolvers (${schedule:...}, ${run_hash:}, ${job_dirname:}).
 from downstream.quiet import quiet_third_party  # noqa: E402
 from downstream.reporting.lr_search import register_resolvers  # noqa: E402
-from downstream.training.errors import error_message, wants_traceback  # noqa: E402
+from downstream.results import record_failure, removable_failed_run  # noqa: E402
+from downstream.training.errors import DEBUG_HINT, error_message, wants_traceback  # noqa: E402
 from downstream.training.identity import RunIdentity, check_run_dir, write_resolved_hydra_config  # noqa: E402
 
 register_resolvers()  # ${sweep_values:...} of experiment=lr_search
@@ -117,6 +119,20 @@ def launch(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
     return 0
 
 
+def leave_failed_run(run_dir: Path, message: str, log_name: str) -> str:
+    """After a failed launch: remove ``run_dir`` when it holds nothing but what the launch wrote before
+    training (``removable_failed_run``), else end its log with the error (``record_failure``), which
+    make_table then reports as ``failed: <message>``. Returns ``message`` with the folder's fate."""
+    if removable_failed_run(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return message.replace(
+            f"run folder {run_dir}; ", f"run folder {run_dir} removed: nothing was trained; "
+        )
+    if run_dir.is_dir():
+        record_failure(run_dir, "\n".join(l for l in message.splitlines() if DEBUG_HINT not in l), log_name)
+    return message
+
+
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """One job: a single run, or one job of a sweep. Errors end with one message on stderr and exit status
@@ -141,6 +157,9 @@ def main(cfg: DictConfig) -> None:
             message = f"error: {type(error).__name__} (traceback above)"
         else:
             message = error_message(error, run_dir)
+        if process_rank() == 0:
+            message = leave_failed_run(run_dir, message, f"{hydra_config.job.name}.log")
+        if not wants_traceback(cfg.get("debug", False)):
             print(message, file=sys.stderr)
         if hydra_config.mode == RunMode.MULTIRUN:
             raise JobFailedError(message.splitlines()[0]) from None
