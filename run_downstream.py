@@ -129,7 +129,9 @@ def leave_failed_run(run_dir: Path, message: str, log_name: str) -> str:
             f"run folder {run_dir}; ", f"run folder {run_dir} removed: nothing was trained; "
         )
     if run_dir.is_dir():
-        record_failure(run_dir, "\n".join(l for l in message.splitlines() if DEBUG_HINT not in l), log_name)
+        record_failure(
+            run_dir, "\n".join(line for line in message.splitlines() if DEBUG_HINT not in line), log_name
+        )
     return message
 
 
