@@ -170,6 +170,41 @@ def main(cfg: DictConfig) -> None:
         sys.exit(status)
 
 
+def report_config_names(arguments: list[str]) -> None:
+    """Make Hydra report an unknown key or config option with the closest names of the config tree
+    (``config_help.suggest``) instead of its advice to append the key with ``+``. Hydra prints a
+    ``CompactHydraException`` as its message alone; its other errors are left as they are."""
+    from hydra._internal import utils as hydra_utils
+
+    from downstream.training.config_help import ConfigNameError, suggest
+
+    class UnknownConfigName(CompactHydraException):
+        """An unknown key or option, with suggestions."""
+
+    report = hydra_utils.run_and_report
+    overrides = [argument for argument in arguments if "=" in argument and not argument.startswith("-")]
+
+    def run_and_report(function):
+        def with_suggestions():
+            try:
+                return function()
+            except CompactHydraException as error:
+                better = suggest(error, overrides)
+                if isinstance(better, ConfigNameError):
+                    raise UnknownConfigName(f"error: {better}") from None
+                raise
+
+        return report(with_suggestions)
+
+    hydra_utils.run_and_report = run_and_report
+
+
 if __name__ == "__main__":
+    if any(argument in ("--help", "-h") for argument in sys.argv[1:]):
+        from downstream.training.config_help import help_text
+
+        print(help_text(), end="")  # Hydra's own help: --hydra-help
+        sys.exit(0)
     sys.argv[1:] = prepare_torchrun_arguments(sys.argv[1:])
+    report_config_names(sys.argv[1:])
     main()
