@@ -27,11 +27,12 @@ TASKS = [
     ("qbe", "mtwv", True, 0.0736),
 ]
 INTERFACES = ["weighted_sum", "hconv", "cls_pooling"]
+UPSTREAM = "facebook/hubert-large-ll60k"
 
 
 def write_sweep(root: Path, tasks: int, seeds: int = 2) -> Path:
-    """A sweep of ``tasks`` tasks x three interfaces (one with a long distinguishing override) x seeds on
-    HuBERT Base, so that published numbers are drawn too."""
+    """A sweep of ``tasks`` tasks x three interfaces (one with long distinguishing overrides, one on another
+    upstream) x seeds, on HuBERT Large, so that published numbers are drawn too."""
     rng = np.random.default_rng(0)
     for (task, metric, higher, score), interface, seed in itertools.product(
         TASKS[:tasks], INTERFACES, range(seeds)
@@ -40,13 +41,15 @@ def write_sweep(root: Path, tasks: int, seeds: int = 2) -> Path:
         if interface == "cls_pooling":
             overrides += ("interface.num_layers_transformer=2", "interface.attention_heads=4")
         value = float(score * (1 + 0.05 * rng.standard_normal()))
+        # a sweep job's folder: its overrides, longer than a figure is wide
+        name = ",".join([*overrides, "trainer.lr=0.0001", "upstream=hf", f"upstream.model={UPSTREAM}"])
         write_finished_run(
-            root / f"{task}-{interface}-{seed}",
+            root / name,
             task=task,
             metric=metric,
             higher_is_better=higher,
             interface=interface,
-            upstream="hubert",
+            upstream=UPSTREAM if interface != "hconv" else "microsoft/wavlm-base-plus",
             upstream_config="s3prl",
             num_layers=13,
             hidden_size=768,
