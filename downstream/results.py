@@ -30,11 +30,16 @@ class RunResults:
     """What one finished run records in results.json. Error rates and accuracies are in percent.
 
     ``trainable_params`` maps interface/head/upstream to trainable parameter counts (upstream 0 when frozen);
-    ``dev``/``test`` map metric names to values (``test`` always holds ``metric``); ``layer_weights`` is a
+    ``dev``/``test`` map metric names to values (``test`` always holds ``metric``: the test score of the best
+    dev checkpoint); ``test_selected`` is SUPERB's test-selected figure where the run recorded one
+    (trainer.test_every: the best test metrics over the evaluated steps, with their ``step``; SV's published
+    EERs are of this kind), else None; ``layer_weights`` is a
     list over layers, a list per group, or None for interfaces that do not weigh layers; ``layer_ids`` are the
     upstream's hidden states the interface saw (``upstream.layers``; 0 = the encoder input), so
     ``layer_weights[i]`` belongs to hidden state ``layer_ids[i]``; ``frame_rate`` is the upstream's output frames
-    per second (Hz); ``too_long`` is
+    per second (Hz); ``members`` is None for one upstream, and for a fused one (``upstream=fusion``) a list
+    over its members of {name, upstream, num_layers, total_layers, layer_ids, hidden_size, frame_rate,
+    downsample_rate, frame_grid} (``FusedUpstream.member_records``); ``too_long`` is
     {max_seconds, policy, <split>: count} or None without a length limit. ``lr`` is the head's learning
     rate (trainer.lr, after the schedule). ``stopped_early`` is None for a run trained to the end, or
     {step, rank, of} when successive halving stopped it (downstream/training/halving.py): it ranked ``rank``
@@ -57,11 +62,13 @@ class RunResults:
     trainable_params: dict[str, int]
     test: dict[str, float]
     dev: dict[str, float] = field(default_factory=dict)
+    test_selected: dict[str, float] | None = None
     upstream_config: str | None = None
     num_layers: int | None = None
     hidden_size: int | None = None
     layer_ids: list[int] | None = None
     frame_rate: float | None = None
+    members: list[dict[str, Any]] | None = None
     seed: int | None = None
     fold: int | None = None
     schedule: str | None = None
@@ -93,6 +100,7 @@ class RunResults:
         "hidden_size",
         "layer_ids",
         "frame_rate",
+        "members",
         "seed",
         "fold",
         "schedule",
@@ -107,6 +115,7 @@ class RunResults:
         "data_policy",
         "dev",
         "test",
+        "test_selected",
         "layer_weights",
         "overrides",
         "stopped_early",

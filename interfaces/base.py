@@ -183,6 +183,10 @@ class Interface(nn.Module):
         """Normalised weights over layers ([L] or [groups, L]) when ``weighs_layers``, else None."""
         return None
 
+    def layer_weight_labels(self, layer_ids: Sequence[int]) -> list[str]:
+        """Log names of a 1-D ``layer_weights()``'s entries, given the upstream's ``layer_ids``: layer_<id>."""
+        return [f"layer_{index}" for index in layer_ids]
+
     def ssl_interface_key_map(self) -> dict[str, str]:
         """SSL_Interface state-dict key -> this module's key, for the keys this instance has.
 

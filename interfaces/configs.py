@@ -31,8 +31,9 @@ def compose_interface_config(name: str, overrides: list[str] | None = None) -> D
 
 
 def build_interface(
-    name: str, num_layers: int, hidden_size: int, overrides: list[str] | None = None
+    name: str, num_layers: int, hidden_size: int, overrides: list[str] | None = None, **arguments: object
 ) -> Interface:
-    """Instantiate configs/interface/<name>.yaml for an upstream with ``num_layers`` and ``hidden_size``."""
+    """Instantiate configs/interface/<name>.yaml for an upstream with ``num_layers`` and ``hidden_size``
+    (``arguments``: more constructor arguments, e.g. a fused upstream's ``member_dims``)."""
     config = compose_interface_config(name, overrides)
-    return hydra.utils.instantiate(config, num_layers=num_layers, hidden_size=hidden_size)
+    return hydra.utils.instantiate(config, num_layers=num_layers, hidden_size=hidden_size, **arguments)

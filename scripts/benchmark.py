@@ -5,6 +5,7 @@ python scripts/benchmark.py data                        # decoding + batching sp
 python scripts/benchmark.py step [overrides ...]        # upstream forward vs full training step
 python scripts/benchmark.py upstream --archs ...        # real-sized encoders, random weights: forward time
 python scripts/benchmark.py lr_search [overrides ...]   # K-lr x M-interface search: one group vs separate runs
+python scripts/benchmark.py fusion_memory               # Whisper Small + WavLM Base+ fused vs alone: memory per batch
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.bench import data as data_bench  # noqa: E402
+from scripts.bench import fusion_memory as fusion_memory_bench  # noqa: E402
 from scripts.bench import interfaces as interfaces_bench  # noqa: E402
 from scripts.bench import lr_search as lr_search_bench  # noqa: E402
 from scripts.bench import train_step as step_bench  # noqa: E402
@@ -27,6 +29,7 @@ SUBCOMMANDS = {
     "step": step_bench,
     "upstream": upstream_bench,
     "lr_search": lr_search_bench,
+    "fusion_memory": fusion_memory_bench,
 }
 
 

@@ -88,9 +88,17 @@ def write_finished_run(run_dir: Path, config_yaml: str | None = None, **fields: 
 
 
 def write_superb_run(
-    run_dir: Path, task: str, metric: str, higher: bool, scores: dict, overrides: tuple[str, ...] = ()
+    run_dir: Path,
+    task: str,
+    metric: str,
+    higher: bool,
+    scores: dict,
+    overrides: tuple[str, ...] = (),
+    protocol: str | None = "superb",
+    **fields: Any,
 ) -> RunResults:
-    """A finished weighted-sum run of s3prl's HuBERT on ``task`` whose dev and test scores are ``scores``."""
+    """A finished weighted-sum run of s3prl's HuBERT on ``task`` whose dev and test scores are ``scores``,
+    under ``protocol`` (other RunResults ``fields`` as given)."""
     return write_finished_run(
         run_dir,
         task=task,
@@ -101,10 +109,12 @@ def write_superb_run(
         upstream_config="s3prl",
         seed=0,
         schedule="superb",
+        protocol=protocol,
         trainable_params={"interface": 13, "head": 1000, "upstream": 0},
         dev=scores,
         test=scores,
         overrides=(f"task={task}", "interface=weighted_sum", *overrides),
+        **fields,
     )
 
 
@@ -202,3 +212,29 @@ def write_small_trials(directory: Path) -> tuple[Path, Path]:
         lists[name] = directory / f"{name}_trials.txt"
         lists[name].write_text("\n".join(lines) + "\n")
     return lists["dev"], lists["test"]
+
+
+# -- s3prl's sox effects, run by the sox program ------------------------------------------------------
+# s3prl 0.4.18's effect chains, written out from the s3prl files (not from this project's code)
+S3PRL_KS_QBE = ["channels", "1", "rate", "16000", "gain", "-3.0"]  # speech_commands/dataset.py:22
+S3PRL_SV = [
+    *S3PRL_KS_QBE,
+    "silence",
+    "1",
+    "0.1",
+    "0.1%",
+    "-1",
+    "0.1",
+    "0.1%",
+]  # sv_voxceleb1/dataset.py:22-27
+
+
+def sox_output(source: Path, effects: list[str], tmp_path: Path) -> np.ndarray:
+    """What s3prl's apply_effects_file gave: sox's float output of ``effects`` on ``source``."""
+    target = tmp_path / "sox_reference.wav"
+    subprocess.run(
+        ["sox", str(source), "-b", "32", "-e", "floating-point", str(target), *effects], check=True
+    )
+    data, rate = soundfile.read(str(target), dtype="float32")
+    assert rate == 16000
+    return data

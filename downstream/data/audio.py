@@ -1,6 +1,10 @@
-"""Audio decoding with soundfile: float32 mono at 16 kHz, whatever the file holds.
+"""Audio decoding with soundfile: float32 mono at 16 kHz, whatever the file holds, with an optional gain.
 
 torchaudio.load needs ffmpeg in recent versions; soundfile (libsndfile) decodes WAV and FLAC on its own.
+The gain (``gain_db``, a task key: ``task.gain_db``) is the one place where audio is scaled: s3prl 0.4.18
+runs sox ``gain -3.0`` on every SV, KS and QbE file (``sv_voxceleb1/dataset.py:25``,
+``speech_commands/dataset.py:22``, ``quesst14_dtw/dataset.py:31``); sox's gain is the multiplication by
+10^(dB/20) done here (checked against the ``sox`` program in tests/test_sox_audio.py).
 """
 
 from __future__ import annotations
@@ -32,10 +36,19 @@ def resampled_length(frames: int, source_rate: int, target_rate: int = SAMPLE_RA
     return (2 * frames * target_rate + source_rate) // (2 * source_rate)
 
 
+def gain_factor(gain_db: float) -> float:
+    """The amplitude factor of a gain of ``gain_db`` decibels: 10^(gain_db / 20) (sox ``gain``)."""
+    return 10.0 ** (gain_db / 20.0)
+
+
 def load_audio(
-    path: str | Path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | None = None
+    path: str | Path,
+    sample_rate: int = SAMPLE_RATE,
+    start: int = 0,
+    stop: int | None = None,
+    gain_db: float = 0.0,
 ) -> torch.Tensor:
-    """Decode ``path`` to a float32 mono tensor [N] at ``sample_rate``.
+    """Decode ``path`` to a float32 mono tensor [N] at ``sample_rate``, scaled by ``gain_db`` decibels.
 
     Channels are averaged; another file rate is resampled with soxr (high quality) and the result is
     trimmed or zero-padded to ``resampled_length`` so it matches what the corpus readers report.
@@ -67,4 +80,6 @@ def load_audio(
         mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
         mono = np.pad(mono[:target], (0, max(target - len(mono), 0)))
         mono = mono[start:stop]
+    if gain_db:
+        mono = (mono * np.float32(gain_factor(gain_db))).astype(np.float32, copy=False)
     return torch.from_numpy(np.ascontiguousarray(mono))

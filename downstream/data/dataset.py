@@ -29,6 +29,7 @@ class AudioDataset(Dataset):
     ``set_epoch`` before each epoch (with DataLoader workers, do it before the iterator is created and
     leave persistent_workers off, so the workers receive the new epoch). ``pad_to_samples``: a waveform
     shorter than this (an upstream's ``min_samples``) is zero-padded at the end to that length.
+    ``gain_db``: every waveform is scaled by 10^(gain_db / 20) (``load_audio``; sox ``gain``).
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class AudioDataset(Dataset):
         on_too_long: str = "crop",
         sample_rate: int = SAMPLE_RATE,
         pad_to_samples: int | None = None,
+        gain_db: float = 0.0,
     ) -> None:
         for name, value in (("crop_seconds", crop_seconds), ("max_seconds", max_seconds)):
             if value is not None and not value > 0:
@@ -77,6 +79,7 @@ class AudioDataset(Dataset):
         self.utterances = utterances
         self.crop_samples = min(limits) if limits else None
         self.pad_to_samples = pad_to_samples
+        self.gain_db = float(gain_db)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the crop windows of ``epoch`` (crops are a function of seed, epoch and index)."""
@@ -109,7 +112,7 @@ class AudioDataset(Dataset):
         stop = utterance.num_samples if stop is None else stop
         # relative to the file: an utterance may be a window [start, start + num_samples) of a longer recording
         start, stop = utterance.start + start, utterance.start + stop
-        wav = load_audio(utterance.path, self.sample_rate, start=start, stop=stop)
+        wav = load_audio(utterance.path, self.sample_rate, start=start, stop=stop, gain_db=self.gain_db)
         if self.pad_to_samples is not None and wav.shape[0] < self.pad_to_samples:
             wav = torch.nn.functional.pad(wav, (0, self.pad_to_samples - wav.shape[0]))
         return {"wav": wav, "index": index}

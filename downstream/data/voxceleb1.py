@@ -130,14 +130,19 @@ def read_trials(path: str | Path) -> list[Trial]:
 
 
 def read_voxceleb1_sv(
-    root: str | Path, split: str, test_trials: str | Path, dev_trials: str | Path
+    root: str | Path,
+    split: str,
+    test_trials: str | Path,
+    dev_trials: str | Path,
+    hold_out_dev_speakers: bool = True,
 ) -> list[Utterance]:
     """Utterances of ``split`` for speaker verification, label = speaker id, sorted by id.
 
     test / dev: every utterance a trial of ``test_trials`` / ``dev_trials`` names (trial lists relative to
     ``root`` unless absolute). train: every audio file under <root>/wav/<speaker>/<video>/ (.wav or
-    .flac) of the speakers that no trial list names, the way SUPERB trains on VoxCeleb1's dev speakers
-    and tests on the 40 speakers of veri_test.txt.
+    .flac) of the speakers that the test list does not name (on VoxCeleb1: the 1,211 dev speakers, as
+    s3prl trains, ``sv_voxceleb1/expert.py:58``), and with ``hold_out_dev_speakers`` not those of the dev
+    list either (so that dev trials are of unseen speakers, as test trials are).
     """
     check_choice("read_voxceleb1_sv", "split", split, tuple(SPLIT_CODES))
     root = require_dir(Path(root), "VoxCeleb1 root", LAYOUT)
@@ -151,8 +156,9 @@ def read_voxceleb1_sv(
     else:
         held_out = {
             utterance_id.split("/", 1)[0]
-            for trials in map(read_trials, trial_lists.values())
-            for trial in trials
+            for name, path in trial_lists.items()
+            if name == "test" or hold_out_dev_speakers
+            for trial in read_trials(path)
             for utterance_id in (trial.enrollment, trial.test)
         }
         paths = sorted(

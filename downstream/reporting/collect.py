@@ -1,4 +1,10 @@
-"""Finding finished runs under sweep directories and giving each its table row (upstream x interface)."""
+"""Finding finished runs under sweep directories and giving each its table row (upstream x interface).
+
+Published numbers were computed under ``protocol=superb`` (docs/protocols.md): only rows of superb runs (or
+of records written before results.json had ``protocol``) are compared with them. A row of another protocol
+is labelled ``protocol=<name>`` and gets none; rows of mixed protocols are each labelled; the notes (the
+table's footer) name the protocol.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ from omegaconf import OmegaConf
 from downstream.reporting.lr_choice import LR_KEYS, choice_notes, choose_learning_rates
 from downstream.reporting.published import PUBLISHED, paper_model
 from downstream.results import HYDRA_DIR, RunResults, scan_runs
+
+SUPERB_PROTOCOL = "superb"  # the protocol published numbers were computed with
 
 # Overrides that never tell rows apart: replicates (seed, fold), the row and column keys themselves,
 # where the data lives, and settings that do not change what is trained.
@@ -29,6 +37,7 @@ REPLICATE_OR_KEY_OVERRIDES = {
     "overwrite",
     "logger",
     "schedule",
+    "protocol",  # read from results.json instead (rows of another protocol than superb are labelled)
     "task.head.extra_params",  # shown as "+ larger head"
     "trainer.device",
     "trainer.num_workers",
@@ -46,7 +55,9 @@ class RowKey:
     interface: str
     interface_name: str  # the interface config name (configs/interface/<name>.yaml)
     model: str | None  # the published model the upstream is, if any
-    comparable: bool  # frozen upstream, SUPERB head and interface settings, not the demo schedule
+    comparable: (
+        bool  # frozen upstream, SUPERB head and interface settings, protocol superb, not the demo schedule
+    )
 
     @property
     def label(self) -> str:
@@ -136,6 +147,9 @@ def describe_rows(
     notes = [f"all runs: {key}={value}" for key, value in sorted(shared)]
     if len(schedules) == 1 and None not in schedules:
         notes.append(f"all runs: schedule {next(iter(schedules))}")
+    protocols = {results.protocol for _, results in records}
+    if records:
+        notes.append(protocol_note(protocols))
 
     rows = []
     for (run_dir, results), overrides in zip(records, overrides_by_run, strict=True):
@@ -146,6 +160,8 @@ def describe_rows(
         ]
         if len(schedules) > 1 and results.schedule is not None:
             parts.append(f"schedule={results.schedule}")
+        if results.protocol not in (None, SUPERB_PROTOCOL) or len(protocols) > 1:
+            parts.append(f"protocol={results.protocol or 'unrecorded'}")
         interface = results.interface + (f" ({', '.join(parts)})" if parts else "")
         extra = head_extra_params(run_dir, results)
         if extra:
@@ -158,11 +174,30 @@ def describe_rows(
                 interface_name=results.interface,
                 model=paper_model(results.upstream),
                 comparable=not (
-                    extra or fine_tuned or results.schedule == "demo" or _changes_model(overrides)
+                    extra
+                    or fine_tuned
+                    or results.schedule == "demo"
+                    or results.protocol not in (None, SUPERB_PROTOCOL)
+                    or _changes_model(overrides)
                 ),
             )
         )
     return rows, notes
+
+
+def protocol_note(protocols: set[str | None]) -> str:
+    """The footer line naming the protocol of the table's runs (docs/protocols.md)."""
+    named = sorted(p for p in protocols if p is not None)
+    if protocols == {SUPERB_PROTOCOL}:
+        return "protocol: superb (SUPERB's published pipeline; published numbers are of this protocol)"
+    if not named:
+        return "protocol: not recorded (results.json written before protocols); compared as superb"
+    others = [p for p in named if p != SUPERB_PROTOCOL]
+    listed = ", ".join(named) + (" and unrecorded" if None in protocols else "")
+    return (
+        f"protocols: {listed}; rows labelled protocol={'/'.join(others)} get no published number "
+        "(published numbers are of protocol superb)"
+    )
 
 
 def data_policy_summary(results: RunResults) -> str | None:
@@ -230,6 +265,18 @@ def collect_runs(roots: Iterable[str | Path], chosen_lr: bool = False) -> Collec
     ]
     if stopped:
         notes.append("stopped early by successive halving (trained fewer steps): " + "; ".join(stopped))
+    selected = [
+        run for run in runs if run.results.test_selected and run.results.metric in run.results.test_selected
+    ]
+    if selected:
+        figures = ", ".join(
+            f"{run.name} {run.results.test_selected[run.results.metric]:g} (step {run.results.test_selected.get('step')})"
+            for run in selected
+        )
+        notes.append(
+            "test scores are of the best dev checkpoint; SUPERB's published SV EERs are the best test score over "
+            f"checkpoints instead (results.json test_selected, optimistic): {figures}"
+        )
     return Collection(runs=runs, incomplete=scan.incomplete, notes=notes, chosen_lr=chosen_lr)
 
 

@@ -15,6 +15,9 @@ import yaml
 from interfaces.configs import interface_config_names
 
 DATA_FILE = Path(__file__).with_name("published.yaml")
+#: How a fused upstream's label joins its members (upstream.fusion.MEMBER_SEPARATOR) and a published
+#: fused model's name joins its members' ("Whisper Small + WavLM Base+").
+FUSION_SEPARATOR = " + "
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,13 @@ PUBLISHED = load_published()
 
 
 def paper_model(upstream_label: str) -> str | None:
-    """The published model an upstream label names ("hubert (s3prl)" -> "HuBERT Base"), or None; None also
+    """The published model an upstream label names ("hubert (s3prl)" -> "HuBERT Base"; a fused upstream's
+    "openai/whisper-small (hf) + wavlm_base_plus (s3prl)" -> "Whisper Small + WavLM Base+"), or None; None also
     for a model with random weights ("HUBERT_BASE (torchaudio, random init)": the architecture, not the model)."""
+    if FUSION_SEPARATOR in upstream_label:  # a fused upstream: "<member> + <member>", each a published model
+        parts = [paper_model(part) for part in upstream_label.split(FUSION_SEPARATOR)]
+        joined = FUSION_SEPARATOR.join(part or "" for part in parts)
+        return joined if all(parts) and joined in PUBLISHED.models else None
     match = re.fullmatch(r"\s*(.+?)\s*\(([^()]*)\)\s*", upstream_label)
     if match and "random init" in match.group(2):
         return None

@@ -102,13 +102,16 @@ class Task(ABC):
         max_seconds: float | None = None,
         on_too_long: str = "crop",
         on_too_short: str = "pad",
+        gain_db: float = 0.0,
     ) -> None:
         """``data_root``: the corpus as distributed. ``max_seconds``: training utterances longer than this
         are cropped to a random window or skipped (``on_too_long``: crop | skip); dev and test are always
         whole. A task whose target is a transcript (``transcript_target``) never crops: ``crop`` becomes
         ``skip`` there, with a warning. ``on_too_short`` (pad | skip): audio shorter than the upstream's
         ``min_samples`` is zero-padded to it, or left out of training (dev/test are padded either way).
-        The engine's data check (``downstream.training.data_check``) counts all of it per split."""
+        The engine's data check (``downstream.training.data_check``) counts all of it per split.
+        ``gain_db``: every split's audio is scaled by 10^(gain_db / 20) when loaded
+        (``downstream.data.audio.load_audio``; s3prl runs sox ``gain -3.0`` for SV, KS and QbE)."""
         check_choice(f"task ({self.name})", "on_too_long", on_too_long, TOO_LONG_POLICIES)
         check_choice(f"task ({self.name})", "on_too_short", on_too_short, TOO_SHORT_POLICIES)
         self.data_root = str(data_root)
@@ -125,6 +128,9 @@ class Task(ABC):
             on_too_long = "skip"
         self.on_too_long = on_too_long
         self.on_too_short = on_too_short
+        if isinstance(gain_db, bool) or not isinstance(gain_db, int | float):
+            raise ValueError(f"task.gain_db must be a number of decibels, got {gain_db!r}")
+        self.gain_db = float(gain_db)
         #: waveforms shorter than this are zero-padded to it when loaded (set by the engine's data check
         #: from the upstream's ``min_samples``; None: no padding)
         self.pad_to_samples: int | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,7 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from downstream.data.corpus import Utterance, label_vocabulary
+from downstream.data.audio import SAMPLE_RATE
+from downstream.data.corpus import DataLayoutError, Utterance, label_vocabulary, probe_audio
+from downstream.data.sox_vad import VAD_EFFECT, vad_files
 from downstream.data.voxceleb1 import Trial, read_trials, read_voxceleb1_sv
 from downstream.metrics.verification import equal_error_rate, minimum_detection_cost
 from downstream.tasks.base import Batch, Statistics, Task
@@ -19,15 +22,27 @@ from downstream.tasks.base import Batch, Statistics, Task
 log = logging.getLogger(__name__)
 
 
+#: Where s3prl keeps SUPERB's SV dev trial list (20,000 trials over 40 VoxCeleb1 dev speakers).
+S3PRL_DEV_TRIALS = "s3prl/downstream/sv_voxceleb1/dev_meta_data/dev_meta_data.txt (s3prl 0.4.18)"
+
+
 class SpeakerVerification(Task):
-    """Train a speaker embedding on the speakers that no trial list names, score trials by cosine.
+    """Train a speaker embedding on VoxCeleb1's dev speakers, score trials by cosine (SUPERB SV).
 
     Training: the head (``downstream.heads.XVectorHead``) returns cosines cos_c between the utterance and
     each training speaker; AM-softmax (additive margin) loss
     L = -log( e^{s (cos_y - m)} / (e^{s (cos_y - m)} + sum_{c != y} e^{s cos_c}) ),
     scale s = ``am_softmax_scale``, margin m = ``am_softmax_margin`` (SUPERB: 30 and 0.4). Training crops
-    ``train_crop_seconds`` (8 s in SUPERB); ``min_train_seconds`` drops shorter training utterances
-    (SUPERB drops those under 2 s).
+    ``train_crop_seconds`` (8 s in SUPERB). The training speakers are every speaker the test list does not
+    name, and with ``hold_out_dev_speakers`` not those of the dev list either; every one of them is a class
+    (s3prl: every speaker folder), even one whose utterances the length rule removes.
+
+    Audio (s3prl ``sv_voxceleb1/dataset.py:22-27``): ``gain_db`` on every split (the shared loader), and with
+    ``vad`` sox's ``silence 1 0.1 0.1% -1 0.1 0.1%`` after that gain on every split
+    (``downstream.data.sox_vad``: the sox program, output cached in ``vad_cache_dir``). Training utterances
+    of ``min_train_seconds`` or less (after the VAD) are left out (s3prl keeps ``length > min_sec`` =
+    32,000 samples, ``dataset.py:62``); results.json's ``data_policy`` counts them (``short_train``) and
+    what the VAD did (``vad``). A dev or test utterance that the VAD empties is an error.
 
     Evaluation: every utterance of the split's trial list is embedded whole (the head in eval mode), a
     trial's score is the cosine similarity of its two embeddings, and the metrics are the equal error
@@ -47,6 +62,9 @@ class SpeakerVerification(Task):
         dev_trials: str = "dev_trials.txt",
         train_crop_seconds: float | None = 8.0,
         min_train_seconds: float | None = None,
+        hold_out_dev_speakers: bool = True,
+        vad: bool = False,
+        vad_cache_dir: str | None = None,
         am_softmax_scale: float = 30.0,
         am_softmax_margin: float = 0.4,
         min_dcf_p_target: float = 0.01,
@@ -62,29 +80,94 @@ class SpeakerVerification(Task):
         if min_train_seconds is not None and min_train_seconds < 0:
             raise ValueError(f"task.min_train_seconds must be >= 0 or null, got {min_train_seconds}")
         self.trial_files = {"dev": dev_trials, "test": test_trials}
+        dev_path = Path(self.data_root) / dev_trials
+        if not dev_path.is_file():
+            raise DataLayoutError(
+                f"sv: the dev trial list task.dev_trials='{dev_path}' does not exist. SUPERB's is s3prl's "
+                f"{S3PRL_DEV_TRIALS}: copy it there or point task.dev_trials at it"
+            )
         self.train_crop_seconds = train_crop_seconds
         self.min_train_seconds = min_train_seconds
+        self.hold_out_dev_speakers = bool(hold_out_dev_speakers)
+        self.vad = bool(vad)
+        self.vad_cache_dir = vad_cache_dir
         self.am_softmax_scale = am_softmax_scale
         self.am_softmax_margin = am_softmax_margin
         self.min_dcf_p_target = min_dcf_p_target
         self._trials: dict[str, list[Trial]] = {}
         self._speaker_ids: dict[str, int] | None = None
+        self._speakers: list[str] | None = None
+        self._policy: dict[str, dict[str, Any]] = {}
 
     # -- data -------------------------------------------------------------------------------
     def read_split(self, split: str) -> list[Utterance]:
         utterances = read_voxceleb1_sv(
-            self.data_root, split, self.trial_files["test"], self.trial_files["dev"]
+            self.data_root,
+            split,
+            self.trial_files["test"],
+            self.trial_files["dev"],
+            hold_out_dev_speakers=self.hold_out_dev_speakers,
         )
-        if split == "train" and self.min_train_seconds:
-            kept = [utterance for utterance in utterances if utterance.seconds >= self.min_train_seconds]
-            log.info(
-                "sv: %d of %d training utterances are shorter than min_train_seconds=%s and left out",
-                len(utterances) - len(kept),
-                len(utterances),
-                self.min_train_seconds,
-            )
-            utterances = kept
+        if self.vad:
+            utterances = self._apply_vad(split, utterances)
+        if split == "train":
+            self._speakers = label_vocabulary(utterances)
+            minimum = round((self.min_train_seconds or 0.0) * SAMPLE_RATE)
+            short = [utterance for utterance in utterances if utterance.num_samples <= minimum]
+            self._policy.setdefault(split, {})["short_train"] = {
+                "count": len(short),
+                "min_train_seconds": self.min_train_seconds,
+                "policy": "left out (kept: longer than min_train_seconds"
+                + (", after the VAD)" if self.vad else ")"),
+                "examples": [utterance.id for utterance in short[:5]],
+            }
+            if short:
+                log.info(
+                    "sv: %d of %d training utterances are %s s or shorter%s and left out (task.min_train_seconds)",
+                    len(short),
+                    len(utterances),
+                    self.min_train_seconds or 0,
+                    " after the VAD" if self.vad else "",
+                )
+            dropped = {id(utterance) for utterance in short}
+            utterances = [utterance for utterance in utterances if id(utterance) not in dropped]
         return utterances
+
+    def _apply_vad(self, split: str, utterances: list[Utterance]) -> list[Utterance]:
+        """The utterances read from sox's VAD output (cached), with their new lengths; emptied ones keep
+        length 0 on train (the length rule removes them) and are an error on dev and test."""
+        outputs = vad_files([u.path for u in utterances], gain_db=self.gain_db, directory=self.vad_cache_dir)
+        emptied = [u for u, path in zip(utterances, outputs, strict=True) if path is None]
+        if emptied and split != "train":
+            raise DataLayoutError(
+                f"sv: sox's VAD (silence {' '.join(VAD_EFFECT[1:])}) removed every sample of {len(emptied)} "
+                f"{split} utterance(s) (first: {', '.join(u.path.name for u in emptied[:3])}, "
+                f"{emptied[0].path}); these cannot be scored: remove them from the trial list or set task.vad=false"
+            )
+        kept = [(u, path) for u, path in zip(utterances, outputs, strict=True) if path is not None]
+        infos = probe_audio([path for _, path in kept], f"VoxCeleb1/sv-vad-{split}")
+        lengths = {id(u): info.num_samples for (u, _), info in zip(kept, infos, strict=True)}
+        paths = {id(u): path for u, path in kept}
+        result = [
+            dataclasses.replace(u, path=paths.get(id(u), u.path), num_samples=lengths.get(id(u), 0))
+            for u in utterances
+        ]
+        before = sum(u.num_samples for u in utterances) / SAMPLE_RATE
+        after = sum(u.num_samples for u in result) / SAMPLE_RATE
+        self._policy.setdefault(split, {})["vad"] = {
+            "policy": f"sox gain {self.gain_db:g} dB + silence {' '.join(VAD_EFFECT[1:])} (s3prl sv_voxceleb1)",
+            "seconds_before": round(before, 2),
+            "seconds_after": round(after, 2),
+            "emptied": len(emptied),
+        }
+        log.info("sv: sox's VAD kept %.1f of %.1f s of the %s audio", after, before, split)
+        return result
+
+    def review_targets(self, split: str) -> tuple[dict[str, Any], set[str]]:
+        """``vad`` (seconds before and after) and, on train, ``short_train`` (utterances left out by the
+        length rule) for results.json's ``data_policy``."""
+        self.utterances(split)
+        return dict(self._policy.get(split, {})), set()
 
     def trials(self, split: str) -> list[Trial]:
         """The trials scored on ``split`` ('dev' or 'test')."""
@@ -93,8 +176,11 @@ class SpeakerVerification(Task):
         return self._trials[split]
 
     def speakers(self) -> list[str]:
-        """The training speakers (the AM-softmax classes)."""
-        return label_vocabulary(self.utterances("train"))
+        """The training speakers (the AM-softmax classes): every speaker of the training folders, also one
+        whose utterances the length rule left out (s3prl's class list, ``dataset.py:59``)."""
+        self.utterances("train")
+        assert self._speakers is not None
+        return self._speakers
 
     def encode(self, utterance: Utterance, split: str) -> int | None:
         """Training: the speaker's class index. Evaluation needs no target (trials are scored)."""

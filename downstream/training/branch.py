@@ -114,6 +114,9 @@ class Branch:
         self.running_loss = torch.zeros((), device=device)
         self.best_metric: float | None = None
         self.best_step: int | None = None
+        #: the best test metrics over the evaluations of trainer.test_every, with their step (SUPERB's
+        #: test-selected figure: results.json's test_selected); None until test is first evaluated
+        self.best_test: dict[str, float] | None = None
         self.bad_steps_in_a_row = 0
         self.bad_steps_total = 0
         #: (step, device flag: 1.0 where that update was skipped) not yet counted by ``account_updates``
@@ -215,6 +218,14 @@ class Branch:
                 state = {**self.model_state(), "outputs": task.output_names()}
                 save_best_model(state, self.best_model_path, step)
 
+    def keep_if_best_test(self, metrics: dict[str, float], task: Task, step: int) -> None:
+        """Keep ``metrics`` (with ``step``) as ``best_test`` when its task metric beats the kept one."""
+        value, kept = metrics[task.metric], self.best_test
+        if kept is None or (
+            value > kept[task.metric] if task.higher_is_better else value < kept[task.metric]
+        ):
+            self.best_test = {"step": step, **metrics}
+
     @property
     def best_model_path(self) -> Path:
         return self.run_dir / "best.pt"
@@ -254,6 +265,7 @@ class Branch:
                 **progress,
                 "best_metric": self.best_metric,
                 "best_step": self.best_step,
+                "best_test": self.best_test,
                 "bad_steps_total": self.bad_steps_total,
                 "interface_fitted": self.interface_fitted,
                 "stopped_early": self.stopped_early,
@@ -271,6 +283,7 @@ class Branch:
         self.running_loss.fill_(checkpoint.get("running_loss", 0.0))
         progress = checkpoint["progress"]
         self.best_metric, self.best_step = progress["best_metric"], progress["best_step"]
+        self.best_test = progress.get("best_test")  # absent in checkpoints written before trainer.test_every
         self.bad_steps_total = progress["bad_steps_total"]
         self.interface_fitted = progress["interface_fitted"]
         self.stopped_early = progress.get("stopped_early")  # absent in checkpoints written before halving

@@ -15,6 +15,9 @@ the split's utterance ids and lengths, in order) and the same split. Layout of `
 A split is written to a ``.partial`` folder and renamed into place when complete, so a crash never leaves
 a half-written cache and two runs filling the same split at once both end up reading one complete copy.
 
+A fused upstream (``upstream=fusion``) is cached per member under that member's own key, so a member's
+cache serves every fusion that contains it and its single-model runs.
+
 Precision: float16 round-to-nearest, so each cached value x' satisfies |x' - x| <= 2^-11 |x| for
 |x| >= 2^-14, and |x' - x| <= 2^-25 below (subnormals). Values beyond float16's range (65504) are refused.
 
@@ -119,6 +122,25 @@ class HiddenStateCache:
         return IndexOnlyDataset(dataset)
 
 
+class FusedHiddenStateCache(HiddenStateCache):
+    """The caches of a fused upstream's members, read together: ``lookup`` reads each member's states and
+    aligns them as the fused upstream's forward does (``FusedUpstream.align``)."""
+
+    def __init__(self, upstream: Upstream, member_caches: list[HiddenStateCache]) -> None:
+        super().__init__(upstream.num_layers, upstream.hidden_size)
+        self.upstream = upstream
+        self.member_caches = member_caches
+
+    def has(self, split: str) -> bool:
+        return all(cache.has(split) for cache in self.member_caches)
+
+    def lookup(
+        self, batch: dict[str, Any], split: str, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused hidden states [L, B, T, sum D_i] and frame_lengths [B] of ``batch``'s utterances."""
+        return self.upstream.align([cache.lookup(batch, split, device) for cache in self.member_caches])
+
+
 class IndexOnlyDataset(Dataset):
     """Stands in for a split's AudioDataset once the cache holds its hidden states: same utterances,
     lengths (for the batch sampler) and epochs, but items are {"wav": empty, "index": i}."""
@@ -153,7 +175,23 @@ def open_hidden_state_cache(
 ) -> HiddenStateCache:
     """The cache of ``cache_config["splits"]``, filling the splits not yet on disk (the upstream runs once
     over each). Refuses, before anything runs, a trainable upstream, a split with random crops, a total
-    size above ``cache.max_gb`` (stating the size it would need) and a disk without room for it."""
+    size above ``cache.max_gb`` (stating the size it would need) and a disk without room for it.
+
+    A fused upstream (``upstream=fusion``) gets one cache per member, keyed by that member's own config and
+    weights exactly as a single-model run of it is (so any fusion containing the member, and the member's
+    single-model runs, share it; ``cache.max_gb`` applies to each), and the members' cached states are
+    aligned on lookup (``FusedHiddenStateCache``)."""
+    members = getattr(upstream, "members", None)
+    if members is not None:
+        return FusedHiddenStateCache(
+            upstream,
+            [
+                open_hidden_state_cache(
+                    cache_config, upstream_config["members"][key], member, task, settings, seed, device
+                )
+                for key, member in members.items()
+            ],
+        )
     if upstream.trainable:
         raise HiddenStateCacheError(
             "cache.enabled=true needs a frozen upstream: with upstream.trainable=true its hidden states change "
@@ -284,6 +322,8 @@ def split_folder(
         **description(upstream_key, split, task),
         "utterances": [[utterance.id, utterance.num_samples] for utterance in dataset.utterances],
     }
+    if dataset.gain_db:  # only when set, so that the caches of unscaled audio keep their folders
+        keyed["gain_db"] = dataset.gain_db
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:24]
     return directory / f"{split}-{digest}"
 

@@ -64,7 +64,11 @@ class RunConfigMismatchError(ValueError):
 
 
 def is_excluded(key: str) -> bool:
-    """Whether dotted ``key`` is one of ``EXCLUDED_KEYS`` or lies below one."""
+    """Whether dotted ``key`` is one of ``EXCLUDED_KEYS`` or lies below one; a fused upstream's member keys
+    (``upstream.members.<name>.<key>``) count as the same ``upstream.<key>``."""
+    parts = key.split(".")
+    if len(parts) > 3 and parts[:2] == ["upstream", "members"]:
+        key = ".".join(["upstream", *parts[3:]])
     return any(key == excluded or key.startswith(excluded + ".") for excluded in EXCLUDED_KEYS)
 
 

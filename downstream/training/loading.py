@@ -63,7 +63,8 @@ def resolve_num_workers(setting: int | str, device: torch.device) -> int:
 def split_dataset(task: Task, split: str, seed: int) -> AudioDataset:
     """The waveforms of one split as the trainer reads them: training crops (task.train_crop_seconds)
     and the length limit (task.max_seconds / on_too_long) on train only, so dev and test stay whole;
-    audio shorter than task.pad_to_samples zero-padded to it on every split."""
+    audio shorter than task.pad_to_samples zero-padded to it on every split; every split scaled by
+    task.gain_db decibels."""
     training = split == "train"
     return AudioDataset(
         task.utterances(split),
@@ -72,6 +73,7 @@ def split_dataset(task: Task, split: str, seed: int) -> AudioDataset:
         max_seconds=task.max_seconds if training else None,
         on_too_long=task.on_too_long,
         pad_to_samples=task.pad_to_samples,
+        gain_db=task.gain_db,
     )
 
 

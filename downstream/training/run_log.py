@@ -231,11 +231,15 @@ class RunLogger:
 
         def summarize_and_finish(run) -> None:
             if results is not None:
-                for split in ("dev", "test"):
-                    for key, value in results[split].items():
+                for split in ("dev", "test", "test_selected"):
+                    for key, value in (results.get(split) or {}).items():
                         run.summary[f"final/{split}/{key}"] = value
+                # the config holds protocol.name too; the summary makes runs filterable by it
+                run.summary["protocol"] = results.get("protocol")
                 if results.get("layer_weights") is not None:
                     run.summary["layer_weights"] = results["layer_weights"]
+                if results.get("members") is not None:  # a fused upstream: each member's layers and rate
+                    run.summary["members"] = results["members"]
             run.finish()
 
         self._wandb_call(summarize_and_finish)

@@ -82,6 +82,16 @@ def load_complete_results(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def interface_member_arguments(interface_config: DictConfig, upstream: Upstream) -> dict[str, Any]:
+    """``member_dims`` for an interface that takes it (the fusion interfaces) on a fused upstream, else {}."""
+    member_dims = getattr(upstream, "member_dims", None)
+    if member_dims is None:
+        return {}
+    if not getattr(hydra.utils.get_class(interface_config._target_), "takes_member_dims", False):
+        return {}
+    return {"member_dims": list(member_dims)}
+
+
 def build_model(
     cfg: DictConfig, upstream: Upstream, task: Task, num_outputs: int | None = None
 ) -> tuple[Interface, nn.Module]:
@@ -98,7 +108,10 @@ def build_interface(cfg: DictConfig, upstream: Upstream) -> Interface:
     initial weights are those of a run of its own)."""
     seed_everything(cfg.seed)
     return hydra.utils.instantiate(
-        cfg.interface, num_layers=upstream.num_layers, hidden_size=upstream.hidden_size
+        cfg.interface,
+        num_layers=upstream.num_layers,
+        hidden_size=upstream.hidden_size,
+        **interface_member_arguments(cfg.interface, upstream),
     )
 
 
@@ -151,6 +164,7 @@ def build_results(
         hidden_size=upstream.hidden_size,
         layer_ids=list(upstream.layer_ids),
         frame_rate=upstream.frame_rate,
+        members=upstream.member_records() if hasattr(upstream, "member_records") else None,
         seed=cfg.seed,
         fold=cfg.task.get("fold"),
         schedule=schedule_of(cfg),
@@ -169,6 +183,7 @@ def build_results(
         data_policy=data_policy,
         dev=outcome["dev"],
         test=outcome["test"],
+        test_selected=outcome.get("test_selected"),
         layer_weights=None if weights is None else weights.detach().float().cpu().tolist(),
         overrides=tuple(overrides or ()),
         stopped_early=outcome.get("stopped_early"),

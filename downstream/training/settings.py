@@ -55,6 +55,7 @@ ALLOWED: dict[str, tuple[Any, str]] = {
     "max_steps": _count(1),
     "eval_every": _count(1),
     "save_every": _count(1, nullable=True),
+    "test_every": _count(1, nullable=True),
     "lr": _number(0, strict=True),
     "interface_lr": _number(0, strict=True, nullable=True),
     "batch_size": _count(1, nullable=True),
@@ -94,6 +95,7 @@ class TrainerSettings:
     batch_size: int | None
     grad_accum: int
     save_every: int | None = None
+    test_every: int | None = None
     interface_lr: float | None = None
     max_batch_seconds: float | None = None
     optimizer: str = "adam"

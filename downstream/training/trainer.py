@@ -171,6 +171,9 @@ class Trainer:
             evaluated = self.step % settings.eval_every == 0 or self.step == settings.max_steps
             if evaluated:
                 self.evaluate_and_keep_best()
+            if settings.test_every and self.step % settings.test_every == 0:
+                self.evaluate_test_and_keep_best()
+            if evaluated or (settings.test_every and self.step % settings.test_every == 0):
                 window_start, timed_steps = time.perf_counter(), 0
             save_every = settings.save_every or settings.eval_every
             # Every evaluation is followed by a checkpoint, so at most one best.pt is newer than last.pt
@@ -266,8 +269,11 @@ class Trainer:
             weights = branch.interface.layer_weights()
             if weights is not None and weights.dim() == 1:
                 ids = self.upstream.layer_ids or range(len(weights))  # hidden-state indices (upstream.layers)
+                labels = branch.interface.layer_weight_labels(ids)
                 branch.logger.log(
-                    self.step, "layer_weights", {f"layer_{ids[i]}": float(w) for i, w in enumerate(weights)}
+                    self.step,
+                    "layer_weights",
+                    {label: float(w) for label, w in zip(labels, weights, strict=True)},
                 )
             log.info(
                 "step %d/%d %s (best %s at step %d) [%s]",
@@ -280,6 +286,26 @@ class Trainer:
             )
         if self.step in (self.settings.halving_steps or ()) and self.step < self.settings.max_steps:
             halve(self.branches, self.task.higher_is_better, self.step)
+
+    def evaluate_test_and_keep_best(self) -> None:
+        """trainer.test_every: evaluate test with the models of this step and keep each branch's best
+        (``Branch.best_test``, results.json's ``test_selected``): SUPERB's SV selection, the best test EER
+        over checkpoints (s3prl ``sv_voxceleb1/test_expdir.sh``). Selection on test is optimistic; the
+        run's ``test`` stays the best dev checkpoint's."""
+        branches = self.training_branches
+        for branch, metrics in zip(branches, self.evaluate("test", branches), strict=True):
+            branch.keep_if_best_test(metrics, self.task, self.step)
+            branch.logger.log(self.step, "test_every", metrics)
+            log.info(
+                "step %d/%d test: %s (best test %s %.2f at step %d) [%s]",
+                self.step,
+                self.settings.max_steps,
+                ", ".join(f"{key} {value:.2f}" for key, value in metrics.items()),
+                self.task.metric,
+                branch.best_test[self.task.metric],
+                branch.best_test["step"],
+                branch.run_dir,
+            )
 
     def test_best(self) -> list[dict[str, Any]]:
         """Load each branch's best dev checkpoint, evaluate dev and test with it."""
@@ -304,6 +330,7 @@ class Trainer:
                     "bad_steps": branch.bad_steps_total,
                     "too_long": dict(self.too_long_counts),
                     "stopped_early": branch.stopped_early,
+                    "test_selected": branch.best_test,
                 }
             )
         return outcomes

@@ -68,10 +68,12 @@ def _batches(
     settings: TrainerSettings,
     device: torch.device,
     seed: int,
+    gain_db: float = 0.0,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Whole utterances in batches of trainer.batch_size; audio shorter than the upstream's ``min_samples``
-    zero-padded to it, as the engine's data check does for trained tasks."""
-    dataset = AudioDataset(utterances, pad_to_samples=int(upstream.min_samples))
+    zero-padded to it, as the engine's data check does for trained tasks, and scaled by ``gain_db`` decibels
+    (the task's ``gain_db``)."""
+    dataset = AudioDataset(utterances, pad_to_samples=int(upstream.min_samples), gain_db=gain_db)
     sampler = bucket_sampler(dataset, settings, shuffle=False)
     yield from batch_loader(dataset, sampler, collate_wavs, settings, device, seed)
 
@@ -84,12 +86,14 @@ def encode(
     settings: TrainerSettings,
     device: torch.device,
     seed: int,
+    gain_db: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Utterance id -> its features [T, D'] (float16, on the CPU), batches of trainer.batch_size."""
+    """Utterance id -> its features [T, D'] (float16, on the CPU), batches of trainer.batch_size; audio
+    scaled by ``gain_db`` decibels."""
     features: dict[str, torch.Tensor] = {}
     if not utterances:
         return features
-    for batch in _batches(utterances, upstream, settings, device, seed):
+    for batch in _batches(utterances, upstream, settings, device, seed, gain_db):
         hidden_states, frame_lengths = upstream(batch["wavs"].to(device), batch["wav_lengths"].to(device))
         encoded = transform(hidden_states.float(), frame_lengths).half().cpu()
         for row, index in enumerate(batch["indices"].tolist()):
@@ -98,10 +102,10 @@ def encode(
 
 
 def _fit(
-    interface: Interface, utterances: list[Utterance], upstream: Upstream, settings, device, seed
+    interface: Interface, utterances: list[Utterance], upstream: Upstream, settings, device, seed, gain_db
 ) -> None:
     def hidden_state_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in _batches(utterances, upstream, settings, device, seed):
+        for batch in _batches(utterances, upstream, settings, device, seed, gain_db):
             with torch.no_grad():
                 hidden_states, frame_lengths = upstream(
                     batch["wavs"].to(device), batch["wav_lengths"].to(device)
@@ -134,13 +138,13 @@ def evaluate_untrained(
     check_untrainable(cfg.task_name, cfg.interface_name, interface, upstream)
     interface.eval()
     if interface.needs_fit:
-        _fit(interface, task.fit_utterances(), upstream, settings, device, cfg.seed)
+        _fit(interface, task.fit_utterances(), upstream, settings, device, cfg.seed, task.gain_db)
 
     def metrics_of(split: str, features: dict[str, torch.Tensor]) -> dict[str, float]:
         """Metrics of ``split`` with the interface as it is now; ``features`` caches what it encodes (the
         documents are shared by dev and test, so they are encoded once per interface setting)."""
         missing = [utterance for utterance in task.utterances(split) if utterance.id not in features]
-        features.update(encode(missing, upstream, interface, settings, device, cfg.seed))
+        features.update(encode(missing, upstream, interface, settings, device, cfg.seed, task.gain_db))
         return task.metrics(task.score(split, features, device=device))
 
     features: dict[str, torch.Tensor] = {}
