@@ -7,7 +7,7 @@
     torchrun --nproc_per_node 4 run_downstream.py ...          # data-parallel on 4 GPUs (or CPU processes)
 
 A launch that stops before the end with a checkpoint (SIGTERM, submitit's preemption signal,
-trainer.stop_after_steps) exits with status 75 (EX_TEMPFAIL); relaunching the same command resumes it.
+trainer.stop_after_steps) exits with status 75 (EX_TEMPFAIL) and prints the command that resumes it.
 See README.md for every config group and option.
 """
 
@@ -29,14 +29,13 @@ from omegaconf import DictConfig
 os.environ.setdefault("SSL_BENCH_ROOT", str(Path(__file__).resolve().parent))
 
 # Torch-free imports only up to the skip check, so that relaunching a finished run returns in about a
-# second; identity also registers the config's resolvers (${schedule:...}, ${run_hash:}, ${job_dirname:}).
+# second; identity also registers the config's resolvers (${schedule:...}, ${protocol:...}, ${sweep_values:...},
+# ${run_hash:}, ${job_dirname:}, ${upstream_label:}, ${protocol_tag:}).
 from downstream.quiet import quiet_third_party  # noqa: E402
-from downstream.reporting.lr_search import register_resolvers  # noqa: E402
 from downstream.results import record_failure, removable_failed_run  # noqa: E402
 from downstream.training.errors import DEBUG_HINT, error_message, wants_traceback  # noqa: E402
 from downstream.training.identity import RunIdentity, check_run_dir, write_resolved_hydra_config  # noqa: E402
-
-register_resolvers()  # ${sweep_values:...} of experiment=lr_search
+from downstream.training.relaunch import continue_command  # noqa: E402
 
 log = logging.getLogger("run_downstream")
 
@@ -85,14 +84,32 @@ class _RankPrefix(logging.Filter):
         return True
 
 
+def resume_advice(lead: str = "to resume, run") -> str:
+    """``<lead>:`` and, on the next line, the command that continues this launch's folders
+    (``relaunch.continue_command``: the sweep folder of a sweep, the run folder of a single run)."""
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode == RunMode.MULTIRUN:
+        command = continue_command(hydra_config.sweep.dir, sweep=True)
+    else:
+        command = continue_command(hydra_config.runtime.output_dir, sweep=False)
+    return f"{lead}:\n  {command}"
+
+
 def launch(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
-    """Skip, train or resume the run of ``cfg`` in ``run_dir``; returns the exit status (0 or 75)."""
+    """Skip, train or resume the run of ``cfg`` in ``run_dir`` (or re-adopt it: ``adopt=true``); returns the
+    exit status (0 or 75)."""
     rank = process_rank()
     if rank > 0:  # rank 0 reports progress; the others only their warnings and errors, marked with the rank
         root = logging.getLogger()
         root.setLevel(logging.WARNING)
         for handler in root.handlers:
             handler.addFilter(_RankPrefix(rank))
+    if cfg.get("adopt", False):
+        if rank == 0:
+            from downstream.training.adopt import adopt_run
+
+            adopt_run(cfg, run_dir)
+        return 0
     if not cfg.overwrite and check_run_dir(RunIdentity.of(cfg), run_dir) is not None:
         if rank == 0:
             write_resolved_hydra_config(cfg, run_dir)
@@ -112,11 +129,17 @@ def launch(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
         shutdown_distributed()
     if results is None:
         log.info(
-            "this launch stopped before the end (exit status %d); relaunch the same command to resume",
-            EXIT_STOPPED_EARLY,
+            "this launch stopped before the end (exit status %d); %s", EXIT_STOPPED_EARLY, resume_advice()
         )
         return EXIT_STOPPED_EARLY
     return 0
+
+
+def is_lock_refusal(error: BaseException) -> bool:
+    """Whether ``error`` is the refusal of a run folder that another launch holds."""
+    from downstream.training.run_lock import RunFolderLockedError
+
+    return isinstance(error, RunFolderLockedError)
 
 
 def leave_failed_run(run_dir: Path, message: str, log_name: str) -> str:
@@ -148,8 +171,8 @@ def main(cfg: DictConfig) -> None:
         status = launch(cfg, run_dir, list(hydra_config.overrides.task))
     except KeyboardInterrupt:
         print(
-            f"interrupted (Ctrl-C); what was trained up to the last checkpoint in {run_dir} is kept: relaunch "
-            "the same command to resume",
+            f"interrupted (Ctrl-C); what was trained up to the last checkpoint in {run_dir} is kept; "
+            + resume_advice(),
             file=sys.stderr,
         )
         sys.exit(EXIT_INTERRUPTED)
@@ -159,11 +182,16 @@ def main(cfg: DictConfig) -> None:
             message = f"error: {type(error).__name__} (traceback above)"
         else:
             message = error_message(error, run_dir)
-        if process_rank() == 0:
+        if process_rank() == 0 and not is_lock_refusal(error):  # another launch's folder: left to it
             message = leave_failed_run(run_dir, message, f"{hydra_config.job.name}.log")
         if not wants_traceback(cfg.get("debug", False)):
             print(message, file=sys.stderr)
         if hydra_config.mode == RunMode.MULTIRUN:
+            lead = (
+                "the sweep's other jobs go on; once this is fixed, continue the sweep (finished jobs are "
+                "skipped, this one resumes from its last checkpoint) with"
+            )
+            print(resume_advice(lead), file=sys.stderr)
             raise JobFailedError(message.splitlines()[0]) from None
         sys.exit(EXIT_ERROR)
     if status:

@@ -91,8 +91,9 @@ class FrameLinearHead(nn.Module):
 
 class BiLSTMHead(nn.Module):
     """SUPERB's ASR head: Linear(D', hidden) -> ``num_lstm_layers`` BiLSTM(``lstm_size`` per direction,
-    dropout between layers) -> Linear(2 * lstm_size, num_outputs), per frame. Padded frames are packed
-    away so they never reach the LSTM state of valid frames.
+    dropout between layers, and after the last one too when ``dropout_after_last``, as s3prl's RNNLayer
+    applies it after every layer, ``downstream/asr/model.py:45-46,64-65``) -> Linear(2 * lstm_size,
+    num_outputs), per frame. Padded frames are packed away so they never reach the LSTM state of valid frames.
 
     ``extra_params`` widens ``lstm_size`` (the bulk of the head's parameters).
     """
@@ -106,6 +107,7 @@ class BiLSTMHead(nn.Module):
         num_lstm_layers: int = 2,
         dropout: float = 0.2,
         extra_params: int | None = None,
+        dropout_after_last: bool = False,
     ) -> None:
         super().__init__()
         _check_sizes(input_size, hidden_size, num_outputs)
@@ -127,6 +129,7 @@ class BiLSTMHead(nn.Module):
             batch_first=True,
             dropout=dropout if num_lstm_layers > 1 else 0.0,
         )
+        self.last_dropout = nn.Dropout(dropout if dropout_after_last else 0.0)
         self.output = nn.Linear(2 * lstm_size, num_outputs)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -138,7 +141,7 @@ class BiLSTMHead(nn.Module):
         encoded, _ = nn.utils.rnn.pad_packed_sequence(
             encoded, batch_first=True, total_length=features.shape[1]
         )
-        return self.output(encoded)
+        return self.output(self.last_dropout(encoded))
 
 
 class MeanPoolClassifier(nn.Module):

@@ -197,13 +197,20 @@ class RunResults:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> RunResults:
-        """Read ``<run_dir>/results.json``; ResultsFileError naming the file if it is missing or invalid."""
+        """Read ``<run_dir>/results.json``; ResultsFileError naming the file if it is missing, unreadable (bad
+        encoding, truncated, not JSON) or invalid."""
         path = Path(run_dir) / RESULTS_FILE
         if not path.is_file():
             raise ResultsFileError(
                 f"{path}: no such file (the run did not finish, or this is not a run directory)"
             )
-        return cls.from_json(path.read_text(), path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ResultsFileError(f"{path}: not UTF-8 text ({error}); the file is damaged") from error
+        except OSError as error:
+            raise ResultsFileError(f"{path}: cannot be read ({error})") from error
+        return cls.from_json(text, path)
 
 
 def too_long_record(
@@ -238,13 +245,16 @@ class SweepScan:
 
 #: The prefix of the last line a failed launch appends to its run folder's log (``record_failure``).
 FAILURE_MARK = "FAILED: "
-#: What a launch that failed before training leaves in a folder it may remove (``removable_failed_run``).
-_LAUNCH_ONLY_FILES = (HYDRA_DIR, "identity.json")
+#: What a launch that failed before training leaves in a folder it may remove (``removable_failed_run``):
+#: Hydra's record, identity.json, and the run-folder lock's file, which stays after release
+#: (``downstream/training/run_lock.py``: a held lock also has ``.lock.json``, which is not in this list).
+_LAUNCH_ONLY_FILES = (HYDRA_DIR, "identity.json", ".lock")
 
 
 def removable_failed_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds only what a launch writes before training (Hydra's ``.hydra/`` and job
-    log, identity.json): nothing trained, nothing to resume, so a failed launch may remove it."""
+    log, identity.json, a released lock): nothing trained, nothing to resume, no holder, so a failed launch
+    may remove it."""
     if not run_dir.is_dir():
         return False
     return all(entry.name in _LAUNCH_ONLY_FILES or entry.suffix == ".log" for entry in run_dir.iterdir())

@@ -45,12 +45,28 @@ TWO_STEP_RUN = [
 ]
 
 
+# Hang guards for launches in tests, never speed limits: what a launch costs on the shared 2-core machine at
+# load 12 (about 6 times its unloaded time), with a margin several times that. Unloaded (2-core development
+# machine, 2026-12-07): a 4-update run of the tiny upstream took 16 s from start to exit, its updates about
+# 0.08 s each. SSL_BENCH_TEST_TIMEOUT_SCALE multiplies every guard (a slower machine).
+LAUNCH_STARTUP_S = 400.0  # interpreter, torch import, corpus and model setup, test evaluation
+UPDATE_S = 2.0  # one update of the small runs the tests launch, evaluations included
+
+
+def launch_timeout_s(updates: int, launches: int = 1) -> float:
+    """The hang guard of ``launches`` launches of ``updates`` updates in all (see ``LAUNCH_STARTUP_S``)."""
+    scale = float(os.environ.get("SSL_BENCH_TEST_TIMEOUT_SCALE", "1"))
+    return scale * (launches * LAUNCH_STARTUP_S + updates * UPDATE_S)
+
+
 def run_downstream_cli(
-    arguments: list[str], env: dict[str, str] | None = None, timeout: float = 300
+    arguments: list[str], env: dict[str, str] | None = None, timeout: float | None = None
 ) -> subprocess.CompletedProcess:
     """`python run_downstream.py ARGUMENTS` as a user types it, from the repository root; asserts it succeeded.
 
-    ``env`` replaces the environment (default: this one with W&B disabled)."""
+    ``env`` replaces the environment (default: this one with W&B disabled); ``timeout`` (a hang guard)
+    defaults to that of a short launch, ``launch_timeout_s(updates=50)``."""
+    timeout = launch_timeout_s(updates=50) if timeout is None else timeout
     env = dict(os.environ, WANDB_MODE="disabled") if env is None else env
     completed = subprocess.run(
         [sys.executable, "run_downstream.py", *arguments],

@@ -32,7 +32,14 @@ from downstream.data.corpus import DataLayoutError
 from downstream.training.branch import NonFiniteLossError
 from downstream.training.preemption import EXIT_STOPPED_EARLY
 from downstream.training.runner import run_experiment
-from tests.helpers import REPO_ROOT, TINY_UPSTREAM, assert_same_run, compose_config, write_voxceleb1
+from tests.helpers import (
+    REPO_ROOT,
+    TINY_UPSTREAM,
+    assert_same_run,
+    compose_config,
+    launch_timeout_s,
+    write_voxceleb1,
+)
 
 TINY = TINY_UPSTREAM
 # PR on the mini corpus, long enough to be interrupted after its first checkpoint (step 5).
@@ -47,7 +54,7 @@ TRAINING = [
 ]
 SCHEDULE = [*TRAINING, *TINY]
 OUTPUTS = ("results.json", "last.pt", "best.pt", "curve.jsonl")
-LAUNCH_TIMEOUT_S = 120
+LAUNCH_TIMEOUT_S = launch_timeout_s(updates=60)  # a hang guard: one SCHEDULE launch
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -69,7 +76,7 @@ def launch(args: list[str], **options) -> subprocess.Popen:
 
 
 def checkpoint_step(run_dir: Path) -> int:
-    return torch.load(run_dir / "last.pt", weights_only=False)["progress"]["step"]
+    return torch.load(run_dir / "last.pt", weights_only=True)["progress"]["step"]
 
 
 def signal_after_next_checkpoint(process: subprocess.Popen, run_dir: Path, signum: int) -> str:
@@ -261,7 +268,7 @@ def test_two_processes_under_torchrun_match_one_process_with_the_same_global_bat
     stopped_at = checkpoint_step(run_dir)
     assert output.count(f"stopped at step {stopped_at} (SIGTERM) with a checkpoint") == 1  # rank 0 reports
     assert "[rank 1] SIGTERM: checkpointing at the end of this update" in output
-    assert torch.load(run_dir / "last.pt", weights_only=False)["progress"]["world_size"] == 2
+    assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["world_size"] == 2
 
     second = launch(args)
     output, _ = second.communicate(timeout=LAUNCH_TIMEOUT_S)

@@ -95,6 +95,9 @@ class Task(ABC):
     transcript_target: bool = False
     #: False for a task that trains nothing (QbE): the runner evaluates it by downstream.training.untrained.
     trains: bool = True
+    #: Training batches whose longest utterance has more samples than this are cut in two halves
+    #: (``BucketBatchSampler.halve_above_samples``; PR under s3prl's rule); None: never.
+    halve_batch_above_samples: int | None = None
 
     def __init__(
         self,

@@ -144,7 +144,14 @@ def check_ctc_feasibility(
     if split != "train":
         policy = "kept (scored as they are)"
     else:
-        policy = "left out" if skip else "kept, left out of the loss average"
+        counted_as_zero = getattr(task, "ctc_loss_mean", "feasible") == "all"
+        policy = (
+            "left out"
+            if skip
+            else "kept, counted as 0 in the loss mean"
+            if counted_as_zero
+            else "kept, left out of the loss average"
+        )
     record = {
         "count": len(infeasible),
         "policy": policy,

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -26,15 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from downstream.files import write_atomically
-from downstream.results import ResultsFileError, RunResults
+from downstream.results import RESULTS_FILE, ResultsFileError, RunResults
+
+log = logging.getLogger(__name__)
 
 #: Settings that never change a run's numbers, left out of its identity (folder name, identity.json, the
 #: skip and resume check) and of a sweep job's folder name. A key covers everything below it.
 EXCLUDED_KEYS = (
     "overwrite",  # what to do with a finished run, not how to train it
+    "adopt",  # re-adopting a finished run whose identity.json is damaged (adopt.py)
     "debug",  # show tracebacks
     "logger",  # where records go (curve.jsonl and results.json are always written)
     "paths",  # only feed interpolations; the resolved values (task.data_root, ...) are part of the identity
@@ -53,6 +58,12 @@ EXCLUDED_KEYS = (
 )
 
 IDENTITY_FILE = "identity.json"
+#: What to do about a folder whose identity.json is damaged or missing (``stored_identity``, ``check_run_dir``).
+ADOPT_HINT = (
+    "If the run finished (results.json intact), relaunch this command with adopt=true: it checks this launch's "
+    f"settings against those results.json recorded and writes {IDENTITY_FILE} again (downstream/training/"
+    "adopt.py); otherwise add overwrite=true to train it anew (this deletes the folder's outputs)."
+)
 #: Files that hold a run's state: a folder with any of them is a run that a relaunch would continue or skip.
 RUN_STATE_FILES = ("results.json", "last.pt", "last.pt.previous", "best.pt", "best.pt.previous")
 SCHEDULES = ("auto", "superb", "demo")
@@ -234,12 +245,27 @@ def _protocol_tag(*, _root_: DictConfig) -> str:
     return "" if name == "superb" else f"{name}-"
 
 
+def sweep_values(grid: Any) -> str:
+    """``lr_search.grid`` (a list of learning rates) as the comma-separated values of a Hydra sweep.
+
+    ValueError naming the key unless it is a non-empty list of positive finite numbers."""
+    values = list(grid) if isinstance(grid, list | tuple | ListConfig) else None
+    if not values or any(
+        isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0
+        for v in values
+    ):
+        raise ValueError(f"lr_search.grid must be a non-empty list of positive learning rates, got {grid!r}")
+    return ",".join(repr(float(v)) for v in values)
+
+
 def register_resolvers() -> None:
-    """Register ``schedule``, ``protocol``, ``run_hash``, ``job_dirname``, ``upstream_label`` and
-    ``protocol_tag`` with OmegaConf (idempotent); call before composing the project's config."""
+    """Register ``schedule``, ``protocol``, ``sweep_values`` (experiment=lr_search's grid), ``run_hash``,
+    ``job_dirname``, ``upstream_label`` and ``protocol_tag`` with OmegaConf (idempotent); call before
+    composing the project's config."""
     for name, function in (
         ("schedule", _schedule_value),
         ("protocol", _protocol_value),
+        ("sweep_values", sweep_values),
         ("run_hash", _run_hash),
         ("job_dirname", _job_dirname),
         ("upstream_label", _upstream_label),
@@ -275,10 +301,11 @@ def stored_identity(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return dict(json.loads(path.read_text())["config"])
-    except (ValueError, KeyError, TypeError) as error:
+        return dict(json.loads(path.read_text(encoding="utf-8"))["config"])
+    except (ValueError, KeyError, TypeError) as error:  # bad JSON or encoding (both ValueErrors), truncated
         raise RunConfigMismatchError(
-            f"{path} is unreadable ({error}); relaunch with overwrite=true to start this run again"
+            f"{path} is unreadable ({type(error).__name__}: {error}), so this folder's settings cannot be "
+            f"checked. {ADOPT_HINT}"
         ) from error
 
 
@@ -310,8 +337,8 @@ def check_run_dir(identity: RunIdentity, run_dir: Path) -> dict[str, Any] | None
     )
     if stored is None:
         raise RunConfigMismatchError(
-            f"{run_dir} holds a run without {IDENTITY_FILE} (written by an older version), so its settings "
-            f"cannot be checked against this launch's. {how}"
+            f"{run_dir} holds a run without {IDENTITY_FILE} (written by an older version, or removed), so its "
+            f"settings cannot be checked against this launch's. {ADOPT_HINT} {how}"
         )
     differing = differing_keys(stored, identity.config)
     if differing:
@@ -326,7 +353,13 @@ def check_run_dir(identity: RunIdentity, run_dir: Path) -> dict[str, Any] | None
         )
     try:
         return RunResults.load(run_dir).to_dict()
-    except ResultsFileError:
+    except ResultsFileError as error:
+        if (run_dir / RESULTS_FILE).exists():
+            log.warning(
+                "%s; the run is not taken as finished: it continues from its checkpoint and writes results.json "
+                "again",
+                error,
+            )
         return None
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,9 @@ from downstream.results import ResultsFileError, RunResults, too_long_record
 from downstream.tasks.base import Task
 from downstream.training.branch import BRANCH_SETTINGS, Branch
 from downstream.training.cache import HiddenStateCache, open_hidden_state_cache
+from downstream.training.checkpoint import remove_leftover_temporary_files
 from downstream.training.data_check import check_inputs
-from downstream.training.distributed import barrier, init_distributed, rank_info
+from downstream.training.distributed import barrier, gather_objects, init_distributed, rank_info
 from downstream.training.identity import (
     IDENTITY_FILE,
     RunIdentity,
@@ -37,6 +40,7 @@ from downstream.training.identity import (
     resolved_job_config as resolved_job_config,  # re-exported: the shared-upstream launcher's import
 )
 from downstream.training.loading import pick_device, resolve_num_workers
+from downstream.training.run_lock import HOLDER_FILE, RunFolderLockedError, hold_run_folders
 from downstream.training.run_log import SilentRunLogger, environment_record
 from downstream.training.settings import TrainerSettings
 from downstream.training.threads import apply_threads, overloaded
@@ -325,6 +329,34 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
     """
     all_settings = [resolve_trainer_settings(job.cfg) for job in jobs]  # checked before anything is written
     init_distributed(jobs[0].cfg.trainer.device)  # torchrun: join the process group (no-op otherwise)
+    with lock_run_folders([job.run_dir for job in jobs]):
+        return _run_locked_jobs(jobs, all_settings)
+
+
+@contextlib.contextmanager
+def lock_run_folders(run_dirs: list[Path]) -> Iterator[None]:
+    """Hold every run folder's lock inside the block (``run_lock``; rank 0 holds them under torchrun), after
+    removing the temporary files a killed launch left there. ``RunFolderLockedError`` on every rank, naming
+    the holder, when another launch trains one of the folders."""
+    ranks = rank_info()
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if ranks.is_main:
+            try:
+                stack.enter_context(hold_run_folders(run_dirs))
+            except RunFolderLockedError as error:
+                refusal = str(error)
+        refusals = [message for message in gather_objects(refusal) if message]
+        if refusals:
+            raise RunFolderLockedError(refusals[0])
+        if ranks.is_main:
+            for run_dir in run_dirs:
+                remove_leftover_temporary_files(run_dir, keep=(f".{HOLDER_FILE}.",))
+        yield
+
+
+def _run_locked_jobs(jobs: list[Job], all_settings: list[TrainerSettings]) -> list[dict[str, Any] | None]:
+    """``run_jobs`` once the folders are locked."""
     results = [prepare_run_dir(job.cfg, job.run_dir) for job in jobs]
     barrier()  # rank 0 has removed old outputs (overwrite=true) before any rank reads the run directory
     pending = [index for index, finished in enumerate(results) if finished is None]

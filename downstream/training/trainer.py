@@ -194,7 +194,7 @@ class Trainer:
                 else:
                     reason = "another rank received a stop signal"
                 log.info(
-                    "stopped at step %d (%s) with a checkpoint; relaunch the same command to resume",
+                    "stopped at step %d (%s) with a checkpoint",
                     self.step,
                     reason,
                 )
@@ -370,7 +370,8 @@ class Trainer:
         save_branch_checkpoints(self.branches, progress, self.step)
 
     def resume(self) -> None:
-        """Continue from the branches' checkpoints, if any (``resume.resume_branches``)."""
+        """Continue from the branches' checkpoints, if any (``resume.resume_branches``, which logs the files
+        it loaded)."""
         progress = resume_branches(self.branches, self.device)
         if progress is None:
             return
@@ -381,9 +382,6 @@ class Trainer:
         )
         # checkpoints written before the loss window was recorded: the window restarts at the resume
         self.loss_window_steps = progress.get("loss_window_steps", 0)
-        log.info(
-            "resumed at step %d from %s", self.step, ", ".join(str(b.checkpoint_path) for b in self.branches)
-        )
 
     # -- construction helpers ---------------------------------------------------------------
     def _loader(self, split: str, shuffle_seed: int | None = None, shard: bool = False) -> DataLoader:
