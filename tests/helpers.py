@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -254,3 +255,63 @@ def sox_output(source: Path, effects: list[str], tmp_path: Path) -> np.ndarray:
     data, rate = soundfile.read(str(target), dtype="float32")
     assert rate == 16000
     return data
+
+
+# -- flawed copies of the mini corpus (tests/test_integrity.py, tests/test_corpus_text.py) ----------------
+
+#: task -> the corpus folder of data/mini_superb it reads (flawed copies: ``copy_corpus``)
+CORPUS = {
+    "pr": "LibriSpeech",
+    "asr": "LibriSpeech",
+    "sid": "VoxCeleb1",
+    "sv": "VoxCeleb1",
+    "er": "IEMOCAP",
+    "ic": "FluentSpeechCommands",
+    "ks": "SpeechCommands",
+    "sf": "SNIPS",
+    "sd": "Diarization",
+    "qbe": "quesst14Database",
+    "ml_multi": "ML-SUPERB",
+}
+AUDIO = (".flac", ".wav")
+
+
+def cases(values: list, ids: list[str], slow: set[str]) -> list:
+    """``values`` as pytest params named ``ids``; those in ``slow`` in the slow tier (more members of the
+    same kind, caught by the same code as the fast ones)."""
+    return [
+        pytest.param(
+            *(value if isinstance(value, tuple) else (value,)),
+            id=name,
+            marks=[pytest.mark.slow] * (name in slow),
+        )
+        for value, name in zip(values, ids, strict=True)
+    ]
+
+
+def copy_corpus(root: Path, corpus: str) -> Path:
+    """data/mini_superb/<corpus> under ``root``: folders made, text files copied, audio files symlinked."""
+    source, target = MINI_SUPERB / corpus, root / corpus
+    target.mkdir(parents=True)
+    for path in sorted(source.rglob("*")):
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+        elif path.suffix in AUDIO:
+            destination.symlink_to(path)
+        else:
+            shutil.copyfile(path, destination)
+    return target
+
+
+def make_task(name: str, root: Path, *overrides: str):
+    """The task ``name`` on the (flawed) corpus copies under ``root``, as the runner builds it."""
+    from downstream.training.runner import build_task
+
+    cfg = compose_config([f"task={name}", f"paths.mini_superb={root}", *overrides])
+    return build_task(cfg.task)
+
+
+def edit_lines(path: Path, change) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join(change(lines)) + "\n", encoding="utf-8")

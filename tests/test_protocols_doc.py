@@ -47,7 +47,14 @@ S3PRL = {
         "task.spec_augment_widths": "exclusive",
         "task.spec_augment_positions": "padded",
     },
-    "ks": {**_ADAM, **_runner(1.0e-4, 32, 1, 200000, 5000), "task.gain_db": -3.0},  # speech_commands/
+    "ks": {  # speech_commands/config.yaml; dataset.py:22 gain, :61-65,80-84 the 6 noise files cropped per draw;
+        # expert.py:64-75,91 dev through a class-balanced WeightedRandomSampler
+        **_ADAM,
+        **_runner(1.0e-4, 32, 1, 200000, 5000),
+        "task.gain_db": -3.0,
+        "task.silence": "random_crops",
+        "task.dev_sampling": "balanced_resample",
+    },
     "ic": {**_ADAM, **_runner(1.0e-4, 32, 1, 200000, 5000)},  # fluent_commands/config.yaml:2-29
     "sid": {**_ADAM, **_runner(1.0e-4, 8, 4, 200000, 5000)},  # voxceleb1/config.yaml:4-31
     "er": {**_ADAM, **_runner(1.0e-4, 4, 8, 30000, 1000)},  # emotion/config.yaml:2-31
@@ -60,7 +67,8 @@ S3PRL = {
         "task.spec_augment_widths": "exclusive",
         "task.spec_augment_positions": "padded",
     },
-    "sd": {**_ADAM, **_runner(1.0e-4, 8, 4, 30000, 500)},  # diarization/config.yaml:2-29
+    # diarization/config.yaml:2-29; expert.py:346 keeps best-states-dev.ckpt on the dev frame accuracy
+    "sd": {**_ADAM, **_runner(1.0e-4, 8, 4, 30000, 500), "task.select_metric": "frame_accuracy"},
     "sv": {  # sv_voxceleb1/configs/amsoftmax.yaml, dataset.py:22-27, expert.py:58, test_expdir.sh:23
         "trainer.optimizer": "adamw",
         "trainer.weight_decay": 0.01,
@@ -71,7 +79,8 @@ S3PRL = {
         "task.vad": True,
         "task.hold_out_dev_speakers": False,
     },
-    "qbe": {"task.gain_db": -3.0},  # quesst14_dtw/dataset.py:31
+    # quesst14_dtw/dataset.py:31; docs/superb.md:312-318 scores with QUESST's scorer on the full ground truth, -10
+    "qbe": {"task.gain_db": -3.0, "task.mtwv_trials": "full_ground_truth"},
 }
 
 

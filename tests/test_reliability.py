@@ -284,11 +284,14 @@ SID = ["task=sid", "schedule=demo", "trainer.batch_size=2", "trainer.log_every=1
 
 
 def test_non_finite_updates_are_skipped_counted_and_logged(tmp_path, caplog):
-    """One training utterance holds NaN samples (a float WAV): every batch holding it has a NaN loss.
-    18 utterances in batches of 2 for 18 steps is two epochs, so exactly two updates are skipped."""
+    """One training utterance holds samples at float32's largest magnitude (a float WAV: finite, so the
+    corpus integrity pass lets it through, but the upstream overflows): every batch holding it has a
+    non-finite loss. 18 utterances in batches of 2 for 18 steps is two epochs, so exactly two updates are
+    skipped."""
     corpus = tmp_path / "corpus"
     damaged = write_voxceleb1(corpus)[4]
-    soundfile.write(str(damaged), np.full(8000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    huge = np.finfo(np.float32).max * np.where(np.arange(8000) % 2, 1.0, -1.0)
+    soundfile.write(str(damaged), huge.astype(np.float32), 16000, subtype="FLOAT")
     run_dir = tmp_path / "run"
     with caplog.at_level(logging.WARNING):
         results = run_in_process(
@@ -431,8 +434,9 @@ def test_bad_model_settings_fail_before_training_with_no_outputs(tmp_path, overr
 
 
 def test_other_rates_channels_and_too_long_utterances_are_handled_and_counted(tmp_path, caplog):
-    """A stereo 44.1 kHz file trains like any other; training utterances over task.max_seconds are left
-    out (on_too_long=skip), logged, and counted in results.json; dev keeps its long one."""
+    """A stereo 44.1 kHz file trains like any other once task.resample=true allows it in this 16 kHz corpus
+    (counted under data_policy.sample_rate); training utterances over task.max_seconds are left out
+    (on_too_long=skip), logged, and counted in results.json; dev keeps its long one."""
     corpus = tmp_path / "corpus"
     training = write_voxceleb1(corpus)
     time_axis = np.arange(22050) / 44100
@@ -442,9 +446,16 @@ def test_other_rates_channels_and_too_long_utterances_are_handled_and_counted(tm
     for path in too_long:
         soundfile.write(str(path), np.zeros(32000, dtype=np.float32) + 0.1, 16000)
     run_dir = tmp_path / "run"
-    overrides = [*SID, f"task.data_root={corpus}", "trainer.max_steps=2", "trainer.eval_every=2"]
+    overrides = [
+        *SID,
+        f"task.data_root={corpus}",
+        "trainer.max_steps=2",
+        "trainer.eval_every=2",
+        "task.resample=true",
+    ]
     with caplog.at_level(logging.WARNING):
         results = run_in_process([*overrides, "task.max_seconds=1.0", "task.on_too_long=skip"], run_dir)
+    assert results["data_policy"]["train"]["sample_rate"]["rates"] == {"44100": 1}
     # dev and test are never limited (issue 14): the long dev utterance is evaluated whole
     assert results["too_long"] == {"max_seconds": 1.0, "policy": "skip", "train": 1, "dev": 0, "test": 0}
     assert results["data_policy"]["train"]["too_long"] == {

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from downstream.data.corpus import DataLayoutError, require_file
+from downstream.data.text import read_lines
 
 LEXICON_LAYOUT = (
     "one entry per line, 'WORD PHONE PHONE ...' (whitespace separated, e.g. librispeech-lexicon.txt)"
@@ -79,8 +80,8 @@ def _read_lexicon_file(path: Path, lexicon: dict[str, list[str]]) -> None:
     """Add the entries of one lexicon file to ``lexicon`` (words it already has keep their pronunciation)."""
     path = require_file(Path(path), "lexicon", LEXICON_LAYOUT)
     entries = 0
-    for line_number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip() or line.startswith(";;;"):
+    for line_number, line in read_lines(path, replace_undecodable=True):
+        if line.startswith(";;;"):
             continue
         word, *phones = line.split()
         if not phones:

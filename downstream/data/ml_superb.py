@@ -34,6 +34,7 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
+from downstream.data.text import inside, read_lines
 
 logger = logging.getLogger(__name__)
 
@@ -120,14 +121,13 @@ def read_ml_superb(
                 f"ML-SUPERB root '{root}' has no {dataset}/{language}/ folder (monolingual set {monolingual!r}); "
                 f"expected layout: {LAYOUT}"
             )
-    entries: list[tuple[str, str, Path]] = []  # (utterance id, transcript, audio stem)
+    entries: list[tuple[str, str, Path, str]] = []  # (utterance id, transcript, audio stem, source)
     languages: list[str] = []
     for _, language, folder in folders:
         path = require_file(folder / file_name, "ML-SUPERB transcript file", LAYOUT)
-        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
+        for line_number, line in read_lines(path):
             fields = line.strip().split(maxsplit=2)
+            inside(fields[0], path, line_number)
             if len(fields) < 3:
                 logger.warning(
                     "ML-SUPERB transcript file '%s' line %d: the transcript of utterance %s is empty (%r); "
@@ -138,16 +138,18 @@ def read_ml_superb(
                     line,
                 )
                 fields.extend([""] * (3 - len(fields)))
-            entries.append((fields[0], fields[2], folder / "wav" / fields[0]))
+            entries.append((fields[0], fields[2], folder / "wav" / fields[0], f"{path}:{line_number}"))
             languages.append(language)
     if not entries:
         raise DataLayoutError(f"ML-SUPERB {split} ({file_name}) lists no utterance under '{root}'")
-    paths = [audio_path(stem) for _, _, stem in entries]
+    paths = [audio_path(stem) for _, _, stem, _ in entries]
     raise_if_missing(paths, f"ML-SUPERB {split} ({file_name})", LAYOUT)
     infos = probe_audio(paths, f"ML-SUPERB/{monolingual or 'multilingual'}-{duration}-{split}")
     utterances = [
-        Utterance(id=utterance_id, path=path, num_samples=info.num_samples, text=text, label=language)
-        for (utterance_id, text, _), language, path, info in zip(
+        Utterance(
+            id=utterance_id, path=path, num_samples=info.num_samples, text=text, label=language, source=source
+        )
+        for (utterance_id, text, _, source), language, path, info in zip(
             entries, languages, paths, infos, strict=True
         )
     ]

@@ -29,6 +29,8 @@ class MLSuperbSpeechRecognition(CTCTask):
 
     metric = "cer"
     higher_is_better = False
+    #: ML-SUPERB gathers sources recorded at different rates: every file is resampled to 16 kHz on load.
+    native_sample_rate = None
     #: ML-SUPERB's multilingual preparation drops '[...]' spans; its monolingual one does not.
     drop_bracketed = True
 

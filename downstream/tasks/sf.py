@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from downstream.data.corpus import check_choice
-from downstream.data.snips import SlotUtterance, read_snips, slot_types
+from downstream.data.snips import SlotUtterance, read_snips, slot_tag_mapping, slot_types
 from downstream.metrics.edit import edit_statistics, error_rate_percent
 from downstream.metrics.slot_filling import (
     OUTSIDE,
@@ -146,6 +146,21 @@ class SlotFilling(CTCTask):
                 ", ".join(f"{char!r} x{count}" for char, count in dropped.most_common(10)),
             )
         return utterances
+
+    def review_targets(self, split: str) -> tuple[dict[str, Any], set[str]]:
+        """Empty transcripts as every CTC task, and (every split) the IOB/BIO/BIOES tags the reader mapped
+        to bare slot types (``slot_tags``: how many tag names, the mapping)."""
+        records, leave_out = super().review_targets(split)
+        mapping = slot_tag_mapping(self.data_root)
+        records["slot_tags"] = {
+            "count": len(mapping),
+            "policy": "IOB-style tags mapped to bare slot types" if mapping else "bare slot types",
+            "mapping": mapping,
+        }
+        return records, leave_out
+
+    def label_values(self, utterance: SlotUtterance) -> list[tuple[str, str]]:  # type: ignore[override]
+        return [("intent", utterance.intent), *(("slot type", tag) for tag in utterance.tags if tag != "O")]
 
     def tokens(self) -> list[str]:
         slots = slot_types(self.data_root)

@@ -206,9 +206,9 @@ class Branch:
                 )
 
     def keep_if_best(self, metrics: dict[str, float], task: Task, step: int) -> None:
-        value = metrics[task.metric]
+        value = metrics[task.select_metric]
         improved = self.best_metric is None or (
-            value > self.best_metric if task.higher_is_better else value < self.best_metric
+            value > self.best_metric if task.select_higher_is_better else value < self.best_metric
         )
         if improved:
             self.best_metric, self.best_step = value, step

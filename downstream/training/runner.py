@@ -39,6 +39,7 @@ from downstream.training.identity import (
 from downstream.training.identity import (
     resolved_job_config as resolved_job_config,  # re-exported: the shared-upstream launcher's import
 )
+from downstream.training.integrity import check_integrity
 from downstream.training.loading import pick_device, resolve_num_workers
 from downstream.training.run_lock import HOLDER_FILE, RunFolderLockedError, hold_run_folders
 from downstream.training.run_log import SilentRunLogger, environment_record
@@ -376,8 +377,9 @@ def _run_locked_jobs(jobs: list[Job], all_settings: list[TrainerSettings]) -> li
     if not task.trains:  # nothing to train (QbE): score the interface's features; same results.json
         return run_untrained_jobs(jobs, results, pending, task, settings, build_results)
     task.check_data()
+    integrity = check_integrity(task)  # before any model: ids, leakage, rates, NaN audio, label forms
     upstream = hydra.utils.instantiate(first.upstream)
-    data_policy = check_inputs(task, upstream)  # before any dataset: pads, leaves out, counts
+    data_policy = check_inputs(task, upstream, integrity)  # before any dataset: pads, leaves out, counts
     branches = [build_branch(jobs[i].cfg, upstream, task, job_settings[i], jobs[i].run_dir) for i in pending]
     for index, branch in zip(pending, branches, strict=True):
         branch.halving_pool = halving_pool(jobs[index].cfg)

@@ -280,12 +280,12 @@ class Trainer:
                 self.step,
                 self.settings.max_steps,
                 results_line("dev", metrics, self.task.metric),
-                metric_format(self.task.metric).format(branch.best_metric),
+                metric_format(self.task.select_metric).format(branch.best_metric),
                 branch.best_step,
                 branch.run_dir,
             )
         if self.step in (self.settings.halving_steps or ()) and self.step < self.settings.max_steps:
-            halve(self.branches, self.task.higher_is_better, self.step)
+            halve(self.branches, self.task.select_higher_is_better, self.step)
 
     def evaluate_test_and_keep_best(self) -> None:
         """trainer.test_every: evaluate test with the models of this step and keep each branch's best
@@ -315,9 +315,11 @@ class Trainer:
         barrier()  # rank 0 has written best.pt
         for branch in self.branches:
             branch.load_model_state(load_model_file(branch.best_model_path, self.device))
+        self.task.final_evaluation = True
         dev, test = self.evaluate("dev"), self.evaluate("test")
         outcomes = []
         for branch, dev_metrics, test_metrics in zip(self.branches, dev, test, strict=True):
+            test_metrics = self.task.finish_test(dev_metrics, test_metrics)
             branch.logger.log(self.step, "test", test_metrics)
             log.info("results of the best dev step %s [%s]", branch.best_step, branch.run_dir)
             for split, metrics in (("dev", dev_metrics), ("test", test_metrics)):
