@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -29,8 +30,10 @@ os.environ.setdefault("SSL_BENCH_ROOT", str(Path(__file__).resolve().parent))
 
 # Torch-free imports only up to the skip check, so that relaunching a finished run returns in about a
 # second; identity also registers the config's resolvers (${schedule:...}, ${protocol:...}, ${sweep_values:...},
-# ${run_hash:}, ${job_dirname:}).
-from downstream.training.errors import error_message, wants_traceback  # noqa: E402
+# ${run_hash:}, ${job_dirname:}, ${upstream_label:}, ${protocol_tag:}).
+from downstream.quiet import quiet_third_party  # noqa: E402
+from downstream.results import record_failure, removable_failed_run  # noqa: E402
+from downstream.training.errors import DEBUG_HINT, error_message, wants_traceback  # noqa: E402
 from downstream.training.identity import RunIdentity, check_run_dir, write_resolved_hydra_config  # noqa: E402
 from downstream.training.relaunch import continue_command  # noqa: E402
 
@@ -132,6 +135,29 @@ def launch(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
     return 0
 
 
+def is_lock_refusal(error: BaseException) -> bool:
+    """Whether ``error`` is the refusal of a run folder that another launch holds."""
+    from downstream.training.run_lock import RunFolderLockedError
+
+    return isinstance(error, RunFolderLockedError)
+
+
+def leave_failed_run(run_dir: Path, message: str, log_name: str) -> str:
+    """After a failed launch: remove ``run_dir`` when it holds nothing but what the launch wrote before
+    training (``removable_failed_run``), else end its log with the error (``record_failure``), which
+    make_table then reports as ``failed: <message>``. Returns ``message`` with the folder's fate."""
+    if removable_failed_run(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return message.replace(
+            f"run folder {run_dir}; ", f"run folder {run_dir} removed: nothing was trained; "
+        )
+    if run_dir.is_dir():
+        record_failure(
+            run_dir, "\n".join(line for line in message.splitlines() if DEBUG_HINT not in line), log_name
+        )
+    return message
+
+
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """One job: a single run, or one job of a sweep. Errors end with one message on stderr and exit status
@@ -140,6 +166,7 @@ def main(cfg: DictConfig) -> None:
 
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
+    quiet_third_party(wants_traceback(cfg.get("debug", False)))
     try:
         status = launch(cfg, run_dir, list(hydra_config.overrides.task))
     except KeyboardInterrupt:
@@ -155,6 +182,9 @@ def main(cfg: DictConfig) -> None:
             message = f"error: {type(error).__name__} (traceback above)"
         else:
             message = error_message(error, run_dir)
+        if process_rank() == 0 and not is_lock_refusal(error):  # another launch's folder: left to it
+            message = leave_failed_run(run_dir, message, f"{hydra_config.job.name}.log")
+        if not wants_traceback(cfg.get("debug", False)):
             print(message, file=sys.stderr)
         if hydra_config.mode == RunMode.MULTIRUN:
             lead = (
@@ -168,6 +198,41 @@ def main(cfg: DictConfig) -> None:
         sys.exit(status)
 
 
+def report_config_names(arguments: list[str]) -> None:
+    """Make Hydra report an unknown key or config option with the closest names of the config tree
+    (``config_help.suggest``) instead of its advice to append the key with ``+``. Hydra prints a
+    ``CompactHydraException`` as its message alone; its other errors are left as they are."""
+    from hydra._internal import utils as hydra_utils
+
+    from downstream.training.config_help import ConfigNameError, suggest
+
+    class UnknownConfigName(CompactHydraException):
+        """An unknown key or option, with suggestions."""
+
+    report = hydra_utils.run_and_report
+    overrides = [argument for argument in arguments if "=" in argument and not argument.startswith("-")]
+
+    def run_and_report(function):
+        def with_suggestions():
+            try:
+                return function()
+            except CompactHydraException as error:
+                better = suggest(error, overrides)
+                if isinstance(better, ConfigNameError):
+                    raise UnknownConfigName(f"error: {better}") from None
+                raise
+
+        return report(with_suggestions)
+
+    hydra_utils.run_and_report = run_and_report
+
+
 if __name__ == "__main__":
+    if any(argument in ("--help", "-h") for argument in sys.argv[1:]):
+        from downstream.training.config_help import help_text
+
+        print(help_text(), end="")  # Hydra's own help: --hydra-help
+        sys.exit(0)
     sys.argv[1:] = prepare_torchrun_arguments(sys.argv[1:])
+    report_config_names(sys.argv[1:])
     main()

@@ -84,7 +84,8 @@ def test_two_hugging_face_models_get_two_folders(make_config):
     first = run_dir_of(["upstream=hf", "upstream.model=facebook/hubert-base-ls960"])
     second = run_dir_of(["upstream=hf", "upstream.model=microsoft/wavlm-base-plus"])
     assert first != second
-    assert first.startswith("outputs/pr/hf/weighted_sum/seed0-") and second.startswith("outputs/pr/hf/")
+    assert first.startswith("outputs/pr/hf-hubert-base-ls960/weighted_sum/seed0-")
+    assert second.startswith("outputs/pr/hf-wavlm-base-plus/weighted_sum/seed0-")
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ EXCLUDED_KEYS = (
     "task.protocols",  # the chosen protocol's values are in the task keys that read ${protocol:<key>}
     "task.protocol_sources",  # where each protocol value comes from (docs only)
     "trainer.num_workers",  # data order and crops do not depend on the worker count
+    "trainer.threads",  # torch's CPU threads: speed (sums may differ in the last bits, as across machines)
     "trainer.progress_bar",
     "trainer.save_every",  # resuming is exact, so checkpoint spacing does not change results
     "trainer.stop_after_steps",  # ends a launch, not the run
@@ -214,6 +215,36 @@ def _job_dirname(*, _root_: DictConfig) -> str:
     return job_dirname(list(_root_.hydra.overrides.task), _run_hash(_root_=_root_))
 
 
+#: Upstream config keys that name the model, in order of precedence (a local ``path`` wins where it is set).
+_MODEL_KEYS = ("path", "model", "name", "bundle")
+
+
+def upstream_label(config_name: str, upstream: Mapping[str, Any]) -> str:
+    """The run folder's upstream part: ``<config>-<model>`` where the upstream config names a model
+    (``hf`` + ``model: facebook/hubert-base-ls960`` reads ``hf-hubert-base-ls960``; ``s3prl`` +
+    ``name: wavlm_large`` reads ``s3prl-wavlm_large``; ``torchaudio`` + ``bundle: HUBERT_BASE`` reads
+    ``torchaudio-hubert_base``; a local ``path`` gives its last part), else the config name (``tiny``)."""
+    for key in _MODEL_KEYS:
+        value = upstream.get(key)
+        if isinstance(value, str) and value:
+            model = [part for part in re.split(r"[/\\]+", value) if part][-1].lower()
+            model = re.sub(r"[^a-z0-9._-]+", "-", model).strip("-.")
+            return f"{config_name}-{model}" if model else config_name
+    return config_name
+
+
+def _upstream_label(*, _root_: DictConfig) -> str:
+    """``${upstream_label:}``: ``upstream_label`` of the job's upstream config choice and node."""
+    return upstream_label(str(_root_.upstream_config), _root_.upstream)
+
+
+def _protocol_tag(*, _root_: DictConfig) -> str:
+    """``${protocol_tag:}``: ``<protocol>-`` for a protocol other than the default superb, else empty, so
+    that a folder of protocol=exact says so (``seed0-exact-<hash>``)."""
+    name = str(_root_.protocol.name)
+    return "" if name == "superb" else f"{name}-"
+
+
 def sweep_values(grid: Any) -> str:
     """``lr_search.grid`` (a list of learning rates) as the comma-separated values of a Hydra sweep.
 
@@ -228,7 +259,8 @@ def sweep_values(grid: Any) -> str:
 
 
 def register_resolvers() -> None:
-    """Register ``schedule``, ``protocol``, ``sweep_values`` (experiment=lr_search's grid), ``run_hash`` and ``job_dirname`` with OmegaConf (idempotent); call before
+    """Register ``schedule``, ``protocol``, ``sweep_values`` (experiment=lr_search's grid), ``run_hash``,
+    ``job_dirname``, ``upstream_label`` and ``protocol_tag`` with OmegaConf (idempotent); call before
     composing the project's config."""
     for name, function in (
         ("schedule", _schedule_value),
@@ -236,6 +268,8 @@ def register_resolvers() -> None:
         ("sweep_values", sweep_values),
         ("run_hash", _run_hash),
         ("job_dirname", _job_dirname),
+        ("upstream_label", _upstream_label),
+        ("protocol_tag", _protocol_tag),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
@@ -327,6 +361,34 @@ def check_run_dir(identity: RunIdentity, run_dir: Path) -> dict[str, Any] | None
                 error,
             )
         return None
+
+
+def nearest_run(identity: RunIdentity, run_dir: Path) -> tuple[Path, list[str]] | None:
+    """The other run folder beside ``run_dir`` (same task, upstream and interface folder, or the same sweep)
+    whose identity.json differs from ``identity`` in the fewest keys, and those keys; None without one.
+    Unreadable identity files are passed over."""
+    best: tuple[Path, list[str]] | None = None
+    if not run_dir.parent.is_dir():
+        return None
+    for folder in sorted(run_dir.parent.iterdir()):
+        if folder == run_dir or not (folder / IDENTITY_FILE).is_file():
+            continue
+        try:
+            stored = stored_identity(folder)
+        except RunConfigMismatchError:
+            continue
+        differing = differing_keys(stored or {}, identity.config)
+        if best is None or len(differing) < len(best[1]):
+            best = (folder, differing)
+    return best
+
+
+def describe_difference(identity: RunIdentity, folder: Path, differing: list[str], shown: int = 8) -> str:
+    """``<folder> differs in N settings: key: old -> new, ...`` (the first ``shown`` keys)."""
+    stored = stored_identity(folder) or {}
+    parts = [f"{key}: {_value(stored, key)} -> {_value(identity.config, key)}" for key in differing[:shown]]
+    more = f", and {len(differing) - shown} more" if len(differing) > shown else ""
+    return f"{folder.name} differs in {len(differing)} setting(s): " + "; ".join(parts) + more
 
 
 def write_identity(identity: RunIdentity, run_dir: Path) -> None:

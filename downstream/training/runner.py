@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from downstream.training.identity import (
     IDENTITY_FILE,
     RunIdentity,
     check_run_dir,
+    describe_difference,
+    nearest_run,
     schedule_of,
     write_identity,
     write_resolved_hydra_config,
@@ -37,10 +40,11 @@ from downstream.training.identity import (
     resolved_job_config as resolved_job_config,  # re-exported: the shared-upstream launcher's import
 )
 from downstream.training.integrity import check_integrity
-from downstream.training.loading import pick_device
+from downstream.training.loading import pick_device, resolve_num_workers
 from downstream.training.run_lock import HOLDER_FILE, RunFolderLockedError, hold_run_folders
 from downstream.training.run_log import SilentRunLogger, environment_record
 from downstream.training.settings import TrainerSettings
+from downstream.training.threads import apply_threads, overloaded
 from downstream.training.trainer import Trainer
 from downstream.training.untrained import run_untrained_jobs
 from interfaces.base import Interface
@@ -241,9 +245,18 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
             )
             return finished
     if rank_info().is_main:
+        if not (run_dir / IDENTITY_FILE).is_file():
+            log_nearest_run(identity, run_dir)
         write_identity(identity, run_dir)
         write_resolved_hydra_config(cfg, run_dir)
     return None
+
+
+def log_nearest_run(identity: RunIdentity, run_dir: Path) -> None:
+    """Log which settings of this new run folder differ from the nearest run beside it (``nearest_run``)."""
+    nearest = nearest_run(identity, run_dir)
+    if nearest is not None:
+        log.info("new run folder %s; nearest run %s", run_dir.name, describe_difference(identity, *nearest))
 
 
 @dataclass
@@ -297,6 +310,23 @@ def group_settings(settings: list[TrainerSettings], run_dirs: list[Path]) -> Tra
                     "may differ"
                 )
     return first
+
+
+def set_threads(settings: TrainerSettings) -> int:
+    """Set and log torch's CPU threads (``trainer.threads``, ``downstream/training/threads.py``); warn when
+    the machine's load leaves these threads waiting."""
+    workers = resolve_num_workers(settings.num_workers, pick_device(settings.device))
+    threads, why = apply_threads(settings.threads, workers)
+    log.info("CPU threads: %d (%s; trainer.threads=<n> sets it)", threads, why)
+    if overloaded(threads):
+        log.warning(
+            "the machine's load average (%.1f) exceeds its %d cores: %d threads mostly wait on each other; "
+            "trainer.threads=1 is often several times faster on a shared machine",
+            os.getloadavg()[0],
+            os.cpu_count() or 1,
+            threads,
+        )
+    return threads
 
 
 def halving_pool(cfg: DictConfig) -> str:
@@ -356,6 +386,7 @@ def _run_locked_jobs(jobs: list[Job], all_settings: list[TrainerSettings]) -> li
             "trainer.limit_eval_batches=%d: dev/test metrics cover only part of each split",
             settings.limit_eval_batches,
         )
+    set_threads(settings)
     seed_everything(first.seed)
     task = build_task(first.task)
     if not task.trains:  # nothing to train (QbE): score the interface's features; same results.json

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from downstream.data.dataset import AudioDataset
+from downstream.metrics.display import metric_format, results_line
 from downstream.tasks.base import Batch, Task, accumulate_statistics
 from downstream.training.branch import Branch
 from downstream.training.distributed import (
@@ -273,14 +274,12 @@ class Trainer:
                     "layer_weights",
                     {label: float(w) for label, w in zip(labels, weights, strict=True)},
                 )
-            summary = ", ".join(f"{key} {value:.2f}" for key, value in metrics.items())
             log.info(
-                "step %d/%d dev: %s (best %s %.2f at step %d) [%s]",
+                "step %d/%d %s (best %s at step %d) [%s]",
                 self.step,
                 self.settings.max_steps,
-                summary,
-                self.task.select_metric,
-                branch.best_metric,
+                results_line("dev", metrics, self.task.metric),
+                metric_format(self.task.select_metric).format(branch.best_metric),
                 branch.best_step,
                 branch.run_dir,
             )
@@ -321,13 +320,9 @@ class Trainer:
         for branch, dev_metrics, test_metrics in zip(self.branches, dev, test, strict=True):
             test_metrics = self.task.finish_test(dev_metrics, test_metrics)
             branch.logger.log(self.step, "test", test_metrics)
-            log.info(
-                "best step %s: dev %s, test %s [%s]",
-                branch.best_step,
-                dev_metrics,
-                test_metrics,
-                branch.run_dir,
-            )
+            log.info("results of the best dev step %s [%s]", branch.best_step, branch.run_dir)
+            for split, metrics in (("dev", dev_metrics), ("test", test_metrics)):
+                log.info("%s", results_line(split, metrics, self.task.metric))
             outcomes.append(
                 {
                     "best_step": branch.best_step,

@@ -27,6 +27,7 @@ from torch import nn
 from downstream.data.corpus import Utterance
 from downstream.data.dataset import AudioDataset, collate_wavs
 from downstream.heads import count_parameters
+from downstream.metrics.display import results_line
 from downstream.training.distributed import rank_info
 from downstream.training.integrity import check_integrity
 from downstream.training.loading import batch_loader, bucket_sampler, pick_device
@@ -176,7 +177,9 @@ def evaluate_untrained(
     test = metrics_of("test", features)
     log_run.log(0, "dev", dev)
     log_run.log(0, "test", test)
-    log.info("%s without training: dev %s, test %s", cfg.task_name, dev, test)
+    log.info("%s without training (every metric in results.json):", cfg.task_name)
+    for split, metrics in (("dev", dev), ("test", test)):
+        log.info("%s", results_line(split, metrics, task.metric))
     outcome = {"best_step": None, "dev": dev, "test": test, "bad_steps": 0, "too_long": None}
     head = task.build_head(interface.output_size, {})
     return (
