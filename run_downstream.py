@@ -7,7 +7,7 @@
     torchrun --nproc_per_node 4 run_downstream.py ...          # data-parallel on 4 GPUs (or CPU processes)
 
 A launch that stops before the end with a checkpoint (SIGTERM, submitit's preemption signal,
-trainer.stop_after_steps) exits with status 75 (EX_TEMPFAIL); relaunching the same command resumes it.
+trainer.stop_after_steps) exits with status 75 (EX_TEMPFAIL) and prints the command that resumes it.
 See README.md for every config group and option.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -28,12 +29,13 @@ from omegaconf import DictConfig
 os.environ.setdefault("SSL_BENCH_ROOT", str(Path(__file__).resolve().parent))
 
 # Torch-free imports only up to the skip check, so that relaunching a finished run returns in about a
-# second; identity also registers the config's resolvers (${schedule:...}, ${run_hash:}, ${job_dirname:}).
-from downstream.reporting.lr_search import register_resolvers  # noqa: E402
-from downstream.training.errors import error_message, wants_traceback  # noqa: E402
+# second; identity also registers the config's resolvers (${schedule:...}, ${protocol:...}, ${sweep_values:...},
+# ${run_hash:}, ${job_dirname:}, ${upstream_label:}, ${protocol_tag:}).
+from downstream.quiet import quiet_third_party  # noqa: E402
+from downstream.results import record_failure, removable_failed_run  # noqa: E402
+from downstream.training.errors import DEBUG_HINT, error_message, wants_traceback  # noqa: E402
 from downstream.training.identity import RunIdentity, check_run_dir, write_resolved_hydra_config  # noqa: E402
-
-register_resolvers()  # ${sweep_values:...} of experiment=lr_search
+from downstream.training.relaunch import continue_command  # noqa: E402
 
 log = logging.getLogger("run_downstream")
 
@@ -82,14 +84,32 @@ class _RankPrefix(logging.Filter):
         return True
 
 
+def resume_advice(lead: str = "to resume, run") -> str:
+    """``<lead>:`` and, on the next line, the command that continues this launch's folders
+    (``relaunch.continue_command``: the sweep folder of a sweep, the run folder of a single run)."""
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode == RunMode.MULTIRUN:
+        command = continue_command(hydra_config.sweep.dir, sweep=True)
+    else:
+        command = continue_command(hydra_config.runtime.output_dir, sweep=False)
+    return f"{lead}:\n  {command}"
+
+
 def launch(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
-    """Skip, train or resume the run of ``cfg`` in ``run_dir``; returns the exit status (0 or 75)."""
+    """Skip, train or resume the run of ``cfg`` in ``run_dir`` (or re-adopt it: ``adopt=true``); returns the
+    exit status (0 or 75)."""
     rank = process_rank()
     if rank > 0:  # rank 0 reports progress; the others only their warnings and errors, marked with the rank
         root = logging.getLogger()
         root.setLevel(logging.WARNING)
         for handler in root.handlers:
             handler.addFilter(_RankPrefix(rank))
+    if cfg.get("adopt", False):
+        if rank == 0:
+            from downstream.training.adopt import adopt_run
+
+            adopt_run(cfg, run_dir)
+        return 0
     if not cfg.overwrite and check_run_dir(RunIdentity.of(cfg), run_dir) is not None:
         if rank == 0:
             write_resolved_hydra_config(cfg, run_dir)
@@ -109,11 +129,33 @@ def launch(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> int:
         shutdown_distributed()
     if results is None:
         log.info(
-            "this launch stopped before the end (exit status %d); relaunch the same command to resume",
-            EXIT_STOPPED_EARLY,
+            "this launch stopped before the end (exit status %d); %s", EXIT_STOPPED_EARLY, resume_advice()
         )
         return EXIT_STOPPED_EARLY
     return 0
+
+
+def is_lock_refusal(error: BaseException) -> bool:
+    """Whether ``error`` is the refusal of a run folder that another launch holds."""
+    from downstream.training.run_lock import RunFolderLockedError
+
+    return isinstance(error, RunFolderLockedError)
+
+
+def leave_failed_run(run_dir: Path, message: str, log_name: str) -> str:
+    """After a failed launch: remove ``run_dir`` when it holds nothing but what the launch wrote before
+    training (``removable_failed_run``), else end its log with the error (``record_failure``), which
+    make_table then reports as ``failed: <message>``. Returns ``message`` with the folder's fate."""
+    if removable_failed_run(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return message.replace(
+            f"run folder {run_dir}; ", f"run folder {run_dir} removed: nothing was trained; "
+        )
+    if run_dir.is_dir():
+        record_failure(
+            run_dir, "\n".join(line for line in message.splitlines() if DEBUG_HINT not in line), log_name
+        )
+    return message
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
@@ -124,12 +166,13 @@ def main(cfg: DictConfig) -> None:
 
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
+    quiet_third_party(wants_traceback(cfg.get("debug", False)))
     try:
         status = launch(cfg, run_dir, list(hydra_config.overrides.task))
     except KeyboardInterrupt:
         print(
-            f"interrupted (Ctrl-C); what was trained up to the last checkpoint in {run_dir} is kept: relaunch "
-            "the same command to resume",
+            f"interrupted (Ctrl-C); what was trained up to the last checkpoint in {run_dir} is kept; "
+            + resume_advice(),
             file=sys.stderr,
         )
         sys.exit(EXIT_INTERRUPTED)
@@ -139,14 +182,57 @@ def main(cfg: DictConfig) -> None:
             message = f"error: {type(error).__name__} (traceback above)"
         else:
             message = error_message(error, run_dir)
+        if process_rank() == 0 and not is_lock_refusal(error):  # another launch's folder: left to it
+            message = leave_failed_run(run_dir, message, f"{hydra_config.job.name}.log")
+        if not wants_traceback(cfg.get("debug", False)):
             print(message, file=sys.stderr)
         if hydra_config.mode == RunMode.MULTIRUN:
+            lead = (
+                "the sweep's other jobs go on; once this is fixed, continue the sweep (finished jobs are "
+                "skipped, this one resumes from its last checkpoint) with"
+            )
+            print(resume_advice(lead), file=sys.stderr)
             raise JobFailedError(message.splitlines()[0]) from None
         sys.exit(EXIT_ERROR)
     if status:
         sys.exit(status)
 
 
+def report_config_names(arguments: list[str]) -> None:
+    """Make Hydra report an unknown key or config option with the closest names of the config tree
+    (``config_help.suggest``) instead of its advice to append the key with ``+``. Hydra prints a
+    ``CompactHydraException`` as its message alone; its other errors are left as they are."""
+    from hydra._internal import utils as hydra_utils
+
+    from downstream.training.config_help import ConfigNameError, suggest
+
+    class UnknownConfigName(CompactHydraException):
+        """An unknown key or option, with suggestions."""
+
+    report = hydra_utils.run_and_report
+    overrides = [argument for argument in arguments if "=" in argument and not argument.startswith("-")]
+
+    def run_and_report(function):
+        def with_suggestions():
+            try:
+                return function()
+            except CompactHydraException as error:
+                better = suggest(error, overrides)
+                if isinstance(better, ConfigNameError):
+                    raise UnknownConfigName(f"error: {better}") from None
+                raise
+
+        return report(with_suggestions)
+
+    hydra_utils.run_and_report = run_and_report
+
+
 if __name__ == "__main__":
+    if any(argument in ("--help", "-h") for argument in sys.argv[1:]):
+        from downstream.training.config_help import help_text
+
+        print(help_text(), end="")  # Hydra's own help: --hydra-help
+        sys.exit(0)
     sys.argv[1:] = prepare_torchrun_arguments(sys.argv[1:])
+    report_config_names(sys.argv[1:])
     main()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from downstream.encoder_front import LENGTH_RULES, Conv2dSubsampling2, conv2d2_lengths, utterance_mvn
 from interfaces.base import frame_mask, zero_padded_frames
 
 
@@ -22,6 +23,14 @@ def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     """The number of parameters of ``module`` (only those with requires_grad, unless ``trainable_only``
     is False). Any module: heads, interfaces, upstreams."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def head_output_lengths(head: nn.Module, lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """Valid output frames [B] of ``head`` for ``lengths`` [B] valid input frames padded to ``frames``: the
+    head's ``output_lengths`` where it changes the frame rate (``TransformerCTCHead`` with conv2d2), else
+    ``lengths``."""
+    rule = getattr(head, "output_lengths", None)
+    return lengths if rule is None else rule(lengths, frames)
 
 
 def meta_parameter_count(build: Callable[[], nn.Module]) -> int:
@@ -91,8 +100,9 @@ class FrameLinearHead(nn.Module):
 
 class BiLSTMHead(nn.Module):
     """SUPERB's ASR head: Linear(D', hidden) -> ``num_lstm_layers`` BiLSTM(``lstm_size`` per direction,
-    dropout between layers) -> Linear(2 * lstm_size, num_outputs), per frame. Padded frames are packed
-    away so they never reach the LSTM state of valid frames.
+    dropout between layers, and after the last one too when ``dropout_after_last``, as s3prl's RNNLayer
+    applies it after every layer, ``downstream/asr/model.py:45-46,64-65``) -> Linear(2 * lstm_size,
+    num_outputs), per frame. Padded frames are packed away so they never reach the LSTM state of valid frames.
 
     ``extra_params`` widens ``lstm_size`` (the bulk of the head's parameters).
     """
@@ -106,6 +116,7 @@ class BiLSTMHead(nn.Module):
         num_lstm_layers: int = 2,
         dropout: float = 0.2,
         extra_params: int | None = None,
+        dropout_after_last: bool = False,
     ) -> None:
         super().__init__()
         _check_sizes(input_size, hidden_size, num_outputs)
@@ -127,6 +138,7 @@ class BiLSTMHead(nn.Module):
             batch_first=True,
             dropout=dropout if num_lstm_layers > 1 else 0.0,
         )
+        self.last_dropout = nn.Dropout(dropout if dropout_after_last else 0.0)
         self.output = nn.Linear(2 * lstm_size, num_outputs)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -138,7 +150,7 @@ class BiLSTMHead(nn.Module):
         encoded, _ = nn.utils.rnn.pad_packed_sequence(
             encoded, batch_first=True, total_length=features.shape[1]
         )
-        return self.output(encoded)
+        return self.output(self.last_dropout(encoded))
 
 
 class MeanPoolClassifier(nn.Module):
@@ -238,16 +250,18 @@ class XVectorHead(nn.Module):
 
 
 class TransformerCTCHead(nn.Module):
-    """ML-SUPERB's downstream model (ESPnet's CTC transformer encoder) per frame, at the input frame rate.
+    """ML-SUPERB's downstream model (ESPnet's CTC transformer encoder, train_asr_s3prl_{10min,1h}.yaml).
 
-    Linear(D', bottleneck) (ESPnet's linear pre-encoder, 80 wide) -> Linear(bottleneck, hidden) + ReLU ->
-    x * sqrt(hidden) + sinusoidal positions -> dropout -> ``num_layers`` pre-norm transformer encoder
-    layers (``num_heads`` heads, feed-forward ``ff_size`` with ReLU, dropout) over the valid frames ->
-    LayerNorm -> Linear(hidden, num_outputs). Output [B, T, num_outputs].
+    [``normalize='utterance_mvn'``: per-utterance normalisation, ``encoder_front.utterance_mvn``] ->
+    Linear(D', bottleneck) (ESPnet's linear pre-encoder, 80 wide) -> input layer -> x * sqrt(hidden) +
+    sinusoidal positions -> dropout -> ``num_layers`` pre-norm transformer encoder layers (``num_heads``
+    heads, feed-forward ``ff_size`` with ReLU, dropout) over the valid frames -> LayerNorm ->
+    Linear(hidden, num_outputs). Output [B, T', num_outputs] with ``output_lengths`` valid frames.
 
-    ML-SUPERB's encoder subsamples time by 2 with two convolutions (ESPnet's conv2d2); this head keeps
-    the 50 Hz frame rate instead (the Linear above takes the convolutions' place), so the trainer's frame
-    lengths stay valid for the CTC loss. ``extra_params`` widens ``ff_size``.
+    ``input_layer``: ``conv2d2``, ESPnet's Conv2dSubsampling2 (2x time subsampling: 50 Hz features give
+    25 Hz logits; valid frames by ``length_rule``, ``encoder_front.conv2d2_lengths``), or ``linear``:
+    Linear(bottleneck, hidden) + ReLU at the input frame rate (this project's head before it followed
+    ESPnet). ``extra_params`` widens ``ff_size``.
     """
 
     def __init__(
@@ -261,6 +275,10 @@ class TransformerCTCHead(nn.Module):
         ff_size: int = 1024,
         dropout: float = 0.1,
         extra_params: int | None = None,
+        input_layer: str = "linear",
+        normalize: str | None = None,
+        norm_vars: bool = False,
+        length_rule: str = "exact",
     ) -> None:
         super().__init__()
         _check_sizes(input_size, hidden_size, num_outputs)
@@ -275,17 +293,37 @@ class TransformerCTCHead(nn.Module):
             raise ValueError(
                 f"head.hidden_size ({hidden_size}) must be a multiple of head.num_heads ({num_heads})"
             )
+        for name, value, choices in (
+            ("input_layer", input_layer, ("linear", "conv2d2")),
+            ("normalize", normalize, (None, "utterance_mvn")),
+            ("length_rule", length_rule, LENGTH_RULES),
+        ):
+            if value not in choices:
+                raise ValueError(f"head.{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
         ff_size = widened_size(
             lambda size: TransformerCTCHead(
-                input_size, num_outputs, hidden_size, bottleneck_size, num_layers, num_heads, size, dropout
+                input_size,
+                num_outputs,
+                hidden_size,
+                bottleneck_size,
+                num_layers,
+                num_heads,
+                size,
+                dropout,
+                input_layer=input_layer,
             ),
             ff_size,
             extra_params,
         )
         self.hidden_size = hidden_size
         self.ff_size = ff_size
+        self.normalize, self.norm_vars, self.length_rule = normalize, norm_vars, length_rule
         self.bottleneck = nn.Linear(input_size, bottleneck_size)
-        self.input_layer = nn.Linear(bottleneck_size, hidden_size)
+        self.input_layer = (
+            Conv2dSubsampling2(bottleneck_size, hidden_size)
+            if input_layer == "conv2d2"
+            else nn.Linear(bottleneck_size, hidden_size)
+        )
         self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
             hidden_size, num_heads, ff_size, dropout, activation="relu", batch_first=True, norm_first=True
@@ -294,12 +332,27 @@ class TransformerCTCHead(nn.Module):
         self.norm = nn.LayerNorm(hidden_size)
         self.output = nn.Linear(hidden_size, num_outputs)
 
+    def output_lengths(self, lengths: torch.Tensor, frames: int) -> torch.Tensor:
+        """Valid output frames [B] for ``lengths`` [B] valid input frames padded to ``frames``."""
+        if isinstance(self.input_layer, Conv2dSubsampling2):
+            return conv2d2_lengths(lengths, max(frames, 7), self.length_rule)
+        return lengths
+
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        frames = torch.relu(self.input_layer(self.bottleneck(features)))
+        if self.normalize == "utterance_mvn":
+            features = utterance_mvn(
+                features, lengths, self.norm_vars, zero_padding=self.length_rule == "exact"
+            )
+        frames = self.bottleneck(features)
+        if isinstance(self.input_layer, Conv2dSubsampling2):
+            frames, lengths = self.input_layer(frames, lengths, self.length_rule)
+        else:
+            frames = torch.relu(self.input_layer(frames))
         frames = frames * self.hidden_size**0.5 + sinusoidal_positions(
             frames.shape[1], self.hidden_size, frames.device, frames.dtype
         )
-        padding = ~frame_mask(lengths.to(frames.device), frames.shape[1])
+        # an utterance with no valid frame attends to its first one (no NaN; CTC leaves it out anyway)
+        padding = ~frame_mask(lengths.to(frames.device).clamp(min=1), frames.shape[1])
         encoded = self.encoder(self.dropout(frames), src_key_padding_mask=padding)
         return self.output(self.norm(encoded))
 

@@ -197,13 +197,20 @@ class RunResults:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> RunResults:
-        """Read ``<run_dir>/results.json``; ResultsFileError naming the file if it is missing or invalid."""
+        """Read ``<run_dir>/results.json``; ResultsFileError naming the file if it is missing, unreadable (bad
+        encoding, truncated, not JSON) or invalid."""
         path = Path(run_dir) / RESULTS_FILE
         if not path.is_file():
             raise ResultsFileError(
                 f"{path}: no such file (the run did not finish, or this is not a run directory)"
             )
-        return cls.from_json(path.read_text(), path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ResultsFileError(f"{path}: not UTF-8 text ({error}); the file is damaged") from error
+        except OSError as error:
+            raise ResultsFileError(f"{path}: cannot be read ({error})") from error
+        return cls.from_json(text, path)
 
 
 def too_long_record(
@@ -234,6 +241,41 @@ class SweepScan:
 
     complete: list[RunRecord]
     incomplete: list[Path]
+
+
+#: The prefix of the last line a failed launch appends to its run folder's log (``record_failure``).
+FAILURE_MARK = "FAILED: "
+#: What a launch that failed before training leaves in a folder it may remove (``removable_failed_run``):
+#: Hydra's record, identity.json, and the run-folder lock's file, which stays after release
+#: (``downstream/training/run_lock.py``: a held lock also has ``.lock.json``, which is not in this list).
+_LAUNCH_ONLY_FILES = (HYDRA_DIR, "identity.json", ".lock")
+
+
+def removable_failed_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only what a launch writes before training (Hydra's ``.hydra/`` and job
+    log, identity.json, a released lock): nothing trained, nothing to resume, no holder, so a failed launch
+    may remove it."""
+    if not run_dir.is_dir():
+        return False
+    return all(entry.name in _LAUNCH_ONLY_FILES or entry.suffix == ".log" for entry in run_dir.iterdir())
+
+
+def record_failure(run_dir: Path, message: str, log_name: str) -> None:
+    """Append ``FAILED: <message>`` (its lines joined by `` | ``) to ``<run_dir>/<log_name>``, so that the
+    folder's log ends with the error and ``failure_message`` (make_table) reports it."""
+    line = FAILURE_MARK + " | ".join(part.strip() for part in message.splitlines() if part.strip())
+    with open(run_dir / log_name, "a", encoding="utf-8") as stream:
+        stream.write(line + "\n")
+
+
+def failure_message(run_dir: Path) -> str | None:
+    """The error a failed launch recorded as the last line of a ``*.log`` in ``run_dir``
+    (``record_failure``), or None when the folder's logs do not end with one."""
+    for log_file in sorted(run_dir.glob("*.log")):
+        lines = log_file.read_text(encoding="utf-8", errors="replace").rstrip("\n").splitlines()
+        if lines and lines[-1].startswith(FAILURE_MARK):
+            return lines[-1][len(FAILURE_MARK) :]
+    return None
 
 
 def scan_runs(roots: Iterable[str | Path]) -> SweepScan:

@@ -29,3 +29,16 @@ def slurm_cluster(tmp_path_factory):
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def module_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def module_cache(monkeypatch, module_cache_dir):
+    """Header manifests and SV's VAD output in a cache shared by one test module (its flawed corpus copies
+    share no rows with other modules' runs); ``pytestmark = pytest.mark.usefixtures("module_cache")``."""
+    monkeypatch.setenv("SSL_BENCH_CACHE", str(module_cache_dir))
+    return module_cache_dir

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,12 +46,28 @@ TWO_STEP_RUN = [
 ]
 
 
+# Hang guards for launches in tests, never speed limits: what a launch costs on the shared 2-core machine at
+# load 12 (about 6 times its unloaded time), with a margin several times that. Unloaded (2-core development
+# machine, 2026-12-07): a 4-update run of the tiny upstream took 16 s from start to exit, its updates about
+# 0.08 s each. SSL_BENCH_TEST_TIMEOUT_SCALE multiplies every guard (a slower machine).
+LAUNCH_STARTUP_S = 400.0  # interpreter, torch import, corpus and model setup, test evaluation
+UPDATE_S = 2.0  # one update of the small runs the tests launch, evaluations included
+
+
+def launch_timeout_s(updates: int, launches: int = 1) -> float:
+    """The hang guard of ``launches`` launches of ``updates`` updates in all (see ``LAUNCH_STARTUP_S``)."""
+    scale = float(os.environ.get("SSL_BENCH_TEST_TIMEOUT_SCALE", "1"))
+    return scale * (launches * LAUNCH_STARTUP_S + updates * UPDATE_S)
+
+
 def run_downstream_cli(
-    arguments: list[str], env: dict[str, str] | None = None, timeout: float = 300
+    arguments: list[str], env: dict[str, str] | None = None, timeout: float | None = None
 ) -> subprocess.CompletedProcess:
     """`python run_downstream.py ARGUMENTS` as a user types it, from the repository root; asserts it succeeded.
 
-    ``env`` replaces the environment (default: this one with W&B disabled)."""
+    ``env`` replaces the environment (default: this one with W&B disabled); ``timeout`` (a hang guard)
+    defaults to that of a short launch, ``launch_timeout_s(updates=50)``."""
+    timeout = launch_timeout_s(updates=50) if timeout is None else timeout
     env = dict(os.environ, WANDB_MODE="disabled") if env is None else env
     completed = subprocess.run(
         [sys.executable, "run_downstream.py", *arguments],
@@ -238,3 +255,82 @@ def sox_output(source: Path, effects: list[str], tmp_path: Path) -> np.ndarray:
     data, rate = soundfile.read(str(target), dtype="float32")
     assert rate == 16000
     return data
+
+
+# -- flawed copies of the mini corpus (tests/test_integrity.py, tests/test_corpus_text.py) ----------------
+
+#: task -> the corpus folder of data/mini_superb it reads (flawed copies: ``copy_corpus``)
+CORPUS = {
+    "pr": "LibriSpeech",
+    "asr": "LibriSpeech",
+    "sid": "VoxCeleb1",
+    "sv": "VoxCeleb1",
+    "er": "IEMOCAP",
+    "ic": "FluentSpeechCommands",
+    "ks": "SpeechCommands",
+    "sf": "SNIPS",
+    "sd": "Diarization",
+    "qbe": "quesst14Database",
+    "ml_multi": "ML-SUPERB",
+}
+AUDIO = (".flac", ".wav")
+
+
+def cases(values: list, ids: list[str], slow: set[str]) -> list:
+    """``values`` as pytest params named ``ids``; those in ``slow`` in the slow tier (more members of the
+    same kind, caught by the same code as the fast ones)."""
+    return [
+        pytest.param(
+            *(value if isinstance(value, tuple) else (value,)),
+            id=name,
+            marks=[pytest.mark.slow] * (name in slow),
+        )
+        for value, name in zip(values, ids, strict=True)
+    ]
+
+
+def copy_corpus(root: Path, corpus: str) -> Path:
+    """data/mini_superb/<corpus> under ``root``: folders made, text files copied, audio files symlinked."""
+    source, target = MINI_SUPERB / corpus, root / corpus
+    target.mkdir(parents=True)
+    for path in sorted(source.rglob("*")):
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+        elif path.suffix in AUDIO:
+            destination.symlink_to(path)
+        else:
+            shutil.copyfile(path, destination)
+    return target
+
+
+def make_task(name: str, root: Path, *overrides: str):
+    """The task ``name`` on the (flawed) corpus copies under ``root``, as the runner builds it."""
+    from downstream.training.runner import build_task
+
+    cfg = compose_config([f"task={name}", f"paths.mini_superb={root}", *overrides])
+    return build_task(cfg.task)
+
+
+def edit_lines(path: Path, change) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join(change(lines)) + "\n", encoding="utf-8")
+
+
+# ESPnet egs2/ml_superb/asr1: the monolingual sets in run_mono.sh's order (local/single_lang_data_prep.py
+# SINGLE_LANG), written out here as ESPnet lists them so tests compare the code against it.
+ESPNET_MONOLINGUAL_SETS = (
+    "eng1",
+    "eng2",
+    "eng3",
+    "fra1",
+    "fra2",
+    "deu1",
+    "deu2",
+    "rus",
+    "swa",
+    "swe",
+    "jpn",
+    "cmn",
+    "xty",
+)

@@ -43,10 +43,12 @@ def test_collate_builds_the_ctc_targets_as_tensors(make_config, tmp_path):
     assert targets == encoded
 
 
-def test_ctc_loss_equals_torch_mean_reduction_over_the_feasible_utterances(make_config, tmp_path):
-    """torch's reduction="mean" over the utterances CTC can align; an infeasible one (issue 14) is left out
-    of the average instead of counting as zero."""
-    trainer = trainer_for(make_config, tmp_path, PR)
+@pytest.mark.parametrize("protocol", ["exact", "superb"])
+def test_ctc_loss_equals_torch_mean_reduction_over_the_feasible_utterances(make_config, tmp_path, protocol):
+    """protocol=exact: torch's reduction="mean" over the utterances CTC can align; an infeasible one (issue 14)
+    is left out of the average instead of counting as zero. protocol=superb: torch's mean over all of them with
+    zero_infinity=True, as s3prl computes it (issue 24)."""
+    trainer = trainer_for(make_config, tmp_path, [*PR, f"protocol={protocol}"])
     task = trainer.task
     generator = torch.Generator().manual_seed(0)
     targets = [[3, 4, 5], [7], [9, 9, 2, 1, 6, 8]]
@@ -59,11 +61,12 @@ def test_ctc_loss_equals_torch_mean_reduction_over_the_feasible_utterances(make_
     padded = torch.zeros(3, 6, dtype=torch.long)
     for row, target in enumerate(targets):
         padded[row, : len(target)] = torch.tensor(target)
+    rows = 2 if protocol == "exact" else 3
     reference = F.ctc_loss(
-        F.log_softmax(logits[:2], dim=-1).transpose(0, 1),
-        padded[:2],  # the padded 2-D layout, another of torch's target formats
-        frame_lengths[:2],
-        torch.tensor([3, 1]),
+        F.log_softmax(logits[:rows], dim=-1).transpose(0, 1),
+        padded[:rows],  # the padded 2-D layout, another of torch's target formats
+        frame_lengths[:rows],
+        torch.tensor([3, 1, 6][:rows]),
         blank=0,
         reduction="mean",
         zero_infinity=True,
@@ -120,9 +123,8 @@ def test_training_step_syncs_only_inside_torch_ctc(make_config, tmp_path):
 
     hidden_states, frame_lengths = trainer.upstream_forward(batch)
     branch = trainer.branches[0]
-    logits = (
-        branch.forward(hidden_states, frame_lengths, trainer.task, training=True).detach().requires_grad_()
-    )
+    logits = branch.forward(hidden_states, frame_lengths, trainer.task, training=True)[0]
+    logits = logits.detach().requires_grad_()
 
     def bare_ctc() -> None:
         loss = F.ctc_loss(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import random
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -239,15 +241,60 @@ def test_iemocap_sessions_keep_four_balanced_classes():
 @pytest.mark.parametrize("fold", [1, 4])
 def test_iemocap_folds_split_training_sessions(fold):
     train, dev, test = (read_iemocap(IEMOCAP, fold, split) for split in ("train", "dev", "test"))
-    assert (len(train), len(dev), len(test)) == (192 - math.ceil(0.2 * 192), math.ceil(0.2 * 192), 48)
+    # s3prl: trainlen = int((1 - valid_ratio) * n), dev the rest (downstream/emotion/expert.py)
+    assert (len(train), len(dev), len(test)) == (int(0.8 * 192), 192 - int(0.8 * 192), 48)
     ids = [{utt.id for utt in part} for part in (train, dev, test)]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     assert all(f"Ses0{fold}" not in utt.id for utt in train + dev)
     assert [utt.id for utt in read_iemocap(IEMOCAP, fold, "dev")] == [utt.id for utt in dev]
-    other_seed = {utt.id for utt in read_iemocap(IEMOCAP, fold, "dev", seed=1)}
-    assert other_seed != ids[1] and other_seed | {
-        utt.id for utt in read_iemocap(IEMOCAP, fold, "train", seed=1)
-    } == (ids[0] | ids[1])
+
+
+def _write_s3prl_meta(folder, fold, ids):
+    """s3prl's meta file layout (downstream/emotion/meta_data/Session<k>/train_meta_data.json)."""
+    (folder / f"Session{fold}").mkdir(parents=True, exist_ok=True)
+    entries = [
+        {
+            "path": f"Session{int(i[4])}/sentences/wav/{i.rsplit('_', 1)[0]}/{i}.wav",
+            "label": "neu",
+            "speaker": i[:6],
+        }
+        for i in ids
+    ]
+    labels = {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
+    (folder / f"Session{fold}" / "train_meta_data.json").write_text(
+        json.dumps({"labels": labels, "meta_data": entries})
+    )
+
+
+def test_iemocap_dev_split_is_s3prls_random_split_of_the_meta_order(tmp_path):
+    """With s3prl's meta file, dev = torch.manual_seed(0) + random_split(80/20) over the meta order, the very
+    calls of s3prl's emotion/expert.py; the order matters (another order gives other members)."""
+    fold = 2
+    train, dev = (read_iemocap(IEMOCAP, fold, split) for split in ("train", "dev"))
+    corpus_ids = sorted(u.id for u in train + dev)
+    meta_order = random.Random(7).sample(corpus_ids, len(corpus_ids))  # an os.listdir-like order
+    _write_s3prl_meta(tmp_path / "meta", fold, meta_order)
+    torch.manual_seed(0)
+    n = len(meta_order)
+    s3prl_train, s3prl_dev = torch.utils.data.random_split(
+        meta_order, [int((1 - 0.2) * n), n - int((1 - 0.2) * n)]
+    )
+    got_dev = read_iemocap(IEMOCAP, fold, "dev", s3prl_meta_data=tmp_path / "meta")
+    got_train = read_iemocap(IEMOCAP, fold, "train", s3prl_meta_data=tmp_path / "meta")
+    assert {u.id for u in got_dev} == set(s3prl_dev) and {u.id for u in got_train} == set(s3prl_train)
+    assert {u.id for u in got_dev} != {u.id for u in dev}  # the id-sorted fallback has other members
+    torch.manual_seed(0)
+    _, sorted_dev = torch.utils.data.random_split(corpus_ids, [int(0.8 * n), n - int(0.8 * n)])
+    assert {u.id for u in dev} == set(sorted_dev)
+    with pytest.raises(
+        DataLayoutError,
+        match=r"Session3/train_meta_data.json' does not exist.*s3prl keeps it as "
+        r"s3prl/downstream/emotion/meta_data/Session3/train_meta_data.json",
+    ):
+        read_iemocap(IEMOCAP, 3, "dev", s3prl_meta_data=tmp_path / "meta")
+    _write_s3prl_meta(tmp_path / "meta", fold, meta_order[1:])
+    with pytest.raises(DataLayoutError, match=r"1 in the corpus but not listed"):
+        read_iemocap(IEMOCAP, fold, "dev", s3prl_meta_data=tmp_path / "meta")
 
 
 def test_iemocap_errors_and_wav_files(tmp_path):
@@ -332,7 +379,7 @@ def test_header_cache_is_reused_and_refreshed(tmp_path, manifest_cache, monkeypa
     chapter = write_librispeech_chapter(tmp_path, "dev-clean", {"0000": np.full(1600, 0.1, dtype=np.float32)})
     assert read_librispeech(tmp_path, "dev-clean")[0].num_samples == 1600
     (manifest,) = (manifest_cache / "manifests").glob("*.tsv")
-    assert "\t1600\t16000\t1\n" in manifest.read_text()
+    assert "\t1600\t16000\t1\tPCM_16\n" in manifest.read_text()
     soundfile.write(str(chapter / "1-2-0000.flac"), np.full(2400, 0.1, dtype=np.float32), 16000)
     assert read_librispeech(tmp_path, "dev-clean")[0].num_samples == 2400
     monkeypatch.setenv("SSL_BENCH_CACHE", "off")

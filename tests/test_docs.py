@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import REPO_ROOT, compose_config, run_downstream_cli
+from tests.helpers import REPO_ROOT, compose_config, launch_timeout_s, run_downstream_cli
 
 DOC_FILES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 NEEDS = re.compile(r"#.*\bneeds:\s*([^#]+)")
@@ -118,6 +118,6 @@ def test_every_unmarked_command_runs(command: DocCommand, tmp_path: Path):
         for argument in command.arguments
     ]
     arguments += [*SHORT, f"{folder}={tmp_path / 'out'}"]
-    run_downstream_cli(arguments, timeout=900)
+    run_downstream_cli(arguments, timeout=launch_timeout_s(updates=250))
     written = list((tmp_path / "out").rglob("results.json"))
     assert written, f"{command} wrote no results.json"

@@ -53,17 +53,21 @@ def noise(samples: int) -> np.ndarray:
     return (0.1 * RNG.standard_normal(samples)).astype(np.float32)
 
 
-def write_librispeech(root: Path, splits: dict[str, list[tuple[int, str]]]) -> Path:
-    """A LibriSpeech root: per split, utterances (samples, transcript) of speaker 1, chapter 2, as
-    <split>/1/2/1-2-<n>.flac with 1-2.trans.txt (an empty transcript writes the id alone)."""
+def write_librispeech(
+    root: Path, splits: dict[str, list[tuple[int, str]]], speakers: dict[str, int] | None = None
+) -> Path:
+    """A LibriSpeech root: per split, utterances (samples, transcript) of speaker 1 (or ``speakers[split]``,
+    so that ids differ between splits as on the real corpus), chapter 2, as <split>/<spk>/2/<spk>-2-<n>.flac
+    with <spk>-2.trans.txt (an empty transcript writes the id alone)."""
     for split, utterances in splits.items():
-        chapter = root / SPLIT_FOLDERS[split] / "1" / "2"
+        speaker = (speakers or {}).get(split, 1)
+        chapter = root / SPLIT_FOLDERS[split] / str(speaker) / "2"
         chapter.mkdir(parents=True)
         lines = []
         for number, (samples, text) in enumerate(utterances):
-            soundfile.write(str(chapter / f"1-2-{number:04d}.flac"), noise(samples), 16000)
-            lines.append(f"1-2-{number:04d} {text}".rstrip())
-        (chapter / "1-2.trans.txt").write_text("\n".join(lines) + "\n")
+            soundfile.write(str(chapter / f"{speaker}-2-{number:04d}.flac"), noise(samples), 16000)
+            lines.append(f"{speaker}-2-{number:04d} {text}".rstrip())
+        (chapter / f"{speaker}-2.trans.txt").write_text("\n".join(lines) + "\n")
     return root
 
 
@@ -144,7 +148,10 @@ def test_too_short_skip_leaves_training_audio_out_and_keeps_dev_and_test_whole(t
 @pytest.mark.slow
 def test_a_run_with_too_short_audio_in_every_split_finishes_and_records_the_policy(tmp_path):
     """Before: a 300-sample utterance crashed training (train) or the final evaluation (dev/test)."""
-    corpus = write_librispeech(tmp_path / "corpus", {s: [*NORMAL, (300, "NO")] for s in SPLIT_FOLDERS})
+    speakers = {"train": 1, "dev": 3, "test": 5}  # one id in two splits would stop the run (integrity)
+    corpus = write_librispeech(
+        tmp_path / "corpus", {s: [*NORMAL, (300, "NO")] for s in SPLIT_FOLDERS}, speakers
+    )
     run_dir = tmp_path / "run"
     overrides = ["task=asr", f"task.data_root={corpus}", *TWO_STEP_RUN, "trainer.limit_eval_batches=null"]
     results = run_experiment(compose_config(overrides, run_dir=run_dir), run_dir)
@@ -156,7 +163,8 @@ def test_a_run_with_too_short_audio_in_every_split_finishes_and_records_the_poli
         assert policy["utterances"] == 4
         # 'NO' needs 2 frames; the padded 400 samples give 1: counted as CTC-infeasible too
         assert policy["ctc_infeasible"]["count"] == 1
-        assert policy["ctc_infeasible"]["examples"] == [{"id": "1-2-0003", "frames": 1, "required": 2}]
+        expected = {"id": f"{speakers[split]}-2-0003", "frames": 1, "required": 2}
+        assert policy["ctc_infeasible"]["examples"] == [expected]
 
 
 # -- 2. CTC targets longer than the frames ----------------------------------------------------------
@@ -229,7 +237,7 @@ def test_the_ctc_check_is_one_implementation_for_pr_and_ml_superb(tmp_path):
     report = check_inputs(task, tiny_upstream())
     assert report["train"]["ctc_infeasible"]["count"] == 1 and report["train"]["utterances"] == 3
     ml = MonolingualSpeechRecognition(
-        str(write_ml_superb(tmp_path / "ml", [(1600, "HELLO WORLD GOOD MORNING")])), language="deu"
+        str(write_ml_superb(tmp_path / "ml", [(1600, "HELLO WORLD GOOD MORNING")])), language="deu1"
     )
     ml.check_data()
     report = check_inputs(ml, tiny_upstream())
@@ -429,13 +437,13 @@ def test_an_empty_ml_superb_transcript_is_named_with_its_line_and_left_out_of_tr
 ):
     root = write_ml_superb(tmp_path, [], empty_line=line)
     with caplog.at_level(logging.WARNING):
-        read_ml_superb(root, "train", monolingual="deu")
+        read_ml_superb(root, "train", monolingual="deu1")
     if line.endswith("?!"):  # punctuation only: empty after normalisation, found by the task's check
         assert "is empty" not in caplog.text
     else:
         assert "line 4: the transcript of utterance swc_deu_silence_train is empty" in caplog.text
         assert "transcript_1h_train.txt' line 4" in caplog.text and "is empty" in caplog.text
-    task = MonolingualSpeechRecognition(str(root), language="deu")
+    task = MonolingualSpeechRecognition(str(root), language="deu1")
     task.check_data()
     caplog.clear()
     with caplog.at_level(logging.WARNING):

@@ -92,17 +92,25 @@ def test_speech_commands_mini_splits_follow_the_lists_and_the_hash_rule():
     assert all(counts[word] == 12 for word in KEYWORDS) and counts["_unknown_"] == 60
 
 
-def test_silence_windows_are_one_second_slices_of_the_noise_recordings():
+def test_held_out_silence_windows_never_share_audio_with_training():
+    """protocol=exact (issue 26 item 8): train windows tile the first 90 % of each noise recording, dev windows
+    the last max(1 s, 10 %), so no dev sample is a training sample."""
     train = read_speech_commands(KS_ROOT, "train")
+    dev = read_speech_commands(KS_ROOT, "dev")
     windows = [u for u in train if u.label == "_silence_"]
+    dev_windows = [u for u in dev if u.label == "_silence_"]
     recordings = sorted((KS_ROOT / "_background_noise_").glob("*.flac"))
-    expected = []
+    expected = {"train": [], "dev": []}
     for path in recordings:
-        full = load_audio(path)
-        expected += [(path, start) for start in range(0, len(full) - 16000 + 1, 16000)]
-    assert sorted((u.path, u.start) for u in windows) == sorted(expected)
+        n = len(load_audio(path))
+        held = max(16000, round(0.1 * n))
+        expected["train"] += [(path, start) for start in range(0, n - held - 16000 + 1, 16000)]
+        expected["dev"] += [(path, start) for start in range(n - held, n - 16000 + 1, 16000)]
+    assert sorted((u.path, u.start) for u in windows) == sorted(expected["train"])
+    assert sorted((u.path, u.start) for u in dev_windows) == sorted(expected["dev"]) and dev_windows
+    train_samples = {(u.path, k) for u in windows for k in range(u.start, u.start + 16000)}
+    assert not any((u.path, k) in train_samples for u in dev_windows for k in range(u.start, u.start + 16000))
     assert all(u.num_samples == 16000 and u.id.endswith(f"_{u.start}_{u.start + 16000}") for u in windows)
-    assert windows == [u for u in read_speech_commands(KS_ROOT, "dev") if u.label == "_silence_"]  # as s3prl
     dataset = AudioDataset(windows)
     for index in (0, len(windows) - 1):
         window = windows[index]
@@ -112,6 +120,46 @@ def test_silence_windows_are_one_second_slices_of_the_noise_recordings():
     start, stop = cropped.crop_window(1)
     full = load_audio(windows[1].path)
     assert torch.equal(cropped[1]["wav"], full[windows[1].start + start : windows[1].start + stop])
+
+
+def test_ks_superb_dev_is_a_balanced_resample_with_random_silence_crops():
+    """protocol=superb (s3prl speech_commands/expert.py, dataset.py): the 6 whole noise recordings are the
+    _silence_ items of train and dev; dev is len(dev) class-balanced draws with replacement (what
+    WeightedRandomSampler draws: torch.multinomial over weights len/count), each _silence_ draw a random
+    1 s crop; the overlap with training audio is recorded."""
+    task = KeywordSpotting(str(KS_ROOT), silence="random_crops", dev_sampling="balanced_resample")
+    listed = read_speech_commands(KS_ROOT, "dev", silence="random_crops")
+    recordings = sorted((KS_ROOT / "_background_noise_").glob("*.flac"))
+    assert sorted(u.path for u in listed if u.label == "_silence_") == recordings
+    assert all(u.num_samples == len(load_audio(u.path)) for u in listed if u.label == "_silence_")
+    counts = Counter(u.label for u in listed)
+    weights = torch.tensor([len(listed) / counts[u.label] for u in listed], dtype=torch.double)
+    sampler = torch.utils.data.WeightedRandomSampler(
+        weights, len(listed), replacement=True, generator=torch.Generator().manual_seed(0)
+    )
+    dev = task.utterances("dev")
+    assert [u.id.split("#")[0] for u in dev] == [listed[i].id for i in sampler]
+    assert len({u.id for u in dev}) == len(dev) == len(listed)
+    silence = [u for u in dev if u.label == "_silence_"]
+    assert silence and all(u.num_samples == 16000 for u in silence)
+    assert all(0 <= u.start <= len(load_audio(u.path)) - 16000 for u in silence)
+    assert len({u.start for u in silence}) > 1  # crops at random offsets
+    drawn = Counter(u.label for u in dev)
+    assert (
+        max(drawn.values()) - min(drawn.values()) < len(dev) / 6
+    )  # about 1/12 each, not 60 _unknown_ in 192
+    train = task.utterances("train")
+    assert task.train_crop_seconds == 1.0
+    assert sorted(u.path for u in train if u.label == "_silence_") == recordings
+    record, left_out = task.review_targets("dev")
+    assert not left_out and record["silence_overlap"]["recordings"] == len({u.path for u in silence})
+    assert record["silence_overlap"]["dev_silence_items"] == len(silence)
+    assert record["dev_sampling"]["draws"] == len(listed)
+    exact = KeywordSpotting(str(KS_ROOT), silence="held_out_windows", dev_sampling="whole")
+    assert [u.id for u in exact.utterances("dev")] == [
+        u.id for u in read_speech_commands(KS_ROOT, "dev", silence="held_out_windows")
+    ]
+    assert "silence_overlap" not in exact.review_targets("dev")[0] and exact.train_crop_seconds is None
 
 
 def test_speech_commands_test_set_has_the_twelve_class_folders():
@@ -455,7 +503,7 @@ def test_weighted_sampler_draws_in_proportion_and_stays_deterministic():
 
 
 def test_keyword_spotting_trains_on_class_balanced_batches():
-    task = KeywordSpotting(str(KS_ROOT))
+    task = KeywordSpotting(str(KS_ROOT), silence="held_out_windows")
     assert task.num_outputs == 12 and task.test_root == str(KS_TEST)
     train = task.utterances("train")
     weights = task.train_sample_weights()

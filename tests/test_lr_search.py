@@ -15,10 +15,10 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from downstream import reporting
-from downstream.reporting.lr_search import REPORT_FILE, sweep_values
+from downstream.reporting.lr_search import REPORT_FILE
 from downstream.results import RunResults
 from downstream.training.halving import halve
-from downstream.training.identity import schedule_of
+from downstream.training.identity import schedule_of, sweep_values
 from downstream.training.runner import (
     Job,
     resolve_trainer_settings,

@@ -28,16 +28,47 @@ def _runner(lr: float, batch: int, accum: int, steps: int, every: int) -> dict:
 # gradient_clipping, gradient_accumulate_steps, eval_step), datarc batch size; torch's Adam has
 # weight_decay 0, AdamW 0.01 (s3prl/optimizers.py get_TorchOptim passes none).
 S3PRL = {
-    "pr": {**_ADAM, **_runner(1.0e-2, 16, 2, 100000, 1000)},  # ctc/libriphone.yaml:2-16,50
+    # ctc/libriphone.yaml:2-16,50,59; ctc/text.py WordTextEncoder appends <eos>; CTCLoss(zero_infinity=True)
+    "pr": {
+        **_ADAM,
+        **_runner(1.0e-2, 16, 2, 100000, 1000),
+        "task.target_eos": True,
+        "task.ctc_loss_mean": "all",
+    },
     # asr/config.yaml:2-15,47: batches of 32, halved whenever the longest is over 2000 samples
     # (asr/dataset.py), which is every LibriSpeech batch: 16
-    "asr": {**_ADAM, **_runner(1.0e-4, 16, 1, 200000, 2000)},
-    "ks": {**_ADAM, **_runner(1.0e-4, 32, 1, 200000, 5000), "task.gain_db": -3.0},  # speech_commands/
+    # asr/model.py: Dropout after every RNNLayer; specaug.py: randint(0, W) widths, starts over the padded length
+    "asr": {
+        **_ADAM,
+        **_runner(1.0e-4, 16, 1, 200000, 2000),
+        "task.target_eos": True,
+        "task.ctc_loss_mean": "all",
+        "task.dropout_after_last": True,
+        "task.spec_augment_widths": "exclusive",
+        "task.spec_augment_positions": "padded",
+    },
+    "ks": {  # speech_commands/config.yaml; dataset.py:22 gain, :61-65,80-84 the 6 noise files cropped per draw;
+        # expert.py:64-75,91 dev through a class-balanced WeightedRandomSampler
+        **_ADAM,
+        **_runner(1.0e-4, 32, 1, 200000, 5000),
+        "task.gain_db": -3.0,
+        "task.silence": "random_crops",
+        "task.dev_sampling": "balanced_resample",
+    },
     "ic": {**_ADAM, **_runner(1.0e-4, 32, 1, 200000, 5000)},  # fluent_commands/config.yaml:2-29
     "sid": {**_ADAM, **_runner(1.0e-4, 8, 4, 200000, 5000)},  # voxceleb1/config.yaml:4-31
     "er": {**_ADAM, **_runner(1.0e-4, 4, 8, 30000, 1000)},  # emotion/config.yaml:2-31
-    "sf": {**_ADAM, **_runner(1.0e-4, 32, 1, 200000, 2000)},  # ctc/snips.yaml:2-16,48
-    "sd": {**_ADAM, **_runner(1.0e-4, 8, 4, 30000, 500)},  # diarization/config.yaml:2-29
+    "sf": {  # ctc/snips.yaml:2-16,48,109; ctc/text.py CharacterTextSlotEncoder appends <eos>
+        **_ADAM,
+        **_runner(1.0e-4, 32, 1, 200000, 2000),
+        "task.target_eos": True,
+        "task.ctc_loss_mean": "all",
+        "task.dropout_after_last": True,
+        "task.spec_augment_widths": "exclusive",
+        "task.spec_augment_positions": "padded",
+    },
+    # diarization/config.yaml:2-29; expert.py:346 keeps best-states-dev.ckpt on the dev frame accuracy
+    "sd": {**_ADAM, **_runner(1.0e-4, 8, 4, 30000, 500), "task.select_metric": "frame_accuracy"},
     "sv": {  # sv_voxceleb1/configs/amsoftmax.yaml, dataset.py:22-27, expert.py:58, test_expdir.sh:23
         "trainer.optimizer": "adamw",
         "trainer.weight_decay": 0.01,
@@ -48,7 +79,8 @@ S3PRL = {
         "task.vad": True,
         "task.hold_out_dev_speakers": False,
     },
-    "qbe": {"task.gain_db": -3.0},  # quesst14_dtw/dataset.py:31
+    # quesst14_dtw/dataset.py:31; docs/superb.md:312-318 scores with QUESST's scorer on the full ground truth, -10
+    "qbe": {"task.gain_db": -3.0, "task.mtwv_trials": "full_ground_truth"},
 }
 
 

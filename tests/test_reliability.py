@@ -32,7 +32,14 @@ from downstream.data.corpus import DataLayoutError
 from downstream.training.branch import NonFiniteLossError
 from downstream.training.preemption import EXIT_STOPPED_EARLY
 from downstream.training.runner import run_experiment
-from tests.helpers import REPO_ROOT, TINY_UPSTREAM, assert_same_run, compose_config, write_voxceleb1
+from tests.helpers import (
+    REPO_ROOT,
+    TINY_UPSTREAM,
+    assert_same_run,
+    compose_config,
+    launch_timeout_s,
+    write_voxceleb1,
+)
 
 TINY = TINY_UPSTREAM
 # PR on the mini corpus, long enough to be interrupted after its first checkpoint (step 5).
@@ -47,7 +54,7 @@ TRAINING = [
 ]
 SCHEDULE = [*TRAINING, *TINY]
 OUTPUTS = ("results.json", "last.pt", "best.pt", "curve.jsonl")
-LAUNCH_TIMEOUT_S = 120
+LAUNCH_TIMEOUT_S = launch_timeout_s(updates=60)  # a hang guard: one SCHEDULE launch
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -69,7 +76,7 @@ def launch(args: list[str], **options) -> subprocess.Popen:
 
 
 def checkpoint_step(run_dir: Path) -> int:
-    return torch.load(run_dir / "last.pt", weights_only=False)["progress"]["step"]
+    return torch.load(run_dir / "last.pt", weights_only=True)["progress"]["step"]
 
 
 def signal_after_next_checkpoint(process: subprocess.Popen, run_dir: Path, signum: int) -> str:
@@ -261,7 +268,7 @@ def test_two_processes_under_torchrun_match_one_process_with_the_same_global_bat
     stopped_at = checkpoint_step(run_dir)
     assert output.count(f"stopped at step {stopped_at} (SIGTERM) with a checkpoint") == 1  # rank 0 reports
     assert "[rank 1] SIGTERM: checkpointing at the end of this update" in output
-    assert torch.load(run_dir / "last.pt", weights_only=False)["progress"]["world_size"] == 2
+    assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["world_size"] == 2
 
     second = launch(args)
     output, _ = second.communicate(timeout=LAUNCH_TIMEOUT_S)
@@ -277,11 +284,14 @@ SID = ["task=sid", "schedule=demo", "trainer.batch_size=2", "trainer.log_every=1
 
 
 def test_non_finite_updates_are_skipped_counted_and_logged(tmp_path, caplog):
-    """One training utterance holds NaN samples (a float WAV): every batch holding it has a NaN loss.
-    18 utterances in batches of 2 for 18 steps is two epochs, so exactly two updates are skipped."""
+    """One training utterance holds samples at float32's largest magnitude (a float WAV: finite, so the
+    corpus integrity pass lets it through, but the upstream overflows): every batch holding it has a
+    non-finite loss. 18 utterances in batches of 2 for 18 steps is two epochs, so exactly two updates are
+    skipped."""
     corpus = tmp_path / "corpus"
     damaged = write_voxceleb1(corpus)[4]
-    soundfile.write(str(damaged), np.full(8000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    huge = np.finfo(np.float32).max * np.where(np.arange(8000) % 2, 1.0, -1.0)
+    soundfile.write(str(damaged), huge.astype(np.float32), 16000, subtype="FLOAT")
     run_dir = tmp_path / "run"
     with caplog.at_level(logging.WARNING):
         results = run_in_process(
@@ -424,8 +434,9 @@ def test_bad_model_settings_fail_before_training_with_no_outputs(tmp_path, overr
 
 
 def test_other_rates_channels_and_too_long_utterances_are_handled_and_counted(tmp_path, caplog):
-    """A stereo 44.1 kHz file trains like any other; training utterances over task.max_seconds are left
-    out (on_too_long=skip), logged, and counted in results.json; dev keeps its long one."""
+    """A stereo 44.1 kHz file trains like any other once task.resample=true allows it in this 16 kHz corpus
+    (counted under data_policy.sample_rate); training utterances over task.max_seconds are left out
+    (on_too_long=skip), logged, and counted in results.json; dev keeps its long one."""
     corpus = tmp_path / "corpus"
     training = write_voxceleb1(corpus)
     time_axis = np.arange(22050) / 44100
@@ -435,9 +446,16 @@ def test_other_rates_channels_and_too_long_utterances_are_handled_and_counted(tm
     for path in too_long:
         soundfile.write(str(path), np.zeros(32000, dtype=np.float32) + 0.1, 16000)
     run_dir = tmp_path / "run"
-    overrides = [*SID, f"task.data_root={corpus}", "trainer.max_steps=2", "trainer.eval_every=2"]
+    overrides = [
+        *SID,
+        f"task.data_root={corpus}",
+        "trainer.max_steps=2",
+        "trainer.eval_every=2",
+        "task.resample=true",
+    ]
     with caplog.at_level(logging.WARNING):
         results = run_in_process([*overrides, "task.max_seconds=1.0", "task.on_too_long=skip"], run_dir)
+    assert results["data_policy"]["train"]["sample_rate"]["rates"] == {"44100": 1}
     # dev and test are never limited (issue 14): the long dev utterance is evaluated whole
     assert results["too_long"] == {"max_seconds": 1.0, "policy": "skip", "train": 1, "dev": 0, "test": 0}
     assert results["data_policy"]["train"]["too_long"] == {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from dtw import dtw
 from scipy.spatial import distance as scipy_distance
 
+from downstream import reporting
 from downstream.data.corpus import DataLayoutError
 from downstream.data.diarization import SpeakerTurn, read_diarization, read_kaldi_diarization
 from downstream.data.quesst14 import read_quesst14
@@ -39,7 +41,7 @@ from downstream.metrics.qbe import (
     subsequence_dtw_costs,
     znorm_per_query,
 )
-from tests.helpers import TINY_UPSTREAM, run_downstream_cli
+from tests.helpers import TINY_UPSTREAM, run_downstream_cli, write_superb_run
 
 MINI = Path(__file__).resolve().parent.parent / "data" / "mini_superb"
 DIARIZATION = MINI / "Diarization"
@@ -388,6 +390,92 @@ def test_mtwv_hand_worked_and_brute_force():
             assert brute_force_twv(scores, targets, result.threshold, beta) == pytest.approx(result.mtwv)
 
 
+def quesst_scorer_mtwv(scores: dict, queries: list, documents: list, occurrences: set, prior: float) -> float:
+    """MTWV as QUESST 2014's scorer defines it, written out here independently: trials = every query with an
+    occurrence x every document; a trial missing from ``scores`` scores -10; TWV(t) = 1 - mean over queries
+    of [P_miss + beta P_fa] with beta = (1 - prior) / prior (effective prior 0.0741289, the value
+    score-TWV-Cnxe.sh passes to the scorer); MTWV = the maximum over thresholds (accepting nothing: 0)."""
+    beta = (1 - prior) / prior
+    queries = [q for q in queries if any((q, d) in occurrences for d in documents)]
+    trial = {(q, d): scores.get((q, d), -10.0) for q in queries for d in documents}
+    best = 0.0
+    for threshold in sorted(set(trial.values())):
+        total = 0.0
+        for q in queries:
+            true = [d for d in documents if (q, d) in occurrences]
+            hits = sum(trial[(q, d)] >= threshold for d in true)
+            false_alarms = sum(trial[(q, d)] >= threshold for d in documents if (q, d) not in occurrences)
+            total += (1 - hits / len(true)) + beta * false_alarms / (len(documents) - len(true))
+        best = max(best, 1 - total / len(queries))
+    return best
+
+
+def test_qbe_superb_mtwv_is_quesst_scorer_over_the_full_ground_truth():
+    """protocol=superb: MTWV over every occurring query x every document of groundtruth_quesst14_<split>
+    (all languages), trials not searched (non-English) scoring -10 and searched ones written with 4
+    decimals as s3prl's stdlist.xml, against an independent implementation of the scorer's definition; the
+    English-only figure is kept, labelled. A non-English query with occurrences (never searched) counts."""
+    from dataclasses import replace
+
+    from downstream.data.quesst14 import GroundTruth
+    from downstream.tasks.qbe import QueryByExample
+
+    superb = QueryByExample(str(QUESST), mtwv_trials="full_ground_truth")
+    exact = QueryByExample(str(QUESST), mtwv_trials="searched")
+    qbe_set = superb.qbe_set("dev")
+    # the ground truth read independently from the files the scorer reads
+    truth_dir = QUESST / "scoring" / "groundtruth_quesst14_dev"
+    terms = re.findall(r'termid="([^"]+)"', (truth_dir / "quesst14_dev.tlist.xml").read_text())
+    documents = [
+        Path(n).stem
+        for n in re.findall(r'audio_filename="([^"]+)"', (truth_dir / "quesst14.ecf.xml").read_text())
+    ]
+    occurrences = {
+        (line.split()[5], line.split()[1])
+        for line in (truth_dir / "quesst14_dev.rttm").read_text().splitlines()
+    }
+    assert set(documents) > {d.id for d in qbe_set.documents}  # the Albanian documents are trials too
+    rng = np.random.default_rng(0)
+    targets = np.array(
+        [[(q.id, d.id) in qbe_set.targets for d in qbe_set.documents] for q in qbe_set.queries]
+    )
+    scores = rng.normal(size=targets.shape) + 2.5 * targets - 3.0  # the best threshold is below 0
+    statistics = {"scores": scores, "targets": targets, "too_short_queries": 0, "set": qbe_set}
+    got = superb.metrics(statistics)
+    written = {
+        (q.id, d.id): round(float(scores[i, j]), 4)
+        for i, q in enumerate(qbe_set.queries)
+        for j, d in enumerate(qbe_set.documents)
+    }
+    expected = quesst_scorer_mtwv(written, terms, documents, occurrences, 0.0741289)
+    assert got["mtwv"] == got["mtwv_full_ground_truth"] == pytest.approx(expected, abs=1e-5)
+    unrounded = {
+        (q.id, d.id): float(scores[i, j])
+        for i, q in enumerate(qbe_set.queries)
+        for j, d in enumerate(qbe_set.documents)
+    }
+    searched_queries, searched_documents = [q.id for q in qbe_set.queries], [d.id for d in qbe_set.documents]
+    english_only = quesst_scorer_mtwv(
+        unrounded, searched_queries, searched_documents, set(qbe_set.targets), 0.0741289
+    )
+    assert got["mtwv_english_only"] == pytest.approx(english_only, abs=1e-5)
+    assert got["mtwv_english_only"] != pytest.approx(got["mtwv_full_ground_truth"], abs=1e-3)
+    assert exact.metrics(statistics)["mtwv"] == got["mtwv_english_only"]
+    occurring = {q for q, _ in occurrences}
+    assert got["trials_default_score"] == len(occurring) * len(documents) - 8 * 64  # the Albanian documents
+    # the Albanian query occurs in Albanian documents and is never searched: at every threshold above -10 it
+    # is missed, which lowers the MTWV; without its occurrences the scorer would drop it
+    albanian_query = next(t for t in terms if t not in {q.id for q in qbe_set.queries})
+    assert albanian_query in occurring
+    fewer = {pair for pair in occurrences if pair[0] != albanian_query}
+    truth = GroundTruth(tuple(q for q in terms if q != albanian_query), tuple(documents), frozenset(fewer))
+    narrowed = superb.metrics({**statistics, "set": replace(qbe_set, truth=truth)})
+    assert narrowed["mtwv"] == pytest.approx(
+        quesst_scorer_mtwv(written, terms, documents, fewer, 0.0741289), abs=1e-5
+    )
+    assert narrowed["mtwv"] > got["mtwv"]
+
+
 def test_cnxe_definition():
     prior = effective_prior()
     targets = np.array([[1, 0, 0], [0, 1, 0]])
@@ -479,6 +567,134 @@ def test_sd_task_targets_loss_and_der_of_a_perfect_output():
         SpeakerDiarization(str(DIARIZATION), max_seconds=5.0, on_too_long="crop")
 
 
+def s3prl_frame_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """s3prl's diarization ACC of one recording, re-derived from calc_diarization_error and the PIT loss:
+    the labels are permuted by the permutation of least BCE (mean over speakers, summed over frames), then
+    correct = sum(label == (logit > 0)) / num_output and ACC = correct / num_frames; 0 without speech."""
+
+    def bce(x, y):
+        return np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+
+    permutations = list(itertools.permutations(range(labels.shape[1])))
+    best = min(permutations, key=lambda p: bce(logits, labels[:, list(p)]).mean(axis=1).sum())
+    label = labels[:, list(best)].astype(int)
+    if label.sum() == 0:
+        return 0.0
+    correct = np.sum(label == (logits > 0).astype(int)) / labels.shape[1]
+    return float(correct / labels.shape[0])
+
+
+def test_sd_frame_accuracy_selects_the_checkpoint_under_superb(tmp_path):
+    """protocol=superb: the dev metric that keeps the checkpoint is s3prl's frame accuracy (mean over
+    recordings, dev batch size 1 in s3prl), and the engine keeps a checkpoint whose accuracy improves even
+    when its DER is worse; protocol=exact keeps the best DER."""
+    from types import SimpleNamespace
+
+    from downstream.tasks.sd import SpeakerDiarization
+    from downstream.training.branch import Branch
+
+    task = SpeakerDiarization(str(DIARIZATION), select_metric="frame_accuracy")
+    recordings = task.utterances("dev")[:3]
+    frames = 120
+    batch = {
+        "targets": recordings,
+        "wav_lengths": torch.tensor([r.num_samples for r in recordings]),
+        "indices": torch.arange(3),
+    }
+    lengths = torch.tensor([frames, 90, 60])
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, frames, 2, generator=generator) * 3
+    statistics = task.eval_statistics(logits, lengths, batch)
+    targets = task.targets(batch, lengths, frames).numpy()
+    expected = np.mean(
+        [s3prl_frame_accuracy(logits[k, :n].numpy(), targets[k, :n]) for k, n in enumerate(lengths.tolist())]
+    )
+    assert task.metrics(statistics)["frame_accuracy"] == pytest.approx(100 * expected, abs=1e-9)
+    assert (task.select_metric, task.select_higher_is_better) == ("frame_accuracy", True)
+    exact = SpeakerDiarization(str(DIARIZATION), select_metric="der")
+    assert (exact.select_metric, exact.select_higher_is_better) == ("der", False)
+    saved = []
+    branch = SimpleNamespace(
+        best_metric=None,
+        best_step=None,
+        named_model_state=lambda task: {},
+        best_checkpoints=None,
+        best_model_path=tmp_path / "best.pt",
+    )
+    import downstream.training.branch as branch_module
+
+    original = branch_module.save_best_model
+    branch_module.save_best_model = lambda state, path, step: saved.append(step)
+    try:
+        Branch.keep_if_best(branch, {"frame_accuracy": 80.0, "der": 30.0}, task, 1)
+        Branch.keep_if_best(branch, {"frame_accuracy": 85.0, "der": 25.0}, task, 2)  # better acc
+        Branch.keep_if_best(branch, {"frame_accuracy": 85.0, "der": 10.0}, task, 3)  # equal acc: strict
+        Branch.keep_if_best(branch, {"frame_accuracy": 70.0, "der": 50.0}, task, 4)  # worse acc
+    finally:
+        branch_module.save_best_model = original
+    assert saved == [1, 2] and branch.best_step == 2
+
+
+def test_sd_test_der_is_chosen_on_dev_and_superbs_is_the_lowest_test_der():
+    """s3prl's score.sh grid (thresholds 0.3-0.7 x median 1, 11): test `der_superb` is the lowest test DER over
+    the grid (SUPERB's number), test `der` the test DER at the setting of the lowest dev DER."""
+    from scipy.signal import medfilt
+
+    from downstream.tasks.sd import SpeakerDiarization, grid_key
+
+    task = SpeakerDiarization(str(DIARIZATION))
+    assert task.grid == [(t, m) for t in (0.3, 0.4, 0.5, 0.6, 0.7) for m in (1, 11)]
+    recordings = task.utterances("dev")[:1]
+    batch = {"targets": recordings, "wav_lengths": torch.tensor([recordings[0].num_samples])}
+    during_training = task.metrics(task.eval_statistics(torch.randn(1, 50, 2), torch.tensor([50]), batch))
+    assert [key for key in during_training if key.startswith("der_t") and key[5].isdigit()] == ["der_t0.5_m1"]
+    task.final_evaluation = True  # what the trainer sets before scoring the best checkpoint
+    split = {}
+    for name in ("dev", "test"):
+        recordings = task.utterances(name)[:2]
+        frames = 150
+        batch = {"targets": recordings, "wav_lengths": torch.tensor([r.num_samples for r in recordings])}
+        lengths = torch.tensor([frames, frames])
+        targets = task.targets(batch, lengths, frames)
+        noisy = (targets * 2 - 1) * 1.5 + torch.randn(
+            2, frames, 2, generator=torch.Generator().manual_seed(3)
+        )
+        metrics = task.metrics(task.eval_statistics(noisy, lengths, batch))
+        # independent: threshold, then scipy's medfilt as make_rttm.py, turns, DER, for every setting
+        for threshold, median in task.grid:
+            total = DiarizationErrors()
+            for k, recording in enumerate(recordings):
+                active = (torch.sigmoid(noisy[k]).numpy() > threshold).astype(int)
+                if median > 1:
+                    active = medfilt(active, (median, 1))
+                turns = activity_to_turns(active, recording.num_samples / frames / 16000)
+                total = total + diarization_errors(recording.reference, turns)
+            assert metrics[grid_key(threshold, median)] == pytest.approx(total.der, abs=1e-9)
+        split[name] = metrics
+    finished = task.finish_test(split["dev"], split["test"])
+    grid = [grid_key(t, m) for t, m in task.grid]
+    assert finished["der_superb"] == min(split["test"][key] for key in grid)
+    dev_choice = min(task.grid, key=lambda setting: split["dev"][grid_key(*setting)])
+    assert finished["der"] == split["test"][grid_key(*dev_choice)] >= finished["der_superb"]
+    assert (finished["der_threshold"], finished["der_median"]) == (dev_choice[0], dev_choice[1])
+    crafted = task.finish_test(
+        {"der_threshold": 0.3, "der_median": 1.0},
+        {
+            **{key: 50.0 for key in grid},
+            "der_t0.3_m1": 40.0,
+            "der_t0.7_m11": 20.0,
+            "der": 20.0,
+            "der_threshold": 0.7,
+            "der_median": 11.0,
+            "missed": 5.0,
+            "false_alarm": 5.0,
+            "confusion": 10.0,
+        },
+    )
+    assert (crafted["der"], crafted["der_superb"], crafted["der_superb_threshold"]) == (40.0, 20.0, 0.7)
+    assert crafted["confusion_superb"] == 10.0 and "confusion" not in crafted
+
+
 def trivial_der(split: str) -> float:
     """The all-speech, one-speaker answer: DER of one speaker talking through every recording."""
     total = DiarizationErrors()
@@ -501,9 +717,11 @@ def test_sd_run_learns_on_the_mini_corpus(tmp_path):
     )
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["task"] == "sd" and results["metric"] == "der" and results["higher_is_better"] is False
-    assert results["test"]["der"] == pytest.approx(
-        results["test"]["missed"] + results["test"]["false_alarm"] + results["test"]["confusion"]
+    test = results["test"]
+    assert test["der_superb"] == pytest.approx(
+        test["missed_superb"] + test["false_alarm_superb"] + test["confusion_superb"]
     )
+    assert test["der"] >= test["der_superb"] and "frame_accuracy" in results["dev"]
     assert trivial_der("test") > 75.0
     assert results["test"]["der"] < trivial_der("test") - 20.0
 
@@ -563,3 +781,18 @@ def test_table_cells_below_one_keep_four_decimals():
     assert number_text(5.88) == "5.88" and number_text(0.0) == "0.00" and number_text(-0.25) == "-0.2500"
     assert number_text(0.21, like=3.25) == "0.21"  # a spread takes its mean's precision
     assert number_text(0.0031, like=0.0736) == "0.0031"
+
+
+def test_table_shows_superbs_sd_der_beside_the_test_chosen_der_only(tmp_path):
+    """SUPERB's 5.88 is the best test DER over score.sh's grid: it stands in the sd_superb column (der_superb),
+    never beside the dev-chosen der."""
+    sweep = tmp_path / "multirun" / "superb"
+    write_superb_run(sweep / "a", "sd", "der", False, {"der": 7.5, "der_superb": 6.25})
+    table = reporting.aggregate(reporting.collect_runs([sweep]))
+    assert [(c.task, c.metric, c.arrow) for c in table.columns] == [
+        ("sd", "der", "↓"),
+        ("sd_superb", "der_superb", "↓"),
+    ]
+    honest, superb = (table.cells[(table.rows[0], task)] for task in ("sd", "sd_superb"))
+    assert (honest.values, superb.values) == ((7.5,), (6.25,))
+    assert honest.reference is None and superb.reference.value == 5.88

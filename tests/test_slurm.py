@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from hydra_plugins.shared_upstream_launcher.launcher import group_jobs
-from tests.helpers import REPO_ROOT, TINY_UPSTREAM, assert_same_run, compose_config
+from tests.helpers import REPO_ROOT, TINY_UPSTREAM, assert_same_run, compose_config, launch_timeout_s
 
 # The tiny upstream without its width, which the failure scenario sweeps.
 UPSTREAM = [o for o in TINY_UPSTREAM if not o.startswith("upstream.hidden_size=")]
@@ -593,7 +593,9 @@ def test_shared_sweep_stopped_by_sigterm_exits_75_with_complete_per_job_logs_and
         others = [n for n in names if n != name]
         assert not any(f"{other} -> " in log for other in others), log
 
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=launch_timeout_s(updates=50)
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     for name in names:
         log = log_of(dirs[name])

@@ -22,12 +22,13 @@ from matplotlib.image import imread
 from omegaconf import OmegaConf
 
 from downstream import reporting
-from downstream.results import ResultsFileError, load_run, scan_runs
+from downstream.results import ResultsFileError, load_run, record_failure, scan_runs
 from downstream.training.identity import job_dirname
 from downstream.training.runner import run_experiment
 from scripts.make_table import main as make_table_main
 from tests.helpers import (
     CONFIG_DIR,
+    ESPNET_MONOLINGUAL_SETS,
     MINI_SUPERB,
     TWO_STEP_RUN,
     compose_config,
@@ -61,21 +62,7 @@ CORPUS_FOLDERS = {
     "sd": "Diarization",
     "qbe": "quesst14Database",
 }
-ML_MONO_LANGUAGES = {
-    "eng1",
-    "eng2",
-    "eng3",
-    "fra1",
-    "fra2",
-    "deu",
-    "rus",
-    "swa",
-    "swe",
-    "jpn",
-    "cmn",
-    "sat",
-    "xty",
-}
+ML_MONO_LANGUAGES = set(ESPNET_MONOLINGUAL_SETS)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -418,11 +405,30 @@ def test_incomplete_runs_are_listed_not_averaged(sweep):
     table = reporting.aggregate(collection)
     assert all(row.interface_name != "cls_pooling" for row in table.rows)
     markdown = reporting.render(table, "markdown")
-    assert (
-        "Incomplete runs (1" in markdown
-        and "interface=cls_pooling,task=pr" in markdown.split("Incomplete")[1]
+    assert "Runs not in the table (1" in markdown
+    assert "interface=cls_pooling,task=pr: incomplete" in markdown.split("not in the table")[1]
+    assert "interface=cls_pooling,task=pr: incomplete" in reporting.render(table, "latex")
+
+
+def test_a_launch_that_failed_is_reported_with_its_error(sweep):
+    roots, _ = sweep
+    failed = roots[1] / "interface=hconv,task=pr,task.data_root=nowhere"
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / "curve.jsonl").write_text(
+        ""
+    )  # something kept: the launch leaves the folder, log ending in the error
+    (failed / "run_downstream.log").write_text("[...][INFO] - CPU threads: 1\n")
+    record_failure(
+        failed,
+        "error: DataLayoutError: LibriSpeech root 'nowhere' does not exist\n(hint)",
+        "run_downstream.log",
     )
-    assert "interface=cls_pooling,task=pr" in reporting.render(table, "latex")
+    markdown = reporting.render(reporting.aggregate(reporting.collect_runs(roots)), "markdown")
+    assert (
+        f"{failed.resolve()}: failed: error: DataLayoutError: LibriSpeech root 'nowhere' does not exist | (hint)"
+        in markdown
+    )
+    assert "interface=cls_pooling,task=pr: incomplete" in markdown  # no FAILED line: still incomplete
 
 
 def markdown_table(text: str) -> list[dict[str, str]]:
@@ -474,8 +480,8 @@ def test_a_dev_table_says_the_published_numbers_beside_it_are_test_scores(sweep)
     ]
     assert "- published numbers are test-set scores, beside this table's dev scores." in markdown
     assert "PR publ. (test)" in reporting.render(table, "latex")
-    pr_axes = reporting.plot_comparison(table).axes[[c.task for c in table.columns].index("pr")]
-    assert "published (test)" in [text.get_text() for text in pr_axes.get_legend().get_texts()]
+    figure = reporting.plot_comparison(table)
+    assert "published (test)" in [text.get_text() for text in figure.legends[0].get_texts()]
 
 
 def test_a_random_weight_model_is_not_compared_with_the_published_model(tmp_path):
@@ -564,8 +570,9 @@ def test_rows_are_told_apart_by_what_differs(tmp_path):
     assert labels == {
         ("sweep/g2", "hubert (s3prl)", "group_ws (num_groups=2)", False),
         ("sweep/g3", "hubert (s3prl)", "group_ws (num_groups=3)", False),
-        ("sweep/wide", "hubert (s3prl)", "weighted_sum + larger head (+4,424,832)", False),
-        ("sweep/tuned", "hubert (s3prl), fine-tuned", "weighted_sum", False),
+        # the paper's Table 3 and Table 4 conditions: compared with their own published numbers (none for PR)
+        ("sweep/wide", "hubert (s3prl)", "weighted_sum + larger head (+4,424,832)", True),
+        ("sweep/tuned", "hubert (s3prl), fine-tuned", "weighted_sum", True),
     }
     assert "all runs: trainer.max_steps=9" in collection.notes  # shared by every run: a note, not a label
     table = reporting.aggregate(collection)
@@ -672,7 +679,7 @@ def test_layer_weight_title_of_a_long_sweep_job_name_stays_inside_the_figure(tmp
     title = figure.axes[0].title
     extent, page = title.get_window_extent(), figure.bbox
     assert page.x0 <= extent.x0 and extent.x1 <= page.x1 and extent.y1 <= page.y1
-    assert "".join(title.get_text().split("\n")[1:]) == run.name  # wrapped, nothing lost
+    assert "".join(title.get_text().split("\n")[1:]) == run.name.replace(",", ",")  # wrapped, nothing lost
 
 
 def test_command_line_writes_pngs_per_run_a_comparison_and_a_parameter_summary(tmp_path, capsys):
@@ -717,19 +724,20 @@ def test_comparison_figure_has_every_run_the_mean_and_the_published_number(sweep
     assert len(figure.axes) == len(table.columns) == 3  # one panel per task
     for axes, column in zip(figure.axes, table.columns, strict=True):
         rows = [row for row in table.rows if (row, column.task) in table.cells]
-        assert [label.get_text() for label in axes.get_xticklabels()] == [row.label for row in rows]
-        means = [bar.get_height() for bar in artists(axes, "mean")]
+        # every row shares the upstream (named in the legend title): labels are the interfaces
+        assert [label.get_text() for label in axes.get_yticklabels()] == [row.interface for row in rows]
+        means = [bar.get_width() for bar in artists(axes, "mean")]
         expected = [np.mean(values[(row.interface, column.task)]) for row in rows]
         assert means == pytest.approx(expected)
         (runs,) = artists(axes, "runs")  # every seed / fold is a dot of its own
-        dots = sorted(runs.get_offsets()[:, 1])
+        dots = sorted(runs.get_offsets()[:, 0])
         assert dots == pytest.approx(sorted(v for row in rows for v in values[(row.interface, column.task)]))
         (published,) = artists(axes, "published")
-        stars = sorted(published.get_offsets()[:, 1])
+        stars = sorted(published.get_offsets()[:, 0])
         references = [table.cells[(row, column.task)].reference for row in rows]
         assert stars == pytest.approx(sorted(r.value for r in references if r is not None))
     pr_axes = figure.axes[[c.task for c in table.columns].index("pr")]
-    assert sorted(artists(pr_axes, "published")[0].get_offsets()[:, 1]) == pytest.approx([3.07, 5.41])
+    assert sorted(artists(pr_axes, "published")[0].get_offsets()[:, 0]) == pytest.approx([3.07, 5.41])
 
 
 def test_parameter_plot_has_interface_and_head_bars_on_a_log_axis(sweep):
@@ -760,7 +768,7 @@ def test_command_line_writes_the_table_and_lists_incomplete_runs(tmp_path, sweep
     assert status == 0
     rows = list(csv.DictReader(output.open()))
     assert len(rows) == len(values)
-    assert "incomplete (not in the table)" in capsys.readouterr().err
+    assert "interface=cls_pooling,task=pr: incomplete" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         make_table_main([str(tmp_path / "nowhere")])
     assert (
@@ -824,9 +832,12 @@ def test_published_numbers_file_is_checked_against_the_interface_configs(tmp_pat
     text = DATA_FILE.read_text()
     # Table 2: 5 models x 3 interfaces x 7 tasks; SUPERB adds FBANK (2 interfaces x 4 tasks), wav2vec 2.0
     # (4 tasks) and HuBERT Base's ASR and SID (its PR and ER are Table 2's, the first source listed), and
-    # HuBERT Base's KS, SF F1 and SF CER, SD and QbE; the fusion paper's Table I (secondary) 3 rows x 2 tasks
+    # HuBERT Base's KS, SF F1 and SF CER, SD and QbE; the fusion paper's Table I (secondary) 3 rows x 2 tasks;
+    # Table 1 adds HuBERT Base's 10-minute CER of 5 interfaces and the 1-hour CER of the 2 that Table 2 lacks;
+    # Table 3 (5 models x 2 tasks) and Table 4 (3 rows) are numbers of other conditions
     published = load_published(DATA_FILE)
-    assert len(published.references) == 5 * 3 * 7 + 2 * 4 + 4 + 2 + 3 + 2 + 3 * 2
+    assert len(published.references) == 5 * 3 * 7 + 2 * 4 + 4 + 2 + 3 + 2 + 3 * 2 + 5 + 2
+    assert len(published.conditioned) == 5 * 2 + 3
     assert published.references[("HuBERT Base", "weighted_sum", "pr")] == reporting.Reference(
         5.41, "paper T2"
     )

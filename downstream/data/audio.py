@@ -26,6 +26,15 @@ class AudioDecodeError(ValueError):
     """An audio file cannot be decoded or holds no samples (the message names the file)."""
 
 
+class NonFiniteAudioError(AudioDecodeError):
+    """A floating-point audio file holds NaN or infinite samples (the message names the file and counts
+    them). Integer PCM and FLAC cannot hold such values, so only float files are checked."""
+
+
+#: Sample formats that can hold NaN or inf (soundfile's subtype names); the only ones checked.
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+
+
 def resampled_length(frames: int, source_rate: int, target_rate: int = SAMPLE_RATE) -> int:
     """Samples after resampling ``frames`` from ``source_rate`` to ``target_rate``: round(frames * target / source).
 
@@ -54,7 +63,8 @@ def load_audio(
     trimmed or zero-padded to ``resampled_length`` so it matches what the corpus readers report.
     ``start``/``stop`` select samples [start, stop) of the result (at ``sample_rate``); when the file is
     already at that rate only those frames are decoded. Raises AudioDecodeError naming the file when it
-    cannot be decoded or is empty.
+    cannot be decoded or is empty, NonFiniteAudioError when a float file holds NaN or inf samples (checked
+    on the decoded samples; integer formats cannot hold them).
     """
     path = Path(path)
     if start < 0 or (stop is not None and stop < start):
@@ -63,6 +73,7 @@ def load_audio(
         with soundfile.SoundFile(str(path)) as handle:
             file_rate = handle.samplerate
             total = handle.frames
+            floating = str(handle.subtype).upper() in FLOAT_SUBTYPES
             if file_rate == sample_rate:
                 end = total if stop is None else min(stop, total)
                 handle.seek(min(start, total))
@@ -73,6 +84,12 @@ def load_audio(
         raise AudioDecodeError(f"cannot decode audio file '{path}': {error}") from error
     if total == 0:
         raise AudioDecodeError(f"audio file '{path}' holds no samples")
+    if floating and not np.isfinite(data).all():
+        bad = int(data.size - np.isfinite(data).sum())
+        raise NonFiniteAudioError(
+            f"audio file '{path}' holds {bad} NaN or infinite sample(s) (of {data.size} read); "
+            "task.on_nonfinite=skip leaves such files out"
+        )
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if file_rate != sample_rate:
         logger.debug("resampling '%s' from %d Hz to %d Hz", path, file_rate, sample_rate)

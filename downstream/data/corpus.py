@@ -23,13 +23,14 @@ from pathlib import Path
 
 import soundfile
 
-from downstream.data.audio import SAMPLE_RATE, AudioDecodeError, resampled_length
+from downstream.data.audio import FLOAT_SUBTYPES, SAMPLE_RATE, AudioDecodeError, resampled_length
+from downstream.data.text import shown as shown_value
 from downstream.files import write_atomically
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "SSL_BENCH_CACHE"
-_MANIFEST_HEADER = "path\tsize\tmtime_ns\tframes\tsample_rate\tchannels"
+_MANIFEST_HEADER = "path\tsize\tmtime_ns\tframes\tsample_rate\tchannels\tsubtype"
 # Probing headers is I/O bound (libsndfile releases the GIL); threads help on cold or network disks.
 _PROBE_THREADS = 8
 _PROBE_PARALLEL_FROM = 256
@@ -43,6 +44,8 @@ class Utterance:
     ``text`` is the transcript (LibriSpeech), ``label`` the class (speaker id, emotion). ``start`` is
     where the utterance begins in the file, in samples at 16 kHz: an utterance that is a window of a
     longer recording (Speech Commands' 1 s silence windows) spans [start, start + num_samples).
+    ``source`` is where the id was read ('<text file>:<line>'); empty when the id comes from the audio
+    file's own name (``origin`` then names the audio file).
     """
 
     id: str
@@ -51,6 +54,12 @@ class Utterance:
     text: str | None = None
     label: str | None = None
     start: int = 0
+    source: str = ""
+
+    @property
+    def origin(self) -> str:
+        """Where this utterance comes from, for messages: ``source``, else the audio path."""
+        return self.source or str(self.path)
 
     @property
     def seconds(self) -> float:
@@ -88,7 +97,7 @@ def raise_if_missing(paths: Iterable[Path], what: str, expected_layout: str) -> 
     """Raise one DataLayoutError listing how many of ``paths`` are missing and the first few of them."""
     missing = [path for path in paths if not path.is_file()]
     if missing:
-        shown = "\n  ".join(str(path) for path in missing[:5])
+        shown = "\n  ".join(shown_value(str(path)) for path in missing[:5])
         more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise DataLayoutError(
             f"{what}: {len(missing)} audio file(s) listed but not found:\n  {shown}{more}\n"
@@ -124,6 +133,13 @@ class AudioInfo:
     frames: int
     sample_rate: int
     channels: int
+    #: libsndfile's sample format ('PCM_16', 'FLOAT', ...): only 'FLOAT' and 'DOUBLE' can hold NaN or inf
+    subtype: str = ""
+
+    @property
+    def can_be_nonfinite(self) -> bool:
+        """Whether the file stores floating-point samples (integer PCM and FLAC are always finite)."""
+        return self.subtype.upper() in FLOAT_SUBTYPES
 
     @property
     def num_samples(self) -> int:
@@ -145,7 +161,12 @@ def _probe_one(path: Path) -> AudioInfo:
         info = soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError) as error:
         raise AudioDecodeError(f"cannot read the audio header of '{path}': {error}") from error
-    return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels))
+    return AudioInfo(
+        frames=int(info.frames),
+        sample_rate=int(info.samplerate),
+        channels=int(info.channels),
+        subtype=str(info.subtype),
+    )
 
 
 def _read_manifest(manifest: Path) -> dict[str, tuple[int, int, AudioInfo]]:
@@ -158,20 +179,22 @@ def _read_manifest(manifest: Path) -> dict[str, tuple[int, int, AudioInfo]]:
         return rows
     for line in lines[1:]:
         fields = line.split("\t")
-        if len(fields) != 6:
+        if len(fields) != 7:
             continue
         try:
-            size, mtime, frames, rate, channels = (int(field) for field in fields[1:])
+            size, mtime, frames, rate, channels = (int(field) for field in fields[1:6])
         except ValueError:
             continue
-        rows[fields[0]] = (size, mtime, AudioInfo(frames, rate, channels))
+        rows[fields[0]] = (size, mtime, AudioInfo(frames, rate, channels, fields[6]))
     return rows
 
 
 def _write_manifest(manifest: Path, rows: dict[str, tuple[int, int, AudioInfo]]) -> None:
     lines = [_MANIFEST_HEADER]
     for path, (size, mtime, info) in sorted(rows.items()):
-        lines.append(f"{path}\t{size}\t{mtime}\t{info.frames}\t{info.sample_rate}\t{info.channels}")
+        lines.append(
+            f"{path}\t{size}\t{mtime}\t{info.frames}\t{info.sample_rate}\t{info.channels}\t{info.subtype}"
+        )
     text = ("\n".join(lines) + "\n").encode("utf-8")
     try:
         write_atomically(manifest, lambda stream: stream.write(text))
@@ -237,22 +260,49 @@ def probe_audio(paths: Sequence[Path], corpus: str) -> list[AudioInfo]:
         _write_manifest(manifest, cached)
 
     result: list[AudioInfo] = infos  # type: ignore[assignment]
-    _warn_about_conversions(result, corpus)
+    _PROBED.update(zip(resolved, zip(stats, result, strict=True), strict=True))
+    _warn_about_conversions(result, resolved, corpus)
     return result
 
 
-def _warn_about_conversions(infos: Sequence[AudioInfo], corpus: str) -> None:
-    rates = Counter(info.sample_rate for info in infos if info.sample_rate != SAMPLE_RATE)
+#: Every header this process probed, by resolved path: the engine's data check reads rates and sample
+#: formats from here instead of probing again (``audio_info``).
+_PROBED: dict[str, tuple[tuple[int, int], AudioInfo]] = {}
+
+
+def audio_info(path: str | Path, resolved: bool = False) -> AudioInfo:
+    """The header facts of ``path`` as ``probe_audio`` found them (probed again if no reader did, or if the
+    file's size or modification time changed since). ``resolved``: ``path`` is already a real path."""
+    resolved = str(path) if resolved else str(Path(path).resolve())
+    stat = os.stat(resolved)
+    known = _PROBED.get(resolved)
+    if known is None or known[0] != (stat.st_size, stat.st_mtime_ns):
+        probe_audio([Path(resolved)], "audio")
+    return _PROBED[resolved][1]
+
+
+def rate_examples(files: Sequence[tuple[str, int]], shown: int = 10) -> str:
+    """'<file> (<rate> Hz)' for the first ``shown`` of ``files`` and how many more there are."""
+    named = ", ".join(f"'{path}' ({rate} Hz)" for path, rate in files[:shown])
+    return named + (f" and {len(files) - shown} more" if len(files) > shown else "")
+
+
+def _warn_about_conversions(infos: Sequence[AudioInfo], paths: Sequence[str], corpus: str) -> None:
+    other_rate = [(path, info.sample_rate) for path, info in zip(paths, infos, strict=True)]
+    other_rate = [(path, rate) for path, rate in other_rate if rate != SAMPLE_RATE]
     multichannel = sum(info.channels > 1 for info in infos)
-    if rates:
+    if other_rate:
+        rates = Counter(rate for _, rate in other_rate)
         described = ", ".join(f"{count} at {rate} Hz" for rate, count in sorted(rates.items()))
         logger.warning(
-            "%s: %d of %d files are not at %d Hz (%s); they are resampled on load",
+            "%s: %d of %d files are not at %d Hz (%s); they are resampled on load unless the data check "
+            "refuses them (a 16 kHz corpus needs task.resample=true): %s",
             corpus,
-            sum(rates.values()),
+            len(other_rate),
             len(infos),
             SAMPLE_RATE,
             described,
+            rate_examples(other_rate),
         )
     if multichannel:
         logger.warning(

@@ -31,6 +31,7 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
+from downstream.data.text import inside, read_lines, refuse_repeated_ids
 
 SPLITS = ("train", "dev", "test")
 LAYOUT = (
@@ -70,29 +71,26 @@ class Recording(Utterance):
         return tuple(sorted({turn.speaker for turn in self.turns}))
 
 
-def _table(path: Path, fields: int, what: str, line_format: str) -> list[list[str]]:
-    """Non-empty lines of a Kaldi table split into ``fields`` columns on whitespace (the last one keeps any
-    further spaces, as a path may); DataLayoutError naming the line otherwise."""
+def _table(path: Path, fields: int, what: str, line_format: str) -> list[tuple[int, list[str]]]:
+    """(line number, columns) of the non-blank lines of a Kaldi table split into ``fields`` columns on
+    whitespace (the last one keeps any further spaces, as a path may); DataLayoutError naming the line
+    otherwise. The first column is a key (an id): refused when it leads out of its folder."""
     rows = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for line_number, line in read_lines(path):
         columns = line.split(maxsplit=fields - 1)
         if len(columns) != fields:
             raise DataLayoutError(f"{what} '{path}' line {line_number} is not '{line_format}': {line!r}")
-        rows.append(columns)
+        inside(columns[0], path, line_number)
+        rows.append((line_number, columns))
     if not rows:
         raise DataLayoutError(f"{what} '{path}' is empty; expected lines '{line_format}'")
     return rows
 
 
-def _unique_map(rows: list[list[str]], path: Path, what: str) -> dict[str, str]:
-    mapping: dict[str, str] = {}
-    for row in rows:
-        if row[0] in mapping:
-            raise DataLayoutError(f"{what} '{path}' lists '{row[0]}' twice")
-        mapping[row[0]] = row[1]
-    return mapping
+def _unique_map(rows: list[tuple[int, list[str]]], path: Path, what: str) -> dict[str, str]:
+    """Key -> value of a two-column table whose keys are unique (``refuse_repeated_ids``)."""
+    refuse_repeated_ids(((columns[0], f"{path}:{number}") for number, columns in rows), f"{what} '{path}'")
+    return {columns[0]: columns[1] for _, columns in rows}
 
 
 def _seconds(value: str, path: Path, key: str, what: str) -> float:
@@ -114,9 +112,9 @@ def read_rttm(path: str | Path) -> dict[str, list[SpeakerTurn]]:
     path = Path(path)
     turns: dict[str, list[SpeakerTurn]] = defaultdict(list)
     line_format = "SPEAKER <recording> <channel> <onset s> <duration s> <NA> <NA> <speaker> <NA> [<NA>]"
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line_number, line in read_lines(path):
         fields = line.split()
-        if not fields or fields[0] != "SPEAKER":
+        if fields[0] != "SPEAKER":
             continue
         if len(fields) < 9:
             raise DataLayoutError(f"RTTM file '{path}' line {line_number} is not '{line_format}': {line!r}")
@@ -138,7 +136,9 @@ def read_kaldi_diarization(data_dir: str | Path, corpus: str = "diarization") ->
     wav_scp = require_file(data_dir / "wav.scp", "diarization wav.scp", LAYOUT)
     segments_path = require_file(data_dir / "segments", "diarization segments file", LAYOUT)
     utt2spk_path = require_file(data_dir / "utt2spk", "diarization utt2spk file", LAYOUT)
-    wav_paths = _unique_map(_table(wav_scp, 2, what, "<recording> <audio path>"), wav_scp, what)
+    scp_rows = _table(wav_scp, 2, what, "<recording> <audio path>")
+    wav_paths = _unique_map(scp_rows, wav_scp, what)
+    scp_lines = {columns[0]: number for number, columns in scp_rows}
     piped = [rec for rec, value in wav_paths.items() if value.rstrip().endswith("|") or value.strip() == "-"]
     if piped:
         raise DataLayoutError(
@@ -156,13 +156,12 @@ def read_kaldi_diarization(data_dir: str | Path, corpus: str = "diarization") ->
         }
 
     turns: dict[str, list[SpeakerTurn]] = defaultdict(list)
-    seen_utterances: set[str] = set()
-    for utterance, recording, start, end in _table(
-        segments_path, 4, what, "<utterance> <recording> <start s> <end s>"
-    ):
-        if utterance in seen_utterances:
-            raise DataLayoutError(f"{what} '{segments_path}' lists utterance '{utterance}' twice")
-        seen_utterances.add(utterance)
+    segment_rows = _table(segments_path, 4, what, "<utterance> <recording> <start s> <end s>")
+    refuse_repeated_ids(
+        ((columns[0], f"{segments_path}:{number}") for number, columns in segment_rows),
+        f"{what} '{segments_path}'",
+    )
+    for _, (utterance, recording, start, end) in segment_rows:
         if recording not in wav_paths:
             raise DataLayoutError(
                 f"{what} '{segments_path}': utterance '{utterance}' is in recording '{recording}', "
@@ -201,6 +200,9 @@ def read_kaldi_diarization(data_dir: str | Path, corpus: str = "diarization") ->
             raise DataLayoutError(f"RTTM file '{rttm}' {problem}")
 
     recordings = sorted(wav_paths)
+    for recording in recordings:  # Kaldi's absolute paths are kept; a relative one stays inside the folder
+        if not Path(wav_paths[recording]).is_absolute() or "\0" in wav_paths[recording]:
+            inside(wav_paths[recording], wav_scp, scp_lines[recording], "audio path")
     paths = [
         Path(wav_paths[rec]) if Path(wav_paths[rec]).is_absolute() else data_dir / wav_paths[rec]
         for rec in recordings
@@ -236,6 +238,7 @@ def read_kaldi_diarization(data_dir: str | Path, corpus: str = "diarization") ->
                 num_samples=info.num_samples,
                 turns=tuple(sorted(turns[recording], key=lambda t: (t.start, t.speaker))),
                 reference=tuple(sorted(references[recording], key=lambda t: (t.start, t.speaker))),
+                source=f"{wav_scp}:{scp_lines[recording]}",
             )
         )
     return result

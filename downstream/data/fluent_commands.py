@@ -21,6 +21,7 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
+from downstream.data.text import inside, open_text
 
 SLOTS = ("action", "object", "location")
 SPLIT_FILES = {"train": "train_data.csv", "dev": "valid_data.csv", "test": "test_data.csv"}
@@ -51,7 +52,7 @@ def read_fluent_commands(root: str | Path, split: str) -> list[IntentUtterance]:
     root = require_dir(Path(root), "Fluent Speech Commands root", LAYOUT)
     data_dir = require_dir(root / "data", "Fluent Speech Commands data folder", LAYOUT)
     csv_path = require_file(data_dir / SPLIT_FILES[split], "Fluent Speech Commands split file", LAYOUT)
-    with csv_path.open(newline="", encoding="utf-8") as stream:
+    with open_text(csv_path) as stream:
         reader = csv.DictReader(stream)
         missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
         if missing:
@@ -68,6 +69,7 @@ def read_fluent_commands(root: str | Path, split: str) -> list[IntentUtterance]:
             raise DataLayoutError(
                 f"Fluent Speech Commands split file '{csv_path}' line {line_number} has no value for {empty}"
             )
+        inside(row["path"], csv_path, line_number, "listed path")
     paths = [root / row["path"] for row in rows]
     raise_if_missing(paths, f"Fluent Speech Commands {split} (from '{csv_path}')", LAYOUT)
     infos = probe_audio(paths, f"FluentSpeechCommands/{split}")
@@ -79,7 +81,8 @@ def read_fluent_commands(root: str | Path, split: str) -> list[IntentUtterance]:
             text=row["transcription"],
             label=row["speakerId"],
             intent=tuple(row[slot].strip() for slot in SLOTS),
+            source=f"{csv_path}:{line_number}",
         )
-        for row, path, info in zip(rows, paths, infos, strict=True)
+        for line_number, (row, path, info) in enumerate(zip(rows, paths, infos, strict=True), 2)
     ]
     return sorted(utterances, key=lambda utterance: utterance.id)

@@ -12,6 +12,7 @@ from downstream.data.corpus import (
     raise_if_missing,
     require_dir,
 )
+from downstream.data.text import inside, read_lines
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,11 @@ def read_librispeech(root: str | Path, split: str) -> list[Utterance]:
     ids: list[str] = []
     paths: list[Path] = []
     texts: list[str] = []
+    sources: list[str] = []
     for transcript_file in transcript_files:
-        for line_number, line in enumerate(transcript_file.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
+        for line_number, line in read_lines(transcript_file):
             utterance_id, _, text = line.strip().partition(" ")
+            inside(utterance_id, transcript_file, line_number)
             if utterance_id.count("-") != 2:
                 raise DataLayoutError(
                     f"LibriSpeech transcript '{transcript_file}' line {line_number} is not "
@@ -67,10 +68,11 @@ def read_librispeech(root: str | Path, split: str) -> list[Utterance]:
             ids.append(utterance_id)
             paths.append(transcript_file.parent / f"{utterance_id}.flac")
             texts.append(text.strip())
+            sources.append(f"{transcript_file}:{line_number}")
     raise_if_missing(paths, f"LibriSpeech {split}", LAYOUT)
     infos = probe_audio(paths, f"LibriSpeech/{split}")
     utterances = [
-        Utterance(id=utterance_id, path=path, num_samples=info.num_samples, text=text)
-        for utterance_id, path, text, info in zip(ids, paths, texts, infos, strict=True)
+        Utterance(id=utterance_id, path=path, num_samples=info.num_samples, text=text, source=source)
+        for utterance_id, path, text, info, source in zip(ids, paths, texts, infos, sources, strict=True)
     ]
     return sorted(utterances, key=lambda utterance: utterance.id)

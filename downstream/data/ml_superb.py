@@ -13,8 +13,10 @@ is an empty transcript: a warning names the file and line (the tasks' policy for
 ``downstream.tasks.ctc.CTCTask.review_targets``, then applies). The language is the folder's
 three-letter code. The shipped mini corpus stores FLAC files and is read unchanged.
 
-Monolingual ASR trains and validates on one (dataset, language) pair of ``MONOLINGUAL_SETS`` and tests
-on that language in every dataset that has it; multilingual ASR and LID use every language folder.
+Monolingual ASR trains and validates on one (dataset, language) pair of ``MONOLINGUAL_SETS`` (ESPnet's 13
+sets) and tests on that language in every dataset that has it; multilingual ASR and LID use every language
+folder, the reserved (few-shot) languages only with the training utterances ``few_shot_selection`` lists
+(ESPnet's data_prep.py, kept in ml_superb_recipe/few_shot.txt).
 """
 
 from __future__ import annotations
@@ -34,27 +36,38 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
+from downstream.data.text import inside, read_lines
 
 logger = logging.getLogger(__name__)
 
 DURATIONS = ("10min", "1h")
 SPLITS = ("train", "dev", "test")
-# ML-SUPERB's monolingual track: name -> (dataset folder of the training and dev sets, language folder).
+# ML-SUPERB's monolingual track: name -> (dataset folder of the training and dev sets, language folder), ESPnet
+# egs2/ml_superb/asr1/local/single_lang_data_prep.py (SINGLE_LANG, LANG_TO_SELECTED_DATASET; the same 13 names,
+# in this order, are run_mono.sh's loop). The language folder is the name's first three letters.
 MONOLINGUAL_SETS = {
     "eng1": ("mls", "eng"),
     "eng2": ("nchlt", "eng"),
     "eng3": ("voxpopuli", "eng"),
     "fra1": ("voxforge", "fra"),
     "fra2": ("voxpopuli", "fra"),
-    "deu": ("swc", "deu"),
+    "deu1": ("swc", "deu"),
+    "deu2": ("voxpopuli", "deu"),
     "rus": ("M-AILABS", "rus"),
     "swa": ("ALFFA", "swa"),
     "swe": ("NST", "swe"),
     "jpn": ("commonvoice", "jpn"),
     "cmn": ("fleurs", "cmn"),
-    "sat": ("commonvoice", "sat"),
     "xty": ("mexico-el", "xty"),
 }
+#: Set names this project used before it followed ESPnet's list, and what replaces them.
+RETIRED_SETS = {
+    "deu": "ESPnet's recipe has two German sets: deu1 (swc/deu) and deu2 (voxpopuli/deu)",
+    "sat": "ESPnet's monolingual sets have no Santali (commonvoice/sat); its 13 sets are "
+    + " ".join(MONOLINGUAL_SETS),
+}
+#: The multilingual few-shot reservation (``few_shot_selection``): a data file copied from ESPnet's recipe.
+FEW_SHOT_FILE = Path(__file__).with_name("ml_superb_recipe") / "few_shot.txt"
 LAYOUT = (
     "<root>/<dataset>/<language>/transcript_{10min,1h}_train.txt, transcript_10min_dev.txt and "
     "transcript_10min_test.txt with lines '<utterance id> <field> <transcript>', and "
@@ -77,6 +90,45 @@ def normalize_transcript(text: str, drop_bracketed: bool = True) -> str:
     if drop_bracketed:
         text = _BRACKETED.sub("", text)
     return " ".join(text.translate(_PUNCTUATION).upper().split())
+
+
+def check_monolingual_set(name: str) -> None:
+    """ValueError unless ``name`` is one of ESPnet's monolingual sets; a retired name ('deu', 'sat') is told
+    which sets replace it."""
+    if name in RETIRED_SETS:
+        raise ValueError(
+            f"ML-SUPERB monolingual set {name!r} no longer exists: {RETIRED_SETS[name]} "
+            f"(task.language must be one of {', '.join(MONOLINGUAL_SETS)})"
+        )
+    check_choice("ML-SUPERB", "monolingual set (task.language)", name, tuple(MONOLINGUAL_SETS))
+
+
+def few_shot_selection(path: Path = FEW_SHOT_FILE) -> dict[str, frozenset[str]]:
+    """ML-SUPERB's reserved (few-shot) languages -> the training utterance ids each keeps, from ``path``
+    (lines '<language> <utterance id>', '#' comments; ESPnet data_prep.py's RESERVE_LANG and
+    FEW_SHOT_SELECTED_DATA). Raises DataLayoutError for a malformed line, naming the file and line."""
+    selection: dict[str, set[str]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            raise DataLayoutError(f"{path} line {number}: expected '<language> <utterance id>', got {line!r}")
+        selection.setdefault(fields[0], set()).add(fields[1])
+    return {language: frozenset(ids) for language, ids in selection.items()}
+
+
+def reserve_few_shot(
+    utterances: list[Utterance], selection: dict[str, frozenset[str]]
+) -> tuple[list[Utterance], list[Utterance]]:
+    """(kept, left out) training utterances under ML-SUPERB's few-shot reservation: an utterance of a
+    reserved language (a key of ``selection``, its ``label``) is kept only when its id is selected, as
+    ESPnet's data_prep.py does for the multilingual training set."""
+    kept, left_out = [], []
+    for utterance in utterances:
+        reserved = selection.get(utterance.label or "")
+        (left_out if reserved is not None and utterance.id not in reserved else kept).append(utterance)
+    return kept, left_out
 
 
 def language_folders(root: str | Path) -> list[tuple[str, str, Path]]:
@@ -108,9 +160,10 @@ def read_ml_superb(
     ``text`` "" and a warning naming the file and line.
     """
     file_name = transcript_file(split, duration)
+    if monolingual is not None:
+        check_monolingual_set(monolingual)
     folders = language_folders(root)
     if monolingual is not None:
-        check_choice("read_ml_superb", "monolingual", monolingual, tuple(MONOLINGUAL_SETS))
         dataset, language = MONOLINGUAL_SETS[monolingual]
         folders = [
             entry for entry in folders if entry[1] == language and (split == "test" or entry[0] == dataset)
@@ -120,14 +173,13 @@ def read_ml_superb(
                 f"ML-SUPERB root '{root}' has no {dataset}/{language}/ folder (monolingual set {monolingual!r}); "
                 f"expected layout: {LAYOUT}"
             )
-    entries: list[tuple[str, str, Path]] = []  # (utterance id, transcript, audio stem)
+    entries: list[tuple[str, str, Path, str]] = []  # (utterance id, transcript, audio stem, source)
     languages: list[str] = []
     for _, language, folder in folders:
         path = require_file(folder / file_name, "ML-SUPERB transcript file", LAYOUT)
-        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
+        for line_number, line in read_lines(path):
             fields = line.strip().split(maxsplit=2)
+            inside(fields[0], path, line_number)
             if len(fields) < 3:
                 logger.warning(
                     "ML-SUPERB transcript file '%s' line %d: the transcript of utterance %s is empty (%r); "
@@ -138,16 +190,18 @@ def read_ml_superb(
                     line,
                 )
                 fields.extend([""] * (3 - len(fields)))
-            entries.append((fields[0], fields[2], folder / "wav" / fields[0]))
+            entries.append((fields[0], fields[2], folder / "wav" / fields[0], f"{path}:{line_number}"))
             languages.append(language)
     if not entries:
         raise DataLayoutError(f"ML-SUPERB {split} ({file_name}) lists no utterance under '{root}'")
-    paths = [audio_path(stem) for _, _, stem in entries]
+    paths = [audio_path(stem) for _, _, stem, _ in entries]
     raise_if_missing(paths, f"ML-SUPERB {split} ({file_name})", LAYOUT)
     infos = probe_audio(paths, f"ML-SUPERB/{monolingual or 'multilingual'}-{duration}-{split}")
     utterances = [
-        Utterance(id=utterance_id, path=path, num_samples=info.num_samples, text=text, label=language)
-        for (utterance_id, text, _), language, path, info in zip(
+        Utterance(
+            id=utterance_id, path=path, num_samples=info.num_samples, text=text, label=language, source=source
+        )
+        for (utterance_id, text, _, source), language, path, info in zip(
             entries, languages, paths, infos, strict=True
         )
     ]

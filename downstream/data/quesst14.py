@@ -9,17 +9,27 @@ Layout of quesst14Database (the folder the archive unpacks to):
     scoring/language_key_{dev,eval}.lst     the same for the queries
     scoring/groundtruth_quesst14_{dev,eval}/quesst14_{dev,eval}.rttm
         NIST RTTM 'LEXEME <document> <channel> <onset> <duration> <query id> <stype> <name> <conf>':
-        one line per occurrence of a query in a document (plus the .ecf.xml and .tlist.xml the official
-        scorer reads)
+        one line per occurrence of a query in a document
+    scoring/groundtruth_quesst14_{dev,eval}/quesst14.ecf.xml, quesst14_{dev,eval}.tlist.xml
+        every document (<excerpt audio_filename=...>) and every query (<term termid=...>) of the ground
+        truth, all languages: the trials QUESST's scorer (score-TWV-Cnxe.sh) scores
 
 As in s3prl's quesst14_dtw recipe and torchaudio's QUESST14 dataset, the first component of every listed
 path (the database folder) is dropped and the rest is read under the root, and SUPERB keeps the documents
 and queries whose language is 'nnenglish' (``language=None`` keeps every language). A listed '.wav' that
 is only present as '.flac' (the shipped mini corpus) is read as FLAC.
+
+SUPERB scores the English detections with QUESST's own scorer against the FULL ground truth
+(``docs/superb.md``: ``score-TWV-Cnxe.sh <expdir> groundtruth_quesst14_<split> -10``): its trials are every
+query of the .tlist.xml that occurs at least once in the .rttm (the scorer removes the others, "Removing
+unseen models") x every document of the .ecf.xml, and a trial the system did not score gets the default
+score -10 (QUESST's scoring README). ``QbeSet.truth`` holds those lists.
 """
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ElementTree
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +43,7 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
+from downstream.data.text import inside, read_lines, refuse_repeated_ids
 
 #: Our split names -> QUESST 2014's (the eval queries are SUPERB's test set).
 SPLITS = {"dev": "dev", "test": "eval"}
@@ -46,6 +57,16 @@ LAYOUT = (
 
 
 @dataclass(frozen=True)
+class GroundTruth:
+    """The trials QUESST's scorer scores for one split: ``queries`` (tlist order) that occur at least once,
+    every ``documents`` id (ecf order), and the (query id, document id) pairs where the query occurs."""
+
+    queries: tuple[str, ...]
+    documents: tuple[str, ...]
+    targets: frozenset[tuple[str, str]]
+
+
+@dataclass(frozen=True)
 class QbeSet:
     """The queries of one split, the documents they are searched in, and the (query id, document id)
     pairs where the query occurs. ``label`` of every utterance is its language."""
@@ -55,31 +76,36 @@ class QbeSet:
     targets: frozenset[tuple[str, str]]
     #: occurrences in the ground truth of a kept query in a document left out by the language filter
     targets_outside_language: int = 0
+    #: every trial of the split's ground truth, all languages (what QUESST's scorer scores)
+    truth: GroundTruth | None = None
 
 
 def read_language_key(path: Path, root: Path, language: str | None) -> list[Utterance]:
     """Utterances listed in a language_key_*.lst file (audio not probed yet: num_samples 0)."""
     require_file(path, "QUESST 2014 language key", LAYOUT)
     utterances = []
-    seen: set[str] = set()
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    listed: list[tuple[str, str]] = []
+    for line_number, line in read_lines(path):
         fields = line.split()
         if len(fields) != 2 or "/" not in fields[0]:
             raise DataLayoutError(
                 f"QUESST 2014 language key '{path}' line {line_number} is not "
                 f"'<db folder>/<path> <language>': {line!r}"
             )
-        relative = Path(fields[0].split("/", 1)[1])
+        relative = Path(inside(fields[0].split("/", 1)[1], path, line_number, "listed path"))
         utterance_id = relative.stem
-        if utterance_id in seen:
-            raise DataLayoutError(f"QUESST 2014 language key '{path}' lists '{utterance_id}' twice")
-        seen.add(utterance_id)
+        listed.append((utterance_id, f"{path}:{line_number}"))
         if language is None or fields[1] == language:
             utterances.append(
-                Utterance(utterance_id, audio_path(root / relative.with_suffix("")), 0, label=fields[1])
+                Utterance(
+                    utterance_id,
+                    audio_path(root / relative.with_suffix("")),
+                    0,
+                    label=fields[1],
+                    source=listed[-1][1],
+                )
             )
+    refuse_repeated_ids(listed, f"QUESST 2014 language key '{path}'")
     return utterances
 
 
@@ -87,9 +113,9 @@ def read_lexeme_rttm(path: Path) -> list[tuple[str, str]]:
     """(query id, document id) of every LEXEME line of a QUESST ground-truth RTTM, in file order."""
     require_file(path, "QUESST 2014 ground truth", LAYOUT)
     pairs = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line_number, line in read_lines(path):
         fields = line.split()
-        if not fields or fields[0] != "LEXEME":
+        if fields[0] != "LEXEME":
             continue
         if len(fields) < 9:
             raise DataLayoutError(
@@ -100,13 +126,58 @@ def read_lexeme_rttm(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
+def _xml_attributes(path: Path, what: str, tag: str, attribute: str) -> list[str]:
+    """``attribute`` of every <``tag``> element of an XML file, in file order (DataLayoutError naming the
+    file when it is missing, not XML, lists none, or lists one twice)."""
+    require_file(path, what, LAYOUT)
+    try:
+        elements = ElementTree.parse(path).getroot().iter(tag)
+        values = [element.attrib[attribute] for element in elements]
+    except (ElementTree.ParseError, KeyError) as error:
+        raise DataLayoutError(
+            f"{what} '{path}' is not XML with <{tag} {attribute}=...> elements: {error}"
+        ) from error
+    if not values:
+        raise DataLayoutError(f"{what} '{path}' lists no <{tag} {attribute}=...>; expected layout: {LAYOUT}")
+    twice = sorted(value for value, count in Counter(values).items() if count > 1)
+    if twice:
+        raise DataLayoutError(f"{what} '{path}' lists {twice[:3]} twice")
+    return values
+
+
+def read_terms(truth_dir: Path, quesst_split: str) -> list[str]:
+    """Every query id of the split's .tlist.xml, in file order."""
+    return _xml_attributes(
+        truth_dir / f"quesst14_{quesst_split}.tlist.xml", "QUESST 2014 term list", "term", "termid"
+    )
+
+
+def read_ground_truth(truth_dir: Path, quesst_split: str, pairs: list[tuple[str, str]]) -> GroundTruth:
+    """The full trial list of ``truth_dir`` (groundtruth_quesst14_<split>): its .tlist.xml queries with an
+    occurrence in ``pairs`` (the .rttm's) x its .ecf.xml documents (ids = audio file stems)."""
+    terms = read_terms(truth_dir, quesst_split)
+    excerpts = _xml_attributes(truth_dir / "quesst14.ecf.xml", "QUESST 2014 ecf", "excerpt", "audio_filename")
+    documents = tuple(Path(name).stem for name in excerpts)
+    occurring = {query for query, _ in pairs}
+    unknown = sorted(
+        {q for q, _ in pairs if q not in set(terms)} | {d for _, d in pairs if d not in set(documents)}
+    )
+    if unknown:
+        raise DataLayoutError(
+            f"QUESST 2014 ground truth '{truth_dir}': the .rttm names {unknown[:3]}, which the .tlist.xml / "
+            ".ecf.xml do not list"
+        )
+    return GroundTruth(tuple(q for q in terms if q in occurring), documents, frozenset(pairs))
+
+
 def read_quesst14(root: str | Path, split: str, language: str | None = SUPERB_LANGUAGE) -> QbeSet:
     """Queries of ``split`` ('dev' or 'test' = QUESST's eval), the documents and the ground truth.
 
-    Utterances are sorted by id and probed (num_samples at 16 kHz). Raises DataLayoutError naming the file
-    for a missing folder or list, a malformed line, a ground-truth line naming a query or document that the
-    lists do not hold, a split with no query or document of ``language`` and listed audio that does not
-    exist.
+    Utterances are sorted by id and probed (num_samples at 16 kHz); ``truth`` is the full ground truth
+    (``read_ground_truth``). Raises DataLayoutError naming the file for a missing folder or list, a malformed
+    line, a ground-truth line naming a query or document that the lists do not hold, a kept query or
+    document that the .tlist.xml / .ecf.xml do not list, a split with no query or document of ``language``
+    and listed audio that does not exist.
     """
     check_choice("read_quesst14", "split", split, tuple(SPLITS))
     quesst_split = SPLITS[split]
@@ -135,6 +206,15 @@ def read_quesst14(root: str | Path, split: str, language: str | None = SUPERB_LA
             )
     kept_queries = {query.id for query in queries}
     kept_documents = {doc.id for doc in documents}
+    truth = read_ground_truth(rttm.parent, quesst_split, pairs)
+    unlisted = sorted(
+        (kept_queries - set(read_terms(rttm.parent, quesst_split))) | (kept_documents - set(truth.documents))
+    )
+    if unlisted:
+        raise DataLayoutError(
+            f"QUESST 2014: {len(unlisted)} searched query/document id(s) (e.g. {unlisted[:3]}) are not in the "
+            f"ground truth's .tlist.xml / .ecf.xml under '{rttm.parent}', so the scorer would never score them"
+        )
     targets = frozenset(pair for pair in pairs if pair[0] in kept_queries and pair[1] in kept_documents)
     outside = sum(1 for q, d in set(pairs) if q in kept_queries and d not in kept_documents)
 
@@ -146,10 +226,12 @@ def read_quesst14(root: str | Path, split: str, language: str | None = SUPERB_LA
         probed.append(
             sorted(
                 (
-                    Utterance(u.id, u.path, info.num_samples, label=u.label)
+                    Utterance(u.id, u.path, info.num_samples, label=u.label, source=u.source)
                     for u, info in zip(utterances, infos, strict=True)
                 ),
                 key=lambda utterance: utterance.id,
             )
         )
-    return QbeSet(queries=probed[1], documents=probed[0], targets=targets, targets_outside_language=outside)
+    return QbeSet(
+        queries=probed[1], documents=probed[0], targets=targets, targets_outside_language=outside, truth=truth
+    )

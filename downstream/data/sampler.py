@@ -32,6 +32,13 @@ class BucketBatchSampler(Sampler[list[int]]):
     above. KS's class-balanced sampling gives every class the same weight in total (s3prl's
     WeightedRandomSampler over 1 / class count).
 
+    ``halve_above_samples`` (count-based batching only): a batch whose longest utterance has more samples than
+    this is cut into two batches, its first (longer) half and the rest, as s3prl's PR recipe halves a bucket
+    whose first utterance is longer than 300,000 samples (``downstream/ctc/data.py:11,24-27``). s3prl's buckets
+    are sorted by transcript length, so its test reads the longest transcript's audio (here: the longest
+    audio); it keeps the first half of that bucket and draws its buckets as sliding windows, so here the second
+    half becomes a batch of its own and every utterance still comes once per epoch.
+
     ``set_epoch(epoch, start_batch)`` selects the epoch's batches and skips its first ``start_batch``
     (resuming mid-epoch); ``len`` is the number of batches the next iteration yields (the epoch's batches
     minus start_batch), ``batches_per_epoch()`` the full count.
@@ -47,6 +54,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         sample_rate: int = 16000,
         pool_batches: int = 50,
         weights: Sequence[float] | None = None,
+        halve_above_samples: int | None = None,
     ) -> None:
         if (batch_size is None) == (max_batch_seconds is None):
             raise ValueError(
@@ -82,6 +90,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             weights = weights / weights.sum()
         self.weights = weights
         self.batch_size = batch_size
+        self.halve_above_samples = halve_above_samples
         self.max_batch_samples = None if max_batch_seconds is None else round(max_batch_seconds * sample_rate)
         self.shuffle = shuffle
         self.seed = seed
@@ -151,7 +160,16 @@ class BucketBatchSampler(Sampler[list[int]]):
     def _cut(self, ranked: np.ndarray) -> list[list[int]]:
         """Cut indices sorted longest first into batches."""
         if self.batch_size is not None:
-            return [ranked[i : i + self.batch_size].tolist() for i in range(0, len(ranked), self.batch_size)]
+            cut = [ranked[i : i + self.batch_size].tolist() for i in range(0, len(ranked), self.batch_size)]
+            if self.halve_above_samples is None:
+                return cut
+            batches = []
+            for batch in cut:
+                if len(batch) > 1 and int(self.lengths[batch[0]]) > self.halve_above_samples:
+                    batches.extend([batch[: len(batch) // 2], batch[len(batch) // 2 :]])
+                else:
+                    batches.append(batch)
+            return batches
         batches: list[list[int]] = []
         current: list[int] = []
         longest = 0

@@ -16,6 +16,7 @@ Raveena, Russell from ``test/``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
+from downstream.data.text import inside, read_lines, refuse_repeated_ids
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +65,44 @@ class _Line:
     words: tuple[str, ...]
     tags: tuple[str, ...]
     intent: str
+    number: int = 0
 
 
-def _parse_transcripts(path: Path) -> dict[str, _Line]:
+#: An IOB/BIO/BIOES tag: a position prefix (Begin, Inside, End, Single; L/U as BILOU writes E/S) and the type.
+_PREFIXED_TAG = re.compile(r"^([BIESLU])-(.+)$")
+
+
+def _bare_tags(numbered: list[tuple[int, tuple[str, ...]]], path: Path) -> dict[str, str]:
+    """Tag -> bare slot type when the file writes its slot tags in IOB/BIO/BIOES form (every tag but 'O'
+    prefixed), {} when every tag is already a bare type. DataLayoutError naming the file and line for a file
+    that mixes both forms, or for two adjacent slots of one type (the bare form would merge them)."""
+    tags = {tag for _, line_tags in numbered for tag in line_tags} - {OUTSIDE}
+    prefixed = {tag for tag in tags if _PREFIXED_TAG.match(tag)}
+    if not prefixed:
+        return {}
+    for number, line_tags in numbered:
+        bare = [tag for tag in line_tags if tag != OUTSIDE and tag not in prefixed]
+        if bare:
+            raise DataLayoutError(
+                f"SNIPS transcript file '{path}' line {number} mixes bare slot types ({bare[0]!r}) with "
+                f"IOB-style tags (e.g. {sorted(prefixed)[0]!r}); write every tag one way"
+            )
+        for previous, tag in zip(("O", *line_tags), line_tags, strict=False):
+            match, before = _PREFIXED_TAG.match(tag), _PREFIXED_TAG.match(previous)
+            if match and before and match[1] in "BSU" and match[2] == before[2]:
+                raise DataLayoutError(
+                    f"SNIPS transcript file '{path}' line {number} has two adjacent {match[2]!r} slots "
+                    f"({previous} {tag}), which bare slot types cannot tell apart"
+                )
+    return {tag: _PREFIXED_TAG.match(tag)[2] for tag in sorted(prefixed)}  # type: ignore[index]
+
+
+def _parse_transcripts(path: Path) -> tuple[dict[str, _Line], dict[str, str]]:
+    """Id -> line of the transcript file, and the IOB tag -> bare slot type mapping applied ({} if none)."""
     lines: dict[str, _Line] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not raw.strip():
-            continue
+    numbered: list[tuple[int, tuple[str, ...]]] = []
+    ids: list[tuple[str, str]] = []
+    for number, raw in read_lines(path):
         text, tab, tagging = raw.partition("\t")
         fields, tags = text.split(), tagging.split()
         problem = None
@@ -81,20 +114,36 @@ def _parse_transcripts(path: Path) -> dict[str, _Line]:
             problem = "has no tags 'O <one tag per word> <intent>' after the TAB"
         elif len(tags) - 2 != len(fields) - 3:
             problem = f"has {len(fields) - 3} words but {len(tags) - 2} tags"
-        elif fields[0] in lines:
-            problem = f"repeats the id {fields[0]!r}"
         if problem:
             raise DataLayoutError(f"SNIPS transcript file '{path}' line {number} {problem}: {raw[:120]!r}")
-        lines[fields[0]] = _Line(tuple(fields[2:-1]), tuple(tags[1:-1]), tags[-1])
+        inside(fields[0], path, number)
+        ids.append((fields[0], f"{path}:{number}"))
+        numbered.append((number, tuple(tags[1:-1])))
+        lines[fields[0]] = _Line(tuple(fields[2:-1]), tuple(tags[1:-1]), tags[-1], number)
     if not lines:
         raise DataLayoutError(f"SNIPS transcript file '{path}' holds no utterance; expected layout: {LAYOUT}")
-    return lines
+    refuse_repeated_ids(ids, f"SNIPS transcript file '{path}'")
+    mapping = _bare_tags(numbered, path)
+    if mapping:
+        lines = {
+            key: _Line(
+                line.words, tuple(mapping.get(tag, tag) for tag in line.tags), line.intent, line.number
+            )
+            for key, line in lines.items()
+        }
+    return lines, mapping
+
+
+def slot_tag_mapping(root: str | Path) -> dict[str, str]:
+    """The IOB/BIO/BIOES tag -> bare slot type mapping the reader applies to ``root``'s transcript file
+    ({} when its tags are bare slot types, SNIPS's own form)."""
+    return _parse_transcripts(require_file(Path(root) / TRANSCRIPTS, "SNIPS transcript file", LAYOUT))[1]
 
 
 def slot_types(root: str | Path) -> list[str]:
     """The sorted slot types of the whole transcript file (every split and speaker), the tags without 'O'."""
     path = require_file(Path(root) / TRANSCRIPTS, "SNIPS transcript file", LAYOUT)
-    return sorted({tag for line in _parse_transcripts(path).values() for tag in line.tags} - {OUTSIDE})
+    return sorted({tag for line in _parse_transcripts(path)[0].values() for tag in line.tags} - {OUTSIDE})
 
 
 def read_snips(root: str | Path, split: str, speakers: Sequence[str] | None = None) -> list[SlotUtterance]:
@@ -111,7 +160,17 @@ def read_snips(root: str | Path, split: str, speakers: Sequence[str] | None = No
     if not speakers:
         raise ValueError(f"read_snips: no speakers given for the {split} split")
     root = require_dir(Path(root), "SNIPS root", LAYOUT)
-    transcripts = _parse_transcripts(require_file(root / TRANSCRIPTS, "SNIPS transcript file", LAYOUT))
+    transcripts, mapping = _parse_transcripts(
+        require_file(root / TRANSCRIPTS, "SNIPS transcript file", LAYOUT)
+    )
+    if mapping:
+        logger.warning(
+            "SNIPS transcript file '%s' writes slot tags in IOB/BIO/BIOES form; they are mapped to bare slot "
+            "types (%d tags): %s",
+            root / TRANSCRIPTS,
+            len(mapping),
+            ", ".join(f"{tag} -> {bare}" for tag, bare in mapping.items()),
+        )
     folder_name = SPLIT_FOLDERS[split]
     folder = require_dir(root / folder_name, f"SNIPS {split} folder", LAYOUT)
     chosen = {
@@ -148,6 +207,7 @@ def read_snips(root: str | Path, split: str, speakers: Sequence[str] | None = No
             words=chosen[utterance_id].words,
             tags=chosen[utterance_id].tags,
             intent=chosen[utterance_id].intent,
+            source=f"{root / TRANSCRIPTS}:{chosen[utterance_id].number}",
         )
         for utterance_id, path, info in zip(ids, paths, infos, strict=True)
     ]

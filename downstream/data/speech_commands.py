@@ -12,8 +12,17 @@ Test set (speech_commands_test_set_v0.01.tar.gz), ``test_root``: one folder per 
 SUPERB's KS protocol (s3prl ``downstream/speech_commands``): 12 classes, the 10 keywords plus
 ``_unknown_`` (every other word) and ``_silence_``. dev is the validation list, train every clip in
 neither list; the testing list is not used (the official test set replaces it). ``_silence_`` in train and
-dev are the background-noise recordings cut into consecutive 1 s windows (as s3prl's current recipe
-does); the shorter tail of each recording is left out and its length logged. s3prl recomputes the
+dev comes from the background-noise recordings, in one of two ways (``silence``):
+
+- ``random_crops`` (s3prl 0.4.18, ``downstream/speech_commands/dataset.py``): train and dev each list the
+  whole recordings as ``_silence_`` items, and every draw of one is a random 1 s crop of it (training: the
+  trainer's random crop, ``KeywordSpotting.train_crop_seconds``; dev: ``KeywordSpotting``). Dev windows are
+  therefore drawn from the same audio training uses.
+- ``held_out_windows``: consecutive 1 s windows; the last ``dev_fraction`` of each recording (at least 1 s)
+  gives dev's windows and only the part before it gives training's, so dev never scores audio training
+  has seen. The shorter tail of each part is left out and its length logged.
+
+s3prl recomputes the
 lists from the file names with the archive's own hash rule (``which_set``); the shipped lists were made by
 that rule, so reading them gives the same split.
 """
@@ -35,6 +44,7 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
+from downstream.data.text import inside, read_lines
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +81,13 @@ def _audio_files(folder: Path) -> list[Path]:
 
 def _read_list(path: Path, root: Path) -> list[str]:
     """Entries '<word>/<file>' of a split list; each must name a file in a word folder under root."""
-    entries = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    numbered = [
+        (number, inside(line.strip(), path, number, "listed path")) for number, line in read_lines(path)
+    ]
+    entries = [entry for _, entry in numbered]
     malformed = [
         (number, entry)
-        for number, entry in enumerate(entries, 1)
+        for number, entry in numbered
         if len(Path(entry).parts) != 2 or Path(entry).parts[0] == BACKGROUND_NOISE
     ]
     if malformed:
@@ -87,19 +100,34 @@ def _read_list(path: Path, root: Path) -> list[str]:
     return entries
 
 
+#: How ``_silence_`` items are made from the background-noise recordings (module docstring).
+SILENCE_MODES = ("random_crops", "held_out_windows")
+
+
 def read_speech_commands(
-    root: str | Path, split: str, test_root: str | Path | None = None
+    root: str | Path,
+    split: str,
+    test_root: str | Path | None = None,
+    silence: str = "held_out_windows",
+    silence_dev_fraction: float = 0.1,
 ) -> list[Utterance]:
     """The utterances of ``split`` ('train', 'dev' or 'test'), sorted by id; ``label`` is the KS class.
 
     train/dev come from the training archive ``root`` (see the module docstring); their ids are
-    '<word>/<file stem>' with ``text`` = the spoken word, and each ``_silence_`` window has the id
-    '_background_noise_/<stem>_<start>_<end>' (samples) with ``start`` set. test comes from ``test_root``
-    (ids '<class>/<file stem>'). Raises DataLayoutError naming the path for a missing root, keyword
-    folder, background-noise folder, split list or test class folder, a malformed or dangling list entry,
-    or a test folder that is not one of the 12 classes; AudioDecodeError for unreadable audio.
+    '<word>/<file stem>' with ``text`` = the spoken word. ``_silence_`` items (``silence``): a whole
+    recording '_background_noise_/<stem>' (random_crops), or a window '_background_noise_/<stem>_<start>_<end>'
+    (samples, ``start`` set; held_out_windows, dev from the last ``silence_dev_fraction`` of each recording).
+    test comes from ``test_root`` (ids '<class>/<file stem>'). Raises DataLayoutError naming the path for a
+    missing root, keyword folder, background-noise folder, split list or test class folder, a malformed or
+    dangling list entry, or a test folder that is not one of the 12 classes; AudioDecodeError for
+    unreadable audio.
     """
     check_choice("read_speech_commands", "split", split, ("train", "dev", "test"))
+    check_choice("read_speech_commands", "silence", silence, SILENCE_MODES)
+    if not 0.0 < silence_dev_fraction < 1.0:
+        raise ValueError(
+            f"read_speech_commands: silence_dev_fraction must be in (0, 1), got {silence_dev_fraction}"
+        )
     if split == "test":
         if test_root is None:
             raise ValueError("read_speech_commands: the test split needs test_root (the official test set)")
@@ -147,28 +175,59 @@ def read_speech_commands(
         )
         for entry, path, info in zip(entries, paths, infos, strict=True)
     ]
-    utterances += _silence_windows(root, split)
+    utterances += _silence_items(root, split, silence, silence_dev_fraction)
     _log_counts(utterances, f"{root} {split}")
     return sorted(utterances, key=lambda utterance: utterance.id)
 
 
-def _silence_windows(root: Path, split: str) -> list[Utterance]:
-    """Consecutive 1 s windows of every background-noise recording, labelled '_silence_'."""
+def silence_regions(num_samples: int, dev_fraction: float) -> dict[str, tuple[int, int]]:
+    """[start, end) samples of a noise recording that give training's and dev's ``_silence_`` windows under
+    held_out_windows: dev the last max(1 s, round(dev_fraction x length)), train everything before it."""
+    held_out = min(num_samples, max(SILENCE_WINDOW_SAMPLES, round(dev_fraction * num_samples)))
+    return {"train": (0, num_samples - held_out), "dev": (num_samples - held_out, num_samples)}
+
+
+def _silence_items(root: Path, split: str, silence: str, dev_fraction: float) -> list[Utterance]:
+    """The '_silence_' items of ``split`` from the background-noise recordings (module docstring)."""
     noise_dir = require_dir(root / BACKGROUND_NOISE, "Speech Commands background-noise folder", LAYOUT)
     recordings = _audio_files(noise_dir)
     if not recordings:
         raise DataLayoutError(
             f"Speech Commands background-noise folder '{noise_dir}' holds no audio file; expected layout: {LAYOUT}"
         )
+    infos = probe_audio(recordings, f"SpeechCommands/{BACKGROUND_NOISE}")
+    short = [
+        path.name
+        for path, info in zip(recordings, infos, strict=True)
+        if info.num_samples < SILENCE_WINDOW_SAMPLES
+    ]
+    if short:
+        raise DataLayoutError(
+            f"Speech Commands background-noise recording(s) {short} in '{noise_dir}' are shorter than the 1 s "
+            "_silence_ window"
+        )
+    if silence == "random_crops":
+        items = [
+            Utterance(
+                id=f"{BACKGROUND_NOISE}/{path.stem}", path=path, num_samples=info.num_samples, label=SILENCE
+            )
+            for path, info in zip(recordings, infos, strict=True)
+        ]
+        logger.info(
+            "Speech Commands %s: _silence_ = the %d whole background-noise recordings, a random 1 s crop at each "
+            "draw (s3prl); these crops overlap the audio the other split draws from",
+            split,
+            len(items),
+        )
+        return items
     windows = []
     tail_samples = 0
-    for path, info in zip(
-        recordings, probe_audio(recordings, f"SpeechCommands/{BACKGROUND_NOISE}"), strict=True
-    ):
-        count = info.num_samples // SILENCE_WINDOW_SAMPLES
-        tail_samples += info.num_samples - count * SILENCE_WINDOW_SAMPLES
+    for path, info in zip(recordings, infos, strict=True):
+        first, last = silence_regions(info.num_samples, dev_fraction)[split]
+        count = (last - first) // SILENCE_WINDOW_SAMPLES
+        tail_samples += last - first - count * SILENCE_WINDOW_SAMPLES
         for number in range(count):
-            start = number * SILENCE_WINDOW_SAMPLES
+            start = first + number * SILENCE_WINDOW_SAMPLES
             end = start + SILENCE_WINDOW_SAMPLES
             windows.append(
                 Utterance(
@@ -181,15 +240,18 @@ def _silence_windows(root: Path, split: str) -> list[Utterance]:
             )
     if not windows:
         raise DataLayoutError(
-            f"Speech Commands background-noise folder '{noise_dir}': no recording is 1 s long or longer, so "
-            "there is no _silence_ window"
+            f"Speech Commands background-noise folder '{noise_dir}': no recording leaves a 1 s {split} window "
+            f"(dev takes the last {dev_fraction:.0%} of each, at least 1 s), so there is no _silence_ window"
         )
     logger.info(
-        "Speech Commands %s: %d _silence_ windows of 1 s from %d background-noise recordings; the last %.2f s "
-        "in all (each recording's tail shorter than 1 s) are left out",
+        "Speech Commands %s: %d _silence_ windows of 1 s from the %s part of %d background-noise recordings "
+        "(dev: the last %.0f%% of each, at least 1 s; train: the rest, so no dev window is training audio); "
+        "%.2f s in all (each part's tail shorter than 1 s) are left out",
         split,
         len(windows),
+        "held-out" if split == "dev" else "training",
         len(recordings),
+        100 * dev_fraction,
         tail_samples / SAMPLE_RATE,
     )
     return windows

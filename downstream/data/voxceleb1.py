@@ -15,9 +15,9 @@ from pathlib import Path
 
 from downstream.data.corpus import (
     AUDIO_SUFFIXES,
-    audio_path,
     DataLayoutError,
     Utterance,
+    audio_path,
     check_choice,
     label_vocabulary,
     probe_audio,
@@ -25,6 +25,7 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
+from downstream.data.text import inside, read_lines
 
 SPLIT_CODES = {"train": "1", "dev": "2", "test": "3"}
 LAYOUT = (
@@ -51,10 +52,11 @@ def read_voxceleb1_sid(root: str | Path, split: str, split_file: str | Path | No
     )
     code = SPLIT_CODES[split]
     relative_paths: list[str] = []
-    for line_number, line in enumerate(split_path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    sources: list[str] = []
+    for line_number, line in read_lines(split_path):
         fields = line.split()
+        if len(fields) == 2:
+            inside(fields[1], split_path, line_number, "listed path")
         if len(fields) != 2 or fields[0] not in SPLIT_CODES.values() or fields[1].count("/") != 2:
             raise DataLayoutError(
                 f"VoxCeleb1 split file '{split_path}' line {line_number} is not "
@@ -62,6 +64,7 @@ def read_voxceleb1_sid(root: str | Path, split: str, split_file: str | Path | No
             )
         if fields[0] == code:
             relative_paths.append(fields[1])
+            sources.append(f"{split_path}:{line_number}")
     if not relative_paths:
         raise DataLayoutError(
             f"VoxCeleb1 split file '{split_path}' lists no utterance with set {code} ({split})"
@@ -75,8 +78,9 @@ def read_voxceleb1_sid(root: str | Path, split: str, split_file: str | Path | No
             path=path,
             num_samples=info.num_samples,
             label=relative.split("/", 1)[0],
+            source=source,
         )
-        for relative, path, info in zip(relative_paths, paths, infos, strict=True)
+        for relative, path, info, source in zip(relative_paths, paths, infos, sources, strict=True)
     ]
     return sorted(utterances, key=lambda utterance: utterance.id)
 
@@ -109,10 +113,10 @@ def read_trials(path: str | Path) -> list[Trial]:
     malformed line or a list without both target and non-target trials."""
     path = require_file(Path(path), "VoxCeleb1 trial list", TRIAL_LAYOUT)
     trials = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for line_number, line in read_lines(path):
         fields = line.split()
+        for field in fields[1:3]:
+            inside(field, path, line_number, "listed path")
         if len(fields) != 3 or fields[0] not in ("0", "1") or any(f.count("/") != 2 for f in fields[1:]):
             raise DataLayoutError(
                 f"VoxCeleb1 trial list '{path}' line {line_number} is not "

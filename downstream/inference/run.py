@@ -4,7 +4,8 @@
 What is read: ``.hydra/config.yaml`` (the resolved settings the run trained with: upstream, interface,
 head, task, protocol, trainer precision and batching), ``identity.json`` and ``results.json`` (their
 settings hash must be the config's), and ``best.pt`` (the best dev model, through
-``checkpoint.load_model_file``; it records the name of each head output, so the training corpus is not
+``checkpoint.load_model_file``; ``average.pt`` instead where the run tested an average of checkpoints,
+``training.averaging``; it records the name of each head output, so the training corpus is not
 needed). Everything is built by the runner's own builders (``build_task``, ``build_model``, the upstream's
 ``_target_``) from those recorded values, never from today's config defaults.
 """
@@ -24,10 +25,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from downstream.data.corpus import Utterance
+from downstream.heads import head_output_lengths
 from downstream.inference.inputs import InputReport
 from downstream.inference.pipeline import Forward, Pipeline
 from downstream.results import HYDRA_DIR, RESULTS_FILE
 from downstream.tasks.base import Task
+from downstream.training.averaging import AVERAGE_MODEL
 from downstream.training.checkpoint import load_model_file
 from downstream.training.identity import IDENTITY_FILE, RunIdentity
 from downstream.training.loading import pick_device
@@ -152,7 +155,8 @@ class TrainedRun:
     def records(self, forward: Forward) -> list[dict[str, Any]]:
         """The task's prediction of every utterance of a batch (``Task.predictions``)."""
         samples = [utterance.num_samples for utterance in forward.utterances]
-        return self.task.predictions(forward.logits, forward.frame_lengths, samples, self.outputs)
+        lengths = head_output_lengths(self.pipeline.head, forward.frame_lengths, forward.features.shape[1])
+        return self.task.predictions(forward.logits, lengths, samples, self.outputs)
 
     def predict_files(
         self, utterances: list[Utterance], report: InputReport
@@ -197,7 +201,8 @@ def load_run(path: str | Path, device: str = "auto") -> TrainedRun:
         pipeline = Pipeline(upstream, interface, None, settings, torch_device, cfg.seed)
         pipeline.autocast_dtype = None  # QbE runs are scored without autocast (training.untrained.encode)
         return TrainedRun(run_dir, cfg, results, task, pipeline, [])
-    model_path = run_dir / BEST_MODEL
+    # a run that tested the average of its best checkpoints (ML-SUPERB under protocol=superb) reports that one
+    model_path = run_dir / AVERAGE_MODEL if (run_dir / AVERAGE_MODEL).is_file() else run_dir / BEST_MODEL
     state = load_model_file(model_path, "cpu")
     outputs = state.get("outputs")
     if outputs is None:

@@ -37,6 +37,10 @@ C_FA = 1.0
 MIN_QUERY_FRAMES = 5
 #: s3prl marks z-normalised scores above this as detections ('YES').
 DECISION_THRESHOLD = 2.0
+#: QUESST's scorer scores a trial the system output lacks with this default score (SUPERB's command line).
+DEFAULT_SCORE = -10.0
+#: s3prl writes each score with 4 decimals (``score=f"{score:.4f}"`` in quesst14_dtw/expert.py).
+WRITTEN_DECIMALS = 4
 
 
 # -- scoring ----------------------------------------------------------------------------------------
@@ -305,3 +309,46 @@ def pool_adjacent_violators(values: np.ndarray, weights: np.ndarray | None = Non
             totals.pop()
             sizes.pop()
     return np.repeat(means, sizes)
+
+
+def full_ground_truth_trials(
+    scores: np.ndarray,
+    query_ids: Sequence[str],
+    document_ids: Sequence[str],
+    truth_queries: Sequence[str],
+    truth_documents: Sequence[str],
+    truth_targets: frozenset[tuple[str, str]] | set[tuple[str, str]],
+    default_score: float = DEFAULT_SCORE,
+    decimals: int | None = WRITTEN_DECIMALS,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The trials QUESST 2014's scorer scores when it is given the searched scores: (scores, targets)
+    [len(truth_queries), len(truth_documents)] and the number of trials that got ``default_score``.
+
+    ``scores`` [queries, documents] of the searched ``query_ids`` x ``document_ids`` (e.g. English only),
+    written with ``decimals`` decimals as s3prl's stdlist.xml has them (None: unrounded); every other trial
+    of the ground truth (``truth_queries``: the queries that occur, x ``truth_documents``) gets
+    ``default_score`` (SUPERB: -10). ValueError for a searched id the ground truth does not list.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (len(query_ids), len(document_ids)):
+        raise ValueError(
+            f"scores {scores.shape} do not match {len(query_ids)} queries x {len(document_ids)} documents"
+        )
+    row = {query: k for k, query in enumerate(truth_queries)}
+    column = {document: k for k, document in enumerate(truth_documents)}
+    missing = [document for document in document_ids if document not in column]
+    if missing:
+        raise ValueError(f"searched documents {missing[:3]} are not in the ground truth's document list")
+    full = np.full((len(truth_queries), len(truth_documents)), default_score, dtype=np.float64)
+    written = np.round(scores, decimals) if decimals is not None else scores
+    kept = [(k, row[query]) for k, query in enumerate(query_ids) if query in row]  # queries that occur
+    if kept:
+        searched_rows, truth_rows = (list(index) for index in zip(*kept, strict=True))
+        columns = [column[document] for document in document_ids]
+        full[np.ix_(truth_rows, columns)] = written[searched_rows]
+    targets = np.zeros(full.shape, dtype=bool)
+    for query, document in truth_targets:
+        if query in row:
+            targets[row[query], column[document]] = True
+    defaulted = full.size - len(kept) * len(document_ids)
+    return full, targets, defaulted

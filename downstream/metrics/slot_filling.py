@@ -21,11 +21,25 @@ finds slots with the regular expression ``B-(\\S+) (.+?) E-\\1``, which agrees w
 hypotheses where a type name is a prefix of another (``E-playlist_owner`` closes ``B-playlist`` there) or a
 slot is empty (there the value runs to the next end token and keeps it). The statistics are additive over
 batches and ranks (``slot_statistics``).
+
+Two parsers (``SLOT_PARSERS``; the task's ``slot_parser``, by protocol):
+
+- ``s3prl`` (protocol=superb): s3prl's own parse of its decoded string, every case included. The tokens are
+  rendered as s3prl's ``CharacterTextSlotEncoder.decode`` joins them (``ctc/text.py:128-138,164-175``: a begin
+  token as ``'B-<type> '``, an end token as ``' E-<type>'``, glued to the characters around them;
+  ``s3prl_slot_text``), runs of spaces collapse, slots are the non-overlapping left-to-right matches of
+  ``B-(\\S+) (.+?) E-\\1`` (``ctc/metric.py:32-50``), a hypothesis value is ``clean``ed of slot tokens (``'B-\\S+ '``
+  and ``' E-\\S+'``, ``metric.py:27-30``), a reference value is kept as matched, and the best hypothesis value
+  is the first with a CER below the running minimum that starts at 100 (``metric.py:121-127``).
+- ``tokens`` (protocol=exact): this project's parse of the tagged transcript above (``parse_slots``), where a
+  slot token is a word of its own wherever the decoder put it: a stray token glued to a word does not split or
+  swallow the word, and a type name that is a prefix of another does not close it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 
 import editdistance
 
@@ -116,6 +130,37 @@ def parse_slots(transcript: str) -> dict[str, list[str]]:
     return slots
 
 
+#: ``slot_statistics``' parsers (the module docstring)
+SLOT_PARSERS = ("s3prl", "tokens")
+_S3PRL_SLOT = re.compile(r"B-(\S+) (.+?) E-\1")
+_S3PRL_BEGIN = re.compile(r"B-\S+ ")
+_S3PRL_END = re.compile(r" E-\S+")
+_SPACES = re.compile(r" +")
+
+
+def s3prl_slot_text(tokens: Sequence[str]) -> str:
+    """Tokens (characters, ' ', ``<unk>``, slot tokens) joined as s3prl's CharacterTextSlotEncoder.decode joins
+    them: ``B-<type>`` as ``'B-<type> '``, ``E-<type>`` as ``' E-<type>'``, everything else as it is."""
+    return "".join(
+        (token + " " if token.startswith(BEGIN) else " " + token) if is_slot_token(token) else token
+        for token in tokens
+    )
+
+
+def s3prl_clean(text: str) -> str:
+    """s3prl's ``clean``: every ``'B-<type> '`` and then every ``' E-<type>'`` removed (``ctc/metric.py:27-30``)."""
+    return _S3PRL_END.sub("", _S3PRL_BEGIN.sub("", text))
+
+
+def parse_slots_s3prl(text: str, clean_values: bool) -> dict[str, list[str]]:
+    """Slot type -> values, as s3prl's ``parse`` finds them in a ``s3prl_slot_text`` string (module docstring);
+    ``clean_values``: values ``s3prl_clean``ed, as s3prl does for the hypothesis (not the reference)."""
+    slots: dict[str, list[str]] = {}
+    for slot_type, value in _S3PRL_SLOT.findall(_SPACES.sub(" ", text)):
+        slots.setdefault(slot_type, []).append(s3prl_clean(value) if clean_values else value)
+    return slots
+
+
 def utterance_slot_type_f1(reference: Mapping[str, list[str]], hypothesis: Mapping[str, list[str]]) -> float:
     """F1 (a fraction) of the hypothesis's set of slot types against the reference's."""
     if not reference and not hypothesis:
@@ -130,14 +175,16 @@ def utterance_slot_type_f1(reference: Mapping[str, list[str]], hypothesis: Mappi
 
 
 def slot_value_pairs(
-    reference: Mapping[str, list[str]], hypothesis: Mapping[str, list[str]]
+    reference: Mapping[str, list[str]], hypothesis: Mapping[str, list[str]], start_rate: float | None = None
 ) -> list[tuple[str, str]]:
-    """(reference value, best hypothesis value of the same type) for every reference slot value."""
+    """(reference value, best hypothesis value of the same type) for every reference slot value: the first
+    candidate with the lowest CER, or with ``start_rate`` (s3prl: 100) the first whose CER is below the running
+    minimum that starts there (the empty string when none is)."""
     pairs = []
     for slot_type, values in reference.items():
         candidates = hypothesis.get(slot_type, [])
         for value in values:
-            best, best_rate = "", None
+            best, best_rate = "", start_rate
             for candidate in candidates:
                 rate = editdistance.eval(candidate, value) / len(value)
                 if best_rate is None or rate < best_rate:
@@ -146,16 +193,30 @@ def slot_value_pairs(
     return pairs
 
 
-def slot_statistics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
-    """Additive statistics over pairs of tagged transcripts: ``slot_type_f1_sum`` (sum of per-utterance
-    F1 fractions), ``utterances``, ``slot_value_edits`` and ``slot_value_chars`` (reference characters)."""
+def slot_statistics(
+    references: Sequence[str], hypotheses: Sequence[str], parser: str = "tokens"
+) -> dict[str, float]:
+    """Additive statistics over pairs of transcripts: ``slot_type_f1_sum`` (sum of per-utterance F1
+    fractions), ``utterances``, ``slot_value_edits`` and ``slot_value_chars`` (reference characters).
+    ``parser`` (``SLOT_PARSERS``): ``tokens`` reads tagged transcripts (``tagged_transcript``), ``s3prl`` reads
+    s3prl's decoded strings (``s3prl_slot_text``) with s3prl's rules. ValueError for an unknown parser or
+    unequal counts."""
+    if parser not in SLOT_PARSERS:
+        raise ValueError(f"slot_parser={parser!r}: expected one of {', '.join(SLOT_PARSERS)}")
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    parse_reference: Callable[[str], dict[str, list[str]]] = parse_slots
+    parse_hypothesis: Callable[[str], dict[str, list[str]]] = parse_slots
+    start_rate = None
+    if parser == "s3prl":
+        parse_reference = lambda text: parse_slots_s3prl(text, clean_values=False)  # noqa: E731
+        parse_hypothesis = lambda text: parse_slots_s3prl(text, clean_values=True)  # noqa: E731
+        start_rate = 100.0
     f1_sum, edits, chars = 0.0, 0, 0
     for reference_text, hypothesis_text in zip(references, hypotheses, strict=True):
-        reference, hypothesis = parse_slots(reference_text), parse_slots(hypothesis_text)
+        reference, hypothesis = parse_reference(reference_text), parse_hypothesis(hypothesis_text)
         f1_sum += utterance_slot_type_f1(reference, hypothesis)
-        for value, best in slot_value_pairs(reference, hypothesis):
+        for value, best in slot_value_pairs(reference, hypothesis, start_rate):
             edits += editdistance.eval(best, value)
             chars += len(value)
     return {

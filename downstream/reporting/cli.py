@@ -35,7 +35,7 @@ from pathlib import Path
 from downstream.reporting.aggregate import SPLITS, aggregate
 from downstream.reporting.collect import collect_runs
 from downstream.reporting.plots import write_plots
-from downstream.reporting.render import FORMATS, render
+from downstream.reporting.render import FORMATS, render, unfinished_state
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(text)
     if collection.incomplete and args.format == "csv":
         for path in collection.incomplete:
-            print(f"incomplete (not in the table): {path}", file=sys.stderr)
+            print(f"not in the table: {path}: {unfinished_state(path)}", file=sys.stderr)
     if args.plots is not None:
         for path in write_plots(collection, args.plots, args.split):
             print(f"wrote {path}", file=sys.stderr)

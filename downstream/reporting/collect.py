@@ -39,6 +39,7 @@ REPLICATE_OR_KEY_OVERRIDES = {
     "schedule",
     "protocol",  # read from results.json instead (rows of another protocol than superb are labelled)
     "task.head.extra_params",  # shown as "+ larger head"
+    "task.duration",  # ML-SUPERB: the 10-minute sets are columns of their own (aggregate.py)
     "trainer.device",
     "trainer.num_workers",
     "trainer.progress_bar",
@@ -55,9 +56,8 @@ class RowKey:
     interface: str
     interface_name: str  # the interface config name (configs/interface/<name>.yaml)
     model: str | None  # the published model the upstream is, if any
-    comparable: (
-        bool  # frozen upstream, SUPERB head and interface settings, protocol superb, not the demo schedule
-    )
+    comparable: bool  # the paper's settings (published.CONDITIONS), not the demo schedule, not protocol=exact
+    condition: str = ""  # '', 'larger head', 'fine-tuned' or 'fine-tuned, larger head' (published.CONDITIONS)
 
     @property
     def label(self) -> str:
@@ -167,6 +167,7 @@ def describe_rows(
         if extra:
             interface += f" + larger head (+{extra:,})"
         fine_tuned = results.trainable_params.get("upstream", 0) > 0
+        condition = ", ".join(c for c, on in (("fine-tuned", fine_tuned), ("larger head", bool(extra))) if on)
         rows.append(
             RowKey(
                 upstream=results.upstream + (", fine-tuned" if fine_tuned else ""),
@@ -174,12 +175,11 @@ def describe_rows(
                 interface_name=results.interface,
                 model=paper_model(results.upstream),
                 comparable=not (
-                    extra
-                    or fine_tuned
-                    or results.schedule == "demo"
+                    results.schedule == "demo"
                     or results.protocol not in (None, SUPERB_PROTOCOL)
                     or _changes_model(overrides)
                 ),
+                condition=condition,
             )
         )
     return rows, notes

@@ -8,6 +8,7 @@ in the task's direction is chosen (a tie keeps the smaller learning rate).
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from downstream.results import RESULTS_FILE, ResultsFileError, RunResults
+
+log = logging.getLogger(__name__)
 
 #: Overrides that a learning-rate search varies: they do not tell a search's rows apart.
 LR_KEYS = frozenset({"trainer.lr"})
@@ -86,10 +89,31 @@ def format_lr(lr: float | None) -> str:
     return "schedule's" if lr is None else f"{lr:g}"
 
 
+def grid_edge_warning(choice: LrChoice) -> str | None:
+    """Advice when the chosen learning rate is the grid's smallest or largest (the best may lie beyond it),
+    else None. Only among numeric learning rates; a search of the schedule's rate alone has no edge."""
+    numeric = sorted(lr for lr in choice.tried if lr is not None)
+    if len(numeric) < 2 or choice.lr is None:
+        return None
+    if choice.lr == numeric[-1]:
+        return f"best lr is the grid's largest: extend the grid above {format_lr(choice.lr)}"
+    if choice.lr == numeric[0]:
+        return f"best lr is the grid's smallest: extend the grid below {format_lr(choice.lr)}"
+    return None
+
+
 def choice_notes(choices: dict[tuple[Hashable, str], LrChoice], label) -> list[str]:
-    """One line per search; ``label(search)`` names its row."""
-    return [
-        f"lr search {task} / {label(search)}: chose lr {format_lr(choice.lr)} "
-        f"(dev {choice.metric} {choice.dev:.2f}; tried {', '.join(map(format_lr, choice.tried))})"
-        for (search, task), choice in choices.items()
-    ]
+    """One line per search; ``label(search)`` names its row. A choice at either end of the grid says so
+    (``grid_edge_warning``) and is logged as a warning."""
+    notes = []
+    for (search, task), choice in choices.items():
+        note = (
+            f"lr search {task} / {label(search)}: chose lr {format_lr(choice.lr)} "
+            f"(dev {choice.metric} {choice.dev:.2f}; tried {', '.join(map(format_lr, choice.tried))})"
+        )
+        edge = grid_edge_warning(choice)
+        if edge is not None:
+            note += f" -- WARNING: {edge}"
+            log.warning("lr search %s / %s: %s", task, label(search), edge)
+        notes.append(note)
+    return notes

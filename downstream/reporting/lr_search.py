@@ -10,34 +10,15 @@ chosen runs only (their test scores) to ``<sweep dir>/lr_search.md``.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "lr_search.md"
-
-
-def sweep_values(grid: Any) -> str:
-    """``lr_search.grid`` (a list of learning rates) as the comma-separated values of a Hydra sweep.
-
-    ValueError naming the key unless it is a non-empty list of positive finite numbers."""
-    values = list(grid) if isinstance(grid, list | tuple | ListConfig) else None
-    if not values or any(
-        isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0
-        for v in values
-    ):
-        raise ValueError(f"lr_search.grid must be a non-empty list of positive learning rates, got {grid!r}")
-    return ",".join(repr(float(v)) for v in values)
-
-
-def register_resolvers() -> None:
-    """``${sweep_values:${lr_search.grid}}`` in configs/experiment/lr_search.yaml."""
-    OmegaConf.register_new_resolver("sweep_values", sweep_values, replace=True)
 
 
 class LrSearchReport(Callback):

@@ -15,14 +15,17 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from downstream.metrics.display import metric_format
 from downstream.reporting.aggregate import Table, aggregate
 from downstream.reporting.collect import Collection, Run, interface_params_by_row, row_sort_key
 from downstream.reporting.render import published_split_suffix
 from interfaces.configs import interface_config_names
 
 TRAINABLE_PARTS = ("interface", "head", "upstream")
+LABEL_WIDTH = 32  # characters of a row label line before it wraps
 PART_COLORS = {"interface": "tab:green", "head": "tab:orange", "upstream": "tab:purple"}
 
 
@@ -50,58 +53,106 @@ def safe_file_stem(name: str, max_length: int = 150) -> str:
 # ---------------------------------------------------------------- comparison across runs
 
 
+def row_labels(rows: list, width: int = LABEL_WIDTH) -> list[str]:
+    """Short row labels: the interface and what tells the row apart; the upstream only when the rows do not
+    all share it. Wrapped after commas or spaces at ``width`` characters."""
+    shared_upstream = len({row.upstream for row in rows}) == 1
+    return [
+        "\n".join(wrap_name(row.interface if shared_upstream else row.label, width, breaks=", "))
+        for row in rows
+    ]
+
+
 def plot_comparison(table: Table) -> Figure:
-    """One panel per task column: for each row the mean (bar) ± sample std, every run's score (dots, over
-    seeds, folds or language sets) and the published number (red star) where there is one.
+    """One panel per task column (two columns of panels from four tasks on), horizontal bars (so row labels
+    read level and never collide): for each row the mean ± sample std with its value and unit written at the
+    bar's end, every run's score (dots, over seeds, folds or language sets) and the published number (red
+    star) where there is one. Bars are coloured by interface; one legend above the panels names the colours
+    and markers. When all rows share an upstream it is named in the title instead of every label.
 
     Artists carry gids for inspection: "mean" bars, "runs" and "published" scatter collections.
     """
     columns = table.columns
-    grid_columns = min(len(columns), 3)
-    grid_rows = -(-len(columns) // 3)  # ceil: three panels per line
+    grid_columns = 1 if len(columns) <= 3 else 2
+    grid_rows = -(-len(columns) // grid_columns)
+    all_rows = [row for row in table.rows if any((row, c.task) in table.cells for c in columns)]
+    labels = dict(zip(all_rows, row_labels(all_rows), strict=True))
+    label_chars = max((len(line) for text in labels.values() for line in text.split("\n")), default=10)
+    label_lines = max((text.count("\n") + 1 for text in labels.values()), default=1)
     most_rows = max((sum((row, c.task) in table.cells for row in table.rows) for c in columns), default=1)
-    figure = new_figure(max(4.0, 0.9 * most_rows + 1.5) * grid_columns, 4.2 * grid_rows)
+    panel_height = most_rows * max(0.32, 0.17 * label_lines + 0.1) + 0.9
+    panel_width = 3.2 + 0.075 * label_chars
+    figure = new_figure(panel_width * grid_columns, panel_height * grid_rows + 0.7)
+    figure.set_layout_engine("constrained")
+    interfaces: dict[str, str] = {}
+    has_published = False
     for index, column in enumerate(columns):
         axes = figure.add_subplot(grid_rows, grid_columns, index + 1)
         rows = [row for row in table.rows if (row, column.task) in table.cells]
         cells = [table.cells[(row, column.task)] for row in rows]
         positions = np.arange(len(rows))
-        means = [cell.mean for cell in cells]
-        errors = [cell.std or 0.0 for cell in cells]
-        axes.bar(
-            positions,
-            means,
-            yerr=errors,
-            capsize=3,
-            color=[interface_color(row.interface_name) for row in rows],
-            alpha=0.6,
-            gid="mean",
-        )
-        run_x = [p + offset for p, cell in zip(positions, cells, strict=True) for offset in _spread(cell.n)]
-        run_y = [value for cell in cells for value in cell.values]
-        axes.scatter(run_x, run_y, s=12, color="black", zorder=3, label="runs", gid="runs")
+        means = np.array([cell.mean for cell in cells], dtype=float)
+        errors = np.array([cell.std or 0.0 for cell in cells], dtype=float)
+        colors = [interface_color(row.interface_name) for row in rows]
+        for row in rows:
+            interfaces.setdefault(row.interface_name, interface_color(row.interface_name))
+        axes.barh(positions, means, xerr=errors, capsize=3, color=colors, alpha=0.6, height=0.6, gid="mean")
+        run_y = [p + offset for p, cell in zip(positions, cells, strict=True) for offset in _spread(cell.n)]
+        run_x = [value for cell in cells for value in cell.values]
+        axes.scatter(run_x, run_y, s=10, color="black", zorder=3, gid="runs")
         published = [
-            (p, cell.reference.value) for p, cell in zip(positions, cells, strict=True) if cell.reference
+            (cell.reference.value, p) for p, cell in zip(positions, cells, strict=True) if cell.reference
         ]
         if published:
+            has_published = True
             x, y = zip(*published, strict=True)
-            axes.scatter(
-                x,
-                y,
-                s=90,
+            axes.scatter(x, y, s=80, marker="*", color="tab:red", zorder=4, gid="published")
+        shown = metric_format(column.metric)
+        values = [*means + errors, *means - errors, *run_x, *(v for v, _ in published), 0.0]
+        low, high = min(values), max(values)
+        span = (high - low) or 1.0
+        axes.set_xlim(low - 0.02 * span if low < 0 else 0.0, high + 0.45 * span)  # room for the value text
+        for position, mean, error, cell in zip(positions, means, errors, cells, strict=True):
+            text = f"{mean:.{shown.decimals}f}" + (f" {shown.unit}" if shown.unit else "")
+            end = max(mean + error, *cell.values, *(v for v, p in published if p == position), 0.0)
+            axes.annotate(
+                " " + text,
+                (end, position),
+                va="center",
+                fontsize="x-small",
+                gid="value",
+            )
+        axes.set_yticks(positions, [labels[row] for row in rows], fontsize="x-small")
+        axes.set_ylim(len(rows) - 0.5, -0.5)  # first row on top
+        unit = f" ({shown.unit})" if shown.unit else ""
+        axes.set_xlabel(f"{shown.name}{unit}, {table.split} {column.arrow}", fontsize="small")
+        axes.set_title(f"{column.title} {column.arrow}", fontsize="small", loc="left")
+        axes.tick_params(axis="x", labelsize="x-small")
+    handles = [Patch(color=color, alpha=0.6, label=name) for name, color in interfaces.items()]
+    handles.append(Line2D([], [], marker="o", color="black", linestyle="none", markersize=3, label="runs"))
+    if has_published:
+        handles.append(
+            Line2D(
+                [],
+                [],
                 marker="*",
                 color="tab:red",
-                zorder=4,
+                linestyle="none",
+                markersize=9,
                 label="published" + published_split_suffix(table),
-                gid="published",
             )
-        axes.set_xticks(positions, [row.label for row in rows], rotation=30, ha="right", fontsize="small")
-        pad = max(0.0, (3 - len(rows)) / 2)  # a lone bar stays bar-sized and centred
-        axes.set_xlim(-0.5 - pad, len(rows) - 0.5 + pad)
-        axes.set_ylabel(f"{column.metric} ({table.split}) {column.arrow}")
-        axes.set_title(f"{column.title} {column.arrow}")
-        axes.legend(fontsize="x-small")
-    figure.tight_layout()
+        )
+    upstreams = {row.upstream for row in all_rows}
+    title = f"upstream: {next(iter(upstreams))}" if len(upstreams) == 1 else None
+    if handles:
+        figure.legend(
+            handles=handles,
+            loc="outside upper center",
+            ncols=min(len(handles), max(2, int(panel_width * grid_columns / 1.6))),
+            fontsize="x-small",
+            title=title,
+            title_fontsize="small",
+        )
     return figure
 
 
@@ -157,11 +208,25 @@ def parameter_markdown(summary: list[dict]) -> str:
 def plot_trainable_params(summary: list[dict]) -> Figure:
     """One panel per task: for each upstream / interface, bars of trainable interface, head and (when
     fine-tuned) upstream parameters on a log axis, each labelled with its count; a zero count is written
-    as "0" (a log axis has no place for it). Bars carry gid "interface", "head" or "upstream"."""
+    as "0" (a log axis has no place for it). One legend above the panels. Bars carry gid "interface",
+    "head" or "upstream"."""
     tasks = sorted({entry["task"] for entry in summary})
     heights = [sum(entry["task"] == task for entry in summary) for task in tasks]
-    figure = new_figure(9, 0.7 * sum(heights) + 1.2 * len(tasks) + 0.5)
-    grid = figure.add_gridspec(len(tasks), 1, height_ratios=heights)
+    labels = {
+        id(entry): "\n".join(
+            wrap_name(f"{entry['upstream']} / {entry['interface']}", LABEL_WIDTH, breaks=", ")
+        )
+        for entry in summary
+    }
+    label_chars = max((len(line) for text in labels.values() for line in text.split("\n")), default=10)
+    lines = max((text.count("\n") + 1 for text in labels.values()), default=1)
+    parts_shown = [
+        p for p in TRAINABLE_PARTS if p != "upstream" or any(e["upstream_params"][1] for e in summary)
+    ]
+    row_height = max(0.22 * len(parts_shown), 0.17 * lines + 0.1)
+    figure = new_figure(5.5 + 0.075 * label_chars, row_height * sum(heights) + 0.75 * len(tasks) + 0.9)
+    figure.set_layout_engine("constrained")
+    grid = figure.add_gridspec(len(tasks), 1, height_ratios=[h + 0.8 for h in heights])
     largest = max((entry[f"{p}_params"][1] for entry in summary for p in TRAINABLE_PARTS), default=1)
     shared = None
     for index, task in enumerate(tasks):
@@ -179,34 +244,34 @@ def plot_trainable_params(summary: list[dict]) -> Figure:
             for position, count in zip(positions + offset, counts, strict=True):
                 if count > 0:
                     axes.barh(position, count, height=height * 0.95, color=PART_COLORS[part], gid=part)
-                axes.annotate(f" {count:,}", (max(count, 1), position), va="center", fontsize="x-small")
+                axes.annotate(f" {count:,}", (max(count, 1), position), va="center", fontsize=6)
         axes.set_xscale("log")
-        axes.set_xlim(0.8, largest * 30)
-        axes.set_yticks(positions, [f"{e['upstream']} / {e['interface']}" for e in entries], fontsize="small")
+        axes.set_xlim(0.8, largest * 60)
+        axes.set_yticks(positions, [labels[id(e)] for e in entries], fontsize="x-small")
         axes.set_ylim(len(entries) - 0.5, -0.5)  # first row on top; room for a zero count's label
         axes.set_title(f"task {task}", fontsize="small", loc="left")
-        handles = [Patch(color=PART_COLORS[part], label=part) for part in parts]
-        axes.legend(handles=handles, fontsize="x-small", loc="lower right")
+        axes.tick_params(axis="x", labelsize="x-small", labelbottom=index == len(tasks) - 1)
     if tasks:
-        figure.axes[-1].set_xlabel("trainable parameters (log scale)")
-    figure.tight_layout()
+        figure.axes[-1].set_xlabel("trainable parameters (log scale)", fontsize="small")
+        handles = [Patch(color=PART_COLORS[part], label=part) for part in parts_shown]
+        figure.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize="x-small")
     return figure
 
 
 # ---------------------------------------------------------------- layer weights
 
 
-TITLE_WIDTH = 100  # characters of a title line that fit the 7-inch layer-weight figure at fontsize "small"
+TITLE_WIDTH = 80  # characters of a title line that fit the 7-inch layer-weight figure at fontsize "small"
 
 
-def wrap_name(name: str, width: int) -> list[str]:
-    """A run name cut into lines of at most ``width`` characters, preferably after a comma (sweep job
-    folders are comma-separated overrides, often longer than a figure is wide)."""
+def wrap_name(name: str, width: int, breaks: str = ",") -> list[str]:
+    """A run name cut into lines of at most ``width`` characters, preferably after one of ``breaks`` (sweep
+    job folders are comma-separated overrides, often longer than a figure is wide)."""
     lines, rest = [], name
     while len(rest) > width:
-        cut = rest.rfind(",", 0, width) + 1 or width
-        lines.append(rest[:cut])
-        rest = rest[cut:]
+        cut = max(rest.rfind(mark, 0, width) for mark in breaks) + 1 or width
+        lines.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
     return [*lines, rest]
 
 
@@ -243,12 +308,15 @@ def plot_layer_weights(run: Run) -> Figure:
     axes.set_xlabel("layer (0 = transformer input)")
     axes.set_ylabel("weight")
     score = run.results.score("test")
-    axes.set_title(
+    headline = (
         f"{run.row.upstream} / {run.row.interface} / {run.results.task} "
-        f"(test {run.results.metric} {score:.2f})\n" + "\n".join(wrap_name(run.name, TITLE_WIDTH)),
+        f"(test {metric_format(run.results.metric).format(score)})"
+    )
+    axes.set_title(
+        "\n".join([*wrap_name(headline, TITLE_WIDTH, breaks=" /"), *wrap_name(run.name, TITLE_WIDTH)]),
         fontsize="small",
     )
-    figure.tight_layout()
+    figure.set_layout_engine("constrained")
     return figure
 
 

@@ -15,6 +15,9 @@ import yaml
 from interfaces.configs import interface_config_names
 
 DATA_FILE = Path(__file__).with_name("published.yaml")
+#: The paper's training conditions besides the standard one (''): its Table 3 widens the head by HConv's
+#: interface parameters, its Table 4 fine-tunes the upstream end to end (a source's ``condition:``).
+CONDITIONS = ("", "larger head", "fine-tuned", "fine-tuned, larger head")
 #: How a fused upstream's label joins its members (upstream.fusion.MEMBER_SEPARATOR) and a published
 #: fused model's name joins its members' ("Whisper Small + WavLM Base+").
 FUSION_SEPARATOR = " + "
@@ -32,7 +35,9 @@ class Reference:
 class PublishedNumbers:
     models: tuple[str, ...]  # published models, in the order table rows are sorted
     aliases: dict[str, str]  # normalised upstream name -> published model
-    references: dict[tuple[str, str, str], Reference]  # (model, interface, task) -> value
+    references: dict[tuple[str, str, str], Reference]  # (model, interface, task) -> value, standard condition
+    #: (model, interface, task, condition) -> value for the paper's other conditions (``CONDITIONS``)
+    conditioned: dict[tuple[str, str, str, str], Reference]
     citations: dict[str, str]  # source name -> full citation
 
 
@@ -45,10 +50,16 @@ def load_published(path: Path = DATA_FILE) -> PublishedNumbers:
     data = yaml.safe_load(path.read_text())
     models = data["models"]
     references: dict[tuple[str, str, str], Reference] = {}
+    conditioned: dict[tuple[str, str, str, str], Reference] = {}
     citations = {}
     interfaces = interface_config_names()
     for source in data["sources"]:
         name, columns = source["name"], source["columns"]
+        condition = source.get("condition", "")
+        if condition not in CONDITIONS:
+            raise ValueError(
+                f"{path}: source {name!r} has condition {condition!r}; expected one of {CONDITIONS}"
+            )
         citations[name] = source["citation"]
         for task, column in source["tasks"].items():
             if column not in columns:
@@ -69,9 +80,12 @@ def load_published(path: Path = DATA_FILE) -> PublishedNumbers:
                     )
                 for task, column in source["tasks"].items():
                     value = float(values[columns.index(column)])
-                    references.setdefault((model, interface, task), Reference(value, name))
+                    if condition:
+                        conditioned.setdefault((model, interface, task, condition), Reference(value, name))
+                    else:
+                        references.setdefault((model, interface, task), Reference(value, name))
     aliases = {_normalise_name(alias): model for model, names in models.items() for alias in names}
-    return PublishedNumbers(tuple(models), aliases, references, citations)
+    return PublishedNumbers(tuple(models), aliases, references, conditioned, citations)
 
 
 PUBLISHED = load_published()
@@ -92,6 +106,13 @@ def paper_model(upstream_label: str) -> str | None:
     return PUBLISHED.aliases.get(_normalise_name(name))
 
 
-def published_reference(model: str | None, interface: str, task: str) -> Reference | None:
-    """The published number for the model (see ``paper_model``), interface config name and task, or None."""
-    return PUBLISHED.references.get((model, interface, task)) if model else None
+def published_reference(
+    model: str | None, interface: str, task: str, condition: str = ""
+) -> Reference | None:
+    """The published number for the model (see ``paper_model``), interface config name, task and
+    ``condition`` (``CONDITIONS``: '' for a frozen upstream with the standard head), or None."""
+    if not model:
+        return None
+    if condition:
+        return PUBLISHED.conditioned.get((model, interface, task, condition))
+    return PUBLISHED.references.get((model, interface, task))

@@ -6,10 +6,13 @@ follows each task that has published numbers. Notes (what all runs share, the so
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from downstream.reporting.aggregate import Cell, Table
 from downstream.reporting.published import PUBLISHED
+from downstream.results import failure_message
 
 FORMATS = ("markdown", "csv", "latex")
 CSV_FIELDS = (
@@ -129,9 +132,16 @@ def render_markdown(table: Table) -> str:
     lines = [frame.to_markdown(index=False, disable_numparse=True), ""]
     lines.extend(f"- {line}" for line in footer_lines(table))
     if table.incomplete:
-        lines += ["", f"Incomplete runs ({len(table.incomplete)}, not in the table):"]
-        lines.extend(f"- {path}" for path in table.incomplete)
+        lines += ["", f"Runs not in the table ({len(table.incomplete)}):"]
+        lines.extend(f"- {path}: {unfinished_state(path)}" for path in table.incomplete)
     return "\n".join(lines) + "\n"
+
+
+def unfinished_state(run_dir: Path) -> str:
+    """``failed: <message>`` for a folder whose launch failed (``results.failure_message``), else
+    ``incomplete`` (running, stopped or killed)."""
+    message = failure_message(run_dir)
+    return "incomplete" if message is None else f"failed: {message}"
 
 
 def long_frame(table: Table) -> pd.DataFrame:
@@ -196,7 +206,7 @@ def render_latex(table: Table) -> str:
     tabular = frame.to_latex(index=False, escape=False, column_format="ll" + "c" * (frame.shape[1] - 2))
     lines = [r"% needs \usepackage{booktabs}", tabular.rstrip("\n")]
     lines.extend(f"% {line}" for line in footer_lines(table))
-    lines.extend(f"% incomplete (not in the table): {path}" for path in table.incomplete)
+    lines.extend(f"% not in the table: {path}: {unfinished_state(path)}" for path in table.incomplete)
     return "\n".join(lines) + "\n"
 
 

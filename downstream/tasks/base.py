@@ -1,7 +1,9 @@
 """The task contract: a task is a dataset + a head + a loss + a metric, driven by the one trainer.
 
 The engine (``downstream.training``) calls a task's public methods in this order: ``check_data`` (every
-split read and encoded before training), ``num_outputs`` and ``build_head`` (the head on the interface's
+split read and encoded before training; the engine's integrity pass and data check then read each split's
+``utterances`` once, ask ``label_values``, ``shared_audio``, ``review_targets`` and ``required_frames``, and
+remove what their policies leave out with one ``leave_out`` per split), ``num_outputs`` and ``build_head`` (the head on the interface's
 ``output_size``), ``collate`` in the DataLoader, then per batch ``augment`` and ``loss`` (training) or
 ``eval_statistics`` (evaluation), and ``metrics`` once per split over the accumulated statistics. The head
 and the trainer schedules live in the task's config (``task.head``, ``task.schedules``); the runner reads
@@ -28,6 +30,9 @@ SPLITS = ("train", "dev", "test")
 #: What happens to audio shorter than the upstream's ``min_samples`` (``task.on_too_short``): zero-padded
 #: to it in every split, or (skip) left out of training and still padded in dev and test.
 TOO_SHORT_POLICIES = ("pad", "skip")
+#: What happens to a float audio file holding NaN or inf samples (``task.on_nonfinite``): the run stops
+#: before training naming the files (error), or its utterances are left out of every split and counted.
+NONFINITE_POLICIES = ("error", "skip")
 
 #: One batch's evaluation statistics: numbers (counts, edit distances) or lists of per-utterance records.
 Statistics = Mapping[str, float | list]
@@ -88,6 +93,13 @@ class Task(ABC):
     name: str = "task"
     metric: str = "loss"
     higher_is_better: bool = False
+    #: The dev metric that picks the best checkpoint when it is not ``metric`` (SD under protocol=superb:
+    #: s3prl keeps the best dev frame accuracy) and whether higher is better there.
+    selection_metric: str | None = None
+    selection_higher_is_better: bool | None = None
+    #: Set by the trainer before it evaluates the best checkpoint on dev and test (``finish_test`` follows):
+    #: a task may score more there than at the evaluations during training (SD's post-processing grid).
+    final_evaluation: bool = False
     #: Random crop length of training utterances in seconds (None: whole utterances).
     train_crop_seconds: float | None = None
     #: Whether the target describes the whole utterance in order (a transcript: CTC tasks), so the audio
@@ -95,6 +107,15 @@ class Task(ABC):
     transcript_target: bool = False
     #: False for a task that trains nothing (QbE): the runner evaluates it by downstream.training.untrained.
     trains: bool = True
+    #: Training batches whose longest utterance has more samples than this are cut in two halves
+    #: (``BucketBatchSampler.halve_above_samples``; PR under s3prl's rule); None: never.
+    halve_batch_above_samples: int | None = None
+    #: The splits the task reads (QbE: dev and test only).
+    splits: tuple[str, ...] = SPLITS
+    #: The sample rate of the corpus by definition (LibriSpeech, VoxCeleb1, IEMOCAP, ... are 16 kHz): a file
+    #: at another rate is refused by the data check unless ``task.resample=true``. None (ML-SUPERB, whose
+    #: sources differ): files at other rates are resampled on load, named in a warning.
+    native_sample_rate: int | None = 16000
 
     def __init__(
         self,
@@ -102,6 +123,8 @@ class Task(ABC):
         max_seconds: float | None = None,
         on_too_long: str = "crop",
         on_too_short: str = "pad",
+        on_nonfinite: str = "error",
+        resample: bool = False,
         gain_db: float = 0.0,
     ) -> None:
         """``data_root``: the corpus as distributed. ``max_seconds``: training utterances longer than this
@@ -111,9 +134,17 @@ class Task(ABC):
         ``min_samples`` is zero-padded to it, or left out of training (dev/test are padded either way).
         The engine's data check (``downstream.training.data_check``) counts all of it per split.
         ``gain_db``: every split's audio is scaled by 10^(gain_db / 20) when loaded
-        (``downstream.data.audio.load_audio``; s3prl runs sox ``gain -3.0`` for SV, KS and QbE)."""
+        (``downstream.data.audio.load_audio``; s3prl runs sox ``gain -3.0`` for SV, KS and QbE).
+        ``on_nonfinite`` (error | skip): a float audio file with NaN/inf samples stops the run before
+        training, or is left out of every split. ``resample``: allow files of a 16 kHz corpus
+        (``native_sample_rate``) at another rate, resampled on load (refused otherwise); the engine's
+        integrity pass (``downstream.training.integrity``) applies both."""
         check_choice(f"task ({self.name})", "on_too_long", on_too_long, TOO_LONG_POLICIES)
         check_choice(f"task ({self.name})", "on_too_short", on_too_short, TOO_SHORT_POLICIES)
+        check_choice(f"task ({self.name})", "on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
+        check_choice(f"task ({self.name})", "resample", resample, (True, False))
+        self.on_nonfinite = on_nonfinite
+        self.resample = resample
         self.data_root = str(data_root)
         self.max_seconds = max_seconds
         #: the policy as asked for in the config (``on_too_long`` is the one applied)
@@ -137,6 +168,18 @@ class Task(ABC):
         self._utterances: dict[str, list[Utterance]] = {}
         self._targets: dict[str, dict[str, Any]] = {}
 
+    @property
+    def select_metric(self) -> str:
+        """The dev metric the trainer keeps the best checkpoint by (``selection_metric``, else ``metric``)."""
+        return self.selection_metric or self.metric
+
+    @property
+    def select_higher_is_better(self) -> bool:
+        """Whether a higher ``select_metric`` is better."""
+        if self.selection_metric is None or self.selection_higher_is_better is None:
+            return self.higher_is_better
+        return self.selection_higher_is_better
+
     # -- data -------------------------------------------------------------------------------
     @abstractmethod
     def read_split(self, split: str) -> list[Utterance]:
@@ -150,7 +193,7 @@ class Task(ABC):
 
     def check_data(self) -> None:
         """Read every split now, so a bad corpus fails before training with a clear message."""
-        for split in SPLITS:
+        for split in self.splits:
             self.utterances(split)
 
     def utterances(self, split: str) -> list[Utterance]:
@@ -181,6 +224,17 @@ class Task(ABC):
                     f"{self.name}: every utterance of the {split} split under {self.data_root} was left out "
                     "by the data policies (see the log)"
                 )
+
+    def label_values(self, utterance: Utterance) -> list[tuple[str, str]]:
+        """(field, value) of every training label of ``utterance`` that names a class (the data check refuses
+        values of one field that differ only in case or surrounding whitespace). Default: none; utterance
+        classification gives its label, IC its three slots, SF its intent and slot types."""
+        return []
+
+    def shared_audio(self, splits: frozenset[str], first: Utterance, second: Utterance) -> str | None:
+        """Why ``first`` and ``second`` (of the two ``splits``, the same audio) may share it under the task's
+        protocol, or None (the default: the integrity pass refuses the overlap as leakage)."""
+        return None
 
     def review_targets(self, split: str) -> tuple[dict[str, Any], set[str]]:
         """Task-specific findings about the targets of ``split``: records for results.json's
@@ -236,6 +290,12 @@ class Task(ABC):
         """One batch's statistics of the head's eval-mode output (shapes as in ``loss``; SV: embeddings
         [B, E]): additive numbers (``edits``/``reference_units``, ``correct``/``total``, ...) or lists of
         per-utterance records, folded over batches and ranks by ``accumulate_statistics``."""
+
+    def finish_test(self, dev: Mapping[str, float], test: Mapping[str, float]) -> dict[str, float]:
+        """The test metrics recorded for the best checkpoint, given its dev and test ``metrics``: a task whose
+        test number depends on a setting chosen on dev (SD's post-processing) finishes it here. Default:
+        ``test`` unchanged."""
+        return dict(test)
 
     # -- prediction on new audio (downstream.inference) --------------------------------------------
     def output_names(self) -> list[str]:

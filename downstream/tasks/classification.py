@@ -39,6 +39,9 @@ class ClassificationTask(Task):
             )
         return label_ids[utterance.label]
 
+    def label_values(self, utterance: Utterance) -> list[tuple[str, str]]:
+        return [("label", str(utterance.label))]
+
     def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         targets = torch.tensor(batch["targets"], dtype=torch.long, device=logits.device)
         return F.cross_entropy(logits.float(), targets)

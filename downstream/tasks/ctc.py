@@ -21,6 +21,10 @@ BLANK = "<blank>"
 #: What happens to training utterances whose target needs more frames than the upstream gives
 #: (``task.on_ctc_infeasible``): kept in the batches (they add nothing to the loss) or left out.
 CTC_INFEASIBLE_POLICIES = ("keep", "skip")
+#: How the batch's CTC loss averages its utterances (``task.ctc_loss_mean``): ``all`` is torch's
+#: ``CTCLoss(zero_infinity=True, reduction="mean")`` as s3prl uses it (an utterance CTC cannot align counts as
+#: 0 in the mean); ``feasible`` leaves such an utterance out of the mean (``masked_ctc_loss``).
+CTC_LOSS_MEANS = ("all", "feasible")
 #: How many utterance ids a log line or a results.json record names.
 EXAMPLES = 5
 
@@ -43,8 +47,11 @@ def masked_ctc_loss(
     target_lengths: torch.Tensor,
     min_frames: torch.Tensor,
     frame_lengths: torch.Tensor,
+    mean: str = "feasible",
 ) -> torch.Tensor:
-    """CTC loss of a batch averaged over its feasible utterances only.
+    """CTC loss of a batch averaged over its feasible utterances only (``mean="feasible"``), or over all of
+    them with an infeasible one counted as 0 (``mean="all"``: torch's ``reduction="mean"`` with
+    ``zero_infinity=True``, s3prl ``downstream/ctc/expert.py:45-48``, ``asr/expert.py:98-99``).
 
     ``log_probs`` [T, B, V] (log-softmax, blank 0); ``targets`` the concatenated token ids and
     ``target_lengths`` [B] (``ctc_target_tensors``, lengths on the host); ``min_frames`` [B]
@@ -67,6 +74,8 @@ def masked_ctc_loss(
     )
     feasible = (frame_lengths.to(device) >= min_frames.to(device, non_blocking=True)).to(losses.dtype)
     per_token = losses / target_lengths.to(device, non_blocking=True).clamp(min=1).to(losses.dtype)
+    if mean == "all":
+        return (per_token * feasible).sum() / max(per_token.shape[0], 1)
     return (per_token * feasible).sum() / feasible.sum().clamp(min=1)
 
 
@@ -104,16 +113,28 @@ class CTCTask(Task):
 
     #: SpecAugment of the interface's features in training (``downstream.augment.spec_augment`` keyword
     #: arguments; None: off). ASR and ML-SUPERB set it from their config.
-    spec_augment: dict[str, int] | None = None
+    spec_augment: dict[str, Any] | None = None
     transcript_target = True
+    #: Tokens the target carries but scoring does not see (an end-of-sentence token: s3prl drops it from
+    #: hypotheses and stops references at it, ``downstream/ctc/expert.py:88-101``).
+    unscored_tokens: frozenset[str] = frozenset()
 
-    def __init__(self, data_root: str, on_ctc_infeasible: str = "keep", **options: Any) -> None:
+    def __init__(
+        self,
+        data_root: str,
+        on_ctc_infeasible: str = "keep",
+        ctc_loss_mean: str = "feasible",
+        **options: Any,
+    ) -> None:
         """``on_ctc_infeasible`` (keep | skip): training utterances whose target needs more frames than the
-        upstream gives them are kept in the batches, where the loss leaves them out of its average, or
-        left out before training. Either way they are counted; dev and test keep them."""
+        upstream gives them are kept in the batches, where the loss counts them as ``ctc_loss_mean`` says
+        (``CTC_LOSS_MEANS``), or left out before training. Either way they are counted; dev and test keep
+        them."""
         super().__init__(data_root, **options)
         self.on_ctc_infeasible = on_ctc_infeasible
         check_choice(f"task ({self.name})", "on_ctc_infeasible", on_ctc_infeasible, CTC_INFEASIBLE_POLICIES)
+        self.ctc_loss_mean = ctc_loss_mean
+        check_choice(f"task ({self.name})", "ctc_loss_mean", ctc_loss_mean, CTC_LOSS_MEANS)
         self._vocabulary: list[str] | None = None
         self._token_ids: dict[str, int] | None = None
 
@@ -153,7 +174,8 @@ class CTCTask(Task):
         return ids
 
     def decode(self, ids: Sequence[int]) -> list[str]:
-        return [self.vocabulary[index] for index in ids]
+        """Token ids -> the tokens scoring sees (``unscored_tokens`` left out)."""
+        return [self.vocabulary[index] for index in ids if self.vocabulary[index] not in self.unscored_tokens]
 
     def required_frames(self, target: Sequence[int]) -> int:
         return ctc_min_frames(target)
@@ -216,9 +238,9 @@ class CTCTask(Task):
 
     def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         """CTC loss of logits [B, T, V] over ``frame_lengths`` [B]: ``masked_ctc_loss``, the mean over the
-        batch's feasible utterances of each one's loss divided by its target length (torch's
-        ``reduction="mean"`` over the utterances CTC can align; an infeasible one is left out of the average
-        rather than counted as zero).
+        batch of each utterance's loss divided by its target length (torch's ``reduction="mean"``); an
+        infeasible utterance is left out of the average (``ctc_loss_mean=feasible``) or counted as zero
+        (``all``, s3prl's ``zero_infinity=True``).
 
         No host synchronisation of its own: the targets, their lengths and the frames each needs come from
         ``collate`` (a batch without them, e.g. one built by hand, gets them here) and are copied with
@@ -233,7 +255,9 @@ class CTCTask(Task):
             targets, target_lengths = ctc_target_tensors(batch["targets"])
             min_frames = ctc_min_frames_tensor(batch["targets"])
         log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
-        return masked_ctc_loss(log_probs, targets, target_lengths, min_frames, frame_lengths)
+        return masked_ctc_loss(
+            log_probs, targets, target_lengths, min_frames, frame_lengths, mean=self.ctc_loss_mean
+        )
 
     # -- evaluation -------------------------------------------------------------------------
     def eval_statistics(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> Statistics:
@@ -264,9 +288,13 @@ class CTCTask(Task):
         num_samples: list[int],
         outputs: list[str],
     ) -> list[dict[str, Any]]:
-        """Greedy CTC decoding (as in evaluation), each hypothesis as ``hypothesis_record`` writes it."""
+        """Greedy CTC decoding (as in evaluation: ``unscored_tokens`` left out), each hypothesis as
+        ``hypothesis_record`` writes it."""
         decoded = ctc_greedy_decode(logits, frame_lengths)
-        return [self.hypothesis_record([outputs[index] for index in ids]) for ids in decoded]
+        return [
+            self.hypothesis_record([outputs[i] for i in ids if outputs[i] not in self.unscored_tokens])
+            for ids in decoded
+        ]
 
     def hypothesis_record(self, tokens: list[str]) -> dict[str, Any]:
         """A decoded token sequence as the user reads it: ``hypothesis``, the units the error rate counts

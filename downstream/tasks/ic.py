@@ -47,6 +47,9 @@ class IntentClassification(Task):
             ]
         return self._slot_values
 
+    def label_values(self, utterance: IntentUtterance) -> list[tuple[str, str]]:  # type: ignore[override]
+        return list(zip(SLOTS, utterance.intent, strict=True))
+
     def encode(self, utterance: IntentUtterance, split: str) -> tuple[int, ...]:
         self.slot_values()
         assert self._slot_ids is not None

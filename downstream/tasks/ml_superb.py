@@ -5,12 +5,31 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 from downstream.data.corpus import Utterance, check_choice
-from downstream.data.ml_superb import DURATIONS, MONOLINGUAL_SETS, normalize_transcript, read_ml_superb
+from downstream.data.ml_superb import (
+    DURATIONS,
+    check_monolingual_set,
+    few_shot_selection,
+    normalize_transcript,
+    read_ml_superb,
+    reserve_few_shot,
+)
+from downstream.encoder_front import conv2d2_min_input_frames
 from downstream.metrics.classification import accuracy_percent
+from downstream.metrics.edit import ctc_greedy_decode
 from downstream.tasks.asr import WORD_BOUNDARY
-from downstream.tasks.base import Statistics
-from downstream.tasks.ctc import CTCTask, normalised_characters
+from downstream.tasks.base import Batch, Statistics
+from downstream.tasks.ctc import EXAMPLES, CTCTask, ctc_target_tensors, normalised_characters
+
+#: What the trainer chooses the tested model by (``task.select_by``): the dev metric (CER) or the dev loss.
+SELECT_BY = ("cer", "loss")
+#: How a training batch's CTC loss is reduced (``task.ctc_loss``).
+CTC_LOSSES = ("espnet", "feasible_token_mean")
+#: ESPnet's split_results.py few_shot_rule: the CER (and LID accuracy) of the reserved languages apart.
+GROUPS = ("normal", "few_shot")
 
 UNKNOWN = "<unk>"
 
@@ -29,6 +48,8 @@ class MLSuperbSpeechRecognition(CTCTask):
 
     metric = "cer"
     higher_is_better = False
+    #: ML-SUPERB gathers sources recorded at different rates: every file is resampled to 16 kHz on load.
+    native_sample_rate = None
     #: ML-SUPERB's multilingual preparation drops '[...]' spans; its monolingual one does not.
     drop_bracketed = True
 
@@ -36,13 +57,36 @@ class MLSuperbSpeechRecognition(CTCTask):
         self,
         data_root: str,
         duration: str = "1h",
-        spec_augment: Mapping[str, int] | None = None,
+        spec_augment: Mapping[str, Any] | None = None,
+        select_by: str = "cer",
+        average_best: int = 1,
+        ctc_loss: str = "feasible_token_mean",
+        head_input_layer: str = "linear",
         **options: Any,
     ) -> None:
+        """``select_by`` (cer | loss): the dev number that ranks checkpoints; ``average_best``: the tested
+        model is the parameter average of this many best checkpoints by it (1: the best one). ESPnet's
+        recipe: loss and 5 (``best_model_criterion: valid loss min``, ``keep_nbest_models: 5``,
+        ``--inference_asr_model valid.loss.ave.pth``). ``ctc_loss``: ``espnet``, each utterance's CTC loss
+        summed over its tokens and averaged over the batch, an infeasible one counting 0 (espnet2/asr/ctc.py:
+        reduction 'sum' divided by the batch size, zero_infinity), or ``feasible_token_mean``
+        (``CTCTask.loss``). ``head_input_layer``: the head's ``input_layer`` (the config passes it), so
+        the data check counts CTC-infeasible targets at the head's frame rate (conv2d2 halves it)."""
         super().__init__(data_root, **options)
+        check_choice(f"task ({self.name})", "ctc_loss", ctc_loss, CTC_LOSSES)
+        check_choice(f"task ({self.name})", "head_input_layer", head_input_layer, ("linear", "conv2d2"))
+        self.ctc_loss = ctc_loss
+        self.head_input_layer = head_input_layer
         check_choice(f"task ({self.name})", "duration", duration, DURATIONS)
+        check_choice(f"task ({self.name})", "select_by", select_by, SELECT_BY)
+        if average_best < 1:
+            raise ValueError(f"task ({self.name}): average_best must be >= 1, got {average_best}")
         self.duration = duration
         self.spec_augment = dict(spec_augment) if spec_augment else None
+        self.select_by = select_by
+        if select_by == "loss":  # ESPnet: best_model_criterion valid loss min
+            self.selection_metric, self.selection_higher_is_better = "loss", False
+        self.average_best = int(average_best)
         self._characters: set[str] | None = None
 
     def characters(self, utterance: Utterance) -> list[str]:
@@ -78,14 +122,68 @@ class MLSuperbSpeechRecognition(CTCTask):
             char if char in known or char == WORD_BOUNDARY else UNKNOWN for char in self.characters(utterance)
         ]
 
+    def eval_statistics(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> Statistics:
+        """CTC's statistics (``CTCTask.eval_statistics``) plus ESPnet's validation loss: each utterance's
+        CTC loss summed over its tokens (``zero_infinity``: an infeasible one counts 0), as ``loss_sum``
+        over ``loss_utterances`` (espnet2/asr/ctc.py divides the batch's sum by the batch size, and the
+        reporter weights batches by their size: the mean over utterances)."""
+        return {
+            **super().eval_statistics(logits, frame_lengths, batch),
+            **self.loss_statistics(logits, frame_lengths, batch),
+        }
+
+    def required_frames(self, target: Sequence[int]) -> int:
+        """Input frames the head needs to emit ``target``: CTC's count, through conv2d2 when the head has it."""
+        frames = super().required_frames(target)
+        return conv2d2_min_input_frames(frames) if self.head_input_layer == "conv2d2" else frames
+
+    def loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """``CTCTask.loss``, or with ``ctc_loss='espnet'`` the mean over the batch of each utterance's CTC
+        loss summed over its tokens (0 for one CTC cannot align)."""
+        if self.ctc_loss != "espnet":
+            return super().loss(logits, frame_lengths, batch)
+        return self.utterance_losses(logits, frame_lengths, batch).mean()
+
+    def utterance_losses(
+        self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch
+    ) -> torch.Tensor:
+        """Each utterance's CTC loss [B] summed over its tokens, 0 where CTC cannot align it."""
+        if "ctc_targets" in batch:
+            targets, target_lengths = batch["ctc_targets"], batch["ctc_target_lengths"]
+        else:
+            targets, target_lengths = ctc_target_tensors(batch["targets"])
+        log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
+        return F.ctc_loss(
+            log_probs,
+            targets.to(log_probs.device, non_blocking=True),
+            frame_lengths.to(log_probs.device),
+            target_lengths,
+            blank=0,
+            reduction="none",
+            zero_infinity=True,
+        )
+
+    def loss_statistics(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> Statistics:
+        """``loss_sum`` and ``loss_utterances`` of ``eval_statistics``."""
+        losses = self.utterance_losses(logits, frame_lengths, batch)
+        return {"loss_sum": float(losses.sum()), "loss_utterances": len(batch["targets"])}
+
+    def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:
+        """``cer`` and, from ``eval_statistics``, ``loss`` (mean CTC loss per utterance)."""
+        metrics = super().metrics(statistics)
+        if statistics.get("loss_utterances"):
+            metrics["loss"] = statistics["loss_sum"] / statistics["loss_utterances"]
+        return metrics
+
 
 class MonolingualSpeechRecognition(MLSuperbSpeechRecognition):
-    """ML-SUPERB's monolingual track: ``language`` is one of its sets (``MONOLINGUAL_SETS``: 'eng1' trains
-    on mls/eng, 'fra1' on voxforge/fra, ...); test covers that language in every dataset. The published
-    number averages the sets (one run per set).
+    """ML-SUPERB's monolingual track: ``language`` is one of ESPnet's 13 sets (``MONOLINGUAL_SETS``: 'eng1'
+    trains on mls/eng, 'deu2' on voxpopuli/deu, ...; the retired names 'deu' and 'sat' raise ValueError
+    naming the new ones); test covers that language in every dataset, as single_lang_data_prep.py does. The
+    published number averages the sets (one run per set).
 
-    For jpn and cmn ML-SUPERB scores phones from a grapheme-to-phoneme converter; this task scores
-    characters for every language."""
+    Tokens are characters for every set; ESPnet's run_mono.sh uses word tokens for cmn and jpn (the CER is
+    scored on characters either way)."""
 
     name = "ml_mono"
     drop_bracketed = False
@@ -97,7 +195,7 @@ class MonolingualSpeechRecognition(MLSuperbSpeechRecognition):
         **options: Any,
     ) -> None:
         super().__init__(data_root, **options)
-        check_choice("task (ml_mono)", "language", language, tuple(MONOLINGUAL_SETS))
+        check_monolingual_set(language)
         self.language = language
 
     def read_split(self, split: str) -> list[Utterance]:
@@ -108,7 +206,13 @@ class MultilingualSpeechRecognition(MLSuperbSpeechRecognition):
     """ML-SUPERB's multilingual track over every language folder. With ``lid`` (default) language
     identification is trained jointly the way ML-SUPERB does it: the target starts with a language token
     '[xxx]' (the folder's code), and the predicted language is the first language token of the decoded
-    hypothesis (none: wrong). Metrics: ``cer`` without the language tokens, and ``lid_acc`` (percent)."""
+    hypothesis (none: wrong). Metrics: ``cer`` without the language tokens, and ``lid_acc`` (percent).
+
+    With ``few_shot`` (default) the training set follows ESPnet's data_prep.py: each of the 20 reserved
+    languages of ``downstream/data/ml_superb_recipe/few_shot.txt`` keeps only its 5 selected training
+    utterances (counted in results.json's ``data_policy.train.few_shot_reserved``), and the metrics add
+    ``cer_normal`` / ``cer_few_shot`` (and ``lid_acc_normal`` / ``lid_acc_few_shot``): the trained and the
+    reserved languages apart, as split_results.py's few_shot_rule reports them."""
 
     name = "ml_multi"
 
@@ -116,14 +220,49 @@ class MultilingualSpeechRecognition(MLSuperbSpeechRecognition):
         self,
         data_root: str,
         lid: bool = True,
+        few_shot: bool = True,
         **options: Any,
     ) -> None:
         super().__init__(data_root, **options)
         self.lid = lid
+        self.few_shot = few_shot
+        #: reserved language -> its selected training utterance ids (empty without ``few_shot``)
+        self.reserved = few_shot_selection() if few_shot else {}
         self._language_tokens: list[str] | None = None
+        self._reserved_out: list[Utterance] = []
 
     def read_split(self, split: str) -> list[Utterance]:
-        return read_ml_superb(self.data_root, split, self.duration)
+        utterances = read_ml_superb(self.data_root, split, self.duration)
+        if split == "train" and self.reserved:
+            utterances, self._reserved_out = reserve_few_shot(utterances, self.reserved)
+        return utterances
+
+    def review_targets(self, split: str) -> tuple[dict[str, Any], set[str]]:
+        """``CTCTask.review_targets`` plus, for train with ``few_shot``, ``few_shot_reserved``: the training
+        utterances of reserved languages that the reservation left out (``read_split``), per language."""
+        records, leave_out = super().review_targets(split)
+        if split == "train" and self.few_shot:
+            per_language: dict[str, int] = {}
+            for utterance in self._reserved_out:
+                per_language[utterance.label or ""] = per_language.get(utterance.label or "", 0) + 1
+            records["few_shot_reserved"] = {
+                "count": len(self._reserved_out),
+                "policy": "left out (ESPnet data_prep.py: a reserved language keeps its 5 selected utterances)",
+                "per_language": dict(sorted(per_language.items())),
+                "examples": [u.id for u in self._reserved_out[:EXAMPLES]],
+            }
+        return records, leave_out
+
+    def group(self, utterance: Utterance) -> str:
+        """'few_shot' for an utterance of a reserved language, else 'normal' (split_results.py)."""
+        return "few_shot" if utterance.label in self.reserved else "normal"
+
+    def collate(self, items: list[dict], split: str, utterances: list[Utterance]) -> Batch:
+        """``CTCTask.collate`` plus ``groups``: each utterance's ``group`` (with ``few_shot``)."""
+        batch = super().collate(items, split, utterances)
+        if self.reserved:
+            batch["groups"] = [self.group(utterances[index]) for index in batch["indices"].tolist()]
+        return batch
 
     def language_tokens(self) -> list[str]:
         """'[xxx]' for every language of the training split, sorted."""
@@ -151,6 +290,22 @@ class MultilingualSpeechRecognition(MLSuperbSpeechRecognition):
         languages = set(self.language_tokens())
         return super().error_units([token for token in tokens if token not in languages])
 
+    def eval_statistics(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> Statistics:
+        """Statistics of the whole batch (``sequence_statistics``, decoded once) and, with ``few_shot``, of
+        its normal and few-shot utterances apart (keys suffixed '_normal' / '_few_shot'), plus the loss."""
+        hypotheses = [self.decode(ids) for ids in ctc_greedy_decode(logits, frame_lengths)]
+        references = [self.decode(ids) for ids in batch["targets"]]
+        statistics = dict(self.sequence_statistics(references, hypotheses))
+        groups = batch.get("groups")  # set by ``collate`` (absent from a batch built by hand)
+        if self.reserved and groups is not None:
+            for group in GROUPS:
+                chosen = [index for index, name in enumerate(groups) if name == group]
+                part = self.sequence_statistics(
+                    [references[i] for i in chosen], [hypotheses[i] for i in chosen]
+                )
+                statistics.update({f"{key}_{group}": value for key, value in part.items()})
+        return {**statistics, **self.loss_statistics(logits, frame_lengths, batch)}
+
     def sequence_statistics(self, references: list[list[str]], hypotheses: list[list[str]]) -> Statistics:
         """CER statistics without the language tokens, and with ``lid`` the utterances whose first decoded
         language token is the reference's (``lid_correct`` of ``lid_total``)."""
@@ -166,9 +321,19 @@ class MultilingualSpeechRecognition(MLSuperbSpeechRecognition):
         return statistics
 
     def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:
+        """``cer``, ``loss`` and with ``lid`` ``lid_acc``; with ``few_shot`` the same per group for every
+        group the split has utterances of (``cer_normal``, ``cer_few_shot``, ...)."""
         metrics = super().metrics(statistics)
         if self.lid:
             metrics["lid_acc"] = accuracy_percent(statistics["lid_correct"], statistics["lid_total"])
+        for group in GROUPS if self.reserved else ():
+            if statistics.get(f"reference_units_{group}"):
+                part = {
+                    key[: -len(group) - 1]: value for key, value in statistics.items() if key.endswith(group)
+                }
+                metrics[f"cer_{group}"] = CTCTask.metrics(self, part)["cer"]
+                if self.lid:
+                    metrics[f"lid_acc_{group}"] = accuracy_percent(part["lid_correct"], part["lid_total"])
         return metrics
 
 

@@ -9,6 +9,15 @@ engine takes the no-training path for it (``Task.trains`` is False; ``downstream
 SUPERB's protocol runs every layer on dev and reports the best dev layer's test score: with
 ``interface=single_layer`` and ``task.select_layer=true`` (the defaults of configs/task/qbe.yaml) the run
 does exactly that in one launch (one upstream pass per layer) and records every layer's dev MTWV.
+
+Two trial sets are scored (``mtwv_trials`` picks the primary ``mtwv``/``atwv``/``cnxe``/``min_cnxe``):
+- ``full_ground_truth`` (protocol=superb): what SUPERB's number is. s3prl searches English only, and SUPERB
+  runs QUESST's scorer over the FULL ground truth (every occurring query of every language x every
+  document), so each trial that was not searched scores -10 (``docs/superb.md``, QUESST's scoring README);
+  recorded as ``*_full_ground_truth`` too.
+- ``searched`` (protocol=exact): only the trials that were searched (English queries x English documents
+  under SUPERB's language filter), recorded as ``*_english_only`` (``*_<language>_only``; with
+  ``language=null`` the two sets coincide up to s3prl's 4-decimal scores).
 """
 
 from __future__ import annotations
@@ -20,15 +29,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from downstream.data.corpus import Utterance
+from downstream.data.corpus import Utterance, check_choice
 from downstream.data.quesst14 import SUPERB_LANGUAGE, QbeSet, read_quesst14
 from downstream.metrics.qbe import (
     C_FA,
     C_MISS,
     DECISION_THRESHOLD,
+    DEFAULT_SCORE,
     MIN_QUERY_FRAMES,
     P_TARGET,
     actual_term_weighted_value,
+    full_ground_truth_trials,
     maximum_term_weighted_value,
     minimum_normalized_cross_entropy,
     normalized_cross_entropy,
@@ -37,6 +48,8 @@ from downstream.metrics.qbe import (
 from downstream.tasks.base import Batch, Task
 
 EVALUATED_SPLITS = ("dev", "test")
+#: Which trials the primary metrics are computed over (module docstring).
+MTWV_TRIALS = ("full_ground_truth", "searched")
 
 
 class QueryByExample(Task):
@@ -47,6 +60,9 @@ class QueryByExample(Task):
     metric = "mtwv"
     higher_is_better = True
     trains = False
+    splits = EVALUATED_SPLITS
+    #: QUESST 2014 is distributed at 8 kHz (torchaudio's QUESST14: SAMPLE_RATE = 8000): resampled on load.
+    native_sample_rate = None
 
     def __init__(
         self,
@@ -58,6 +74,8 @@ class QueryByExample(Task):
         p_target: float = P_TARGET,
         c_miss: float = C_MISS,
         c_fa: float = C_FA,
+        mtwv_trials: str = "full_ground_truth",
+        default_score: float = DEFAULT_SCORE,
         **options: Any,
     ) -> None:
         super().__init__(data_root, **options)
@@ -68,7 +86,14 @@ class QueryByExample(Task):
         self.min_query_frames = min_query_frames
         self.decision_threshold = decision_threshold
         self.costs = {"p_target": p_target, "c_miss": c_miss, "c_fa": c_fa}
+        check_choice("task (qbe)", "mtwv_trials", mtwv_trials, MTWV_TRIALS)
+        self.mtwv_trials = mtwv_trials
+        self.default_score = default_score
+        label = "all_languages" if language is None else f"{language.removeprefix('nn')}_only"
+        #: the suffix of the searched-trials metrics (``mtwv_english_only`` under SUPERB's filter)
+        self.searched_label = label
         self._sets: dict[str, QbeSet] = {}
+        self._document_ids: set[str] | None = None
 
     # -- data: each evaluated split is its queries followed by the shared documents ---------------------
     def qbe_set(self, split: str) -> QbeSet:
@@ -85,9 +110,13 @@ class QueryByExample(Task):
         qbe_set = self.qbe_set(split)
         return [*qbe_set.queries, *qbe_set.documents]
 
-    def check_data(self) -> None:
-        for split in EVALUATED_SPLITS:
-            self.utterances(split)
+    def shared_audio(self, splits: frozenset[str], first: Utterance, second: Utterance) -> str | None:
+        """dev and test search the same documents (QUESST 2014's one search set)."""
+        if self._document_ids is None:
+            self._document_ids = {d.id for split in EVALUATED_SPLITS for d in self.qbe_set(split).documents}
+        if first.id in self._document_ids and second.id in self._document_ids:
+            return "the documents every query is searched in (QUESST 2014 has one search set)"
+        return None
 
     def encode(self, utterance: Utterance, split: str) -> None:
         return None
@@ -128,25 +157,55 @@ class QueryByExample(Task):
         )
         return {"scores": scores, "targets": targets, "too_short_queries": too_short, "set": qbe_set}
 
-    def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:
-        """MTWV (and the threshold reaching it), ATWV at ``decision_threshold``, Cnxe and minCnxe: fractions,
-        not percent, as QUESST reports them; plus the counts of queries, documents and occurrences."""
-        scores, targets = statistics["scores"], statistics["targets"]
+    def _trial_metrics(self, scores: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         twv = maximum_term_weighted_value(scores, targets, **self.costs)
-        qbe_set: QbeSet = statistics["set"]
         return {
             "mtwv": twv.mtwv,
             "mtwv_threshold": twv.threshold,
             "atwv": actual_term_weighted_value(scores, targets, self.decision_threshold, **self.costs),
             "cnxe": normalized_cross_entropy(scores, targets, **self.costs),
             "min_cnxe": minimum_normalized_cross_entropy(scores, targets, **self.costs),
-            "queries": float(len(qbe_set.queries)),
             "queries_scored": float(twv.queries_scored),
-            "queries_too_short": float(statistics["too_short_queries"]),
-            "documents": float(len(qbe_set.documents)),
-            "occurrences": float(len(qbe_set.targets)),
-            "occurrences_outside_language": float(qbe_set.targets_outside_language),
         }
+
+    def metrics(self, statistics: Mapping[str, Any]) -> dict[str, float]:
+        """MTWV (and the threshold reaching it), ATWV at ``decision_threshold``, Cnxe and minCnxe (fractions,
+        not percent, as QUESST reports them) over the searched trials (``<name>_<language>_only``) and over
+        the full ground truth with ``default_score`` for the trials not searched (``<name>_full_ground_truth``);
+        the unsuffixed names are those of ``mtwv_trials``. Plus the counts of queries, documents and
+        occurrences."""
+        scores, targets = statistics["scores"], statistics["targets"]
+        qbe_set: QbeSet = statistics["set"]
+        searched = self._trial_metrics(scores, targets)
+        truth = qbe_set.truth
+        if truth is None:
+            raise ValueError("qbe: the split has no full ground truth (read_quesst14 reads it)")
+        full_scores, full_targets, defaulted = full_ground_truth_trials(
+            scores,
+            [query.id for query in qbe_set.queries],
+            [document.id for document in qbe_set.documents],
+            truth.queries,
+            truth.documents,
+            truth.targets,
+            default_score=self.default_score,
+        )
+        full = self._trial_metrics(full_scores, full_targets)
+        primary = full if self.mtwv_trials == "full_ground_truth" else searched
+        result = {key: primary[key] for key in ("mtwv", "mtwv_threshold", "atwv", "cnxe", "min_cnxe")}
+        for suffix, values in ((self.searched_label, searched), ("full_ground_truth", full)):
+            result.update({f"{key}_{suffix}": value for key, value in values.items()})
+        result.update(
+            {
+                "queries": float(len(qbe_set.queries)),
+                "queries_too_short": float(statistics["too_short_queries"]),
+                "documents": float(len(qbe_set.documents)),
+                "occurrences": float(len(qbe_set.targets)),
+                "occurrences_outside_language": float(qbe_set.targets_outside_language),
+                "documents_full_ground_truth": float(len(truth.documents)),
+                "trials_default_score": float(defaulted),
+            }
+        )
+        return result
 
     def fit_utterances(self) -> list[Utterance]:
         """What a fitted interface (pca_concat) is fitted on: the documents, without their labels."""

@@ -9,14 +9,19 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from downstream.data.snips import SlotUtterance, read_snips, slot_types
+from downstream.data.corpus import check_choice
+from downstream.data.snips import SlotUtterance, read_snips, slot_tag_mapping, slot_types
 from downstream.metrics.edit import edit_statistics, error_rate_percent
 from downstream.metrics.slot_filling import (
+    OUTSIDE,
+    SLOT_PARSERS,
     WORD_SPACE,
     begin_token,
     end_token,
     is_slot_token,
     parse_slots,
+    parse_slots_s3prl,
+    s3prl_slot_text,
     slot_metrics,
     slot_statistics,
     slot_target_tokens,
@@ -32,6 +37,40 @@ logger = logging.getLogger(__name__)
 PUNCTUATION_WORDS = frozenset(["?", "!", ".", ",", ";", "-", "–", "…"])
 CHARACTER_MAP = str.maketrans('ÁÃÄÅÆÇÈÉÊËÍÏÐÒÓÔÖØÚÛĘŃŌŞŪ"', "AAAAACEEEEIIDOOOOOUUENOSU ")
 ALPHABET = frozenset(string.ascii_uppercase + "'")
+#: s3prl's end-of-sentence and unknown-character tokens (``ctc/text.py:95-126``)
+EOS = "<eos>"
+UNK = "<unk>"
+#: ``text_normalisation``: ``s3prl`` is s3prl's CharacterTextSlotEncoder.encode (``s3prl_slot_tokens``);
+#: ``project`` is ``normalise_words`` (accents folded, other characters left out, counted in the log).
+TEXT_NORMALISATIONS = ("s3prl", "project")
+#: s3prl's skip rule is ``word in "?!.,;-"``: a substring test, so "", ",;" or "!." are skipped too.
+S3PRL_SKIPPED = "?!.,;-"
+
+
+def s3prl_slot_tokens(words: Sequence[str], tags: Sequence[str], eos: bool) -> list[str]:
+    """The CTC target of s3prl's ``CharacterTextSlotEncoder.encode`` (``downstream/ctc/text.py:106-126``): a word
+    that is a substring of "?!.,;-" is skipped, '&' becomes AND, a character outside ' ', A-Z and the apostrophe
+    becomes ``<unk>``; ``B-<type>``/``E-<type>`` around a slot as decided on the unskipped word list; after each
+    kept word ' ', or ``<eos>`` (``eos``) after the file's last word (none when that word is skipped, as in
+    s3prl). Raises ValueError when the lengths differ."""
+    if len(words) != len(tags):
+        raise ValueError(f"s3prl_slot_tokens: {len(words)} words but {len(tags)} tags")
+    tokens: list[str] = []
+    last = len(words) - 1
+    for position, (word, tag) in enumerate(zip(words, tags, strict=True)):
+        if word in S3PRL_SKIPPED:
+            continue
+        word = "AND" if word == "&" else word
+        if tag != OUTSIDE and (position == 0 or tags[position - 1] != tag):
+            tokens.append(begin_token(tag))
+        tokens.extend(char if char in ALPHABET or char == WORD_SPACE else UNK for char in word)
+        if tag != OUTSIDE and (position == last or tags[position + 1] != tag):
+            tokens.append(end_token(tag))
+        if position != last:
+            tokens.append(WORD_SPACE)
+        elif eos:
+            tokens.append(EOS)
+    return tokens
 
 
 def normalise_words(words: Sequence[str], tags: Sequence[str]) -> tuple[list[str], list[str], Counter]:
@@ -60,7 +99,11 @@ class SlotFilling(CTCTask):
 
     Transcripts are normalised as s3prl does: words that are only punctuation are left out with their tags,
     '&' becomes AND, accented capitals their plain letter; any other character outside the alphabet is left
-    out and counted in the log. ``speakers``: optional {train, dev, test} -> voices overriding SUPERB's split.
+    out and counted in the log (``text_normalisation=project``), or as s3prl's encoder does
+    (``text_normalisation=s3prl``, ``s3prl_slot_tokens``: no upper-casing or accent folding, unknown characters
+    become ``<unk>``). ``target_eos`` ends every target with ``<eos>`` (not scored); ``slot_parser``
+    (``SLOT_PARSERS``) picks how slots are read from the decoded output. ``speakers``: optional {train, dev,
+    test} -> voices overriding SUPERB's split.
     """
 
     name = "sf"
@@ -70,11 +113,20 @@ class SlotFilling(CTCTask):
     def __init__(
         self,
         data_root: str,
-        spec_augment: Mapping[str, int] | None = None,
+        spec_augment: Mapping[str, Any] | None = None,
         speakers: Mapping[str, Sequence[str]] | None = None,
+        text_normalisation: str = "project",
+        target_eos: bool = False,
+        slot_parser: str = "tokens",
         **options: Any,
     ) -> None:
         super().__init__(data_root, **options)
+        check_choice("task (sf)", "text_normalisation", text_normalisation, TEXT_NORMALISATIONS)
+        check_choice("task (sf)", "slot_parser", slot_parser, SLOT_PARSERS)
+        self.text_normalisation = text_normalisation
+        self.target_eos = bool(target_eos)
+        self.slot_parser = slot_parser
+        self.unscored_tokens = frozenset([EOS])
         self.spec_augment = dict(spec_augment) if spec_augment else None
         unknown = sorted(set(speakers or {}) - {"train", "dev", "test"})
         if unknown:
@@ -84,7 +136,7 @@ class SlotFilling(CTCTask):
     def read_split(self, split: str) -> list[SlotUtterance]:
         utterances = read_snips(self.data_root, split, self.speakers.get(split))
         dropped: Counter = Counter()
-        for utterance in utterances:
+        for utterance in utterances if self.text_normalisation == "project" else []:
             dropped.update(normalise_words(utterance.words, utterance.tags)[2])
         if dropped:
             logger.warning(
@@ -95,6 +147,21 @@ class SlotFilling(CTCTask):
             )
         return utterances
 
+    def review_targets(self, split: str) -> tuple[dict[str, Any], set[str]]:
+        """Empty transcripts as every CTC task, and (every split) the IOB/BIO/BIOES tags the reader mapped
+        to bare slot types (``slot_tags``: how many tag names, the mapping)."""
+        records, leave_out = super().review_targets(split)
+        mapping = slot_tag_mapping(self.data_root)
+        records["slot_tags"] = {
+            "count": len(mapping),
+            "policy": "IOB-style tags mapped to bare slot types" if mapping else "bare slot types",
+            "mapping": mapping,
+        }
+        return records, leave_out
+
+    def label_values(self, utterance: SlotUtterance) -> list[tuple[str, str]]:  # type: ignore[override]
+        return [("intent", utterance.intent), *(("slot type", tag) for tag in utterance.tags if tag != "O")]
+
     def tokens(self) -> list[str]:
         slots = slot_types(self.data_root)
         return [
@@ -102,35 +169,48 @@ class SlotFilling(CTCTask):
             "'",
             *string.ascii_uppercase,
             *(t(s) for s in slots for t in (begin_token, end_token)),
+            *([EOS] if self.target_eos else []),
+            *([UNK] if self.text_normalisation == "s3prl" else []),
         ]
 
     def tokenize(self, utterance: SlotUtterance, split: str) -> list[str]:
+        if self.text_normalisation == "s3prl":
+            return s3prl_slot_tokens(utterance.words, utterance.tags, self.target_eos)
         words, tags, _ = normalise_words(utterance.words, utterance.tags)
-        return slot_target_tokens(words, tags)
+        return [*slot_target_tokens(words, tags), *([EOS] if self.target_eos else [])]
 
     def sequence_statistics(self, references: list[list[str]], hypotheses: list[list[str]]) -> Statistics:
-        """Slot statistics (``downstream.metrics.slot_filling.slot_statistics``) of the tagged transcripts, and word
-        edits of the transcripts without slot tokens."""
+        """Slot statistics (``downstream.metrics.slot_filling.slot_statistics`` with ``slot_parser``: of s3prl's
+        decoded strings or of the tagged transcripts), and word edits of the transcripts without slot tokens."""
         reference_texts = [tagged_transcript(tokens) for tokens in references]
         hypothesis_texts = [tagged_transcript(tokens) for tokens in hypotheses]
         edits, words = edit_statistics(
             [[w for w in text.split() if not is_slot_token(w)] for text in reference_texts],
             [[w for w in text.split() if not is_slot_token(w)] for text in hypothesis_texts],
         )
+        if self.slot_parser == "s3prl":
+            reference_texts = [s3prl_slot_text(tokens) for tokens in references]
+            hypothesis_texts = [s3prl_slot_text(tokens) for tokens in hypotheses]
         return {
-            **slot_statistics(reference_texts, hypothesis_texts),
+            **slot_statistics(reference_texts, hypothesis_texts, self.slot_parser),
             "word_edits": edits,
             "reference_words": words,
         }
 
     def hypothesis_record(self, tokens: list[str]) -> dict[str, Any]:
         """``hypothesis``: the tagged transcript ('GO B-city ROME E-city'); ``text``: its words without slot
-        tokens; ``slots``: slot type -> its values in order (``parse_slots``, as the metric reads them)."""
+        tokens; ``slots``: slot type -> its values in order, as the metric reads them (``slot_parser``:
+        ``parse_slots_s3prl`` of s3prl's decoded string, or ``parse_slots``)."""
         tagged = tagged_transcript(tokens)
+        slots = (
+            parse_slots_s3prl(s3prl_slot_text(tokens), clean_values=True)
+            if self.slot_parser == "s3prl"
+            else parse_slots(tagged)
+        )
         return {
             "hypothesis": tagged,
             "text": " ".join(word for word in tagged.split() if not is_slot_token(word)),
-            "slots": parse_slots(tagged),
+            "slots": slots,
         }
 
     def metrics(self, statistics: Mapping[str, float]) -> dict[str, float]:

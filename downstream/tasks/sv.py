@@ -182,6 +182,18 @@ class SpeakerVerification(Task):
         assert self._speakers is not None
         return self._speakers
 
+    def shared_audio(self, splits: frozenset[str], first: Utterance, second: Utterance) -> str | None:
+        """protocol=superb trains on every VoxCeleb1 dev speaker, the dev trials' speakers included."""
+        if splits == {"train", "dev"} and not self.hold_out_dev_speakers:
+            return (
+                "the dev trials' utterances are training utterances: SUPERB's SV trains on every VoxCeleb1 dev "
+                "speaker (s3prl sv_voxceleb1/dataset.py:58-66; task.hold_out_dev_speakers=false)"
+            )
+        return None
+
+    def label_values(self, utterance: Utterance) -> list[tuple[str, str]]:
+        return [("speaker", str(utterance.label))]
+
     def encode(self, utterance: Utterance, split: str) -> int | None:
         """Training: the speaker's class index. Evaluation needs no target (trials are scored)."""
         if split != "train":

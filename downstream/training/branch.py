@@ -15,9 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from downstream.heads import head_output_lengths
 from downstream.tasks.base import Task
+from downstream.training.averaging import AVERAGE_MODEL, BestCheckpoints
 from downstream.training.checkpoint import (
     capture_rng_state,
+    load_model_file,
     restore_rng_state,
     roll_back_best_model,
     save_best_model,
@@ -114,6 +117,8 @@ class Branch:
         self.running_loss = torch.zeros((), device=device)
         self.best_metric: float | None = None
         self.best_step: int | None = None
+        #: the n best evaluations whose average is the tested model (``use_averaging``; None: best.pt)
+        self.best_checkpoints: BestCheckpoints | None = None
         #: the best test metrics over the evaluations of trainer.test_every, with their step (SUPERB's
         #: test-selected figure: results.json's test_selected); None until test is first evaluated
         self.best_test: dict[str, float] | None = None
@@ -144,11 +149,14 @@ class Branch:
 
     def forward(
         self, hidden_states: torch.Tensor, frame_lengths: torch.Tensor, task: Task, training: bool
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(head output, its valid frames [B]): the frame lengths unless the head changes the frame rate
+        (a head with ``output_lengths``, e.g. ML-SUPERB's conv2d2 front)."""
         features = self.interface(hidden_states, frame_lengths)
         if training:
             features = task.augment(features, frame_lengths)
-        return self.head(features, frame_lengths)
+        output = self.head(features, frame_lengths)
+        return output, head_output_lengths(self.head, frame_lengths, features.shape[1])
 
     def train(self, training: bool) -> None:
         self.interface.train(training)
@@ -205,18 +213,51 @@ class Branch:
                     "use trainer.precision=fp32"
                 )
 
+    def use_averaging(self, task: Task) -> None:
+        """Test the average of the task's ``average_best`` best checkpoints by its ``select_by`` number
+        (``averaging.BestCheckpoints`` under <run dir>/nbest) when it asks for more than one."""
+        if getattr(task, "average_best", 1) > 1:
+            higher = task.select_higher_is_better
+            self.best_checkpoints = BestCheckpoints(self.run_dir / "nbest", task.average_best, higher)
+
     def keep_if_best(self, metrics: dict[str, float], task: Task, step: int) -> None:
-        value = metrics[task.metric]
+        """Keep best.pt (strictly better dev ``task.select_metric``) and the n best for averaging."""
+        value = metrics[task.select_metric]
         improved = self.best_metric is None or (
-            value > self.best_metric if task.higher_is_better else value < self.best_metric
+            value > self.best_metric if task.select_higher_is_better else value < self.best_metric
         )
         if improved:
             self.best_metric, self.best_step = value, step
             if rank_info().is_main:
-                # the head outputs' names (vocabulary, labels) travel with the model: a finished run is
-                # usable without its training corpus (downstream.inference)
-                state = {**self.model_state(), "outputs": task.output_names()}
-                save_best_model(state, self.best_model_path, step)
+                save_best_model(self.named_model_state(task), self.best_model_path, step)
+        if self.best_checkpoints is not None:
+            self.best_checkpoints.update(value, step, lambda: self.named_model_state(task))
+
+    def named_model_state(self, task: Task) -> dict[str, Any]:
+        """``model_state`` with the head outputs' names (vocabulary, labels): a finished run is usable
+        without its training corpus (downstream.inference)."""
+        return {**self.model_state(), "outputs": task.output_names()}
+
+    def tested_model_state(self, device: torch.device) -> dict[str, Any]:
+        """The model to test: the average of the n best checkpoints (``use_averaging``), written to
+        ``average_model_path`` for inference, else best.pt."""
+        if self.best_checkpoints is not None and self.best_checkpoints.ranking:
+            self.best_checkpoints.finish()
+            state = self.best_checkpoints.average(device)
+            if rank_info().is_main:
+                save_best_model(state, self.average_model_path, self.best_checkpoints.steps()[0])
+            log.info(
+                "%s: testing the average of the checkpoints of steps %s (%s)",
+                self.run_dir,
+                self.best_checkpoints.steps(),
+                self.average_model_path.name,
+            )
+            return state
+        return load_model_file(self.best_model_path, device)
+
+    @property
+    def average_model_path(self) -> Path:
+        return self.run_dir / AVERAGE_MODEL
 
     def keep_if_best_test(self, metrics: dict[str, float], task: Task, step: int) -> None:
         """Keep ``metrics`` (with ``step``) as ``best_test`` when its task metric beats the kept one."""
@@ -269,6 +310,7 @@ class Branch:
                 "bad_steps_total": self.bad_steps_total,
                 "interface_fitted": self.interface_fitted,
                 "stopped_early": self.stopped_early,
+                "best_checkpoints": None if self.best_checkpoints is None else self.best_checkpoints.state(),
             },
         }
 
@@ -287,3 +329,5 @@ class Branch:
         self.bad_steps_total = progress["bad_steps_total"]
         self.interface_fitted = progress["interface_fitted"]
         self.stopped_early = progress.get("stopped_early")  # absent in checkpoints written before halving
+        if self.best_checkpoints is not None:
+            self.best_checkpoints.load_state(progress.get("best_checkpoints"))

@@ -1,16 +1,32 @@
-"""Checkpoint files: atomic saves, loading with a fallback to the previous file, random-number state, and the
-best dev model (kept beside the resumable checkpoint, rolled back after an interrupted launch). Saving and
-resuming a group of branches trained together is ``resume``'s.
+"""Checkpoint files: data only, verified, written atomically, read with a fallback to the previous file;
+random-number state as data; and the best dev model (kept beside the resumable checkpoint, rolled back after
+an interrupted launch). Saving and resuming a group of branches trained together is ``resume``'s.
 
 A run directory holds ``last.pt`` (everything needed to resume) and ``best.pt`` (the best dev model and
 its step), each with a ``.previous`` copy of the file it replaced.
+
+- **Data only.** A checkpoint holds tensors, numbers, strings, lists, tuples and dicts (random states as
+  tensors and lists), so every file is read with ``torch.load(weights_only=True)``; a file that needs pickle
+  to load (a class, a function: code that would run) is refused with ``CheckpointUnreadableError`` naming it.
+- **Verified.** ``torch.save`` writes an archive whose every record carries the CRC-32 of its bytes, computed
+  while it is written, in the same file (so it is written atomically with it). ``read_checkpoint`` reads every
+  record against its CRC before loading; a mismatch (bytes overwritten or torn inside a valid archive) makes
+  the file unreadable like a truncated one.
+
+Public API (used by the trainer, resuming, checkpoint averaging and prediction): ``save_checkpoint``,
+``read_checkpoint`` (one file, verified, or ``CheckpointUnreadableError``), ``load_checkpoint`` /
+``find_checkpoint`` (newest usable of a file and its ``.previous``), ``load_model_file`` (best.pt),
+``remove_leftover_temporary_files``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +43,18 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (e.g. disk full); the previous checkpoint is intact."""
 
 
+class CheckpointUnreadableError(ValueError):
+    """A checkpoint file that cannot be used: truncated or damaged (its CRC-32s do not match its bytes), not a
+    torch archive, or needing pickle to load (refused: unpickling can run code). The message names the file."""
+
+
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    """``torch.save`` ``payload`` to ``path`` atomically (``downstream.files.write_atomically``), keeping the
-    replaced file as ``<name>.previous``. A failed write raises ``CheckpointWriteError`` naming the file and
-    the OS error, with ``path`` and its ``.previous`` unchanged."""
+    """``torch.save`` ``payload`` (data only: see the module doc) to ``path`` atomically
+    (``downstream.files.write_atomically``) with a CRC-32 per record, keeping the replaced file as
+    ``<name>.previous``. A failed write raises ``CheckpointWriteError`` naming the file and the OS error,
+    with ``path`` and its ``.previous`` unchanged."""
+    crc32 = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(True)  # the checksums read_checkpoint verifies
     try:
         write_atomically(path, lambda stream: torch.save(payload, stream), keep_previous=True)
     except OSError as error:
@@ -38,33 +62,122 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
             f"could not write {path}: {error.strerror or error} (errno {error.errno}); the previous {path.name} "
             "is unchanged. Free space or fix the folder, then relaunch the same command to resume."
         ) from error
+    finally:
+        torch.serialization.set_crc32_options(crc32)
 
 
-def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
-    """The newest readable checkpoint among ``path`` and its ``.previous``; a torn one is reported and
-    skipped; None when neither exists or is readable."""
+def verify_checkpoint(path: Path) -> None:
+    """Read every record of the archive at ``path`` against the CRC-32 written with it.
+    ``CheckpointUnreadableError`` naming the file and the damaged record (or why it is no archive)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise CheckpointUnreadableError(f"{path} is not a complete checkpoint archive ({error})") from error
+    if damaged is not None:
+        raise CheckpointUnreadableError(
+            f"{path} is damaged: the bytes of its record {damaged!r} do not match the checksum written with it"
+        )
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The payload of one checkpoint file, verified (``verify_checkpoint``) and loaded as data only
+    (``torch.load(weights_only=True)``) onto ``device``. ``CheckpointUnreadableError`` naming the file when
+    it is missing, damaged, not a dict, or needs pickle (its code is never run)."""
+    if not path.is_file():
+        raise CheckpointUnreadableError(f"{path} does not exist")
+    verify_checkpoint(path)
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise CheckpointUnreadableError(
+            f"{path} needs pickle to load, which can run code; refused ({first_line}). Checkpoints written by "
+            "this runner hold data only; remove the file (or the run folder) if you did not put it there"
+        ) from error
+    except Exception as error:  # noqa: BLE001 - any other failure means the file cannot be used
+        raise CheckpointUnreadableError(f"{path} is unreadable ({type(error).__name__}: {error})") from error
+    if not isinstance(payload, dict):
+        raise CheckpointUnreadableError(f"{path} holds a {type(payload).__name__}, not a checkpoint's dict")
+    return payload
+
+
+@dataclass(frozen=True)
+class FoundCheckpoint:
+    """The checkpoint ``find_checkpoint`` chose: its payload and the file it was read from."""
+
+    payload: dict[str, Any]
+    path: Path
+
+
+def find_checkpoint(path: Path, device: torch.device | str) -> FoundCheckpoint | None:
+    """The newest usable checkpoint among ``path`` and its ``.previous`` (one with training progress). An
+    unusable file is reported in a warning naming it and why, and the older one is tried. None when neither
+    exists or is usable; then, when some file existed, a warning says that nothing in the folder can be
+    resumed."""
+    problems = []
     for candidate in (path, previous_path(path)):
         if not candidate.exists():
             continue
         try:
-            checkpoint = torch.load(candidate, map_location=device, weights_only=False)
-            if not isinstance(checkpoint, dict) or "progress" not in checkpoint:
-                raise ValueError("no training progress in it")
-            return checkpoint
-        except Exception as error:  # noqa: BLE001 - any unreadable file is skipped in favour of the older one
-            log.warning(
-                "checkpoint %s is unreadable (%s: %s); skipping it", candidate, type(error).__name__, error
-            )
+            checkpoint = read_checkpoint(candidate, device)
+            if "progress" not in checkpoint:
+                raise CheckpointUnreadableError(f"{candidate} holds no training progress")
+        except CheckpointUnreadableError as error:
+            log.warning("unreadable checkpoint, skipping it: %s", error)
+            problems.append(candidate.name)
+            continue
+        if problems:
+            log.warning("using the older checkpoint %s instead of %s", candidate, ", ".join(problems))
+        return FoundCheckpoint(checkpoint, candidate)
+    if problems:
+        log.warning(
+            "no usable checkpoint in %s (%s unusable): this run starts over from step 0",
+            path.parent,
+            " and ".join(problems),
+        )
     return None
 
 
-# -- random-number state -----------------------------------------------------------------------------
+def load_checkpoint(path: Path, device: torch.device | str) -> dict[str, Any] | None:
+    """The payload of ``find_checkpoint(path, device)`` (None when no file is usable)."""
+    found = find_checkpoint(path, device)
+    return None if found is None else found.payload
+
+
+def remove_leftover_temporary_files(run_dir: Path, keep: tuple[str, ...] = ()) -> list[Path]:
+    """Remove the temporary files (``.<name>.*.tmp``) a launch killed while writing (``write_atomically``)
+    left in ``run_dir``, logging each with its size; returns them. Call only while holding the folder's lock
+    (``run_lock``), so that no other launch is writing there. Names starting with one of ``keep`` stay."""
+    removed = []
+    for leftover in sorted(run_dir.glob(".*.tmp")):
+        if not leftover.is_file() or leftover.name.startswith(keep):
+            continue
+        size = leftover.stat().st_size
+        leftover.unlink(missing_ok=True)
+        log.info("removed %s (%d bytes), left by a launch killed while writing it", leftover, size)
+        removed.append(leftover)
+    return removed
+
+
+# -- random-number state, as data (tensors, numbers and lists) -------------------------------------------
 def capture_rng_state(torch_only: bool = False) -> dict[str, Any]:
-    """The state of torch's generator (key ``torch``) and of every initialised CUDA device's (``cuda``);
-    unless ``torch_only``, also Python's ``random`` (``python``) and NumPy's global one (``numpy``)."""
+    """The state of torch's generator (key ``torch``, a uint8 tensor) and of every initialised CUDA device's
+    (``cuda``, a list of tensors); unless ``torch_only``, also Python's ``random`` (``python``: [version,
+    list of ints, gauss]) and NumPy's global one (``numpy``: a dict with its key as an int64 tensor). Every
+    part loads with ``torch.load(weights_only=True)``."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if not torch_only:
-        state["python"], state["numpy"] = random.getstate(), np.random.get_state()
+        version, internal, gauss = random.getstate()
+        state["python"] = [version, list(internal), gauss]
+        name, key, position, has_gauss, cached = np.random.get_state()
+        state["numpy"] = {
+            "bit_generator": str(name),
+            "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -75,9 +188,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     checkpoints before this module named it)."""
     torch.set_rng_state(state["torch"] if "torch" in state else state["cpu"])
     if "python" in state:
-        random.setstate(state["python"])
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
     if "numpy" in state:
-        np.random.set_state(state["numpy"])
+        saved = state["numpy"]
+        if isinstance(saved, dict):
+            key = np.asarray(saved["key"].cpu().numpy(), dtype=np.uint32)
+            saved = (saved["bit_generator"], key, saved["pos"], saved["has_gauss"], saved["cached_gaussian"])
+        np.random.set_state(saved)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -104,11 +222,12 @@ def load_model_file(path: Path, device: torch.device | str = "cpu") -> dict[str,
     """The model state a best-model file holds (``interface``, ``head``, optionally ``upstream`` state
     dicts, ``step``, ``format_version``, ``outputs``), tensors on ``device``; the one reader of best.pt for
     the trainer and for loading a finished run. Raises FileNotFoundError naming the file when it is absent,
-    and ``ModelFormatError`` naming the file's version and this code's when it was written by a newer,
+    ``CheckpointUnreadableError`` when it is damaged or needs pickle (``read_checkpoint``), and
+    ``ModelFormatError`` naming the file's version and this code's when it was written by a newer,
     incompatible version."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no model file at {path}")
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = read_checkpoint(Path(path), device)  # verified, data only
     version = state.get("format_version", 0) if isinstance(state, dict) else None
     if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
         raise ModelFormatError(
@@ -119,13 +238,13 @@ def load_model_file(path: Path, device: torch.device | str = "cpu") -> dict[str,
 
 
 def best_model_step(path: Path) -> int | None:
-    """The step recorded in a best-model file; None when it is missing, unreadable or has no step."""
+    """The step recorded in a best-model file; None when it is missing, unusable or has no step."""
     if not path.exists():
         return None
     try:
-        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step")
-    except Exception as error:  # noqa: BLE001 - an unreadable file simply does not hold the best model
-        log.warning("best model %s is unreadable (%s: %s)", path, type(error).__name__, error)
+        step = read_checkpoint(path, "cpu").get("step")
+    except CheckpointUnreadableError as error:
+        log.warning("best model unusable: %s", error)
         return None
     return step if isinstance(step, int) else None
 

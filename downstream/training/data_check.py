@@ -1,8 +1,12 @@
 """The pre-training data check: every split against what the upstream and the task need, from the
 audio headers the corpus readers already probed (no decoding), with the policy that handles each kind.
 
-Run once per launch, after the task has read its splits and the upstream is built, before any dataset
-exists. What each policy changed or left out is returned per split, for results.json's ``data_policy``:
+Run once per launch, after the task has read its splits, the corpus integrity pass
+(``downstream.training.integrity``) has checked them and the upstream is built, before any dataset exists.
+The task is asked once per split for what the policies need (``Task.utterances``: ids, lengths; CTC tasks:
+the frames each target needs) and every policy is applied to that one list; what they leave out is removed
+in one ``Task.leave_out`` per split. What each policy changed or left out is returned per split, for
+results.json's ``data_policy`` (with the integrity pass's records):
 
 - ``too_short``: audio shorter than the upstream's ``min_samples`` (the input that gives one frame).
   ``task.on_too_short=pad`` (default) zero-pads it to ``min_samples`` in every split; ``skip`` leaves it
@@ -28,7 +32,8 @@ import torch
 
 from downstream.data.audio import SAMPLE_RATE
 from downstream.data.corpus import Utterance
-from downstream.tasks.base import SPLITS, Task
+from downstream.data.text import shown
+from downstream.tasks.base import Task
 from upstream.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -38,15 +43,16 @@ EXAMPLES = 5
 
 
 def _named(utterances: list[Utterance]) -> str:
-    shown = ", ".join(f"{u.id} ({u.path})" for u in utterances[:EXAMPLES])
-    return shown + (f" and {len(utterances) - EXAMPLES} more" if len(utterances) > EXAMPLES else "")
+    named = ", ".join(f"{shown(u.id)} ({u.path})" for u in utterances[:EXAMPLES])
+    return named + (f" and {len(utterances) - EXAMPLES} more" if len(utterances) > EXAMPLES else "")
 
 
-def check_too_short(task: Task, split: str, min_samples: int) -> tuple[dict[str, Any], set[str]]:
+def check_too_short(
+    utterances: list[Utterance], split: str, min_samples: int, on_too_short: str
+) -> tuple[dict[str, Any], set[str]]:
     """``too_short`` of ``split``: count, policy, shortest, examples; ids to leave out (skip, train)."""
-    utterances = task.utterances(split)
     short = [u for u in utterances if u.num_samples < min_samples]
-    skip = task.on_too_short == "skip" and split == "train"
+    skip = on_too_short == "skip" and split == "train"
     record = {
         "count": len(short),
         "min_samples": min_samples,
@@ -66,19 +72,18 @@ def check_too_short(task: Task, split: str, min_samples: int) -> tuple[dict[str,
             1000 * min_samples / SAMPLE_RATE,
             shortest,
             "left out" if skip else f"zero-padded to {min_samples} samples",
-            task.on_too_short,
+            on_too_short,
             _named(short),
         )
     return record, {u.id for u in short} if skip else set()
 
 
-def check_over_window(task: Task, split: str, upstream: Upstream) -> dict[str, Any] | None:
+def check_over_window(utterances: list[Utterance], split: str, upstream: Upstream) -> dict[str, Any] | None:
     """``over_window`` of ``split`` (None for upstreams without a window): audio longer than the upstream's
     window, split into windows. Raises ValueError naming the files when the upstream refuses such audio."""
     window = upstream.window_samples
     if window is None:
         return None
-    utterances = task.utterances(split)
     longer = [u for u in utterances if u.num_samples > window]
     if longer and upstream.max_samples is not None:
         raise ValueError(
@@ -106,13 +111,13 @@ def check_over_window(task: Task, split: str, upstream: Upstream) -> dict[str, A
     }
 
 
-def check_too_long(task: Task, split: str) -> dict[str, Any] | None:
+def check_too_long(utterances: list[Utterance], split: str, task: Task) -> dict[str, Any] | None:
     """``too_long`` of ``split`` (None without ``task.max_seconds``): training audio over the limit and
     the policy applied to it (the dataset crops or skips it); dev/test are never limited (count 0)."""
     if task.max_seconds is None:
         return None
     limit = round(task.max_seconds * SAMPLE_RATE)
-    count = sum(u.num_samples > limit for u in task.utterances(split)) if split == "train" else 0
+    count = sum(u.num_samples > limit for u in utterances) if split == "train" else 0
     record: dict[str, Any] = {"count": count, "max_seconds": task.max_seconds}
     if split == "train":
         record["policy"] = "left out" if task.on_too_long == "skip" else "cropped"
@@ -124,33 +129,43 @@ def check_too_long(task: Task, split: str) -> dict[str, Any] | None:
 
 
 def check_ctc_feasibility(
-    task: Task, split: str, upstream: Upstream
-) -> tuple[dict[str, Any] | None, set[str]]:
-    """``ctc_infeasible`` of ``split`` for tasks whose targets need more than one frame; None otherwise.
-
-    Frames per utterance are ``upstream.frame_lengths`` of its length as loaded (padded to
-    ``task.pad_to_samples``; transcript tasks are never cropped)."""
-    if not task.transcript_target:
-        return None, set()
-    utterances = task.utterances(split)
-    lengths = [max(u.num_samples, task.pad_to_samples or 0) for u in utterances]
-    frames = upstream.frame_lengths(torch.tensor(lengths, dtype=torch.long)).tolist()
-    infeasible = []
-    for utterance, frame_count in zip(utterances, frames, strict=True):
-        required = task.required_frames(task.target(utterance, split))
-        if frame_count < required:
-            infeasible.append((utterance, int(frame_count), required))
-    skip = split == "train" and getattr(task, "on_ctc_infeasible", "keep") == "skip"
+    utterances: list[Utterance],
+    required: list[int],
+    split: str,
+    upstream: Upstream,
+    pad_to_samples: int,
+    on_ctc_infeasible: str,
+    ctc_loss_mean: str = "feasible",
+) -> tuple[dict[str, Any], set[str]]:
+    """``ctc_infeasible`` of ``split``: utterances whose target needs more frames (``required``, one per
+    utterance) than ``upstream.frame_lengths`` gives their length as loaded (padded to
+    ``pad_to_samples``; transcript tasks are never cropped); the ids to leave out (skip, train).
+    ``ctc_loss_mean``: the task's loss mean (all: kept ones count 0, as s3prl; feasible: left out of it)."""
+    lengths = [max(u.num_samples, pad_to_samples) for u in utterances]
+    frames = upstream.frame_lengths(torch.tensor(lengths, dtype=torch.long)).tolist() if lengths else []
+    infeasible = [
+        (utterance, int(frame_count), needed)
+        for utterance, frame_count, needed in zip(utterances, frames, required, strict=True)
+        if frame_count < needed
+    ]
+    skip = split == "train" and on_ctc_infeasible == "skip"
     if split != "train":
         policy = "kept (scored as they are)"
     else:
-        policy = "left out" if skip else "kept, left out of the loss average"
+        counted_as_zero = ctc_loss_mean == "all"
+        policy = (
+            "left out"
+            if skip
+            else "kept, counted as 0 in the loss mean"
+            if counted_as_zero
+            else "kept, left out of the loss average"
+        )
     record = {
         "count": len(infeasible),
         "policy": policy,
         "examples": [
-            {"id": u.id, "frames": frame_count, "required": required}
-            for u, frame_count, required in infeasible[:EXAMPLES]
+            {"id": u.id, "frames": frame_count, "required": needed}
+            for u, frame_count, needed in infeasible[:EXAMPLES]
         ],
     }
     if infeasible:
@@ -162,21 +177,25 @@ def check_ctc_feasibility(
             len(utterances),
             upstream.name,
             policy,
-            ", ".join(f"{u.id} ({f} frames < {r} needed)" for u, f, r in infeasible[:EXAMPLES]),
+            ", ".join(f"{shown(u.id)} ({f} frames < {r} needed)" for u, f, r in infeasible[:EXAMPLES]),
         )
     return record, {u.id for u, _, _ in infeasible} if skip else set()
 
 
-def check_inputs(task: Task, upstream: Upstream) -> dict[str, dict[str, Any]]:
+def check_inputs(
+    task: Task, upstream: Upstream, integrity: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
     """Check every split of ``task`` against ``upstream`` and apply the data policies (module docstring).
 
     Sets ``task.pad_to_samples`` to the upstream's ``min_samples`` and removes left-out utterances from
-    the task's splits (``Task.leave_out``). Returns results.json's ``data_policy``: per split, one record
-    per kind that applies to the task (counts, the policy, the first ids). Raises ValueError naming the
-    split when a policy would leave it empty or a dev/test split has no scorable reference.
+    the task's splits (one ``Task.leave_out`` per split). Returns results.json's ``data_policy``: per split,
+    the integrity pass's records (``integrity``, from ``check_integrity``) and one record per kind that
+    applies to the task (counts, the policy, the first ids). Raises ValueError naming the split when a
+    policy would leave it empty or a dev/test split has no scorable reference.
     """
     min_samples = int(upstream.min_samples)
     task.pad_to_samples = min_samples
+    on_ctc_infeasible = getattr(task, "on_ctc_infeasible", "keep")
     log.info(
         "data check: %s needs at least %d samples (%g ms) per utterance; task.on_too_short=%s, "
         "task.on_too_long=%s (training only)%s",
@@ -185,25 +204,36 @@ def check_inputs(task: Task, upstream: Upstream) -> dict[str, dict[str, Any]]:
         1000 * min_samples / SAMPLE_RATE,
         task.on_too_short,
         task.on_too_long,
-        f", task.on_ctc_infeasible={task.on_ctc_infeasible}" if hasattr(task, "on_ctc_infeasible") else "",
+        f", task.on_ctc_infeasible={on_ctc_infeasible}" if hasattr(task, "on_ctc_infeasible") else "",
     )
     report: dict[str, dict[str, Any]] = {}
-    for split in SPLITS:
-        record: dict[str, Any] = {}
-        record["too_short"], too_short = check_too_short(task, split, min_samples)
-        over_window = check_over_window(task, split, upstream)
+    for split in task.splits:
+        utterances = task.utterances(split)  # the one list every policy below reads
+        record: dict[str, Any] = dict((integrity or {}).get(split, {}))
+        record["too_short"], left_out = check_too_short(utterances, split, min_samples, task.on_too_short)
+        over_window = check_over_window(utterances, split, upstream)
         if over_window is not None:
             record["over_window"] = over_window
-        too_long = check_too_long(task, split)
+        too_long = check_too_long(utterances, split, task)
         if too_long is not None:
             record["too_long"] = too_long
-        findings, left_out = task.review_targets(split)
+        findings, reviewed_out = task.review_targets(split)
         record.update(findings)
-        task.leave_out(split, too_short | left_out)
-        infeasible, infeasible_out = check_ctc_feasibility(task, split, upstream)
-        if infeasible is not None:
-            record["ctc_infeasible"] = infeasible
-            task.leave_out(split, infeasible_out)
+        left_out |= reviewed_out
+        if task.transcript_target:
+            kept = [u for u in utterances if u.id not in left_out]
+            required = [task.required_frames(task.target(u, split)) for u in kept]
+            record["ctc_infeasible"], infeasible_out = check_ctc_feasibility(
+                kept,
+                required,
+                split,
+                upstream,
+                min_samples,
+                on_ctc_infeasible,
+                getattr(task, "ctc_loss_mean", "feasible"),
+            )
+            left_out |= infeasible_out
+        task.leave_out(split, left_out)
         record["utterances"] = len(task.utterances(split))
         report[split] = record
     return report

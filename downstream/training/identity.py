@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -26,15 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from downstream.files import write_atomically
-from downstream.results import ResultsFileError, RunResults
+from downstream.results import RESULTS_FILE, ResultsFileError, RunResults
+
+log = logging.getLogger(__name__)
 
 #: Settings that never change a run's numbers, left out of its identity (folder name, identity.json, the
 #: skip and resume check) and of a sweep job's folder name. A key covers everything below it.
 EXCLUDED_KEYS = (
     "overwrite",  # what to do with a finished run, not how to train it
+    "adopt",  # re-adopting a finished run whose identity.json is damaged (adopt.py)
     "debug",  # show tracebacks
     "logger",  # where records go (curve.jsonl and results.json are always written)
     "paths",  # only feed interpolations; the resolved values (task.data_root, ...) are part of the identity
@@ -42,6 +47,7 @@ EXCLUDED_KEYS = (
     "task.protocols",  # the chosen protocol's values are in the task keys that read ${protocol:<key>}
     "task.protocol_sources",  # where each protocol value comes from (docs only)
     "trainer.num_workers",  # data order and crops do not depend on the worker count
+    "trainer.threads",  # torch's CPU threads: speed (sums may differ in the last bits, as across machines)
     "trainer.progress_bar",
     "trainer.save_every",  # resuming is exact, so checkpoint spacing does not change results
     "trainer.stop_after_steps",  # ends a launch, not the run
@@ -52,8 +58,14 @@ EXCLUDED_KEYS = (
 )
 
 IDENTITY_FILE = "identity.json"
+#: What to do about a folder whose identity.json is damaged or missing (``stored_identity``, ``check_run_dir``).
+ADOPT_HINT = (
+    "If the run finished (results.json intact), relaunch this command with adopt=true: it checks this launch's "
+    f"settings against those results.json recorded and writes {IDENTITY_FILE} again (downstream/training/"
+    "adopt.py); otherwise add overwrite=true to train it anew (this deletes the folder's outputs)."
+)
 #: Files that hold a run's state: a folder with any of them is a run that a relaunch would continue or skip.
-RUN_STATE_FILES = ("results.json", "last.pt", "last.pt.previous", "best.pt", "best.pt.previous")
+RUN_STATE_FILES = ("results.json", "last.pt", "last.pt.previous", "best.pt", "best.pt.previous", "average.pt")
 SCHEDULES = ("auto", "superb", "demo")
 _MAX_READABLE = 200  # characters of a sweep job's readable folder name before the hash
 
@@ -203,14 +215,61 @@ def _job_dirname(*, _root_: DictConfig) -> str:
     return job_dirname(list(_root_.hydra.overrides.task), _run_hash(_root_=_root_))
 
 
+#: Upstream config keys that name the model, in order of precedence (a local ``path`` wins where it is set).
+_MODEL_KEYS = ("path", "model", "name", "bundle")
+
+
+def upstream_label(config_name: str, upstream: Mapping[str, Any]) -> str:
+    """The run folder's upstream part: ``<config>-<model>`` where the upstream config names a model
+    (``hf`` + ``model: facebook/hubert-base-ls960`` reads ``hf-hubert-base-ls960``; ``s3prl`` +
+    ``name: wavlm_large`` reads ``s3prl-wavlm_large``; ``torchaudio`` + ``bundle: HUBERT_BASE`` reads
+    ``torchaudio-hubert_base``; a local ``path`` gives its last part), else the config name (``tiny``)."""
+    for key in _MODEL_KEYS:
+        value = upstream.get(key)
+        if isinstance(value, str) and value:
+            model = [part for part in re.split(r"[/\\]+", value) if part][-1].lower()
+            model = re.sub(r"[^a-z0-9._-]+", "-", model).strip("-.")
+            return f"{config_name}-{model}" if model else config_name
+    return config_name
+
+
+def _upstream_label(*, _root_: DictConfig) -> str:
+    """``${upstream_label:}``: ``upstream_label`` of the job's upstream config choice and node."""
+    return upstream_label(str(_root_.upstream_config), _root_.upstream)
+
+
+def _protocol_tag(*, _root_: DictConfig) -> str:
+    """``${protocol_tag:}``: ``<protocol>-`` for a protocol other than the default superb, else empty, so
+    that a folder of protocol=exact says so (``seed0-exact-<hash>``)."""
+    name = str(_root_.protocol.name)
+    return "" if name == "superb" else f"{name}-"
+
+
+def sweep_values(grid: Any) -> str:
+    """``lr_search.grid`` (a list of learning rates) as the comma-separated values of a Hydra sweep.
+
+    ValueError naming the key unless it is a non-empty list of positive finite numbers."""
+    values = list(grid) if isinstance(grid, list | tuple | ListConfig) else None
+    if not values or any(
+        isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0
+        for v in values
+    ):
+        raise ValueError(f"lr_search.grid must be a non-empty list of positive learning rates, got {grid!r}")
+    return ",".join(repr(float(v)) for v in values)
+
+
 def register_resolvers() -> None:
-    """Register ``schedule``, ``protocol``, ``run_hash`` and ``job_dirname`` with OmegaConf (idempotent); call before
+    """Register ``schedule``, ``protocol``, ``sweep_values`` (experiment=lr_search's grid), ``run_hash``,
+    ``job_dirname``, ``upstream_label`` and ``protocol_tag`` with OmegaConf (idempotent); call before
     composing the project's config."""
     for name, function in (
         ("schedule", _schedule_value),
         ("protocol", _protocol_value),
+        ("sweep_values", sweep_values),
         ("run_hash", _run_hash),
         ("job_dirname", _job_dirname),
+        ("upstream_label", _upstream_label),
+        ("protocol_tag", _protocol_tag),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
@@ -242,10 +301,11 @@ def stored_identity(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return dict(json.loads(path.read_text())["config"])
-    except (ValueError, KeyError, TypeError) as error:
+        return dict(json.loads(path.read_text(encoding="utf-8"))["config"])
+    except (ValueError, KeyError, TypeError) as error:  # bad JSON or encoding (both ValueErrors), truncated
         raise RunConfigMismatchError(
-            f"{path} is unreadable ({error}); relaunch with overwrite=true to start this run again"
+            f"{path} is unreadable ({type(error).__name__}: {error}), so this folder's settings cannot be "
+            f"checked. {ADOPT_HINT}"
         ) from error
 
 
@@ -277,8 +337,8 @@ def check_run_dir(identity: RunIdentity, run_dir: Path) -> dict[str, Any] | None
     )
     if stored is None:
         raise RunConfigMismatchError(
-            f"{run_dir} holds a run without {IDENTITY_FILE} (written by an older version), so its settings "
-            f"cannot be checked against this launch's. {how}"
+            f"{run_dir} holds a run without {IDENTITY_FILE} (written by an older version, or removed), so its "
+            f"settings cannot be checked against this launch's. {ADOPT_HINT} {how}"
         )
     differing = differing_keys(stored, identity.config)
     if differing:
@@ -293,8 +353,42 @@ def check_run_dir(identity: RunIdentity, run_dir: Path) -> dict[str, Any] | None
         )
     try:
         return RunResults.load(run_dir).to_dict()
-    except ResultsFileError:
+    except ResultsFileError as error:
+        if (run_dir / RESULTS_FILE).exists():
+            log.warning(
+                "%s; the run is not taken as finished: it continues from its checkpoint and writes results.json "
+                "again",
+                error,
+            )
         return None
+
+
+def nearest_run(identity: RunIdentity, run_dir: Path) -> tuple[Path, list[str]] | None:
+    """The other run folder beside ``run_dir`` (same task, upstream and interface folder, or the same sweep)
+    whose identity.json differs from ``identity`` in the fewest keys, and those keys; None without one.
+    Unreadable identity files are passed over."""
+    best: tuple[Path, list[str]] | None = None
+    if not run_dir.parent.is_dir():
+        return None
+    for folder in sorted(run_dir.parent.iterdir()):
+        if folder == run_dir or not (folder / IDENTITY_FILE).is_file():
+            continue
+        try:
+            stored = stored_identity(folder)
+        except RunConfigMismatchError:
+            continue
+        differing = differing_keys(stored or {}, identity.config)
+        if best is None or len(differing) < len(best[1]):
+            best = (folder, differing)
+    return best
+
+
+def describe_difference(identity: RunIdentity, folder: Path, differing: list[str], shown: int = 8) -> str:
+    """``<folder> differs in N settings: key: old -> new, ...`` (the first ``shown`` keys)."""
+    stored = stored_identity(folder) or {}
+    parts = [f"{key}: {_value(stored, key)} -> {_value(identity.config, key)}" for key in differing[:shown]]
+    more = f", and {len(differing) - shown} more" if len(differing) > shown else ""
+    return f"{folder.name} differs in {len(differing)} setting(s): " + "; ".join(parts) + more
 
 
 def write_identity(identity: RunIdentity, run_dir: Path) -> None:

@@ -103,9 +103,11 @@ def bucket_sampler(
     shuffle: bool,
     seed: int = 0,
     weights: list[float] | None = None,
+    halve_above_samples: int | None = None,
 ) -> BucketBatchSampler:
     """Batches of similar lengths, of trainer.batch_size utterances or trainer.max_batch_seconds of audio;
-    with ``weights``, a weighted draw with replacement each epoch (``Task.train_sample_weights``)."""
+    with ``weights``, a weighted draw with replacement each epoch (``Task.train_sample_weights``); with
+    ``halve_above_samples``, a batch whose longest utterance is longer is cut in two (training only)."""
     return BucketBatchSampler(
         dataset.num_samples,
         batch_size=settings.batch_size,
@@ -113,6 +115,7 @@ def bucket_sampler(
         shuffle=shuffle,
         seed=seed,
         weights=weights,
+        halve_above_samples=halve_above_samples,
     )
 
 
@@ -146,6 +149,7 @@ def split_loader(
         shuffle=training,
         seed=seed if shuffle_seed is None else shuffle_seed,
         weights=weights,
+        halve_above_samples=task.halve_batch_above_samples if training else None,
     )
     if shard:
         ranks = rank_info()

@@ -13,7 +13,7 @@ import torch
 from downstream.training.branch import Branch
 from downstream.training.checkpoint import (
     capture_rng_state,
-    load_checkpoint,
+    find_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
@@ -54,14 +54,16 @@ def save_branch_checkpoints(branches: Sequence[Branch], progress: dict[str, Any]
 
 
 def resume_branches(branches: Sequence[Branch], device: torch.device) -> dict[str, Any] | None:
-    """Restore every branch from its newest readable checkpoint, this rank's random streams, and the best
-    dev model; return the checkpoint's progress (``batch_in_epoch`` converted when the number of ranks
-    changed), or None when no branch has a checkpoint.
+    """Restore every branch from its newest usable checkpoint (``checkpoint.find_checkpoint``: verified,
+    data only, falling back to ``last.pt.previous``), this rank's random streams, and the best dev model;
+    return the checkpoint's progress (``batch_in_epoch`` converted when the number of ranks changed), or None
+    when no branch has a usable checkpoint. The log names the files actually loaded.
 
     Raises RuntimeError when the branches' checkpoints disagree (all must be at the same step; a branch
     stopped by successive halving at the step it stopped, not later) or the ranks found different ones.
     """
-    checkpoints = [load_checkpoint(branch.checkpoint_path, device) for branch in branches]
+    located = [find_checkpoint(branch.checkpoint_path, device) for branch in branches]
+    checkpoints = [None if found is None else found.payload for found in located]
     found = [c for c in checkpoints if c is not None]
     training = [c for c in found if c["progress"].get("stopped_early") is None]
     steps = {c["progress"]["step"] for c in training or found}
@@ -86,6 +88,11 @@ def resume_branches(branches: Sequence[Branch], device: torch.device) -> dict[st
     progress["batch_in_epoch"] = _restore_rank_streams(branches, checkpoints, reference)
     for branch in branches:
         branch.restore_best_model()
+    log.info(
+        "resumed at step %d from %s",
+        progress["step"],
+        ", ".join(str(found.path) for found in located if found),
+    )
     return progress
 
 

@@ -24,6 +24,30 @@ def write_json_atomically(path: Path, payload: Any) -> None:
     write_atomically(path, lambda stream: stream.write(text.encode()))
 
 
+def read_curve(path: Path) -> list[dict[str, Any]]:
+    """The records of a curve.jsonl (one JSON object with an integer ``step`` per line), read tolerantly: a
+    torn last line (no newline at its end: a launch killed while appending it) is dropped with a warning,
+    and a damaged line elsewhere (bad JSON or encoding, no step) is reported by its number and skipped."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    records = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer step")
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if number == len(lines):  # the file does not end with a newline
+                log.warning("%s: dropped its torn last line %d (%s)", path, number, error)
+            else:
+                log.warning("%s: line %d is damaged (%s); skipped", path, number, error)
+            continue
+        records.append(record)
+    return records
+
+
 class RunLog(Protocol):
     """What the trainer needs of a run's logger (``RunLogger``; ``SilentRunLogger`` on ranks other than 0)."""
 
@@ -153,12 +177,9 @@ class RunLogger:
         """Open the run; on resume, drop curve records past ``resume_step`` (they will be redone)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.curve_path.exists():
-            kept = [
-                line
-                for line in self.curve_path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= resume_step
-            ]
-            self.curve_path.write_text("".join(line + "\n" for line in kept))
+            kept = [record for record in read_curve(self.curve_path) if record["step"] <= resume_step]
+            text = "".join(json.dumps(record) + "\n" for record in kept)
+            write_atomically(self.curve_path, lambda stream: stream.write(text.encode()))
         if self.use_wandb:
             self._wandb_run = self._start_wandb(config)
 
@@ -218,8 +239,11 @@ class RunLogger:
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
         record = {"step": step, "split": split, **metrics}
-        with self.curve_path.open("a") as stream:
-            stream.write(json.dumps(record) + "\n")
+        try:
+            with self.curve_path.open("a") as stream:
+                stream.write(json.dumps(record) + "\n")
+        except OSError as error:  # a side file never ends a run: results.json is still written
+            log.warning("could not append to %s (%s); this record is missing from it", self.curve_path, error)
         self._wandb_call(
             lambda run: run.log({f"{split}/{key}": value for key, value in metrics.items()}, step=step)
         )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,15 @@ from downstream.results import ResultsFileError, RunResults, too_long_record
 from downstream.tasks.base import Task
 from downstream.training.branch import BRANCH_SETTINGS, Branch
 from downstream.training.cache import HiddenStateCache, open_hidden_state_cache
+from downstream.training.checkpoint import remove_leftover_temporary_files
 from downstream.training.data_check import check_inputs
-from downstream.training.distributed import barrier, init_distributed, rank_info
+from downstream.training.distributed import barrier, gather_objects, init_distributed, rank_info
 from downstream.training.identity import (
     IDENTITY_FILE,
     RunIdentity,
     check_run_dir,
+    describe_difference,
+    nearest_run,
     schedule_of,
     write_identity,
     write_resolved_hydra_config,
@@ -33,9 +39,12 @@ from downstream.training.identity import (
 from downstream.training.identity import (
     resolved_job_config as resolved_job_config,  # re-exported: the shared-upstream launcher's import
 )
-from downstream.training.loading import pick_device
+from downstream.training.integrity import check_integrity
+from downstream.training.loading import pick_device, resolve_num_workers
+from downstream.training.run_lock import HOLDER_FILE, RunFolderLockedError, hold_run_folders
 from downstream.training.run_log import SilentRunLogger, environment_record
 from downstream.training.settings import TrainerSettings
+from downstream.training.threads import apply_threads, overloaded
 from downstream.training.trainer import Trainer
 from downstream.training.untrained import run_untrained_jobs
 from interfaces.base import Interface
@@ -120,7 +129,7 @@ def build_branch(
     logger = (
         hydra.utils.instantiate(cfg.logger, run_dir=run_dir) if rank_info().is_main else SilentRunLogger()
     )
-    return Branch(
+    branch = Branch(
         interface,
         head,
         run_dir,
@@ -135,6 +144,8 @@ def build_branch(
             "environment": environment_record(pick_device(settings.device)),
         },
     )
+    branch.use_averaging(task)
+    return branch
 
 
 def build_results(
@@ -186,7 +197,16 @@ def build_results(
         trainer=settings.record(),
         environment=environment_record(pick_device(settings.device)),
         config_hash=RunIdentity.of(cfg).hash,
+        extra=averaged_record(task, outcome.get("averaged_steps")),
     ).to_dict()
+
+
+def averaged_record(task: Task, steps: list[int] | None) -> dict[str, Any]:
+    """results.json's ``averaged_checkpoints`` when the tested model is an average (``averaging.py``):
+    the steps averaged, best first, and the dev number that ranked them."""
+    if not steps:
+        return {}
+    return {"averaged_checkpoints": {"steps": steps, "by": task.select_metric}}
 
 
 #: What ``overwrite=true`` removes from a run folder before training it again.
@@ -196,6 +216,8 @@ STALE_OUTPUTS = (
     "last.pt.previous",
     "best.pt",
     "best.pt.previous",
+    "average.pt",  # checkpoint averaging's tested model (training/averaging.py)
+    "average.pt.previous",
     "curve.jsonl",
     IDENTITY_FILE,
     "wandb/run_id.txt",
@@ -212,6 +234,8 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         if rank_info().is_main:
             for name in STALE_OUTPUTS:
                 (run_dir / name).unlink(missing_ok=True)
+            for model in (run_dir / "nbest").glob("step*.pt*"):  # checkpoint averaging's models
+                model.unlink()
     else:
         finished = check_run_dir(identity, run_dir)
         if finished is not None:
@@ -221,9 +245,18 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
             )
             return finished
     if rank_info().is_main:
+        if not (run_dir / IDENTITY_FILE).is_file():
+            log_nearest_run(identity, run_dir)
         write_identity(identity, run_dir)
         write_resolved_hydra_config(cfg, run_dir)
     return None
+
+
+def log_nearest_run(identity: RunIdentity, run_dir: Path) -> None:
+    """Log which settings of this new run folder differ from the nearest run beside it (``nearest_run``)."""
+    nearest = nearest_run(identity, run_dir)
+    if nearest is not None:
+        log.info("new run folder %s; nearest run %s", run_dir.name, describe_difference(identity, *nearest))
 
 
 @dataclass
@@ -279,6 +312,23 @@ def group_settings(settings: list[TrainerSettings], run_dirs: list[Path]) -> Tra
     return first
 
 
+def set_threads(settings: TrainerSettings) -> int:
+    """Set and log torch's CPU threads (``trainer.threads``, ``downstream/training/threads.py``); warn when
+    the machine's load leaves these threads waiting."""
+    workers = resolve_num_workers(settings.num_workers, pick_device(settings.device))
+    threads, why = apply_threads(settings.threads, workers)
+    log.info("CPU threads: %d (%s; trainer.threads=<n> sets it)", threads, why)
+    if overloaded(threads):
+        log.warning(
+            "the machine's load average (%.1f) exceeds its %d cores: %d threads mostly wait on each other; "
+            "trainer.threads=1 is often several times faster on a shared machine",
+            os.getloadavg()[0],
+            os.cpu_count() or 1,
+            threads,
+        )
+    return threads
+
+
 def halving_pool(cfg: DictConfig) -> str:
     """Branches with the same interface and head config compete in successive halving."""
     return repr([OmegaConf.to_container(node, resolve=True) for node in (cfg.interface, cfg.task.head)])
@@ -295,6 +345,34 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
     """
     all_settings = [resolve_trainer_settings(job.cfg) for job in jobs]  # checked before anything is written
     init_distributed(jobs[0].cfg.trainer.device)  # torchrun: join the process group (no-op otherwise)
+    with lock_run_folders([job.run_dir for job in jobs]):
+        return _run_locked_jobs(jobs, all_settings)
+
+
+@contextlib.contextmanager
+def lock_run_folders(run_dirs: list[Path]) -> Iterator[None]:
+    """Hold every run folder's lock inside the block (``run_lock``; rank 0 holds them under torchrun), after
+    removing the temporary files a killed launch left there. ``RunFolderLockedError`` on every rank, naming
+    the holder, when another launch trains one of the folders."""
+    ranks = rank_info()
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if ranks.is_main:
+            try:
+                stack.enter_context(hold_run_folders(run_dirs))
+            except RunFolderLockedError as error:
+                refusal = str(error)
+        refusals = [message for message in gather_objects(refusal) if message]
+        if refusals:
+            raise RunFolderLockedError(refusals[0])
+        if ranks.is_main:
+            for run_dir in run_dirs:
+                remove_leftover_temporary_files(run_dir, keep=(f".{HOLDER_FILE}.",))
+        yield
+
+
+def _run_locked_jobs(jobs: list[Job], all_settings: list[TrainerSettings]) -> list[dict[str, Any] | None]:
+    """``run_jobs`` once the folders are locked."""
     results = [prepare_run_dir(job.cfg, job.run_dir) for job in jobs]
     barrier()  # rank 0 has removed old outputs (overwrite=true) before any rank reads the run directory
     pending = [index for index, finished in enumerate(results) if finished is None]
@@ -308,13 +386,15 @@ def run_jobs(jobs: list[Job]) -> list[dict[str, Any] | None]:
             "trainer.limit_eval_batches=%d: dev/test metrics cover only part of each split",
             settings.limit_eval_batches,
         )
+    set_threads(settings)
     seed_everything(first.seed)
     task = build_task(first.task)
     if not task.trains:  # nothing to train (QbE): score the interface's features; same results.json
         return run_untrained_jobs(jobs, results, pending, task, settings, build_results)
     task.check_data()
+    integrity = check_integrity(task)  # before any model: ids, leakage, rates, NaN audio, label forms
     upstream = hydra.utils.instantiate(first.upstream)
-    data_policy = check_inputs(task, upstream)  # before any dataset: pads, leaves out, counts
+    data_policy = check_inputs(task, upstream, integrity)  # before any dataset: pads, leaves out, counts
     branches = [build_branch(jobs[i].cfg, upstream, task, job_settings[i], jobs[i].run_dir) for i in pending]
     for index, branch in zip(pending, branches, strict=True):
         branch.halving_pool = halving_pool(jobs[index].cfg)

@@ -73,6 +73,10 @@ ALLOWED: dict[str, tuple[Any, str]] = {
         lambda value: value == "auto" or (_is_int(value) and value >= 0),
         "auto or an integer >= 0",
     ),
+    "threads": (
+        lambda value: value == "auto" or (_is_int(value) and value >= 1),
+        "auto or an integer >= 1",
+    ),
     "max_bad_steps": _count(0),
     "progress_bar": _choice("auto", True, False),
     "log_every": _count(1),
@@ -103,6 +107,7 @@ class TrainerSettings:
     tf32: bool = False
     device: str = "auto"
     num_workers: int | str = 0
+    threads: int | str = "auto"
     max_bad_steps: int = 10
     progress_bar: str | bool = "auto"
     log_every: int = 50

@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from downstream.data.dataset import AudioDataset
+from downstream.metrics.display import metric_format, results_line
 from downstream.tasks.base import Batch, Task, accumulate_statistics
 from downstream.training.branch import Branch
-from downstream.training.checkpoint import load_model_file
 from downstream.training.distributed import (
     GradientAverager,
     RankBatchSampler,
@@ -193,7 +193,7 @@ class Trainer:
                 else:
                     reason = "another rank received a stop signal"
                 log.info(
-                    "stopped at step %d (%s) with a checkpoint; relaunch the same command to resume",
+                    "stopped at step %d (%s) with a checkpoint",
                     self.step,
                     reason,
                 )
@@ -211,8 +211,8 @@ class Trainer:
             hidden_states, frame_lengths = self.upstream_forward(batch)
             for branch in self.training_branches:
                 with branch.own_random_stream(), self._autocast():
-                    logits = branch.forward(hidden_states, frame_lengths, self.task, training=True)
-                    loss = self.task.loss(logits, frame_lengths, batch) / accumulation
+                    logits, lengths = branch.forward(hidden_states, frame_lengths, self.task, training=True)
+                    loss = self.task.loss(logits, lengths, batch) / accumulation
                 branch.scaler.scale(loss).backward()
                 branch.running_loss += loss.detach()
         if self.gradient_averager is not None:
@@ -253,8 +253,8 @@ class Trainer:
             hidden_states, frame_lengths = self.upstream_forward(batch, split)
             for branch, totals in zip(branches, statistics, strict=True):
                 with self._autocast():
-                    logits = branch.forward(hidden_states, frame_lengths, self.task, training=False)
-                accumulate_statistics(totals, self.task.eval_statistics(logits, frame_lengths, batch))
+                    logits, lengths = branch.forward(hidden_states, frame_lengths, self.task, training=False)
+                accumulate_statistics(totals, self.task.eval_statistics(logits, lengths, batch))
         return [self.task.metrics(totals) for totals in merge_statistics_over_ranks(statistics)]
 
     def evaluate_and_keep_best(self, branches: list[Branch] | None = None) -> None:
@@ -274,19 +274,17 @@ class Trainer:
                     "layer_weights",
                     {label: float(w) for label, w in zip(labels, weights, strict=True)},
                 )
-            summary = ", ".join(f"{key} {value:.2f}" for key, value in metrics.items())
             log.info(
-                "step %d/%d dev: %s (best %s %.2f at step %d) [%s]",
+                "step %d/%d %s (best %s at step %d) [%s]",
                 self.step,
                 self.settings.max_steps,
-                summary,
-                self.task.metric,
-                branch.best_metric,
+                results_line("dev", metrics, self.task.metric),
+                metric_format(self.task.select_metric).format(branch.best_metric),
                 branch.best_step,
                 branch.run_dir,
             )
         if self.step in (self.settings.halving_steps or ()) and self.step < self.settings.max_steps:
-            halve(self.branches, self.task.higher_is_better, self.step)
+            halve(self.branches, self.task.select_higher_is_better, self.step)
 
     def evaluate_test_and_keep_best(self) -> None:
         """trainer.test_every: evaluate test with the models of this step and keep each branch's best
@@ -315,18 +313,16 @@ class Trainer:
             self.evaluate_and_keep_best(unevaluated)  # only after a resume that found no usable best.pt
         barrier()  # rank 0 has written best.pt
         for branch in self.branches:
-            branch.load_model_state(load_model_file(branch.best_model_path, self.device))
+            branch.load_model_state(branch.tested_model_state(self.device))
+        self.task.final_evaluation = True
         dev, test = self.evaluate("dev"), self.evaluate("test")
         outcomes = []
         for branch, dev_metrics, test_metrics in zip(self.branches, dev, test, strict=True):
+            test_metrics = self.task.finish_test(dev_metrics, test_metrics)
             branch.logger.log(self.step, "test", test_metrics)
-            log.info(
-                "best step %s: dev %s, test %s [%s]",
-                branch.best_step,
-                dev_metrics,
-                test_metrics,
-                branch.run_dir,
-            )
+            log.info("results of the best dev step %s [%s]", branch.best_step, branch.run_dir)
+            for split, metrics in (("dev", dev_metrics), ("test", test_metrics)):
+                log.info("%s", results_line(split, metrics, self.task.metric))
             outcomes.append(
                 {
                     "best_step": branch.best_step,
@@ -335,6 +331,7 @@ class Trainer:
                     "bad_steps": branch.bad_steps_total,
                     "too_long": dict(self.too_long_counts),
                     "stopped_early": branch.stopped_early,
+                    "averaged_steps": branch.best_checkpoints.steps() if branch.best_checkpoints else None,
                     "test_selected": branch.best_test,
                 }
             )
@@ -375,7 +372,8 @@ class Trainer:
         save_branch_checkpoints(self.branches, progress, self.step)
 
     def resume(self) -> None:
-        """Continue from the branches' checkpoints, if any (``resume.resume_branches``)."""
+        """Continue from the branches' checkpoints, if any (``resume.resume_branches``, which logs the files
+        it loaded)."""
         progress = resume_branches(self.branches, self.device)
         if progress is None:
             return
@@ -386,9 +384,6 @@ class Trainer:
         )
         # checkpoints written before the loss window was recorded: the window restarts at the resume
         self.loss_window_steps = progress.get("loss_window_steps", 0)
-        log.info(
-            "resumed at step %d from %s", self.step, ", ".join(str(b.checkpoint_path) for b in self.branches)
-        )
 
     # -- construction helpers ---------------------------------------------------------------
     def _loader(self, split: str, shuffle_seed: int | None = None, shard: bool = False) -> DataLoader:

@@ -27,7 +27,9 @@ from torch import nn
 from downstream.data.corpus import Utterance
 from downstream.data.dataset import AudioDataset, collate_wavs
 from downstream.heads import count_parameters
+from downstream.metrics.display import results_line
 from downstream.training.distributed import rank_info
+from downstream.training.integrity import check_integrity
 from downstream.training.loading import batch_loader, bucket_sampler, pick_device
 from downstream.training.settings import TrainerSettings
 from interfaces.base import Interface
@@ -175,7 +177,9 @@ def evaluate_untrained(
     test = metrics_of("test", features)
     log_run.log(0, "dev", dev)
     log_run.log(0, "test", test)
-    log.info("%s without training: dev %s, test %s", cfg.task_name, dev, test)
+    log.info("%s without training (every metric in results.json):", cfg.task_name)
+    for split, metrics in (("dev", dev), ("test", test)):
+        log.info("%s", results_line(split, metrics, task.metric))
     outcome = {"best_step": None, "dev": dev, "test": test, "bad_steps": 0, "too_long": None}
     head = task.build_head(interface.output_size, {})
     return (
@@ -198,6 +202,7 @@ def run_untrained_jobs(
     from omegaconf import OmegaConf
 
     task.check_data()
+    data_policy = check_integrity(task)  # before any model: ids, leakage, rates, NaN audio
     upstream = hydra.utils.instantiate(jobs[pending[0]].cfg.upstream)
     for index in pending:
         job = jobs[index]
@@ -207,7 +212,7 @@ def run_untrained_jobs(
         run_log.start(OmegaConf.to_container(job.cfg, resolve=True))
         outcome, evaluated, used_settings = evaluate_untrained(job.cfg, task, upstream, settings, run_log)
         results[index] = build_results(
-            job.cfg, task, upstream, evaluated, used_settings, outcome, job.overrides
+            job.cfg, task, upstream, evaluated, used_settings, outcome, job.overrides, data_policy
         )
         run_log.finish(results[index])
         log.info("results: %s", job.run_dir / "results.json")

@@ -210,17 +210,36 @@ def train_group(group: Sequence[PreparedJob]) -> list[dict[str, Any] | None]:
             handler.close()
 
 
-def exit_stopped_early(sweep_dir: str) -> None:
-    """End the sweep with status 75 (EX_TEMPFAIL), saying how to continue it."""
+def exit_stopped_early(sweep_dir: str, status: int | None = None) -> None:
+    """End the sweep with status 75 (EX_TEMPFAIL; ``status``: 130 after Ctrl-C), printing the command that
+    continues it in the same sweep folder."""
     from downstream.training.preemption import EXIT_STOPPED_EARLY
+    from downstream.training.relaunch import continue_command
 
+    status = EXIT_STOPPED_EARLY if status is None else status
     log.info(
-        "the sweep stopped before the end (exit status %d); relaunch the same command with "
-        "hydra.sweep.dir=%s to resume it (finished jobs are skipped)",
-        EXIT_STOPPED_EARLY,
-        sweep_dir,
+        "the sweep stopped before the end (exit status %d); to resume it (finished jobs are skipped), run:\n  %s",
+        status,
+        continue_command(sweep_dir, sweep=True),
     )
-    sys.exit(EXIT_STOPPED_EARLY)
+    sys.exit(status)
+
+
+def lock_members(group: Sequence[PreparedJob]) -> tuple[list[PreparedJob], dict[int, Exception]]:
+    """Take the lock of each job's folder (``run_lock``) for this process: the jobs whose folder it holds
+    now, and the refusal of each job whose folder another launch is training (by ``PreparedJob.index``)."""
+    from downstream.training.run_lock import RunFolderLockedError, acquire_run_folder
+
+    held, refused = [], {}
+    for p in group:
+        try:
+            acquire_run_folder(p.job.run_dir)
+        except RunFolderLockedError as error:
+            log.error("job #%d not trained: %s", p.index, error)
+            refused[p.index] = error
+            continue
+        held.append(p)
+    return held, refused
 
 
 class SharedUpstreamLauncher(Launcher):
@@ -237,7 +256,9 @@ class SharedUpstreamLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from downstream.training.preemption import stop_signals
+        from downstream.training.preemption import EXIT_INTERRUPTED, stop_signals
+        from downstream.training.relaunch import continue_command
+        from downstream.training.run_lock import release_run_folder
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -256,25 +277,50 @@ class SharedUpstreamLauncher(Launcher):
             received.append(signum)
 
         previous = {signum: signal.signal(signum, record_stop) for signum in stop_signals()}
-        stopped_early = False
+        stopped_early, failed = False, 0
+
+        def fail(p: PreparedJob, error: Exception) -> None:
+            nonlocal failed
+            returns[position[p.index]].status = JobStatus.FAILED
+            returns[position[p.index]]._return_value = error
+            failed += 1
+
         try:
             for group in group_prepared_jobs(prepared, self.max_group_size):
                 if received:
                     stopped_early = True
                     break
+                # each folder of the group is locked by this launcher for the group's whole training; a
+                # folder another launch is training fails that job only
+                held, refused = lock_members(group)
+                for p in group:
+                    if p.index in refused:
+                        fail(p, refused[p.index])
                 try:
-                    outcomes = train_group(group)
+                    outcomes = train_group(held) if held else []
                 except Exception as error:  # a failing group fails each of its jobs, as Hydra reports them
-                    for p in group:
-                        returns[position[p.index]].status = JobStatus.FAILED
-                        returns[position[p.index]]._return_value = error
+                    for p in held:
+                        fail(p, error)
                     continue
-                for p, outcome in zip(group, outcomes, strict=True):
+                finally:
+                    for p in held:
+                        release_run_folder(p.job.run_dir)
+                for p, outcome in zip(held, outcomes, strict=True):
                     returns[position[p.index]]._return_value = outcome
                     stopped_early |= outcome is None
+        except KeyboardInterrupt:
+            log.info("interrupted (Ctrl-C); what was trained up to the last checkpoints is kept")
+            exit_stopped_early(sweep_dir, EXIT_INTERRUPTED)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         if stopped_early or received:
             exit_stopped_early(sweep_dir)
+        if failed:
+            log.error(
+                "%d job(s) failed (above); once fixed, continue the sweep (finished jobs are skipped, the "
+                "others resume from their last checkpoints) with:\n  %s",
+                failed,
+                continue_command(sweep_dir, sweep=True),
+            )
         return returns

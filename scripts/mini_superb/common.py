@@ -162,7 +162,8 @@ FLUENT_INTENTS = {
 }
 
 # ML-SUPERB stand-in: (dataset folder, language folder) -> (espeak-ng voice, utterance id prefix, words). The
-# pairs are ML-SUPERB's monolingual sets eng1 (mls/eng), eng3 (voxpopuli/eng), fra1, deu and swa.
+# pairs are ML-SUPERB's monolingual sets eng1 (mls/eng), eng3 (voxpopuli/eng), fra1, deu1 (swc/deu) and swa
+# (ESPnet single_lang_data_prep.py; the mini corpus has no deu2 = voxpopuli/deu).
 ML_SUPERB_WORDS = {
     "fra": (
         "le la chat maison petit grand rouge bleu manger boire aller venir école été hiver pain lait fenêtre "

@@ -17,7 +17,11 @@ are two-word terms (QBE_ADJECTIVES x QBE_NOUNS) said by their own speakers; each
 QbeSizes.occurrences documents, said by other speakers as filler words + term + filler words (three
 espeak-ng calls joined by short pauses, so the term's time in the document is exact), and some documents
 hold no term. A few documents and queries are Albanian (espeak-ng 'sq'), listed as 'albanian' in the
-language keys, so that SUPERB's English-only filter is exercised.
+language keys, so that SUPERB's English-only filter is exercised; each split's Albanian query (a fixed term,
+ALBANIAN_TERMS) occurs in QbeSizes.albanian_occurrences Albanian documents, so the full ground truth that
+QUESST's scorer reads holds occurring queries SUPERB never searches (scored -10, as on the real corpus).
+Those documents and queries draw from a stream of their own, so every English file is the same as without
+them.
 """
 
 from __future__ import annotations
@@ -91,6 +95,8 @@ ALBANIAN_WORDS = [
     "lumë",
     "mal",
 ]
+#: The Albanian query term of each split (words of ALBANIAN_WORDS), said inside some Albanian documents.
+ALBANIAN_TERMS = {"dev": "shkollë e madhe", "eval": "nënë e mirë"}
 README_MARK = "<!-- {name}: written by scripts/mini_superb/sd_qbe.py -->"
 
 
@@ -107,13 +113,22 @@ class QbeSizes:
     occurrences: int = 3  # documents holding each term
     distractors: int = 16  # English documents without any term
     albanian: tuple[int, int, int] = (6, 1, 1)  # documents, dev queries, eval queries
+    albanian_occurrences: int = (
+        2  # Albanian documents holding each split's Albanian term (when it has a query)
+    )
     document_speakers: int = 6
     query_speakers: int = 4
 
 
 TINY_SD = SdSizes(recordings=(2, 1, 1), speakers=(2, 2, 2), turns=3)
 TINY_QBE = QbeSizes(
-    terms=(2, 2), occurrences=1, distractors=1, albanian=(1, 1, 0), document_speakers=2, query_speakers=2
+    terms=(2, 2),
+    occurrences=1,
+    distractors=1,
+    albanian=(1, 1, 0),
+    albanian_occurrences=1,
+    document_speakers=2,
+    query_speakers=2,
 )
 
 
@@ -239,14 +254,40 @@ def write_qbe(out: Path, sizes: QbeSizes, synthesize: Synthesizer) -> dict:
             plans.append((parts, rng.choice(doc_speakers), term, "nnenglish"))
     for _ in range(sizes.distractors):
         plans.append(([make_sentence(rng)], rng.choice(doc_speakers), None, "nnenglish"))
-    for _ in range(sizes.albanian[0]):
-        plans.append(([" ".join(rng.sample(ALBANIAN_WORDS, 4))], albanian[0], None, "albanian"))
+    held_terms = [
+        ALBANIAN_TERMS[split]
+        for split, queries in (("dev", sizes.albanian[1]), ("eval", sizes.albanian[2]))
+        if queries
+        for _ in range(sizes.albanian_occurrences)
+    ]
+    for number in range(sizes.albanian[0]):
+        words = rng.sample(ALBANIAN_WORDS, 4)
+        if number < len(held_terms):
+            plans.append(
+                (
+                    [" ".join(words[:2]), held_terms[number], " ".join(words[2:])],
+                    albanian[0],
+                    held_terms[number],
+                    "albanian",
+                )
+            )
+        else:
+            plans.append(([" ".join(words)], albanian[0], None, "albanian"))
     rng.shuffle(plans)
+    # the parts after the first of an Albanian document holding a term draw from their own stream, so the
+    # main stream (and every English file) is the same as when Albanian documents were one part
+    albanian_rng = random.Random(f"{SEED}-qbe-albanian")
     key_lines, occurrences, excerpts = [], [], []
     seconds = 0.0
     for number, (parts, speaker, term, language) in enumerate(plans, 1):
         document = f"quesst14_{number:05d}"
-        audio, spans = _join([synthesize(part, speaker, NEUTRAL, rng) for part in parts], QBE_PAUSE)
+        audio, spans = _join(
+            [
+                synthesize(part, speaker, NEUTRAL, albanian_rng if language == "albanian" and k else rng)
+                for k, part in enumerate(parts)
+            ],
+            QBE_PAUSE,
+        )
         duration = write_flac(root / "Audio" / f"{document}.flac", audio)
         seconds += duration
         key_lines.append(f"quesst14Database/Audio/{document}.flac {language}")
@@ -269,9 +310,8 @@ def write_qbe(out: Path, sizes: QbeSizes, synthesize: Synthesizer) -> dict:
         lines, rttm, tlist = [], [], []
         query_seconds = 0.0
         entries = [(term, "nnenglish") for term in split_terms]
-        entries += [(" ".join(rng.sample(ALBANIAN_WORDS, 2)), "albanian")] * sizes.albanian[
-            1 if split == "dev" else 2
-        ]
+        rng.sample(ALBANIAN_WORDS, 2)  # the draw the Albanian query text once came from: kept for the stream
+        entries += [(ALBANIAN_TERMS[split], "albanian")] * sizes.albanian[1 if split == "dev" else 2]
         for number, (term, language) in enumerate(entries, 1):
             query = f"quesst14_{split}_{number:04d}"
             speaker = albanian[1] if language == "albanian" else rng.choice(query_speakers)
@@ -328,7 +368,8 @@ def write(out: Path, names: tuple[str, ...], tiny: bool, synthesize: Synthesizer
             "`scoring/groundtruth_quesst14_{dev,eval}/` with `.ecf.xml`, `.tlist.xml`, `.rttm`). Queries are "
             "two-word terms said by their own speakers; documents, said by other speakers, hold a term between "
             "filler words or no term; a few documents and queries are Albanian (filtered out by SUPERB's "
-            "English-only protocol).\n\n| part | items | occurrences | minutes |\n|---|---|---|---|\n"
+            "English-only search; each Albanian query occurs in Albanian documents, so the full ground truth "
+            "QUESST's scorer reads holds queries that were never searched).\n\n| part | items | occurrences | minutes |\n|---|---|---|---|\n"
             f"| QUESST documents (Audio) | {docs} | | {doc_minutes:.1f} |\n"
             + "\n".join(
                 f"| QUESST {split} queries | {n} | {hits} | {minutes:.1f} |"

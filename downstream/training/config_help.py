@@ -1,0 +1,224 @@
+"""Help with the config: "did you mean" for a mistyped key or option, and the listing behind ``--help``.
+
+Torch-free (``run_downstream.py`` uses it before any model is built).
+
+- ``suggest(error)``: Hydra's composition errors (an override of a key the config lacks, a config group
+  option that does not exist) rewritten as one message with the closest names of the config tree
+  (``difflib``), instead of Hydra's advice to append the key with ``+`` (which only fails later, when the
+  component that should read the key does not know it).
+- ``help_text()``: every config group with its options, and every root, trainer and task key with the
+  one-line description written beside it in the YAML files (the comment after the value).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: Groups that are not part of a plain run's choices (Hydra's own and the experiment presets are listed apart).
+_HYDRA_GROUPS = ("hydra",)
+
+
+class ConfigNameError(ValueError):
+    """A key or config option that the config tree does not have; the message names close ones."""
+
+
+def config_groups(config_dir: Path = CONFIG_DIR) -> dict[str, list[str]]:
+    """{group: [option, ...]} of the config folders (``interface``, ``task``, ``hydra/launcher``, ...)."""
+    groups: dict[str, list[str]] = {}
+    for path in sorted(config_dir.rglob("*.yaml")):
+        group = path.parent.relative_to(config_dir).as_posix()
+        if group != ".":
+            groups.setdefault(group, []).append(path.stem)
+    return groups
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            keys.append(dotted)
+            keys.extend(_flat_keys(value, dotted))
+    return keys
+
+
+def composed_keys(overrides: Iterable[str] = (), config_dir: Path = CONFIG_DIR) -> list[str]:
+    """Every dotted key of the root config composed with the valid group choices among ``overrides``
+    (``task=sd`` brings SD's task keys), unresolved."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    groups = config_groups(config_dir)
+    choices = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in groups and value in groups[key]:
+            choices.append(override)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir), version_base="1.3"):
+        cfg = compose("config", overrides=choices)
+    GlobalHydra.instance().clear()
+    return _flat_keys(OmegaConf.to_container(cfg, resolve=False))
+
+
+def closest(name: str, candidates: Iterable[str], count: int = 3) -> list[str]:
+    """Up to ``count`` names of ``candidates`` closest to ``name`` (``difflib.get_close_matches``, cutoff
+    0.6) among those at the same depth under the same parent (``trainer.lrr`` is compared with the trainer
+    keys, ``intrface`` with the root keys and groups)."""
+    parent = name.rpartition(".")[0]
+    same_level = [c for c in dict.fromkeys(candidates) if c.rpartition(".")[0] == parent]
+    leaves = {c.rpartition(".")[2]: c for c in same_level}
+    found = difflib.get_close_matches(name.rpartition(".")[2], list(leaves), n=count, cutoff=0.6)
+    return [leaves[leaf] for leaf in found]
+
+
+def suggest(
+    error: BaseException, overrides: list[str], config_dir: Path = CONFIG_DIR
+) -> ConfigNameError | None:
+    """A ``ConfigNameError`` for Hydra's composition ``error`` of ``overrides`` when it is an unknown key
+    or config option (naming the closest names, or listing the allowed ones), else None (other errors keep
+    Hydra's message)."""
+    from hydra.errors import MissingConfigException
+
+    groups = config_groups(config_dir)
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
+        group, _, option = str(error.missing_cfg_file).rpartition("/")
+        if group not in groups:
+            return None
+        options = groups[group]
+        return ConfigNameError(
+            f"{group}={option}: configs/{group}/ has no option {option!r}{_did_you_mean(closest(option, options))}"
+            f" (options: {', '.join(options)})"
+        )
+    match = re.search(r"Could not (?:override|append to|delete from) '([^']+)'", str(error))
+    if match is None:
+        return None
+    key = match.group(1)
+    try:
+        keys = composed_keys(overrides, config_dir)
+    except Exception:  # noqa: BLE001 - without the tree there is nothing to suggest; keep Hydra's message
+        return None
+    parent = key.rpartition(".")[0]
+    candidates = keys + ([] if parent else [group for group in groups if "/" not in group])
+    found = closest(key, candidates)
+    where = f"the {parent} config" if parent else "the root config"
+    if found:
+        advice = _did_you_mean(found)
+    else:
+        siblings = sorted({c for c in candidates if c.rpartition(".")[0] == parent})
+        advice = f"; its keys: {', '.join(siblings)}"
+    return ConfigNameError(
+        f"{key}: no such key in {where}{advice} (`python run_downstream.py --help` lists the groups and "
+        "keys; `--cfg job` shows the composed config)"
+    )
+
+
+def _did_you_mean(found: list[str]) -> str:
+    return f"; did you mean {' or '.join(found)}?" if found else ""
+
+
+# -- --help ----------------------------------------------------------------------------------------
+_KEY_LINE = re.compile(
+    r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w]*):(?P<value>[^#]*?)(?:\s+#\s*(?P<comment>.*))?$"
+)
+
+
+def key_descriptions(path: Path) -> list[tuple[str, str, str]]:
+    """(dotted key, value as written, description) of every key of the YAML file ``path`` that has a
+    comment after its value or a comment block right above it (its first sentence); nesting follows the
+    indentation. The hydra and defaults nodes are left out."""
+    found: list[tuple[str, str, str]] = []
+    stack: list[tuple[int, str]] = []
+    above: list[str] = []
+    for line in path.read_text().splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("#").strip())
+            continue
+        match = _KEY_LINE.match(line)
+        if not match:
+            above = []
+            continue
+        indent = len(match.group("indent"))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        dotted = ".".join([name for _, name in stack] + [match.group("key")])
+        value = match.group("value").strip()
+        if not value:
+            stack.append((indent, match.group("key")))
+        comment = match.group("comment") or _first_sentence(" ".join(above))
+        above = []
+        if comment and not dotted.startswith(("hydra", "defaults")):
+            found.append((dotted, value, comment.strip()))
+    return found
+
+
+def _first_sentence(text: str) -> str:
+    end = re.search(r"\.(\s|$)", text)
+    return text[: end.start() + 1] if end else text
+
+
+def _first_comment(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        text = line.strip()
+        if text.startswith("# @package"):
+            continue
+        if text.startswith("#"):
+            return text.lstrip("# ").strip()
+        if text:
+            break
+    return ""
+
+
+def help_text(config_dir: Path = CONFIG_DIR) -> str:
+    """The ``--help`` page: usage, every config group with its options (each with the first line of its
+    file's leading comment), then the root, trainer and (per task) task keys with their comments."""
+    lines = [
+        "python run_downstream.py [group=option ...] [key=value ...]   (-m: a sweep over comma-separated values)",
+        "  --cfg job --resolve: the composed config with resolved values; docs/running.md explains every part.",
+        "",
+        "Config groups (group=option; the default is marked *):",
+    ]
+    defaults = OmegaConf.load(config_dir / "config.yaml").get("defaults", [])
+    chosen = {}
+    for entry in defaults:
+        if isinstance(entry, dict) or OmegaConf.is_dict(entry):
+            for group, option in dict(entry).items():
+                chosen[str(group)] = str(option)
+    for group, options in config_groups(config_dir).items():
+        if group.startswith(_HYDRA_GROUPS):
+            continue
+        lines.append(f"  {group}:")
+        for option in options:
+            mark = "*" if chosen.get(group) == option else " "
+            summary = _first_comment(config_dir / group / f"{option}.yaml")
+            lines.append(f"   {mark}{option:<18} {summary}".rstrip())
+    for title, path, prefix in (
+        ("Root keys (config.yaml)", config_dir / "config.yaml", ""),
+        ("Trainer keys (trainer.<key>=...)", config_dir / "trainer" / "default.yaml", "trainer."),
+    ):
+        lines += ["", f"{title}:"]
+        lines.extend(_key_lines(key_descriptions(path), prefix))
+    lines += ["", "Task keys (task.<key>=..., per task=<name>):"]
+    for path in sorted((config_dir / "task").glob("*.yaml")):
+        described = [entry for entry in key_descriptions(path) if not entry[0].startswith(_TASK_MAPS)]
+        if described:
+            lines.append(f"  task={path.stem}:")
+            lines.extend(_key_lines(described, "  task."))
+    lines += ["", "Unknown keys and options are refused with the closest names (no `+key=` needed)."]
+    return "\n".join(lines) + "\n"
+
+
+#: Task config maps whose entries are documented in docs/protocols.md, not per key.
+_TASK_MAPS = ("schedules", "protocols", "protocol_sources", "head")
+
+
+def _key_lines(described: list[tuple[str, str, str]], prefix: str) -> list[str]:
+    return [f"  {prefix}{key} = {value}  # {comment}" for key, value, comment in described]
