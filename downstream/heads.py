@@ -75,12 +75,10 @@ def _check_sizes(input_size: int, hidden_size: int, num_outputs: int) -> None:
             raise ValueError(f"head.{name} must be >= 1, got {value}")
 
 
-class FrameLinearHead(nn.Module):
-    """Per-frame two-layer linear projection (SUPERB's PR head): logits_t = W2 (W1 x_t + b1) + b2.
-
-    There is no nonlinearity between the layers, as in SUPERB's linear PR probe: the 256-d
-    bottleneck only bounds the probe's rank. Output [B, T, num_outputs] at the input's frame rate.
-    """
+class _ProjectOutputHead(nn.Module):
+    """Linear(input_size, hidden_size) ``project`` and Linear(hidden_size, num_outputs) ``output``, the
+    hidden size widened by ``extra_params`` (``widened_size``); subclasses give ``forward``.
+    ValueError for a size below 1."""
 
     def __init__(
         self, input_size: int, num_outputs: int, hidden_size: int = 256, extra_params: int | None = None
@@ -88,11 +86,19 @@ class FrameLinearHead(nn.Module):
         super().__init__()
         _check_sizes(input_size, hidden_size, num_outputs)
         hidden_size = widened_size(
-            lambda size: FrameLinearHead(input_size, num_outputs, size), hidden_size, extra_params
+            lambda size: type(self)(input_size, num_outputs, size), hidden_size, extra_params
         )
         self.hidden_size = hidden_size
         self.project = nn.Linear(input_size, hidden_size)
         self.output = nn.Linear(hidden_size, num_outputs)
+
+
+class FrameLinearHead(_ProjectOutputHead):
+    """Per-frame two-layer linear projection (SUPERB's PR head): logits_t = W2 (W1 x_t + b1) + b2.
+
+    There is no nonlinearity between the layers, as in SUPERB's linear PR probe: the 256-d
+    bottleneck only bounds the probe's rank. Output [B, T, num_outputs] at the input's frame rate.
+    """
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.output(self.project(features))
@@ -153,22 +159,10 @@ class BiLSTMHead(nn.Module):
         return self.output(self.last_dropout(encoded))
 
 
-class MeanPoolClassifier(nn.Module):
+class MeanPoolClassifier(_ProjectOutputHead):
     """SUPERB's utterance classifier (SID, ER): h_t = W1 x_t + b1; u = mean of h_t over valid frames;
     logits = W2 u + b2. Output [B, num_outputs].
     """
-
-    def __init__(
-        self, input_size: int, num_outputs: int, hidden_size: int = 256, extra_params: int | None = None
-    ) -> None:
-        super().__init__()
-        _check_sizes(input_size, hidden_size, num_outputs)
-        hidden_size = widened_size(
-            lambda size: MeanPoolClassifier(input_size, num_outputs, size), hidden_size, extra_params
-        )
-        self.hidden_size = hidden_size
-        self.project = nn.Linear(input_size, hidden_size)
-        self.output = nn.Linear(hidden_size, num_outputs)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         projected = self.project(features)
