@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from downstream import load_run
 from downstream.data.corpus import Utterance
 from downstream.data.diarization import SpeakerTurn
+from downstream.data.voxceleb1 import read_voxceleb1_sv
 from downstream.extract import extract
 from downstream.inference.run import RunLoadError
 from downstream.metrics.diarization import DiarizationErrors, diarization_errors
@@ -146,6 +147,7 @@ def score(task, utterances: list[Utterance], run_dir: Path, tmp_path: Path) -> d
             total = total + diarization_errors(u.reference, hypotheses[u.id])
         return {"der": total.der}
     if name == "sv":
+        inputs = write_list(tmp_path / "inputs.txt", raw_sv_test_files(task))
         trials = Path(task.trial_files["test"])
         predict(run, inputs, output, trials=trials, scores=tmp_path / "scores.txt")
         labels = [int(line.split()[0]) for line in trials.read_text().splitlines()]
@@ -200,15 +202,16 @@ def test_predictions_scored_give_the_recorded_test_metric(runs, tmp_path, task):
     assert results["metric"] in scored
 
 
-def test_extracted_features_and_predicted_probabilities_are_those_inside_training_bitwise(runs, tmp_path):
-    run_dir, _ = runs("sid")
+def inside_test_evaluation(run_dir: Path, scratch: Path):
+    """The run's best model on its test split through the trainer's own evaluation loader: (upstream,
+    layer weights, utterances, id -> interface features [T, D'], id -> head output [C])."""
     cfg, task, upstream, utterances = evaluated_split(run_dir)
     settings = resolve_trainer_settings(cfg)
-    branch = build_branch(cfg, upstream, task, settings, tmp_path / "scratch")
+    branch = build_branch(cfg, upstream, task, settings, scratch)
     trainer = Trainer(settings, upstream, task, [branch], seed=cfg.seed)
     branch.load_model_state(load_model_file(run_dir / "best.pt"))
     trainer._set_train_mode(False)
-    inside_training, probabilities = {}, {}
+    features_of, logits_of = {}, {}
     with torch.no_grad():
         for batch in trainer.eval_loaders["test"]:
             hidden_states, frame_lengths = trainer.upstream_forward(batch, "test")
@@ -216,13 +219,22 @@ def test_extracted_features_and_predicted_probabilities_are_those_inside_trainin
                 features = branch.interface(hidden_states, frame_lengths)
                 logits = branch.head(features, frame_lengths)
             for row, index in enumerate(batch["indices"].tolist()):
-                inside_training[utterances[index].id] = features[row, : int(frame_lengths[row])]
-                probabilities[utterances[index].id] = torch.softmax(logits[row].float(), dim=-1).tolist()
+                features_of[utterances[index].id] = features[row, : int(frame_lengths[row])]
+                logits_of[utterances[index].id] = logits[row].float()
+    return upstream, branch.interface.layer_weights(), utterances, features_of, logits_of
+
+
+def test_extracted_features_and_predicted_probabilities_are_those_inside_training_bitwise(runs, tmp_path):
+    run_dir, _ = runs("sid")
+    upstream, layer_weights, utterances, inside_training, logits = inside_test_evaluation(
+        run_dir, tmp_path / "scratch"
+    )
+    probabilities = {key: torch.softmax(value, dim=-1).tolist() for key, value in logits.items()}
     run = load_run(run_dir, device="cpu")
     manifest = extract(run.pipeline, write_list(tmp_path / "in.txt", utterances), tmp_path / "features",
                        hidden_states=[0])  # fmt: skip
     assert manifest["frame_rate"] == upstream.frame_rate and manifest["hidden_states"] == [0]
-    assert manifest["layer_weights"] == pytest.approx(branch.interface.layer_weights().tolist())
+    assert manifest["layer_weights"] == pytest.approx(layer_weights.tolist())
     assert len(manifest["utterances"]) == len(utterances) == len(inside_training)
     for entry in manifest["utterances"]:
         exported = torch.from_numpy(np.load(tmp_path / "features" / entry["file"]))
@@ -236,6 +248,38 @@ def test_extracted_features_and_predicted_probabilities_are_those_inside_trainin
     one = utterances[0]
     wav, rate_ = soundfile.read(one.path, dtype="float32")
     assert run.features(wav, rate_).shape == inside_training[one.id].shape
+
+
+def raw_sv_test_files(task) -> list[Utterance]:
+    """The SV test split's files as the corpus has them (before sox's VAD), as a user gives them."""
+    raw = read_voxceleb1_sv(
+        task.data_root, "test", task.trial_files["test"], task.trial_files["dev"], task.hold_out_dev_speakers
+    )
+    assert task.vad and task.gain_db == -3.0  # protocol=superb: read with sox's VAD and a -3 dB gain
+    return raw
+
+
+@pytest.mark.slow
+def test_sv_embeddings_of_the_corpus_files_are_those_of_the_test_evaluation_bitwise(runs, tmp_path):
+    run_dir, _ = runs("sv")
+    _, _, utterances, _, embeddings = inside_test_evaluation(run_dir, tmp_path / "scratch")
+    _, task, _, _ = evaluated_split(run_dir)
+    raw = raw_sv_test_files(task)
+    assert [u.id for u in raw] == [u.id for u in utterances]
+    assert all(
+        r.path != u.path and r.num_samples > u.num_samples for r, u in zip(raw, utterances, strict=True)
+    )
+    run = load_run(run_dir, device="cpu")
+    predict(run, write_list(tmp_path / "in.txt", raw), tmp_path / "predictions.jsonl")
+    records = read_jsonl(tmp_path / "predictions.jsonl")
+    assert [record["path"] for record in records.values()] == [str(u.path) for u in raw]
+    for utterance_id, record in records.items():
+        assert np.array_equal(
+            np.array(record["embedding"], dtype=np.float32), embeddings[utterance_id].numpy()
+        )
+    # one waveform through the API is read the same way (a batch of one: equal up to float rounding)
+    wav, rate_ = soundfile.read(raw[0].path, dtype="float32")
+    np.testing.assert_allclose(run.predict(wav, rate_)["embedding"], embeddings[raw[0].id].numpy(), atol=1e-5)
 
 
 def test_load_run_refuses_mismatched_checkpoints_and_newer_formats(runs, tmp_path):

@@ -22,7 +22,8 @@ import torch
 from downstream.data.audio import SAMPLE_RATE, AudioDecodeError, resampled_length
 from downstream.data.corpus import Utterance
 from downstream.data.dataset import AudioDataset, collate_wavs
-from downstream.training.loading import batch_loader, bucket_sampler
+from downstream.tasks.base import Task
+from downstream.training.loading import batch_loader, bucket_sampler, task_dataset
 from downstream.training.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -171,13 +172,18 @@ def input_batches(
     device: torch.device,
     min_samples: int,
     seed: int = 0,
+    task: Task | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Batches as the trainer forms an evaluation split's: whole waveforms zero-padded to ``min_samples``,
-    sorted by length and cut by ``trainer.batch_size`` or ``trainer.max_batch_seconds``
+    """Batches as the trainer forms an evaluation split's: whole waveforms read as ``task`` reads its
+    evaluation audio (``loading.task_dataset``: its ``gain_db``; without a task, as decoded), zero-padded
+    to ``min_samples``, sorted by length and cut by ``trainer.batch_size`` or ``trainer.max_batch_seconds``
     (``loading.bucket_sampler``), loaded by ``trainer.num_workers`` workers. Each batch is
     ``collate_wavs``' (wavs [B, N], wav_lengths [B], indices [B] into ``utterances``) plus ``failed``:
     (index, message) of files that could not be decoded."""
-    dataset = _TolerantDataset(utterances, pad_to_samples=min_samples)
+    if task is None:
+        dataset: AudioDataset = _TolerantDataset(utterances, pad_to_samples=min_samples)
+    else:
+        dataset = task_dataset(task, utterances, False, seed, min_samples, dataset_class=_TolerantDataset)
     sampler = bucket_sampler(dataset, settings, shuffle=False)
     yield from batch_loader(dataset, sampler, _collate, settings, device, seed)
 

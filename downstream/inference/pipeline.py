@@ -5,11 +5,15 @@ Python API."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import soundfile
 import soxr
 import torch
 from torch import nn
@@ -17,6 +21,7 @@ from torch import nn
 from downstream.data.audio import SAMPLE_RATE, resampled_length
 from downstream.data.corpus import Utterance
 from downstream.inference.inputs import InputReport, input_batches
+from downstream.tasks.base import Task
 from downstream.training.settings import PRECISIONS, TrainerSettings, apply_tf32
 from interfaces.base import Interface
 from upstream.base import Upstream
@@ -56,7 +61,8 @@ def waveform_at_16k(wav: torch.Tensor | np.ndarray, sample_rate: int) -> torch.T
 class Pipeline:
     """A frozen upstream, an interface and optionally a head, on ``device``, in evaluation mode; run with
     the trainer's precision (``settings.precision``) and batching (``settings.batch_size`` /
-    ``max_batch_seconds``)."""
+    ``max_batch_seconds``). With a ``task``, files and waveforms are read as its evaluation reads its test
+    split (``Task.evaluation_inputs``, then its ``gain_db``: SV's sox VAD and gain, KS's and QbE's gain)."""
 
     def __init__(
         self,
@@ -66,8 +72,10 @@ class Pipeline:
         settings: TrainerSettings,
         device: torch.device,
         seed: int = 0,
+        task: Task | None = None,
     ) -> None:
         self.device = device
+        self.task = task
         self.upstream = upstream.to(device).eval()
         self.interface = interface.to(device).eval()
         self.head = None if head is None else head.to(device).eval()
@@ -95,8 +103,10 @@ class Pipeline:
         return hidden_states, frame_lengths, features, logits
 
     def one(self, wav: torch.Tensor | np.ndarray, sample_rate: int) -> Forward:
-        """One waveform (``waveform_at_16k``) as a batch of one, padded to the upstream's ``min_samples``.
-        Raises ValueError when the upstream refuses its length (Whisper with whisper_long_audio=error)."""
+        """One waveform (``waveform_at_16k``) as a batch of one, padded to the upstream's ``min_samples``
+        (with a task: written to a temporary file and read as ``batches`` reads files). Raises ValueError
+        when the upstream refuses its length (Whisper with whisper_long_audio=error) or the task's reading
+        leaves no audio (SV's VAD on silence)."""
         audio = waveform_at_16k(wav, sample_rate)
         samples = audio.shape[0]
         limit = self.upstream.max_samples
@@ -104,17 +114,41 @@ class Pipeline:
             raise ValueError(
                 f"the waveform has {samples} samples at 16 kHz, more than this upstream accepts ({limit})"
             )
+        if self.task is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "waveform.wav"
+                soundfile.write(path, audio.numpy(), SAMPLE_RATE, subtype="FLOAT")
+                report = InputReport()
+                forwards = list(self.batches([Utterance("waveform", path, samples)], report, desc="waveform"))
+            if not forwards:
+                raise ValueError(f"the waveform cannot be used: {report.skipped[0]['reason']}")
+            return forwards[0]
         padded = torch.nn.functional.pad(audio, (0, max(0, int(self.upstream.min_samples) - samples)))
         outputs = self.forward(padded[None], torch.tensor([padded.shape[0]]))
         utterance = Utterance(id="waveform", path=None, num_samples=samples)  # type: ignore[arg-type]
         return Forward([utterance], *outputs)
 
     def batches(self, utterances: list[Utterance], report: InputReport, desc: str) -> Iterator[Forward]:
-        """Every checked input (``inputs.check_inputs``) in the trainer's evaluation batches, with a
-        progress bar on a terminal (``trainer.progress_bar``); files that fail to decode are named in
-        ``report`` and left out."""
+        """Every checked input (``inputs.check_inputs``) in the trainer's evaluation batches, read as the
+        task reads its test split; with a progress bar on a terminal (``trainer.progress_bar``). Files that
+        fail to decode, or that the task's reading empties, are named in ``report`` and left out. Each
+        ``Forward`` names its inputs by their given id and path, with the length of the audio read."""
+        read = utterances if self.task is None else self.task.evaluation_inputs(utterances)
+        kept = []
+        for given, audio in zip(utterances, read, strict=True):
+            if audio.num_samples <= 0:
+                report.skip(
+                    given.path, f"task {self.task.name}'s evaluation reading leaves no audio (its VAD)"
+                )
+            else:
+                kept.append(dataclasses.replace(audio, path=given.path))
         loader = input_batches(
-            utterances, self.settings, self.device, int(self.upstream.min_samples), self.seed
+            [audio for audio in read if audio.num_samples > 0],
+            self.settings,
+            self.device,
+            int(self.upstream.min_samples),
+            self.seed,
+            task=self.task,
         )
         show = self.settings.progress_bar
         if show == "auto":
@@ -126,10 +160,10 @@ class Pipeline:
             progress = tqdm(total=len(utterances), desc=desc, unit="file", dynamic_ncols=True)
         for batch in loader:
             for index, message in batch["failed"]:
-                report.skip(utterances[index].path, message)
+                report.skip(kept[index].path, message)
             if "wavs" in batch:
                 outputs = self.forward(batch["wavs"], batch["wav_lengths"])
-                yield Forward([utterances[i] for i in batch["indices"].tolist()], *outputs)
+                yield Forward([kept[i] for i in batch["indices"].tolist()], *outputs)
             if progress is not None:
                 progress.update(len(batch["failed"]) + len(batch.get("indices", ())))
         if progress is not None:

@@ -198,7 +198,7 @@ def load_run(path: str | Path, device: str = "auto") -> TrainedRun:
                 f"{run_dir}: interface={cfg.interface_name} is fitted on the corpus when the run is scored and "
                 "its fit is not saved; QbE search needs single_layer or last_layer"
             )
-        pipeline = Pipeline(upstream, interface, None, settings, torch_device, cfg.seed)
+        pipeline = Pipeline(upstream, interface, None, settings, torch_device, cfg.seed, task)
         pipeline.autocast_dtype = None  # QbE runs are scored without autocast (training.untrained.encode)
         return TrainedRun(run_dir, cfg, results, task, pipeline, [])
     # a run that tested the average of its best checkpoints (ML-SUPERB under protocol=superb) reports that one
@@ -223,5 +223,5 @@ def load_run(path: str | Path, device: str = "auto") -> TrainedRun:
         raise RunLoadError(
             f"{model_path} has no upstream weights but upstream.trainable is true in the settings"
         )
-    pipeline = Pipeline(upstream, interface, head, settings, torch_device, cfg.seed)
+    pipeline = Pipeline(upstream, interface, head, settings, torch_device, cfg.seed, task)
     return TrainedRun(run_dir, cfg, results, task, pipeline, list(outputs))

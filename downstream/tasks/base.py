@@ -191,6 +191,13 @@ class Task(ABC):
         """The training target of ``utterance`` (what ``Batch.targets`` holds). Raises ValueError naming the
         utterance when its label or token is unknown to the training split."""
 
+    def evaluation_inputs(self, utterances: list[Utterance]) -> list[Utterance]:
+        """The utterances as this task's evaluation reads them, before ``load_audio`` (which applies
+        ``gain_db``): the same ids, with the path and ``num_samples`` the audio is then read from, 0
+        samples where nothing is left. A trained run's new inputs go through this (``downstream.predict``),
+        so they are read as its test split was. Default: unchanged; SV with ``vad``: sox's VAD output."""
+        return list(utterances)
+
     def check_data(self) -> None:
         """Read every split now, so a bad corpus fails before training with a clear message."""
         for split in self.splits:

@@ -133,25 +133,34 @@ class SpeakerVerification(Task):
             utterances = [utterance for utterance in utterances if id(utterance) not in dropped]
         return utterances
 
-    def _apply_vad(self, split: str, utterances: list[Utterance]) -> list[Utterance]:
-        """The utterances read from sox's VAD output (cached), with their new lengths; emptied ones keep
-        length 0 on train (the length rule removes them) and are an error on dev and test."""
+    def evaluation_inputs(self, utterances: list[Utterance]) -> list[Utterance]:
+        """With ``vad``: the utterances read from sox's VAD output (cached), with their new lengths (0, with
+        the original path, for one whose every sample it removed); without: unchanged. The splits are
+        read through this (``read_split``), and so are a trained run's new inputs (``downstream.predict``)."""
+        return self._vad(utterances, "inputs") if self.vad else list(utterances)
+
+    def _vad(self, utterances: list[Utterance], name: str) -> list[Utterance]:
         outputs = vad_files([u.path for u in utterances], gain_db=self.gain_db, directory=self.vad_cache_dir)
-        emptied = [u for u, path in zip(utterances, outputs, strict=True) if path is None]
+        kept = [(u, path) for u, path in zip(utterances, outputs, strict=True) if path is not None]
+        infos = probe_audio([path for _, path in kept], f"VoxCeleb1/sv-vad-{name}")
+        lengths = {id(u): info.num_samples for (u, _), info in zip(kept, infos, strict=True)}
+        paths = {id(u): path for u, path in kept}
+        return [
+            dataclasses.replace(u, path=paths.get(id(u), u.path), num_samples=lengths.get(id(u), 0))
+            for u in utterances
+        ]
+
+    def _apply_vad(self, split: str, utterances: list[Utterance]) -> list[Utterance]:
+        """The VAD of a split's utterances (``evaluation_inputs``); emptied ones keep length 0 on train (the length rule
+        removes them) and are an error on dev and test."""
+        result = self._vad(utterances, split)
+        emptied = [u for u, after in zip(utterances, result, strict=True) if after.num_samples == 0]
         if emptied and split != "train":
             raise DataLayoutError(
                 f"sv: sox's VAD (silence {' '.join(VAD_EFFECT[1:])}) removed every sample of {len(emptied)} "
                 f"{split} utterance(s) (first: {', '.join(u.path.name for u in emptied[:3])}, "
                 f"{emptied[0].path}); these cannot be scored: remove them from the trial list or set task.vad=false"
             )
-        kept = [(u, path) for u, path in zip(utterances, outputs, strict=True) if path is not None]
-        infos = probe_audio([path for _, path in kept], f"VoxCeleb1/sv-vad-{split}")
-        lengths = {id(u): info.num_samples for (u, _), info in zip(kept, infos, strict=True)}
-        paths = {id(u): path for u, path in kept}
-        result = [
-            dataclasses.replace(u, path=paths.get(id(u), u.path), num_samples=lengths.get(id(u), 0))
-            for u in utterances
-        ]
         before = sum(u.num_samples for u in utterances) / SAMPLE_RATE
         after = sum(u.num_samples for u in result) / SAMPLE_RATE
         self._policy.setdefault(split, {})["vad"] = {

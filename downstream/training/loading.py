@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from downstream.data.corpus import Utterance
 from downstream.data.dataset import AudioDataset
 from downstream.data.sampler import BucketBatchSampler
 from downstream.tasks.base import Batch, Task
@@ -61,18 +62,29 @@ def resolve_num_workers(setting: int | str, device: torch.device) -> int:
 
 
 def split_dataset(task: Task, split: str, seed: int) -> AudioDataset:
-    """The waveforms of one split as the trainer reads them: training crops (task.train_crop_seconds)
-    and the length limit (task.max_seconds / on_too_long) on train only, so dev and test stay whole;
-    audio shorter than task.pad_to_samples zero-padded to it on every split; every split scaled by
-    task.gain_db decibels."""
-    training = split == "train"
-    return AudioDataset(
-        task.utterances(split),
+    """The waveforms of one split as the trainer reads them (``task_dataset`` of its utterances)."""
+    return task_dataset(task, task.utterances(split), split == "train", seed, task.pad_to_samples)
+
+
+def task_dataset(
+    task: Task,
+    utterances: list[Utterance],
+    training: bool,
+    seed: int,
+    pad_to_samples: int | None,
+    dataset_class: type[AudioDataset] = AudioDataset,
+) -> AudioDataset:
+    """``utterances`` as ``task`` reads them: training crops (task.train_crop_seconds) and the length limit
+    (task.max_seconds / on_too_long) in training only, so evaluation audio stays whole; audio shorter than
+    ``pad_to_samples`` zero-padded to it; every file scaled by task.gain_db decibels. The trainer's splits
+    and a trained run's new inputs (``downstream.inference.inputs.input_batches``) are read by this."""
+    return dataset_class(
+        utterances,
         crop_seconds=task.train_crop_seconds if training else None,
         seed=seed,
         max_seconds=task.max_seconds if training else None,
         on_too_long=task.on_too_long,
-        pad_to_samples=task.pad_to_samples,
+        pad_to_samples=pad_to_samples,
         gain_db=task.gain_db,
     )
 
