@@ -1,7 +1,8 @@
 """The documentation's commands: every `python run_downstream.py ...` line of a shell block in README.md and
 docs/*.md composes with the project's config (its keys and values exist and resolve), and every one not
-marked `# needs: <what>` (real data, a GPU, a cluster, the network) is run by a test. Runs are the documented
-command with a shortened schedule (trainer.max_steps=2, ...) and the outputs in a temporary folder; the
+marked `# needs: <what>` (real data, a GPU, a cluster, the network) is run by a test: one that a
+`# tested by tests/<file>.py::<test>` marker names (which must exist), or here, as the documented command with a
+shortened schedule (trainer.max_steps=2, ...) and the outputs in a temporary folder; the
 site itself is built with `mkdocs build --strict` by .ci/run (links and anchors included)."""
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from tests.helpers import REPO_ROOT, compose_config, launch_timeout_s, run_downs
 
 DOC_FILES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 NEEDS = re.compile(r"#.*\bneeds:\s*([^#]+)")
+# `# tested by tests/<file>.py::<test>`: a test elsewhere runs this command (or the same launch); it must exist.
+TESTED_BY = re.compile(r"#.*\btested by (tests/[\w/]+\.py)::(\w+)")
 # What a test run adds to a documented command: a short schedule, and hydra folders in the test's tmp_path.
 # A documented successive-halving step is moved to the short schedule's first evaluation.
 SHORT = ["trainer.max_steps=2", "trainer.eval_every=1", "trainer.limit_eval_batches=1"]
@@ -29,6 +32,7 @@ class DocCommand:
     line: str  # as written, continuations joined
     arguments: tuple[str, ...]  # after `python run_downstream.py`
     needs: str | None  # what a `# needs: ...` marker says the command needs, else None
+    tested_by: tuple[str, str] | None = None  # (test file, test name) of a `# tested by ...` marker
 
     @property
     def multirun(self) -> bool:
@@ -60,10 +64,13 @@ def documented_commands() -> list[DocCommand]:
                 words = shlex.split(part, comments=True)
                 if words[:2] != ["python", "run_downstream.py"]:
                     continue
-                marker = NEEDS.search(part)
+                marker, tested = NEEDS.search(part), TESTED_BY.search(part)
                 needs = marker.group(1).strip() if marker else None
+                page = str(path.relative_to(REPO_ROOT))
                 commands.append(
-                    DocCommand(str(path.relative_to(REPO_ROOT)), part.strip(), tuple(words[2:]), needs)
+                    DocCommand(
+                        page, part.strip(), tuple(words[2:]), needs, tested.groups() if tested else None
+                    )
                 )
     return commands
 
@@ -102,7 +109,15 @@ def test_every_documented_command_composes(command: DocCommand):
         assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", f"{command}: no key {key}"
 
 
-UNMARKED = [command for command in COMMANDS if command.needs is None]
+UNMARKED = [command for command in COMMANDS if command.needs is None and command.tested_by is None]
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c.tested_by], ids=str)
+def test_commands_tested_elsewhere_name_an_existing_test(command: DocCommand):
+    file, name = command.tested_by
+    assert re.search(rf"^def {name}\(", (REPO_ROOT / file).read_text(), re.MULTILINE), (
+        f"{command}: no {file}::{name}"
+    )
 
 
 @pytest.mark.slow

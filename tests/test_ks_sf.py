@@ -462,9 +462,9 @@ def test_only_option_rewrites_ks_and_sf_and_leaves_the_rest(tmp_path):
     )
     archive = out / "SpeechCommands" / "speech_commands_v0.01"
     assert (
-        len(read_speech_commands(archive, "train")) == 11 + 2
-    )  # one speaker; two 1 s windows of 2.5 s noise
-    assert len(read_speech_commands(archive, "dev")) == 11 + 2
+        len(read_speech_commands(archive, "train")) == 11 + 1
+    )  # one speaker; one 1 s window of 2.5 s noise (its last 1 s is dev's: silence_regions)
+    assert len(read_speech_commands(archive, "dev")) == 11 + 1  # and the held-out last 1 s of the noise
     test_set = read_speech_commands(
         archive, "test", test_root=out / "SpeechCommands" / "speech_commands_test_set_v0.01"
     )

@@ -45,6 +45,9 @@ TRAINING = [
     "trainer.batch_size=2",
     "trainer.limit_eval_batches=2",
     "trainer.log_every=1",
+    # one thread, in the SLURM jobs and the in-process references alike: the runner sets torch's threads
+    # from trainer.threads (auto: OMP_NUM_THREADS, else the cores), and sums in another order differ
+    "trainer.threads=1",
 ]
 WIDTH = "upstream.hidden_size=32"
 RESOURCES = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
@@ -200,6 +203,15 @@ def log_of(run_dir: Path) -> str:
     return (run_dir / "run_downstream.log").read_text()
 
 
+def assert_own_final_results(log: str, run_dir: Path) -> None:
+    """``log`` holds ``run_dir``'s final results once: the best dev step naming the folder, then one results
+    line per split (a job trained in a group gets its own lines, not those of the group's other jobs)."""
+    assert re.search(rf"results of the best dev step \d+ \[{re.escape(str(run_dir))}\]", log), log
+    for split in ("dev", "test"):
+        lines = re.findall(rf"\] - {split}: PER \d+\.\d\d %$", log, flags=re.MULTILINE)
+        assert len(lines) == 1, log
+
+
 def unfinished_messages(output: str) -> list[str]:
     """The launcher's per-job messages ("job #N did not finish: ..." with its indented lines)."""
     return re.findall(r"job #\d+ did not finish:.*?(?=\n\[|\Z)", output, flags=re.DOTALL)
@@ -255,9 +267,9 @@ def sweep_and_relaunch(cluster, tmp: Path) -> dict:
 
 
 def time_limit_with_a_failing_job(cluster, tmp: Path) -> dict:
-    """Three jobs: upstream.hidden_size=32 reaches its time limit and is requeued; =30 fails (not a multiple
-    of the 4 heads); =16 is killed with SIGKILL (as the out-of-memory killer would) as soon as it runs, so
-    SLURM ends it without a result."""
+    """Three jobs: upstream.hidden_size=32 reaches its time limit and is requeued; =30 fails before training
+    (not a multiple of the 4 heads), so its run folder is removed; =16 is killed with SIGKILL (as the
+    out-of-memory killer would) as soon as it runs, so SLURM ends it without a result."""
     sweep = tmp / "time_limit"
     process = start_sweep(
         cluster,
@@ -285,7 +297,6 @@ def time_limit_with_a_failing_job(cluster, tmp: Path) -> dict:
         code=code,
         output=output,
         run_dir=run_dir,
-        failed_dir=run_dir_with(sweep, "upstream.hidden_size=30", 0),
         submitit_log=submitit_log,
         sweep=sweep,
     )
@@ -437,8 +448,7 @@ def references(tmp_path_factory) -> dict[str, Path]:
     """Uninterrupted in-process runs of TRAINING (one thread), per interface: what every SLURM run must equal."""
     from downstream.training.runner import run_experiment
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()  # the runner sets them (trainer.threads=1 in TRAINING) process-wide
     try:
         runs = {}
         for name in ("weighted_sum", "last_layer"):
@@ -487,7 +497,14 @@ def test_time_limit_requeues_and_resumes_while_failed_and_killed_jobs_are_report
     failed, killed = messages
     assert failed.startswith("job #1 did not finish") and killed.startswith("job #2 did not finish")
     assert "upstream.hidden_size must be a positive multiple of num_heads=4, got 30" in failed
-    assert f"folder: {record['failed_dir']}" in failed
+    # it failed before training: its folder is named, and was removed (its job's stderr says so)
+    failed_dir = re.search(
+        rf"folder: ({re.escape(str(record['sweep']))}/\S*upstream.hidden_size=30\S*)", failed
+    )
+    assert failed_dir, failed
+    assert not Path(failed_dir.group(1)).exists()
+    slurm_log = Path(re.search(r"SLURM log: (\S+)", failed).group(1)).read_text()
+    assert f"run folder {failed_dir.group(1)} removed: nothing was trained" in slurm_log, slurm_log[-3000:]
     assert f"hydra.sweep.dir={record['sweep']}" in failed and "upstream.hidden_size=30" in failed
     assert re.search(r"SLURM ended it \(state [A-Z_]+\) before it wrote a result", killed)
     assert re.search(rf"folder: {re.escape(str(record['sweep']))}/\S*upstream.hidden_size=16", killed)
@@ -529,7 +546,8 @@ def test_shared_upstream_group_requeues_at_the_time_limit_and_by_scontrol_and_re
         assert "SIGUSR2: checkpointing at the end of this update" in log  # launch 1, time limit
         assert "SIGTERM: checkpointing at the end of this update" in log  # launch 2, scontrol requeue
         assert len(re.findall(r"resumed at step \d+", log)) >= 2
-        assert f"{name} -> 32 features" in log and re.search(r"best step \d+", log)
+        assert f"{name} -> 32 features" in log
+        assert_own_final_results(log, run_dir)
         assert not any(other in line and str(run_dir) not in line for line in log.splitlines()), log
         # trained together with another head: equal to the job alone up to float summation order
         assert_same_run(run_dir, references[name], atol=1e-5, rtol=1e-4)
@@ -592,6 +610,7 @@ def test_shared_sweep_stopped_by_sigterm_exits_75_with_complete_per_job_logs_and
         assert f"{name} -> 32 features" in log
         others = [n for n in names if n != name]
         assert not any(f"{other} -> " in log for other in others), log
+        assert not any(f"new run folder {dirs[other].name}" in log for other in others), log
 
     completed = subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=launch_timeout_s(updates=50)
@@ -599,7 +618,8 @@ def test_shared_sweep_stopped_by_sigterm_exits_75_with_complete_per_job_logs_and
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     for name in names:
         log = log_of(dirs[name])
-        assert f"{name} -> 32 features" in log and re.search(r"best step \d+", log)
+        assert f"{name} -> 32 features" in log
+        assert_own_final_results(log, dirs[name])
         assert not any(f"{other} -> " in log for other in names if other != name), log
         assert (dirs[name] / "results.json").exists()
     assert re.search(r"resumed at step \d+", log_of(dirs["weighted_sum"]))

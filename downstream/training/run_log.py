@@ -18,6 +18,17 @@ from downstream.files import write_atomically
 log = logging.getLogger(__name__)
 
 
+#: The ``LogRecord`` attribute that names the run folder a log line is about, for lines whose text does not
+#: name it (``about_run``); the shared-upstream launcher routes such a line to that run's log file only.
+RUN_DIR_FIELD = "run_dir"
+
+
+def about_run(run_dir: Path) -> dict[str, str]:
+    """``extra=`` for ``log.info(...)``: marks the line as being about the run folder ``run_dir`` alone
+    (``RUN_DIR_FIELD``), e.g. a results line ``test: PER 37.76 %`` of one of several runs trained together."""
+    return {RUN_DIR_FIELD: str(run_dir)}
+
+
 def write_json_atomically(path: Path, payload: Any) -> None:
     """Write ``payload`` as indented JSON to ``path`` (``downstream.files.write_atomically``)."""
     text = json.dumps(payload, indent=2) + "\n"

@@ -42,7 +42,7 @@ from downstream.training.identity import (
 from downstream.training.integrity import check_integrity
 from downstream.training.loading import pick_device, resolve_num_workers
 from downstream.training.run_lock import HOLDER_FILE, RunFolderLockedError, hold_run_folders
-from downstream.training.run_log import SilentRunLogger, environment_record
+from downstream.training.run_log import SilentRunLogger, about_run, environment_record
 from downstream.training.settings import TrainerSettings
 from downstream.training.threads import apply_threads, overloaded
 from downstream.training.trainer import Trainer
@@ -256,7 +256,12 @@ def log_nearest_run(identity: RunIdentity, run_dir: Path) -> None:
     """Log which settings of this new run folder differ from the nearest run beside it (``nearest_run``)."""
     nearest = nearest_run(identity, run_dir)
     if nearest is not None:
-        log.info("new run folder %s; nearest run %s", run_dir.name, describe_difference(identity, *nearest))
+        log.info(
+            "new run folder %s; nearest run %s",
+            run_dir.name,
+            describe_difference(identity, *nearest),
+            extra=about_run(run_dir),
+        )
 
 
 @dataclass

@@ -37,6 +37,7 @@ from downstream.training.halving import halve
 from downstream.training.loading import HiddenStateSource, pick_device, split_loader
 from downstream.training.preemption import pass_signal_on, record_stop_signals
 from downstream.training.resume import resume_branches, save_branch_checkpoints
+from downstream.training.run_log import about_run
 from downstream.training.settings import PRECISIONS, TrainerSettings, apply_tf32
 from upstream.base import Upstream
 
@@ -322,7 +323,9 @@ class Trainer:
             branch.logger.log(self.step, "test", test_metrics)
             log.info("results of the best dev step %s [%s]", branch.best_step, branch.run_dir)
             for split, metrics in (("dev", dev_metrics), ("test", test_metrics)):
-                log.info("%s", results_line(split, metrics, self.task.metric))
+                log.info(
+                    "%s", results_line(split, metrics, self.task.metric), extra=about_run(branch.run_dir)
+                )
             outcomes.append(
                 {
                     "best_step": branch.best_step,

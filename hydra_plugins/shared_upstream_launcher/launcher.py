@@ -172,13 +172,19 @@ def _mentions(message: str, path: str) -> bool:
 
 
 class _OwnLinesOnly(logging.Filter):
-    """A group member's log file: the group's shared lines and its own, not those naming another member."""
+    """A group member's log file: the group's shared lines and its own, not those about another member (a
+    line marked with a run folder, ``about_run``, or one whose text names another member's folder)."""
 
     def __init__(self, own: str, others: list[str]) -> None:
+        from downstream.training.run_log import RUN_DIR_FIELD
+
         super().__init__()
-        self.own, self.others = own, others
+        self.own, self.others, self.field = own, others, RUN_DIR_FIELD
 
     def filter(self, record: logging.LogRecord) -> bool:
+        about = getattr(record, self.field, None)
+        if about is not None:
+            return about == self.own
         message = record.getMessage()
         return _mentions(message, self.own) or not any(_mentions(message, o) for o in self.others)
 
