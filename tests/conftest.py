@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
-from hydra.core.global_hydra import GlobalHydra
+import os
 
-from tests.helpers import compose_config
+# One compute thread per test process (in-process runs and the launches they start inherit it): the suite runs
+# on two xdist workers on two cores, so more threads only oversubscribe the cores, and runs compared with each
+# other (in process, in a subprocess, under SLURM) add up their floats in the same order. Tests of the thread
+# choice pass their own environment (tests/test_first_hour.py).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+
+from tests.helpers import compose_config  # noqa: E402
 
 
 @pytest.fixture
