@@ -200,14 +200,12 @@ def main(cfg: DictConfig) -> None:
 
 def report_config_names(arguments: list[str]) -> None:
     """Make Hydra report an unknown key or config option with the closest names of the config tree
-    (``config_help.suggest``) instead of its advice to append the key with ``+``. Hydra prints a
-    ``CompactHydraException`` as its message alone; its other errors are left as they are."""
+    (``config_help.suggest``) instead of its advice to append the key with ``+``: the message alone on
+    stderr and exit status 1 (Hydra's own report would add its HYDRA_FULL_ERROR advice, for no traceback);
+    its other errors are left as they are."""
     from hydra._internal import utils as hydra_utils
 
     from downstream.training.config_help import ConfigNameError, suggest
-
-    class UnknownConfigName(CompactHydraException):
-        """An unknown key or option, with suggestions."""
 
     report = hydra_utils.run_and_report
     overrides = [argument for argument in arguments if "=" in argument and not argument.startswith("-")]
@@ -219,7 +217,8 @@ def report_config_names(arguments: list[str]) -> None:
             except CompactHydraException as error:
                 better = suggest(error, overrides)
                 if isinstance(better, ConfigNameError):
-                    raise UnknownConfigName(f"error: {better}") from None
+                    print(f"error: {better}", file=sys.stderr)
+                    raise SystemExit(EXIT_ERROR) from None
                 raise
 
         return report(with_suggestions)
