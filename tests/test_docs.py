@@ -100,8 +100,11 @@ def test_every_documented_command_composes(command: DocCommand):
     overrides = first_values(command.overrides)
     cfg = compose_config(overrides)
     for key in cfg:  # every ${...} of the job config resolves (schedule, protocol, paths, run hash)
-        if key != "hydra":
-            OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        if key == "hydra":
+            continue
+        value = cfg[key]  # a scalar resolves when read
+        if OmegaConf.is_config(value):
+            OmegaConf.to_container(value, resolve=True)
     for override in overrides:
         key, _, value = override.partition("=")
         if "/" in key or key.startswith(("hydra", "+", "~", "experiment")) or "," in override:
