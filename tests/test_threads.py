@@ -43,6 +43,21 @@ def run_command(run_dir: Path) -> list[str]:
     return [sys.executable, "run_downstream.py", *TWO_STEP_RUN, f"hydra.run.dir={run_dir}"]
 
 
+def launch(argv: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> None:
+    """Run ``argv`` (a launch under some mechanism) from the repository root without OMP_NUM_THREADS;
+    asserts it succeeded (the failure names its stderr and ``log``)."""
+    completed = subprocess.run(
+        argv,
+        cwd=REPO_ROOT,
+        env={**launch_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=launch_timeout_s(updates=2),
+    )
+    written = log.read_text() if log is not None and log.exists() else ""
+    assert completed.returncode == 0, completed.stderr[-2000:] + written[-2000:]
+
+
 def write_hierarchy(tmp_path: Path, version: str, quotas: dict[str, str]) -> tuple[Path, Path]:
     """Fake /proc/self/cgroup and /proc/self/mountinfo for a process in cgroup /outer/inner of a hierarchy
     mounted at tmp_path/mnt (root /outer: as a container sees its own cgroup), with the given quota file
@@ -131,15 +146,7 @@ def test_a_cgroup_quota_of_one_core_gives_one_thread(tmp_path):
         run_dir = tmp_path / "run"
         # the shell moves itself into the cgroup, then becomes the launch (which inherits the cgroup)
         command = " ".join(run_command(run_dir))
-        completed = subprocess.run(
-            ["sh", "-c", f'echo $$ > "{child / "cgroup.procs"}" && exec {command}'],
-            cwd=REPO_ROOT,
-            env=launch_env(),
-            capture_output=True,
-            text=True,
-            timeout=launch_timeout_s(updates=2),
-        )
-        assert completed.returncode == 0, completed.stderr[-2000:]
+        launch(["sh", "-c", f'echo $$ > "{child / "cgroup.procs"}" && exec {command}'])
     finally:
         child.rmdir()  # empty again: the launch has exited
     assert logged_threads(run_dir) == (1, "1 core (cgroup CPU quota 1)")
@@ -150,15 +157,7 @@ def test_an_affinity_mask_of_one_cpu_gives_one_thread(tmp_path):
     if shutil.which("taskset") is None:
         pytest.skip("taskset (util-linux) is not installed")
     run_dir = tmp_path / "run"
-    completed = subprocess.run(
-        ["taskset", "-c", str(min(os.sched_getaffinity(0))), *run_command(run_dir)],
-        cwd=REPO_ROOT,
-        env=launch_env(),
-        capture_output=True,
-        text=True,
-        timeout=launch_timeout_s(updates=2),
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    launch(["taskset", "-c", str(min(os.sched_getaffinity(0))), *run_command(run_dir)])
     assert logged_threads(run_dir)[0] == 1 and "CPU affinity" in logged_threads(run_dir)[1]
 
 
@@ -173,20 +172,6 @@ def test_a_slurm_job_of_one_cpu_gives_one_thread(slurm_cluster, tmp_path, option
         pytest.skip("one core: one CPU cannot be told from the affinity")
     run_dir = tmp_path / "run"
     output = tmp_path / "job.out"
-    completed = subprocess.run(
-        [
-            slurm_executable("sbatch"),
-            "--wait",
-            *options,
-            f"--output={output}",
-            f"--chdir={REPO_ROOT}",
-            "--wrap",
-            " ".join(run_command(run_dir)),
-        ],
-        env={**launch_env(), **slurm_cluster.env},
-        capture_output=True,
-        text=True,
-        timeout=launch_timeout_s(updates=2),
-    )
-    assert completed.returncode == 0, completed.stderr + (output.read_text() if output.exists() else "")
+    sbatch = [slurm_executable("sbatch"), "--wait", *options, f"--output={output}", f"--chdir={REPO_ROOT}"]
+    launch([*sbatch, "--wrap", " ".join(run_command(run_dir))], env=slurm_cluster.env, log=output)
     assert logged_threads(run_dir) == (1, f"1 core ({source})")
