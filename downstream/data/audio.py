@@ -102,3 +102,20 @@ def load_audio(
     if gain_db:
         mono = (mono * np.float32(gain_factor(gain_db))).astype(np.float32, copy=False)
     return torch.from_numpy(np.ascontiguousarray(mono))
+
+
+def nonfinite_problem(path: str | Path, subtype: str | None = None) -> str | None:
+    """The ``NonFiniteAudioError`` message of ``path`` when it is a float file holding NaN or infinite
+    samples, else None. Only float files (``FLOAT_SUBTYPES``; ``subtype``: the header's, read here when
+    None) are decoded, once: integer PCM and FLAC cannot hold such values. For files that are not read by
+    ``load_audio`` later, whose decoding would check them: the sources of a task's preprocessing (SV's sox
+    VAD turns NaN into finite samples), and the integrity pass before training."""
+    if subtype is None:
+        subtype = soundfile.info(str(path)).subtype
+    if str(subtype).upper() not in FLOAT_SUBTYPES:
+        return None
+    try:
+        load_audio(path)
+    except NonFiniteAudioError as error:
+        return str(error)
+    return None

@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from downstream.data.audio import SAMPLE_RATE, NonFiniteAudioError, load_audio
+from downstream.data.audio import SAMPLE_RATE, nonfinite_problem
 from downstream.data.corpus import AudioInfo, Utterance, audio_info, rate_examples
 from downstream.data.text import refuse_repeated_ids, shown
 from downstream.tasks.base import Task
@@ -195,10 +195,9 @@ def _check_nonfinite(
     float_files = sorted(path for path, header in headers.items() if header.can_be_nonfinite)
     bad: dict[str, str] = {}
     for path in float_files:
-        try:
-            load_audio(path)
-        except NonFiniteAudioError as error:
-            bad[path] = str(error)
+        problem = nonfinite_problem(path, headers[path].subtype)
+        if problem is not None:
+            bad[path] = problem
     skip = task.on_nonfinite == "skip"
     if bad and not skip:
         named = list(bad.values())
