@@ -262,16 +262,21 @@ def test_nan_audio_is_left_out_and_counted_with_skip(tmp_path, task):
     assert sum(record["nonfinite"]["count"] for record in report.values()) == 1
 
 
-def _nan_training_and_trial_files(root: Path) -> dict[str, Path]:
-    """A training file (of a speaker no trial list names) and a test-trial file of the VoxCeleb1 copy,
-    rewritten as float WAVs holding NaN and inf samples."""
+def _sv_training_file(root: Path) -> Path:
+    """A file of the VoxCeleb1 copy of a speaker that no trial list names (in SV's training split only)."""
     listed = {
         field.split("/")[0]
         for trials in ("veri_test.txt", "dev_trials.txt")
         for line in (root / trials).read_text(encoding="utf-8").splitlines()
         for field in line.split()[1:]
     }
-    training = next(p for p in sorted((root / "wav").glob("*/*/*.flac")) if p.parts[-3] not in listed)
+    return next(p for p in sorted((root / "wav").glob("*/*/*.flac")) if p.parts[-3] not in listed)
+
+
+def _nan_training_and_trial_files(root: Path) -> dict[str, Path]:
+    """A training file and a test-trial file of the VoxCeleb1 copy, rewritten as float WAVs holding NaN
+    and inf samples."""
+    training = _sv_training_file(root)
     samples = soundfile.read(str(training.resolve()), dtype="float32")[0]
     samples[50] = np.nan
     write_float_wav(training, samples)
@@ -375,6 +380,14 @@ def test_a_16_khz_corpus_with_files_at_other_rates_is_refused_naming_them(tmp_pa
         str(files["dev"]) in record.getMessage() and "dev split" in record.getMessage()
         for record in caplog.records
     )
+
+
+def test_a_wrong_rate_behind_svs_vad_is_refused_naming_the_voxceleb1_file(tmp_path):
+    """protocol=superb: sox's VAD output is always 16 kHz; the check reads the header of the file behind it."""
+    training = _sv_training_file(copy_corpus(tmp_path, CORPUS["sv"]))
+    _relabel_rate(training, 8000)
+    with pytest.raises(CorpusIntegrityError, match=re.escape(f"'{training}' (8000 Hz)")):
+        checked("sv", tmp_path)
 
 
 def test_a_corpus_of_mixed_rates_by_nature_is_resampled_and_counted_without_asking(tmp_path):
