@@ -383,7 +383,8 @@ def test_a_16_khz_corpus_with_files_at_other_rates_is_refused_naming_them(tmp_pa
 
 
 def test_a_wrong_rate_behind_svs_vad_is_refused_naming_the_voxceleb1_file(tmp_path):
-    """protocol=superb: sox's VAD output is always 16 kHz; the check reads the header of the file behind it."""
+    """protocol=superb: sox's VAD output is always 16 kHz; the check reads the header of the file behind
+    it."""
     training = _sv_training_file(copy_corpus(tmp_path, CORPUS["sv"]))
     _relabel_rate(training, 8000)
     with pytest.raises(CorpusIntegrityError, match=re.escape(f"'{training}' (8000 Hz)")):

@@ -70,7 +70,9 @@ def load_audio(
     """
     path = Path(path)
     if start < 0 or (stop is not None and stop < start):
-        raise ValueError(f"load_audio: need 0 <= start <= stop, got start={start}, stop={stop} for {shown(path, True)}")
+        raise ValueError(
+            f"load_audio: need 0 <= start <= stop, got start={start}, stop={stop} for {shown(path, True)}"
+        )
     try:
         with soundfile.SoundFile(str(path)) as handle:
             file_rate = handle.samplerate

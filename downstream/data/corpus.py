@@ -175,7 +175,8 @@ def _probe_one(path: Path) -> AudioInfo:
     try:
         info = soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError) as error:
-        raise AudioDecodeError(f"cannot read the audio header of {shown_value(path, True)}: {error}") from error
+        problem = f"cannot read the audio header of {shown_value(path, True)}: {error}"
+        raise AudioDecodeError(problem) from error
     return AudioInfo(
         frames=int(info.frames),
         sample_rate=int(info.samplerate),

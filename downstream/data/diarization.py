@@ -97,7 +97,9 @@ def _seconds(value: str, path: Path, key: str, what: str) -> float:
     try:
         seconds = float(value)
     except ValueError:
-        raise DataLayoutError(f"{what} '{path}': {shown(key, True)} has the time {value!r}, expected seconds") from None
+        raise DataLayoutError(
+            f"{what} '{path}': {shown(key, True)} has the time {value!r}, expected seconds"
+        ) from None
     if not seconds >= 0:
         raise DataLayoutError(f"{what} '{path}': {shown(key, True)} has the negative time {value!r}")
     return seconds
@@ -164,18 +166,20 @@ def read_kaldi_diarization(data_dir: str | Path, corpus: str = "diarization") ->
     for _, (utterance, recording, start, end) in segment_rows:
         if recording not in wav_paths:
             raise DataLayoutError(
-                f"{what} '{segments_path}': utterance {shown(utterance, True)} is in recording {shown(recording, True)}, "
-                f"which '{wav_scp}' does not list"
+                f"{what} '{segments_path}': utterance {shown(utterance, True)} is in recording "
+                f"{shown(recording, True)}, which '{wav_scp}' does not list"
             )
         if utterance not in utt2spk:
             raise DataLayoutError(
-                f"{what} '{segments_path}': utterance {shown(utterance, True)} has no speaker in '{utt2spk_path}'"
+                f"{what} '{segments_path}': utterance {shown(utterance, True)} has no speaker in "
+                f"'{utt2spk_path}'"
             )
         start_s = _seconds(start, segments_path, utterance, what)
         end_s = _seconds(end, segments_path, utterance, what)
         if end_s <= start_s:
             raise DataLayoutError(
-                f"{what} '{segments_path}': utterance {shown(utterance, True)} ends ({end}) before it starts ({start})"
+                f"{what} '{segments_path}': utterance {shown(utterance, True)} ends ({end}) before it "
+                f"starts ({start})"
             )
         turns[recording].append(SpeakerTurn(utt2spk[utterance], start_s, end_s))
 
@@ -217,8 +221,8 @@ def read_kaldi_diarization(data_dir: str | Path, corpus: str = "diarization") ->
                 raise DataLayoutError(f"'{reco2dur}' has no duration for recording {shown(recording, True)}")
             if abs(durations[recording] - seconds) > _DURATION_TOLERANCE:
                 raise DataLayoutError(
-                    f"'{reco2dur}' gives recording {shown(recording, True)} {durations[recording]} s but {shown(path, True)} holds "
-                    f"{seconds:.3f} s"
+                    f"'{reco2dur}' gives recording {shown(recording, True)} {durations[recording]} s but "
+                    f"{shown(path, True)} holds {seconds:.3f} s"
                 )
         late = [
             turn
@@ -227,9 +231,9 @@ def read_kaldi_diarization(data_dir: str | Path, corpus: str = "diarization") ->
         ]
         if late:
             raise DataLayoutError(
-                f"recording {shown(recording, True)} ({shown(path, True)}, {seconds:.3f} s) has a turn of speaker "
-                f"{shown(late[0].speaker, True)} "
-                f"ending at {late[0].end} s, after the audio ends (files: '{segments_path}'"
+                f"recording {shown(recording, True)} ({shown(path, True)}, {seconds:.3f} s) has a turn of "
+                f"speaker {shown(late[0].speaker, True)} ending at {late[0].end} s, after the audio ends "
+                f"(files: '{segments_path}'"
                 f"{f', {rttm}' if rttm.is_file() else ''})"
             )
         result.append(

@@ -111,7 +111,8 @@ def list_inputs(source: str | Path) -> list[Utterance]:
     for utterance_id, path in entries:
         if utterance_id in seen:
             raise ValueError(
-                f"inputs={source}: {shown(seen[utterance_id])} and {shown(path)} both have the id {utterance_id!r}"
+                f"inputs={source}: {shown(seen[utterance_id])} and {shown(path)} both have the id "
+                f"{utterance_id!r}"
             )
         seen[utterance_id] = path
     return [Utterance(id=utterance_id, path=Path(path), num_samples=0) for utterance_id, path in entries]

@@ -154,7 +154,8 @@ def diarization_errors(
     for turn in (*reference, *hypothesis):
         if not turn.end >= turn.start:
             raise ValueError(
-                f"turn of speaker {shown(turn.speaker, True)} ends ({turn.end}) before it starts ({turn.start})"
+                f"turn of speaker {shown(turn.speaker, True)} ends ({turn.end}) before it starts "
+                f"({turn.start})"
             )
     bounds = np.unique(np.array([t for turn in (*reference, *hypothesis) for t in (turn.start, turn.end)]))
     if len(bounds) < 2:

@@ -168,7 +168,8 @@ class CTCTask(Task):
         for token in self.tokenize(utterance, split):
             if token not in self._token_ids:
                 raise ValueError(
-                    f"{self.name}: token {token!r} of utterance {utterance.described} is not in the vocabulary"
+                    f"{self.name}: token {token!r} of utterance {utterance.described} is not in the "
+                    "vocabulary"
                 )
             ids.append(self._token_ids[token])
         return ids
