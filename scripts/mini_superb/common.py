@@ -212,7 +212,7 @@ class Sizes:
     # SV: speakers of the VoxCeleb1 stand-in held out for each trial list (dev and test), and target and
     # non-target trials per list. 0 writes no trial lists.
     sv_speakers_per_list: int = 4
-    sv_trials_per_kind: int = 40
+    sv_trials_per_kind: int = 150
     fluent_speakers: tuple[int, int, int] = (5, 2, 2)  # train, valid, test; each says every intent once
     fluent_intents: int = len(FLUENT_INTENTS)  # the first this many of FLUENT_INTENTS
     # ML-SUPERB per language set: 1-hour training set, the 10-minute subset of it, dev, test; the second

@@ -159,24 +159,35 @@ def write_iemocap(out: Path, sizes: Sizes, synthesize: Synthesizer) -> dict:
 
 
 def write_sv_trials(out: Path, sizes: Sizes) -> dict:
-    """Verification trial lists over the VoxCeleb1 stand-in (no new audio): the last sv_speakers_per_list
-    speakers for test (veri_test.txt), the ones before them for dev (dev_trials.txt); the other speakers
-    are SV's training speakers. Each list has sv_trials_per_kind distinct target and non-target trials."""
+    """Verification trial lists over the VoxCeleb1 stand-in (no new audio): sv_speakers_per_list speakers
+    for test (veri_test.txt) and as many others for dev (dev_trials.txt), half of each list from the male
+    speakers (the first half of write_voxceleb1's speakers) and half from the female ones, as VoxCeleb1's
+    test speakers are of both genders (the last ones of each half for test, the ones before them for dev);
+    the other speakers are SV's training speakers. Each list has sv_trials_per_kind distinct target and
+    non-target trials."""
     count = sizes.sv_speakers_per_list
     if not count:
         return {}
     rng = random.Random(f"{SEED}-sv")
     wav_dir = out / "VoxCeleb1" / "wav"
     speakers = sorted(folder.name for folder in wav_dir.iterdir() if folder.is_dir())
-    if len(speakers) < 2 * count + 1:
+    male, female = speakers[: sizes.voxceleb_speakers // 2], speakers[sizes.voxceleb_speakers // 2 :]
+    from_male = count // 2
+    if len(male) < 2 * from_male + 1 or len(female) < 2 * (count - from_male) + 1:
         raise SystemExit(
-            f"make_mini_superb: SV needs {2 * count + 1} VoxCeleb1 speakers, got {len(speakers)}"
+            f"make_mini_superb: SV needs {2 * count + 2} VoxCeleb1 speakers of both genders, got {len(speakers)}"
         )
+
+    def pick(lists_after: int) -> list[str]:
+        """count speakers of both genders, lists_after lists' worth of speakers before each half's end."""
+        end_male, end_female = (
+            len(male) - lists_after * from_male,
+            len(female) - lists_after * (count - from_male),
+        )
+        return male[end_male - from_male : end_male] + female[end_female - (count - from_male) : end_female]
+
     summary = {}
-    for split, name, chosen in (
-        ("dev", "dev_trials.txt", speakers[-2 * count : -count]),
-        ("test", "veri_test.txt", speakers[-count:]),
-    ):
+    for split, name, chosen in (("dev", "dev_trials.txt", pick(1)), ("test", "veri_test.txt", pick(0))):
         files = {
             speaker: sorted(str(path.relative_to(wav_dir)) for path in (wav_dir / speaker).glob("*/*.flac"))
             for speaker in chosen

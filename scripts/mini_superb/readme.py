@@ -42,7 +42,8 @@ def write_readme(
     ]
     sv_text = (
         f"SV trial lists over the VoxCeleb1 audio (no audio of their own): `VoxCeleb1/veri_test.txt` "
-        f"({sv['test'][0]} trials over {sv['test'][2]} utterances of {sv['test'][1]} speakers) and "
+        f"({sv['test'][0]} trials over {sv['test'][2]} utterances of {sv['test'][1]} speakers, half "
+        f"of them male, half female) and "
         f"`VoxCeleb1/dev_trials.txt` ({sv['dev'][0]} trials, {sv['dev'][1]} other speakers), half of them "
         f"target trials; SV trains on the remaining {sv['train_speakers']} speakers."
         if sv
