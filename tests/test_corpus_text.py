@@ -8,8 +8,11 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 
+from downstream.data.audio import AudioDecodeError, load_audio
 from downstream.data.corpus import DataLayoutError
 from downstream.data.snips import read_snips
 from downstream.data.text import read_lines, shown
@@ -59,6 +62,59 @@ def test_invisible_characters_in_an_id_are_shown_in_the_message(tmp_path):
     with pytest.raises(DataLayoutError, match=re.escape("\\u200b")):
         make_task("asr", tmp_path).check_data()
     assert shown("a\ufeffb") == "'a\\ufeffb'" and shown("plain id") == "plain id" and shown("x\t") == "'x\\t'"
+
+
+def _ic_listed_with_a_bom(root: Path) -> str:
+    """A dev row of FSC's valid_data.csv naming a file whose name starts with a BOM, with an action that
+    training lacks; its id."""
+    csv_file = root / "data/valid_data.csv"
+    lines = csv_file.read_text(encoding="utf-8").splitlines()
+    fields = lines[1].split(",")
+    folder, name = fields[1].rsplit("/", 1)
+    fields[1] = f"{folder}/\ufeff{name}"
+    (root / fields[1]).symlink_to((root / folder / name).resolve())
+    fields[4] = "dance"
+    csv_file.write_text("\n".join([lines[0], ",".join(fields), *lines[2:]]) + "\n", encoding="utf-8")
+    return fields[1].removesuffix(".flac")
+
+
+def _sid_speaker_with_a_zero_width_space(root: Path) -> str:
+    """A dev line of iden_split.txt naming a speaker folder with a zero-width space (a speaker training
+    lacks); its id."""
+    split_file = root / "iden_split.txt"
+    lines = split_file.read_text(encoding="utf-8").splitlines()
+    position = next(i for i, line in enumerate(lines) if line.startswith("2 "))
+    listed = lines[position].split()[1]
+    speaker, rest = listed.split("/", 1)
+    renamed = f"{speaker[:3]}\u200b{speaker[3:]}/{rest}"
+    (root / "wav" / renamed).parent.mkdir(parents=True)
+    (root / "wav" / renamed).symlink_to((root / "wav" / listed).resolve())
+    lines[position] = f"2 {renamed}"
+    split_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return renamed.removesuffix(".flac")
+
+
+@pytest.mark.parametrize(
+    ("task", "flaw"),
+    cases(
+        [("ic", _ic_listed_with_a_bom), ("sid", _sid_speaker_with_a_zero_width_space)], ["ic", "sid"], set()
+    ),
+)
+def test_a_task_message_shows_invisible_characters_of_an_id_read_from_a_text_file(tmp_path, task, flaw):
+    utterance_id = flaw(copy_corpus(tmp_path, CORPUS[task]))
+    with pytest.raises(ValueError, match="which the training split does not have") as caught:
+        make_task(task, tmp_path).check_data()
+    assert repr(utterance_id) in str(caught.value)  # the escape, not the invisible character itself
+    assert utterance_id not in str(caught.value)
+
+
+def test_audio_messages_show_invisible_characters_of_a_path(tmp_path):
+    path = tmp_path / "a\ufeffb.wav"
+    soundfile.write(str(path), np.array([0.0, np.nan], dtype=np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioDecodeError) as caught:
+        load_audio(path)
+    assert "a\\ufeffb.wav' holds 1 NaN" in str(caught.value) and "\ufeff" not in str(caught.value)
+    assert shown(tmp_path / "a.wav", quoted=True) == f"'{tmp_path / 'a.wav'}'"
 
 
 def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path):

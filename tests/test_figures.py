@@ -11,7 +11,11 @@ import pytest
 from matplotlib.text import Text
 
 from downstream import reporting
-from tests.helpers import write_finished_run
+from downstream.reporting.cli import main as make_table_main
+from downstream.reporting.collect import short_keys
+from downstream.reporting.plots import LABEL_WIDTH, row_labels
+from tests.helpers import TINY_UPSTREAM, TWO_STEP_RUN, run_downstream_cli, write_finished_run
+from tests.hf_tiny import save_tiny_family
 
 #: (task, metric, higher is better, a plausible score); ten of the project's tasks
 TASKS = [
@@ -145,3 +149,136 @@ def test_the_fit_check_catches_overlapping_and_clipped_text():
     figure.text(0.12, 0.5, "two")
     with pytest.raises(AssertionError, match="overlaps"):
         assert_text_fits(figure)
+
+
+# ---------------------------------------------------------------- fusion rows: short labels
+
+PAIR = "openai/whisper-small (hf) + wavlm_base_plus (s3prl)"  # the fused upstream's label (upstream.fusion)
+
+
+def fusion_overrides(*more: str) -> tuple[str, ...]:
+    """The overrides of a fused Whisper Small + WavLM Base+ written member by member, as a user types it."""
+    return (
+        "upstream=fusion",
+        "+upstream@upstream.members.whisper_small=hf",
+        "upstream.members.whisper_small.model=openai/whisper-small",
+        "+upstream@upstream.members.wavlm_base_plus=s3prl",
+        "upstream.members.wavlm_base_plus.name=wavlm_base_plus",
+        *more,
+    )
+
+
+def write_fusion_sweep(root: Path) -> Path:
+    """ER runs of the pair (three fusion interfaces; ws_fusion also with another Whisper window) and of
+    Whisper Small alone, two folds each."""
+    jobs = [(PAIR, i, fusion_overrides()) for i in ("ws_fusion", "hconv_fusion", "chconv")]
+    jobs.append((PAIR, "ws_fusion", fusion_overrides("upstream.members.whisper_small.whisper_window=trim")))
+    jobs.append(
+        ("openai/whisper-small (hf)", "weighted_sum", ("upstream=hf", "upstream.model=openai/whisper-small"))
+    )
+    members = [{"name": "whisper_small"}, {"name": "wavlm_base_plus"}]
+    for index, ((upstream, interface, overrides), fold) in enumerate(itertools.product(jobs, (1, 2))):
+        write_finished_run(
+            root / f"job{index}",
+            task="er",
+            metric="acc",
+            higher_is_better=True,
+            interface=interface,
+            upstream=upstream,
+            upstream_config="fusion" if "+" in upstream else "hf",
+            members=members if "+" in upstream else None,
+            fold=fold,
+            seed=0,
+            schedule="superb",
+            trainable_params={"interface": 26, "head": 2000},
+            test={"acc": 70.0 + index},
+            dev={"acc": 70.0 + index},
+            overrides=("task=er", f"interface={interface}", f"task.fold={fold}", *overrides),
+        )
+    return root
+
+
+def test_fusion_rows_are_labelled_by_member_names_and_what_differs(tmp_path):
+    collection = reporting.collect_runs([write_fusion_sweep(tmp_path / "sweep")])
+    table = reporting.aggregate(collection)
+    cells = {row.interface for row in table.rows}
+    # the member overrides every pair run shares are the upstream column's, not each row's
+    assert cells == {
+        "ws_fusion",
+        "ws_fusion (whisper_small.whisper_window=trim)",
+        "hconv_fusion",
+        "chconv",
+        "weighted_sum",
+    }
+    # nothing is lost: what the rows of one upstream share is in the notes
+    assert any(
+        note.startswith(f"runs of {PAIR}: ")
+        and "upstream.members.wavlm_base_plus.name=wavlm_base_plus" in note
+        for note in collection.notes
+    )
+    for row, label in zip(table.rows, row_labels(table.rows), strict=True):
+        # a few lines, cut only at spaces (no word or key=value broken), the member names first
+        assert label.replace("\n", " ") == row.short_label and len(label) <= 90 and label.count("\n") <= 2
+        assert label.startswith("whisper_small+wavlm_base_plus /") == (row.upstream == PAIR), label
+    # the pair named member by member is still the published model: its ER cells get the paper's number
+    # (70.58 for ws_fusion, docs/fusion.md), and the row with another Whisper window does not
+    references = {row.interface: table.cells[row, "er"].reference for row in table.rows}
+    assert references["ws_fusion"].value == 70.58
+    assert references["ws_fusion (whisper_small.whisper_window=trim)"] is None
+    assert_text_fits(reporting.plot_comparison(table))
+    assert_text_fits(reporting.plot_trainable_params(reporting.parameter_summary(collection)))
+
+
+def test_long_nested_keys_are_shortened_to_an_unambiguous_ending():
+    shown = short_keys(
+        [
+            "interface.num_groups",
+            "trainer.lr",
+            "task.head.hidden_dims",
+            "upstream.members.a.whisper_window",
+            "upstream.members.b.whisper_window",
+        ]
+    )
+    assert shown == {
+        "interface.num_groups": "num_groups",
+        "trainer.lr": "trainer.lr",
+        "task.head.hidden_dims": "head.hidden_dims",
+        "upstream.members.a.whisper_window": "a.whisper_window",
+        "upstream.members.b.whisper_window": "b.whisper_window",
+    }
+
+
+@pytest.mark.slow
+def test_a_real_fusion_sweep_gets_short_labels_and_a_figure_that_fits(tmp_path):
+    """A fusion sweep on the mini corpus (a tiny Whisper + the tiny upstream, two fusion interfaces) and a
+    single-model sweep into the same directory, through run_downstream.py and make_table --plots."""
+    whisper = save_tiny_family(tmp_path / "whisper", "whisper")
+    sweep = tmp_path / "sweep"
+    steps = [o for o in TWO_STEP_RUN if o not in TINY_UPSTREAM]
+    common = ["-m", "task=ic", *steps, f"hydra.sweep.dir={sweep}"]
+    run_downstream_cli(
+        [
+            *common,
+            "upstream=fusion",
+            "+upstream@upstream.members.whisper=hf",
+            f"upstream.members.whisper.model={whisper}",
+            "upstream.members.whisper.whisper_window=trim",
+            "+upstream@upstream.members.tiny=tiny",
+            "upstream.members.tiny.num_transformer_layers=2",
+            "upstream.members.tiny.hidden_size=32",
+            "interface=ws_fusion,chconv",
+        ]
+    )
+    run_downstream_cli([*common, *TINY_UPSTREAM, "interface=weighted_sum"])
+    collection = reporting.collect_runs([sweep])
+    table = reporting.aggregate(collection)
+    assert len(table.rows) == 3
+    for row, label in zip(table.rows, row_labels(table.rows), strict=True):
+        assert label.replace("\n", " ") == row.short_label and len(label) <= 2 * LABEL_WIDTH, label
+        assert "upstream" not in label and "=" not in label, label
+        assert label.startswith("whisper+tiny /") == ("+" in row.upstream), label
+    assert_text_fits(reporting.plot_comparison(table))
+    assert_text_fits(reporting.plot_trainable_params(reporting.parameter_summary(collection)))
+    plots = tmp_path / "plots"
+    assert make_table_main([str(sweep), "--plots", str(plots)]) == 0
+    assert (plots / "comparison.png").stat().st_size > 0

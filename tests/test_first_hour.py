@@ -26,7 +26,7 @@ from downstream.training.identity import (
     write_identity,
 )
 from downstream.training.settings import ConfigValueError, TrainerSettings
-from downstream.training.threads import available_cores, cgroup_cpu_limit, choose_threads
+from downstream.training.threads import available_cores, choose_threads, quota_cores
 from tests.helpers import REPO_ROOT, compose_config
 
 # ---------------------------------------------------------------- threads
@@ -35,12 +35,12 @@ from tests.helpers import REPO_ROOT, compose_config
 def test_cgroup_quota_is_read_in_cores(tmp_path):
     cpu_max = tmp_path / "cpu.max"
     cpu_max.write_text("150000 100000\n")
-    assert cgroup_cpu_limit(cpu_max, tmp_path / "none", tmp_path / "none") == 1.5
+    assert quota_cores(cpu_max, tmp_path / "none", tmp_path / "none") == 1.5
     cpu_max.write_text("max 100000\n")
-    assert cgroup_cpu_limit(cpu_max, tmp_path / "none", tmp_path / "none") is None
+    assert quota_cores(cpu_max, tmp_path / "none", tmp_path / "none") is None
     (tmp_path / "quota").write_text("200000\n")  # cgroup v1
     (tmp_path / "period").write_text("100000\n")
-    assert cgroup_cpu_limit(tmp_path / "none", tmp_path / "quota", tmp_path / "period") == 2.0
+    assert quota_cores(tmp_path / "none", tmp_path / "quota", tmp_path / "period") == 2.0
 
 
 def test_threads_are_the_fewest_cores_allowed_minus_workers():

@@ -282,6 +282,25 @@ def test_sv_embeddings_of_the_corpus_files_are_those_of_the_test_evaluation_bitw
     np.testing.assert_allclose(run.predict(wav, rate_)["embedding"], embeddings[raw[0].id].numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
+def test_sv_inputs_with_nan_samples_are_skipped_and_named_though_its_vad_output_is_finite(runs, tmp_path):
+    run_dir, _ = runs("sv")
+    _, task, _, _ = evaluated_split(run_dir)
+    good = raw_sv_test_files(task)[0]
+    samples = soundfile.read(str(good.path), dtype="float32")[0]
+    samples[100] = np.nan
+    flawed = tmp_path / "flawed.wav"
+    soundfile.write(str(flawed), samples, 16000, subtype="FLOAT")
+    listed = [good, Utterance("flawed", flawed, 0)]
+    run = load_run(run_dir, device="cpu")
+    report = predict(run, write_list(tmp_path / "in.txt", listed), tmp_path / "predictions.jsonl")
+    assert report["skipped"] == 1 and report["skipped_files"][0]["path"] == str(flawed)
+    assert "1 NaN or infinite sample(s)" in report["skipped_files"][0]["reason"]
+    assert list(read_jsonl(tmp_path / "predictions.jsonl")) == [good.id]
+    with pytest.raises(ValueError, match="the waveform holds 1 NaN or infinite sample"):
+        run.predict(samples, 16000)
+
+
 def test_load_run_refuses_mismatched_checkpoints_and_newer_formats(runs, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(runs("sid")[0], run_dir)

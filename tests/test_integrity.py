@@ -262,6 +262,57 @@ def test_nan_audio_is_left_out_and_counted_with_skip(tmp_path, task):
     assert sum(record["nonfinite"]["count"] for record in report.values()) == 1
 
 
+def _sv_training_file(root: Path) -> Path:
+    """A file of the VoxCeleb1 copy of a speaker that no trial list names (in SV's training split only)."""
+    listed = {
+        field.split("/")[0]
+        for trials in ("veri_test.txt", "dev_trials.txt")
+        for line in (root / trials).read_text(encoding="utf-8").splitlines()
+        for field in line.split()[1:]
+    }
+    return next(p for p in sorted((root / "wav").glob("*/*/*.flac")) if p.parts[-3] not in listed)
+
+
+def _nan_training_and_trial_files(root: Path) -> dict[str, Path]:
+    """A training file and a test-trial file of the VoxCeleb1 copy, rewritten as float WAVs holding NaN
+    and inf samples."""
+    training = _sv_training_file(root)
+    samples = soundfile.read(str(training.resolve()), dtype="float32")[0]
+    samples[50] = np.nan
+    write_float_wav(training, samples)
+    return {"train": training, "test": _nan_clip(root, "sv")[1]}
+
+
+def test_nan_in_the_sources_of_svs_vad_is_refused_naming_the_files(tmp_path):
+    """protocol=superb: SV reads sox's VAD output, in which sox has clipped NaN to finite samples; the check
+    reads the VoxCeleb1 files themselves."""
+    flawed = _nan_training_and_trial_files(copy_corpus(tmp_path, CORPUS["sv"]))
+    task = make_task("sv", tmp_path)
+    assert task.vad
+    task.check_data()
+    read = {u.corpus_file: u for split in ("train", "test") for u in task.utterances(split)}
+    for path in flawed.values():  # what training would read: sox's output, finite
+        assert read[path].path != path and np.isfinite(load_audio(read[path].path)).all()
+    with pytest.raises(
+        CorpusIntegrityError, match=r"2 audio file\(s\) hold NaN or infinite samples"
+    ) as caught:
+        check_integrity(task)
+    assert all(str(path) in str(caught.value) for path in flawed.values())
+
+
+def test_nan_in_the_sources_of_svs_vad_is_left_out_and_counted_with_skip(tmp_path):
+    flawed = _nan_training_and_trial_files(copy_corpus(tmp_path, CORPUS["sv"]))
+    task = make_task("sv", tmp_path, "task.on_nonfinite=skip")
+    task.check_data()
+    before = {split: len(task.utterances(split)) for split in task.splits}
+    report = check_integrity(task)
+    for split, path in flawed.items():
+        assert report[split]["nonfinite"]["count"] == 1 and report[split]["nonfinite"]["policy"] == "left out"
+        assert len(task.utterances(split)) == before[split] - 1
+        assert path not in {u.corpus_file for u in task.utterances(split)}
+    assert report["dev"]["nonfinite"]["count"] == 0
+
+
 def test_decoding_a_float_file_checks_its_samples(tmp_path):
     path = tmp_path / "x.wav"
     soundfile.write(str(path), np.array([0.0, np.nan, 0.5], dtype=np.float32), 16000, subtype="FLOAT")
@@ -329,6 +380,15 @@ def test_a_16_khz_corpus_with_files_at_other_rates_is_refused_naming_them(tmp_pa
         str(files["dev"]) in record.getMessage() and "dev split" in record.getMessage()
         for record in caplog.records
     )
+
+
+def test_a_wrong_rate_behind_svs_vad_is_refused_naming_the_voxceleb1_file(tmp_path):
+    """protocol=superb: sox's VAD output is always 16 kHz; the check reads the header of the file behind
+    it."""
+    training = _sv_training_file(copy_corpus(tmp_path, CORPUS["sv"]))
+    _relabel_rate(training, 8000)
+    with pytest.raises(CorpusIntegrityError, match=re.escape(f"'{training}' (8000 Hz)")):
+        checked("sv", tmp_path)
 
 
 def test_a_corpus_of_mixed_rates_by_nature_is_resampled_and_counted_without_asking(tmp_path):

@@ -17,6 +17,8 @@ import soundfile
 import soxr
 import torch
 
+from downstream.data.text import shown
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -68,7 +70,9 @@ def load_audio(
     """
     path = Path(path)
     if start < 0 or (stop is not None and stop < start):
-        raise ValueError(f"load_audio: need 0 <= start <= stop, got start={start}, stop={stop} for '{path}'")
+        raise ValueError(
+            f"load_audio: need 0 <= start <= stop, got start={start}, stop={stop} for {shown(path, True)}"
+        )
     try:
         with soundfile.SoundFile(str(path)) as handle:
             file_rate = handle.samplerate
@@ -81,13 +85,13 @@ def load_audio(
             else:
                 data = handle.read(dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError) as error:
-        raise AudioDecodeError(f"cannot decode audio file '{path}': {error}") from error
+        raise AudioDecodeError(f"cannot decode audio file {shown(path, True)}: {error}") from error
     if total == 0:
-        raise AudioDecodeError(f"audio file '{path}' holds no samples")
+        raise AudioDecodeError(f"audio file {shown(path, True)} holds no samples")
     if floating and not np.isfinite(data).all():
         bad = int(data.size - np.isfinite(data).sum())
         raise NonFiniteAudioError(
-            f"audio file '{path}' holds {bad} NaN or infinite sample(s) (of {data.size} read); "
+            f"audio file {shown(path, True)} holds {bad} NaN or infinite sample(s) (of {data.size} read); "
             "task.on_nonfinite=skip leaves such files out"
         )
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
@@ -100,3 +104,20 @@ def load_audio(
     if gain_db:
         mono = (mono * np.float32(gain_factor(gain_db))).astype(np.float32, copy=False)
     return torch.from_numpy(np.ascontiguousarray(mono))
+
+
+def nonfinite_problem(path: str | Path, subtype: str | None = None) -> str | None:
+    """The ``NonFiniteAudioError`` message of ``path`` when it is a float file holding NaN or infinite
+    samples, else None. Only float files (``FLOAT_SUBTYPES``; ``subtype``: the header's, read here when
+    None) are decoded, once: integer PCM and FLAC cannot hold such values. For files that are not read by
+    ``load_audio`` later, whose decoding would check them: the sources of a task's preprocessing (SV's sox
+    VAD turns NaN into finite samples), and the integrity pass before training."""
+    if subtype is None:
+        subtype = soundfile.info(str(path)).subtype
+    if str(subtype).upper() not in FLOAT_SUBTYPES:
+        return None
+    try:
+        load_audio(path)
+    except NonFiniteAudioError as error:
+        return str(error)
+    return None

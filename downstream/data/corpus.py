@@ -45,7 +45,9 @@ class Utterance:
     where the utterance begins in the file, in samples at 16 kHz: an utterance that is a window of a
     longer recording (Speech Commands' 1 s silence windows) spans [start, start + num_samples).
     ``source`` is where the id was read ('<text file>:<line>'); empty when the id comes from the audio
-    file's own name (``origin`` then names the audio file).
+    file's own name (``origin`` then names the audio file). ``derived_from`` is the corpus file when a
+    task's preprocessing rewrote the audio into ``path`` (SV's sox VAD: ``path`` is sox's cached output);
+    None when ``path`` is the corpus file itself.
     """
 
     id: str
@@ -55,11 +57,24 @@ class Utterance:
     label: str | None = None
     start: int = 0
     source: str = ""
+    derived_from: Path | None = None
 
     @property
     def origin(self) -> str:
-        """Where this utterance comes from, for messages: ``source``, else the audio path."""
-        return self.source or str(self.path)
+        """Where this utterance comes from, for messages: ``source``, else the corpus file."""
+        return self.source or str(self.corpus_file)
+
+    @property
+    def described(self) -> str:
+        """The id and where it comes from, for messages: ``<id> (<origin>)``, each through ``text.shown``
+        (an invisible character in either appears as its escape)."""
+        return f"{shown_value(self.id)} ({shown_value(self.origin)})"
+
+    @property
+    def corpus_file(self) -> Path:
+        """The audio file of the corpus this utterance comes from: ``derived_from``, else ``path``. The
+        integrity pass checks these files (ids, leakage, sample rates, NaN/inf samples)."""
+        return self.path if self.derived_from is None else self.derived_from
 
     @property
     def seconds(self) -> float:
@@ -160,7 +175,8 @@ def _probe_one(path: Path) -> AudioInfo:
     try:
         info = soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError) as error:
-        raise AudioDecodeError(f"cannot read the audio header of '{path}': {error}") from error
+        problem = f"cannot read the audio header of {shown_value(path, True)}: {error}"
+        raise AudioDecodeError(problem) from error
     return AudioInfo(
         frames=int(info.frames),
         sample_rate=int(info.samplerate),
@@ -225,7 +241,7 @@ def probe_audio(paths: Sequence[Path], corpus: str) -> list[AudioInfo]:
         try:
             stat = os.stat(path)
         except OSError as error:
-            raise AudioDecodeError(f"cannot open audio file '{path}': {error}") from error
+            raise AudioDecodeError(f"cannot open audio file {shown_value(path, True)}: {error}") from error
         stats.append((stat.st_size, stat.st_mtime_ns))
         row = cached.get(path)
         if row is not None and row[:2] == stats[-1]:
@@ -248,7 +264,7 @@ def probe_audio(paths: Sequence[Path], corpus: str) -> list[AudioInfo]:
         for position in to_probe:
             probe(position)
     empty = [resolved[i] for i, info in enumerate(infos) if info is not None and info.frames == 0]
-    failures.extend(f"'{path}' holds no audio samples" for path in empty)
+    failures.extend(f"{shown_value(path, True)} holds no audio samples" for path in empty)
     if failures:
         shown = "\n  ".join(sorted(failures)[:5])
         more = f"\n  ... and {len(failures) - 5} more" if len(failures) > 5 else ""
@@ -283,7 +299,7 @@ def audio_info(path: str | Path, resolved: bool = False) -> AudioInfo:
 
 def rate_examples(files: Sequence[tuple[str, int]], shown: int = 10) -> str:
     """'<file> (<rate> Hz)' for the first ``shown`` of ``files`` and how many more there are."""
-    named = ", ".join(f"'{path}' ({rate} Hz)" for path, rate in files[:shown])
+    named = ", ".join(f"{shown_value(path, True)} ({rate} Hz)" for path, rate in files[:shown])
     return named + (f" and {len(files) - shown} more" if len(files) > shown else "")
 
 

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from downstream.data.audio import SAMPLE_RATE, load_audio
 from downstream.data.corpus import Utterance, check_choice
+from downstream.data.text import shown
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class AudioDataset(Dataset):
                 longest,
                 action,
                 on_too_long,
-                ", ".join(utt.id for utt in too_long[:5]),
+                ", ".join(shown(utt.id) for utt in too_long[:5]),
             )
             if on_too_long == "skip":
                 skipped = {id(utt) for utt in too_long}

@@ -31,7 +31,7 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
-from downstream.data.text import inside, read_lines, refuse_repeated_ids
+from downstream.data.text import inside, read_lines, refuse_repeated_ids, shown
 
 SPLITS = ("train", "dev", "test")
 LAYOUT = (
@@ -97,9 +97,11 @@ def _seconds(value: str, path: Path, key: str, what: str) -> float:
     try:
         seconds = float(value)
     except ValueError:
-        raise DataLayoutError(f"{what} '{path}': '{key}' has the time {value!r}, expected seconds") from None
+        raise DataLayoutError(
+            f"{what} '{path}': {shown(key, True)} has the time {value!r}, expected seconds"
+        ) from None
     if not seconds >= 0:
-        raise DataLayoutError(f"{what} '{path}': '{key}' has the negative time {value!r}")
+        raise DataLayoutError(f"{what} '{path}': {shown(key, True)} has the negative time {value!r}")
     return seconds
 
 
@@ -164,18 +166,20 @@ def read_kaldi_diarization(data_dir: str | Path, corpus: str = "diarization") ->
     for _, (utterance, recording, start, end) in segment_rows:
         if recording not in wav_paths:
             raise DataLayoutError(
-                f"{what} '{segments_path}': utterance '{utterance}' is in recording '{recording}', "
-                f"which '{wav_scp}' does not list"
+                f"{what} '{segments_path}': utterance {shown(utterance, True)} is in recording "
+                f"{shown(recording, True)}, which '{wav_scp}' does not list"
             )
         if utterance not in utt2spk:
             raise DataLayoutError(
-                f"{what} '{segments_path}': utterance '{utterance}' has no speaker in '{utt2spk_path}'"
+                f"{what} '{segments_path}': utterance {shown(utterance, True)} has no speaker in "
+                f"'{utt2spk_path}'"
             )
         start_s = _seconds(start, segments_path, utterance, what)
         end_s = _seconds(end, segments_path, utterance, what)
         if end_s <= start_s:
             raise DataLayoutError(
-                f"{what} '{segments_path}': utterance '{utterance}' ends ({end}) before it starts ({start})"
+                f"{what} '{segments_path}': utterance {shown(utterance, True)} ends ({end}) before it "
+                f"starts ({start})"
             )
         turns[recording].append(SpeakerTurn(utt2spk[utterance], start_s, end_s))
 
@@ -183,7 +187,7 @@ def read_kaldi_diarization(data_dir: str | Path, corpus: str = "diarization") ->
     if silent:
         raise DataLayoutError(
             f"'{segments_path}' has no segment of {len(silent)} recording(s) listed in '{wav_scp}' "
-            f"(first: {', '.join(silent[:5])})"
+            f"(first: {', '.join(shown(rec) for rec in silent[:5])})"
         )
     references: dict[str, list[SpeakerTurn]] = dict(turns)
     rttm = data_dir / "rttm"
@@ -214,11 +218,11 @@ def read_kaldi_diarization(data_dir: str | Path, corpus: str = "diarization") ->
         seconds = info.num_samples / SAMPLE_RATE
         if durations is not None:
             if recording not in durations:
-                raise DataLayoutError(f"'{reco2dur}' has no duration for recording '{recording}'")
+                raise DataLayoutError(f"'{reco2dur}' has no duration for recording {shown(recording, True)}")
             if abs(durations[recording] - seconds) > _DURATION_TOLERANCE:
                 raise DataLayoutError(
-                    f"'{reco2dur}' gives recording '{recording}' {durations[recording]} s but '{path}' holds "
-                    f"{seconds:.3f} s"
+                    f"'{reco2dur}' gives recording {shown(recording, True)} {durations[recording]} s but "
+                    f"{shown(path, True)} holds {seconds:.3f} s"
                 )
         late = [
             turn
@@ -227,8 +231,9 @@ def read_kaldi_diarization(data_dir: str | Path, corpus: str = "diarization") ->
         ]
         if late:
             raise DataLayoutError(
-                f"recording '{recording}' ('{path}', {seconds:.3f} s) has a turn of speaker '{late[0].speaker}' "
-                f"ending at {late[0].end} s, after the audio ends (files: '{segments_path}'"
+                f"recording {shown(recording, True)} ({shown(path, True)}, {seconds:.3f} s) has a turn of "
+                f"speaker {shown(late[0].speaker, True)} ending at {late[0].end} s, after the audio ends "
+                f"(files: '{segments_path}'"
                 f"{f', {rttm}' if rttm.is_file() else ''})"
             )
         result.append(

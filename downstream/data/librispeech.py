@@ -12,7 +12,7 @@ from downstream.data.corpus import (
     raise_if_missing,
     require_dir,
 )
-from downstream.data.text import inside, read_lines
+from downstream.data.text import inside, read_lines, shown
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def read_librispeech(root: str | Path, split: str) -> list[Utterance]:
                     "transcripts are left out of training and kept in dev/test",
                     transcript_file,
                     line_number,
-                    utterance_id,
+                    shown(utterance_id),
                 )
             ids.append(utterance_id)
             paths.append(transcript_file.parent / f"{utterance_id}.flac")

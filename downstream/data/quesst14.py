@@ -43,7 +43,7 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
-from downstream.data.text import inside, read_lines, refuse_repeated_ids
+from downstream.data.text import inside, read_lines, refuse_repeated_ids, shown
 
 #: Our split names -> QUESST 2014's (the eval queries are SUPERB's test set).
 SPLITS = {"dev": "dev", "test": "eval"}
@@ -201,7 +201,7 @@ def read_quesst14(root: str | Path, split: str, language: str | None = SUPERB_LA
         if query_id not in known_queries or document_id not in known_documents:
             unknown = query_id if query_id not in known_queries else document_id
             raise DataLayoutError(
-                f"QUESST 2014 ground truth '{rttm}' names '{unknown}', which the language keys in "
+                f"QUESST 2014 ground truth '{rttm}' names {shown(unknown, True)}, which the language keys in "
                 f"'{scoring}' do not list"
             )
     kept_queries = {query.id for query in queries}

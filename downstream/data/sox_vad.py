@@ -34,6 +34,7 @@ import soundfile
 
 from downstream.data.audio import SAMPLE_RATE
 from downstream.data.corpus import cache_dir
+from downstream.data.text import shown
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +110,8 @@ def _run_sox(program: str, source: Path, stem: Path, chain: list[str]) -> None:
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SoxError(
-                f"sox failed on '{source}' (exit {done.returncode}): {done.stderr.strip() or 'no message'}; "
-                f"command: {' '.join(command)}"
+                f"sox failed on {shown(source, True)} (exit {done.returncode}): "
+                f"{done.stderr.strip() or 'no message'}; command: {' '.join(command)}"
             )
         # sox's FLAC of no samples declares total samples 0 ("unknown"), which libsndfile reports as the
         # largest count; sox writes the true count of any other output

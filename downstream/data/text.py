@@ -60,13 +60,15 @@ def _invisible(char: str) -> bool:
     return unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"} or (char.isspace() and char != " ")
 
 
-def shown(value: object) -> str:
-    """``value`` as a message shows it: as is, or ``repr`` when it holds an invisible character (a BOM,
-    a zero-width or control character, a TAB) or starts or ends with a space."""
+def shown(value: object, quoted: bool = False) -> str:
+    """``value`` (an id, a path, a word read from a text file, or a path built from one) as a message shows
+    it: as is (between single quotes with ``quoted``), or ``repr`` when it holds an invisible character (a
+    BOM, a zero-width or control character, a TAB) or starts or ends with a space. The one helper of every
+    message that prints such a value (docs/input-policies.md)."""
     text = str(value)
     if any(_invisible(char) for char in text) or text != text.strip(" "):
         return repr(text)
-    return text
+    return f"'{text}'" if quoted else text
 
 
 def inside(value: str, path: str | Path, line: int | None, what: str = "id") -> str:

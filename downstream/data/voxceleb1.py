@@ -106,6 +106,8 @@ class Trial:
     same_speaker: bool
     enrollment: str
     test: str
+    #: the trial's line in its list (from 1; 0: not read from a list)
+    line: int = 0
 
 
 def read_trials(path: str | Path) -> list[Trial]:
@@ -123,7 +125,7 @@ def read_trials(path: str | Path) -> list[Trial]:
                 f"'<1|0> <speaker>/<video>/<file> <speaker>/<video>/<file>': {line!r}"
             )
         enrollment, test = (str(Path(field).with_suffix("")) for field in fields[1:])
-        trials.append(Trial(fields[0] == "1", enrollment, test))
+        trials.append(Trial(fields[0] == "1", enrollment, test, line_number))
     kinds = {trial.same_speaker for trial in trials}
     if kinds != {True, False}:
         raise DataLayoutError(
@@ -154,7 +156,12 @@ def read_voxceleb1_sv(
     trial_lists = {"test": root / test_trials, "dev": root / dev_trials}
     if split in trial_lists:
         trials = read_trials(trial_lists[split])
-        ids = sorted({utterance_id for trial in trials for utterance_id in (trial.enrollment, trial.test)})
+        first_line: dict[str, int] = {}
+        for trial in trials:
+            for utterance_id in (trial.enrollment, trial.test):
+                first_line.setdefault(utterance_id, trial.line)
+        ids = sorted(first_line)
+        sources = [f"{trial_lists[split]}:{first_line[utterance_id]}" for utterance_id in ids]
         paths = [audio_path(wav_dir / utterance_id) for utterance_id in ids]
         raise_if_missing(paths, f"VoxCeleb1 {split} trials (from '{trial_lists[split]}')", TRIAL_LAYOUT)
     else:
@@ -176,10 +183,15 @@ def read_voxceleb1_sv(
                 f"trial lists (held out: {len(held_out)} speakers); expected layout: {LAYOUT}"
             )
         ids = [str(path.relative_to(wav_dir).with_suffix("")) for path in paths]
+        sources = [""] * len(ids)  # the id is the file's own name
     infos = probe_audio(paths, f"VoxCeleb1/sv-{split}")
     return [
         Utterance(
-            id=utterance_id, path=path, num_samples=info.num_samples, label=utterance_id.split("/", 1)[0]
+            id=utterance_id,
+            path=path,
+            num_samples=info.num_samples,
+            label=utterance_id.split("/", 1)[0],
+            source=source,
         )
-        for utterance_id, path, info in zip(ids, paths, infos, strict=True)
+        for utterance_id, path, info, source in zip(ids, paths, infos, sources, strict=True)
     ]

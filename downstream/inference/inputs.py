@@ -22,6 +22,7 @@ import torch
 from downstream.data.audio import SAMPLE_RATE, AudioDecodeError, resampled_length
 from downstream.data.corpus import Utterance
 from downstream.data.dataset import AudioDataset, collate_wavs
+from downstream.data.text import shown
 from downstream.tasks.base import Task
 from downstream.training.loading import batch_loader, bucket_sampler, task_dataset
 from downstream.training.settings import TrainerSettings
@@ -110,7 +111,8 @@ def list_inputs(source: str | Path) -> list[Utterance]:
     for utterance_id, path in entries:
         if utterance_id in seen:
             raise ValueError(
-                f"inputs={source}: {seen[utterance_id]} and {path} both have the id {utterance_id!r}"
+                f"inputs={source}: {shown(seen[utterance_id])} and {shown(path)} both have the id "
+                f"{utterance_id!r}"
             )
         seen[utterance_id] = path
     return [Utterance(id=utterance_id, path=Path(path), num_samples=0) for utterance_id, path in entries]

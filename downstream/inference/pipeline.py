@@ -18,7 +18,7 @@ import soxr
 import torch
 from torch import nn
 
-from downstream.data.audio import SAMPLE_RATE, resampled_length
+from downstream.data.audio import SAMPLE_RATE, nonfinite_problem, resampled_length
 from downstream.data.corpus import Utterance
 from downstream.inference.inputs import InputReport, input_batches
 from downstream.tasks.base import Task
@@ -44,13 +44,16 @@ class Forward:
 def waveform_at_16k(wav: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
     """A waveform [N] or [channels, N] (float, any rate) as ``load_audio`` would decode it: float32 mono
     [N'] at 16 kHz (channels averaged; resampled with soxr HQ, trimmed or padded to ``resampled_length``).
-    Raises ValueError for an empty waveform or a bad shape."""
+    Raises ValueError for an empty waveform, a bad shape or NaN/inf samples."""
     array = wav.detach().cpu().numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav)
     array = array.astype(np.float32, copy=False)
     if array.ndim == 2:
         array = array.mean(axis=0)
     if array.ndim != 1 or array.size == 0:
         raise ValueError(f"expected a waveform [N] or [channels, N] with N > 0, got shape {array.shape}")
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise ValueError(f"the waveform holds {array.size - int(finite.sum())} NaN or infinite sample(s)")
     if sample_rate != SAMPLE_RATE:
         target = resampled_length(array.size, sample_rate)
         array = soxr.resample(array, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
@@ -134,16 +137,20 @@ class Pipeline:
         fail to decode, or that the task's reading empties, are named in ``report`` and left out. Each
         ``Forward`` names its inputs by their given id and path, with the length of the audio read."""
         read = utterances if self.task is None else self.task.evaluation_inputs(utterances)
-        kept = []
+        kept, readable = [], []
         for given, audio in zip(utterances, read, strict=True):
             if audio.num_samples <= 0:
                 report.skip(
                     given.path, f"task {self.task.name}'s evaluation reading leaves no audio (its VAD)"
                 )
+            # a rewritten copy (SV's VAD) is finite whatever the given file holds: check the given file
+            elif audio.derived_from is not None and (problem := nonfinite_problem(given.path)) is not None:
+                report.skip(given.path, problem)
             else:
                 kept.append(dataclasses.replace(audio, path=given.path))
+                readable.append(audio)
         loader = input_batches(
-            [audio for audio in read if audio.num_samples > 0],
+            readable,
             self.settings,
             self.device,
             int(self.upstream.min_samples),

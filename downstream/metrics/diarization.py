@@ -25,6 +25,7 @@ from scipy.signal import medfilt
 from torch.nn import functional
 
 from downstream.data.diarization import SpeakerTurn
+from downstream.data.text import shown
 
 
 def frame_targets(
@@ -41,7 +42,9 @@ def frame_targets(
     targets = np.zeros((num_frames, len(speakers)), dtype=np.float32)
     for turn in turns:
         if turn.speaker not in column:
-            raise ValueError(f"turn of speaker '{turn.speaker}' but the columns are {list(speakers)}")
+            raise ValueError(
+                f"turn of speaker {shown(turn.speaker, True)} but the columns are {list(speakers)}"
+            )
         start, end = (int(np.rint(seconds / frame_shift)) for seconds in (turn.start, turn.end))
         targets[max(start, 0) : min(end, num_frames), column[turn.speaker]] = 1.0
     return targets
@@ -151,7 +154,8 @@ def diarization_errors(
     for turn in (*reference, *hypothesis):
         if not turn.end >= turn.start:
             raise ValueError(
-                f"turn of speaker '{turn.speaker}' ends ({turn.end}) before it starts ({turn.start})"
+                f"turn of speaker {shown(turn.speaker, True)} ends ({turn.end}) before it starts "
+                f"({turn.start})"
             )
     bounds = np.unique(np.array([t for turn in (*reference, *hypothesis) for t in (turn.start, turn.end)]))
     if len(bounds) < 2:

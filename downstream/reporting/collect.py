@@ -58,10 +58,18 @@ class RowKey:
     model: str | None  # the published model the upstream is, if any
     comparable: bool  # the paper's settings (published.CONDITIONS), not the demo schedule, not protocol=exact
     condition: str = ""  # '', 'larger head', 'fine-tuned' or 'fine-tuned, larger head' (published.CONDITIONS)
+    #: the upstream as figures name it: a fused upstream's member names joined by '+'
+    #: ("whisper_small+wavlm_base_plus"), else ``upstream``; not part of the row's identity
+    short_upstream: str = field(default="", compare=False)
 
     @property
     def label(self) -> str:
         return f"{self.upstream} / {self.interface}"
+
+    @property
+    def short_label(self) -> str:
+        """The label figures draw: ``short_upstream / interface``."""
+        return f"{self.short_upstream or self.upstream} / {self.interface}"
 
 
 @dataclass(frozen=True)
@@ -98,10 +106,22 @@ def _row_defining(key: str, ignore: frozenset[str] = frozenset()) -> bool:
     )
 
 
+def _names_model(key: str) -> bool:
+    """An upstream override that only names which model is loaded (``upstream.model``, a fusion member's
+    ``upstream.members.<m>.name`` or its source group ``upstream@upstream.members.<m>``): the upstream
+    label says which model it is, and whether that is a published one (``paper_model``)."""
+    return key.startswith("upstream@") or (
+        key.startswith("upstream.") and key.rsplit(".", 1)[-1] in ("model", "name")
+    )
+
+
 def _changes_model(overrides: dict[str, str]) -> bool:
     """Whether overrides change the interface or the task's model (trainer settings such as the learning
-    rate, which SUPERB lets one tune, do not make a row incomparable with published numbers)."""
-    return any(key.startswith(("interface.", "task.", "upstream.")) for key in overrides)
+    rate, which SUPERB lets one tune, do not make a row incomparable with published numbers; nor does naming
+    the upstream model, ``_names_model``)."""
+    return any(
+        key.startswith(("interface.", "task.", "upstream.")) and not _names_model(key) for key in overrides
+    )
 
 
 def head_extra_params(run_dir: Path, results: RunResults) -> int | None:
@@ -127,22 +147,69 @@ def _run_name(run_dir: Path, roots: Sequence[Path]) -> str:
     return run_dir.name
 
 
+def _upstream_key(key: str) -> bool:
+    """An override of the upstream (``upstream.model``, ``upstream.members.whisper.whisper_window``, the
+    fusion member group ``upstream@upstream.members.whisper``): the table's upstream column names it."""
+    return key.startswith(("upstream.", "upstream@"))
+
+
+def _shared(overrides: Sequence[dict[str, str]]) -> set[tuple[str, str]]:
+    """The (key, value) pairs every one of ``overrides`` has."""
+    common = set(overrides[0].items()) if overrides else set()
+    for one in overrides[1:]:
+        common &= set(one.items())
+    return common
+
+
+def short_keys(keys: Iterable[str]) -> dict[str, str]:
+    """How a row label writes each override key: ``interface.`` dropped (``num_groups``); a key of three or
+    more parts by its shortest ending of at least two parts that no other of ``keys`` ends with
+    (``upstream.members.whisper.whisper_window`` -> ``whisper.whisper_window``, ``task.head.hidden_dims`` ->
+    ``head.hidden_dims``); others as they are (``trainer.lr``)."""
+    keys = sorted(set(keys))
+    shown = {}
+    for key in keys:
+        if key.startswith("interface."):
+            shown[key] = key.removeprefix("interface.")
+            continue
+        parts = key.split(".")
+        shown[key] = key
+        for size in range(2, len(parts)):
+            ending = ".".join(parts[-size:])
+            if not any(other != key and (other == ending or other.endswith("." + ending)) for other in keys):
+                shown[key] = ending
+                break
+    return shown
+
+
+def fusion_name(results: RunResults) -> str | None:
+    """A fused upstream's member names joined by '+' ("whisper_small+wavlm_base_plus"), or None for one
+    upstream (results.json ``members``)."""
+    names = [str(member.get("name", "?")) for member in results.members or []]
+    return "+".join(names) if names else None
+
+
 def describe_rows(
     records: Sequence[tuple[Path, RunResults]], ignore: frozenset[str] = frozenset()
 ) -> tuple[list[RowKey], list[str]]:
     """The row of every (run directory, results), and notes on what all runs share.
 
-    An override (or schedule) with the same value in every run is the same for the whole table, so it
-    goes to the notes instead of every row label; one that differs labels the rows that have it.
+    A row is labelled by the settings that differ between the rows shown, never by what every row shares:
+
+    - an override (or schedule) with the same value in every run is the same for the whole table, so it goes
+      to the notes instead of every row label; one that differs labels the rows that have it;
+    - an upstream override (``upstream.*``, a fusion member's ``upstream@upstream.members.<name>``) that all
+      runs of the same upstream share is what the upstream column already says (the model, the members): it
+      goes to the notes ("<upstream>: ..."), and labels a row only where runs of one upstream differ in it;
+    - long nested keys are written by their shortest unambiguous ending (``short_keys``).
+
     Overrides named in ``ignore`` never label a row.
     """
     overrides_by_run = [
         dict(pair for pair in map(parse_override, results.overrides) if _row_defining(pair[0], ignore))
         for _, results in records
     ]
-    shared = set(overrides_by_run[0].items()) if overrides_by_run else set()
-    for overrides in overrides_by_run[1:]:
-        shared &= set(overrides.items())
+    shared = _shared(overrides_by_run)
     schedules = {results.schedule for _, results in records}
     notes = [f"all runs: {key}={value}" for key, value in sorted(shared)]
     if len(schedules) == 1 and None not in schedules:
@@ -150,14 +217,28 @@ def describe_rows(
     protocols = {results.protocol for _, results in records}
     if records:
         notes.append(protocol_note(protocols))
+    by_upstream: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for (_, results), overrides in zip(records, overrides_by_run, strict=True):
+        by_upstream[results.upstream].append({k: v for k, v in overrides.items() if _upstream_key(k)})
+    said_by_upstream = {upstream: _shared(group) - shared for upstream, group in by_upstream.items()}
+    for upstream, said in sorted(said_by_upstream.items()):
+        if said:
+            notes.append(f"runs of {upstream}: " + ", ".join(f"{key}={value}" for key, value in sorted(said)))
+    differing = [
+        {
+            key: value
+            for key, value in overrides.items()
+            if (key, value) not in shared and (key, value) not in said_by_upstream[results.upstream]
+        }
+        for (_, results), overrides in zip(records, overrides_by_run, strict=True)
+    ]
+    shown_key = short_keys(key for overrides in differing for key in overrides)
+    short_names = {results.upstream: fusion_name(results) or results.upstream for _, results in records}
+    clashes = {name for name in short_names.values() if list(short_names.values()).count(name) > 1}
 
     rows = []
-    for (run_dir, results), overrides in zip(records, overrides_by_run, strict=True):
-        parts = [
-            f"{key.removeprefix('interface.')}={value}"
-            for key, value in sorted(overrides.items())
-            if (key, value) not in shared
-        ]
+    for (run_dir, results), overrides, own in zip(records, overrides_by_run, differing, strict=True):
+        parts = [f"{shown_key[key]}={value}" for key, value in sorted(own.items())]
         if len(schedules) > 1 and results.schedule is not None:
             parts.append(f"schedule={results.schedule}")
         if results.protocol not in (None, SUPERB_PROTOCOL) or len(protocols) > 1:
@@ -168,6 +249,7 @@ def describe_rows(
             interface += f" + larger head (+{extra:,})"
         fine_tuned = results.trainable_params.get("upstream", 0) > 0
         condition = ", ".join(c for c, on in (("fine-tuned", fine_tuned), ("larger head", bool(extra))) if on)
+        short = short_names[results.upstream]
         rows.append(
             RowKey(
                 upstream=results.upstream + (", fine-tuned" if fine_tuned else ""),
@@ -180,6 +262,8 @@ def describe_rows(
                     or _changes_model(overrides)
                 ),
                 condition=condition,
+                short_upstream=(results.upstream if short in clashes else short)
+                + (", fine-tuned" if fine_tuned else ""),
             )
         )
     return rows, notes

@@ -35,11 +35,17 @@ def new_figure(width: float, height: float) -> Figure:
     return figure
 
 
+#: matplotlib's ten default colours, then four more of other hues (Dark2's mustard, teal, green; navy):
+#: one colour per interface config while there are at most 14 of them
+INTERFACE_COLORS = (*(f"C{i}" for i in range(10)), "#e6ab02", "#1b9e77", "#66a61e", "navy")
+
+
 def interface_color(interface_name: str) -> str:
-    """One colour per interface config (configs/interface/), the same in every figure."""
+    """One colour per interface config (configs/interface/), the same in every figure; distinct for up to
+    ``len(INTERFACE_COLORS)`` configs (then they repeat)."""
     names = interface_config_names()
     index = names.index(interface_name) if interface_name in names else len(names)
-    return f"C{index % 10}"
+    return INTERFACE_COLORS[index % len(INTERFACE_COLORS)]
 
 
 def safe_file_stem(name: str, max_length: int = 150) -> str:
@@ -55,10 +61,15 @@ def safe_file_stem(name: str, max_length: int = 150) -> str:
 
 def row_labels(rows: list, width: int = LABEL_WIDTH) -> list[str]:
     """Short row labels: the interface and what tells the row apart; the upstream only when the rows do not
-    all share it. Wrapped after commas or spaces at ``width`` characters."""
+    all share it, a fused upstream by its member names (``RowKey.short_label``). Wrapped after commas or
+    spaces at ``width`` characters."""
     shared_upstream = len({row.upstream for row in rows}) == 1
     return [
-        "\n".join(wrap_name(row.interface if shared_upstream else row.label, width, breaks=", "))
+        "\n".join(
+            wrap_name(
+                row.interface if shared_upstream else row.short_label, width, breaks=", ", split_words=False
+            )
+        )
         for row in rows
     ]
 
@@ -174,7 +185,12 @@ def parameter_summary(collection: Collection) -> list[dict]:
     interface_params = interface_params_by_row(collection.runs)
     summary = []
     for row, task in sorted(counts, key=lambda key: (row_sort_key(key[0], interface_params[key[0]]), key[1])):
-        entry = {"upstream": row.upstream, "interface": row.interface, "task": task}
+        entry = {
+            "upstream": row.upstream,
+            "short_upstream": row.short_upstream or row.upstream,
+            "interface": row.interface,
+            "task": task,
+        }
         for part in TRAINABLE_PARTS:
             values = counts[(row, task)][part]
             entry[f"{part}_params"] = (min(values), max(values))
@@ -214,7 +230,12 @@ def plot_trainable_params(summary: list[dict]) -> Figure:
     heights = [sum(entry["task"] == task for entry in summary) for task in tasks]
     labels = {
         id(entry): "\n".join(
-            wrap_name(f"{entry['upstream']} / {entry['interface']}", LABEL_WIDTH, breaks=", ")
+            wrap_name(
+                f"{entry['short_upstream']} / {entry['interface']}",
+                LABEL_WIDTH,
+                breaks=", ",
+                split_words=False,
+            )
         )
         for entry in summary
     }
@@ -264,12 +285,19 @@ def plot_trainable_params(summary: list[dict]) -> Figure:
 TITLE_WIDTH = 80  # characters of a title line that fit the 7-inch layer-weight figure at fontsize "small"
 
 
-def wrap_name(name: str, width: int, breaks: str = ",") -> list[str]:
-    """A run name cut into lines of at most ``width`` characters, preferably after one of ``breaks`` (sweep
-    job folders are comma-separated overrides, often longer than a figure is wide)."""
+def wrap_name(name: str, width: int, breaks: str = ",", split_words: bool = True) -> list[str]:
+    """A run name cut into lines of at most ``width`` characters after one of ``breaks`` (sweep job folders
+    are comma-separated overrides, often longer than a figure is wide). A piece with no break within
+    ``width`` is cut at ``width`` where ``split_words``, else kept whole on a line of its own (a row label's
+    ``key=value`` is never broken; the figure widens to its longest line)."""
     lines, rest = [], name
     while len(rest) > width:
-        cut = max(rest.rfind(mark, 0, width) for mark in breaks) + 1 or width
+        cut = max(rest.rfind(mark, 0, width) for mark in breaks) + 1
+        if not cut:
+            following = [rest.find(mark, width) for mark in breaks if rest.find(mark, width) >= 0]
+            cut = width if split_words else min(following) + 1 if following else len(rest)
+        if cut >= len(rest):
+            break
         lines.append(rest[:cut].rstrip())
         rest = rest[cut:].lstrip()
     return [*lines, rest]

@@ -34,7 +34,7 @@ class ClassificationTask(Task):
             label_ids = self._label_ids = {label: index for index, label in enumerate(self.labels())}
         if utterance.label not in label_ids:
             raise ValueError(
-                f"{self.name}: utterance {utterance.id} ({utterance.path}) in the {split} split has label "
+                f"{self.name}: utterance {utterance.described} in the {split} split has label "
                 f"{utterance.label!r}, which the training split does not have"
             )
         return label_ids[utterance.label]

@@ -168,7 +168,8 @@ class CTCTask(Task):
         for token in self.tokenize(utterance, split):
             if token not in self._token_ids:
                 raise ValueError(
-                    f"{self.name}: token {token!r} of utterance {utterance.id} is not in the vocabulary"
+                    f"{self.name}: token {token!r} of utterance {utterance.described} is not in the "
+                    "vocabulary"
                 )
             ids.append(self._token_ids[token])
         return ids
@@ -201,7 +202,7 @@ class CTCTask(Task):
         if split != "train" and len(empty) == len(utterances):
             raise ValueError(
                 f"{self.name}: every reference of the {split} split under {self.data_root} is empty "
-                f"(e.g. {', '.join(str(u.path) for u in empty[:EXAMPLES])}); its error rate is undefined"
+                f"(e.g. {', '.join(u.described for u in empty[:EXAMPLES])}); its error rate is undefined"
             )
         if transcripts:
             log.warning(
@@ -211,7 +212,7 @@ class CTCTask(Task):
                 len(transcripts),
                 len(utterances),
                 "left out of training" if split == "train" else "kept and scored",
-                ", ".join(f"{u.id} ({u.path})" for u in transcripts[:EXAMPLES]),
+                ", ".join(u.described for u in transcripts[:EXAMPLES]),
             )
         record = {
             "count": len(transcripts),

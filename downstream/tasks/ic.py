@@ -57,7 +57,7 @@ class IntentClassification(Task):
         for slot, value, value_ids in zip(SLOTS, utterance.intent, self._slot_ids, strict=True):
             if value not in value_ids:
                 raise ValueError(
-                    f"ic: utterance {utterance.id} ({utterance.path}) in the {split} split has {slot} {value!r}, "
+                    f"ic: utterance {utterance.described} in the {split} split has {slot} {value!r}, "
                     f"which the training split does not have (it has {sorted(value_ids)})"
                 )
             ids.append(value_ids[value])

@@ -16,6 +16,7 @@ from downstream.data.lexicon import (
     words_to_phones,
 )
 from downstream.data.librispeech import read_librispeech
+from downstream.data.text import shown
 from downstream.tasks.ctc import EXAMPLES, CTCTask
 
 log = logging.getLogger(__name__)
@@ -129,9 +130,9 @@ class PhonemeRecognition(CTCTask):
                 len(words),
                 len(self.oov_utterances.get(split, {})),
                 len(utterances),
-                ", ".join(f"{word} ({count})" for word, count in most_frequent),
+                ", ".join(f"{shown(word)} ({count})" for word, count in most_frequent),
                 len(all_oov),
-                f": {', '.join(u.id for u in all_oov[:EXAMPLES])}" if all_oov else "",
+                f": {', '.join(u.described for u in all_oov[:EXAMPLES])}" if all_oov else "",
             )
         records["oov"] = {
             "words": sum(words.values()),

@@ -39,6 +39,7 @@ import torch
 from downstream.data.audio import SAMPLE_RATE
 from downstream.data.corpus import check_choice
 from downstream.data.diarization import Recording, read_diarization
+from downstream.data.text import shown
 from downstream.metrics.diarization import (
     DiarizationErrors,
     activity_to_turns,
@@ -125,8 +126,8 @@ class SpeakerDiarization(Task):
     def encode(self, utterance: Recording, split: str) -> Recording:
         if len(utterance.speakers) > self.num_speakers:
             raise ValueError(
-                f"sd: recording {utterance.id} ({utterance.path}) in the {split} split has "
-                f"{len(utterance.speakers)} speakers ({', '.join(utterance.speakers)}); task.num_speakers="
+                f"sd: recording {utterance.described} in the {split} split has {len(utterance.speakers)} "
+                f"speakers ({', '.join(shown(s) for s in utterance.speakers)}); task.num_speakers="
                 f"{self.num_speakers}"
             )
         return utterance

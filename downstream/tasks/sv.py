@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from downstream.data.audio import SAMPLE_RATE
 from downstream.data.corpus import DataLayoutError, Utterance, label_vocabulary, probe_audio
 from downstream.data.sox_vad import VAD_EFFECT, vad_files
+from downstream.data.text import shown
 from downstream.data.voxceleb1 import Trial, read_trials, read_voxceleb1_sv
 from downstream.metrics.verification import equal_error_rate, minimum_detection_cost
 from downstream.tasks.base import Batch, Statistics, Task
@@ -146,7 +147,12 @@ class SpeakerVerification(Task):
         lengths = {id(u): info.num_samples for (u, _), info in zip(kept, infos, strict=True)}
         paths = {id(u): path for u, path in kept}
         return [
-            dataclasses.replace(u, path=paths.get(id(u), u.path), num_samples=lengths.get(id(u), 0))
+            dataclasses.replace(
+                u,
+                path=paths.get(id(u), u.path),
+                num_samples=lengths.get(id(u), 0),
+                derived_from=u.corpus_file,
+            )
             for u in utterances
         ]
 
@@ -158,8 +164,9 @@ class SpeakerVerification(Task):
         if emptied and split != "train":
             raise DataLayoutError(
                 f"sv: sox's VAD (silence {' '.join(VAD_EFFECT[1:])}) removed every sample of {len(emptied)} "
-                f"{split} utterance(s) (first: {', '.join(u.path.name for u in emptied[:3])}, "
-                f"{emptied[0].path}); these cannot be scored: remove them from the trial list or set task.vad=false"
+                f"{split} utterance(s) (first: {', '.join(shown(u.id) for u in emptied[:3])}, "
+                f"{shown(emptied[0].corpus_file, True)}); these cannot be scored: remove them from the trial "
+                "list or set task.vad=false"
             )
         before = sum(u.num_samples for u in utterances) / SAMPLE_RATE
         after = sum(u.num_samples for u in result) / SAMPLE_RATE

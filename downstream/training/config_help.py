@@ -126,22 +126,102 @@ def _did_you_mean(found: list[str]) -> str:
 
 # -- --help ----------------------------------------------------------------------------------------
 _KEY_LINE = re.compile(
-    r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w]*):(?P<value>[^#]*?)(?:\s+#\s*(?P<comment>.*))?$"
+    r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w]*):(?P<value>[^#]*?)(?:\s+(?P<hash>#)\s*(?P<comment>.*))?$"
 )
+#: Words whose period ends no sentence ("e.g. the", "Shih et al. 2025", "vs. s3prl").
+_ABBREVIATIONS = ("e.g", "i.e", "incl", "etc", "vs", "al", "cf", "approx", "resp", "Fig", "Eq", "No")
+#: A sentence end: '.', '?' or '!' (closing brackets or quotes may follow) before whitespace or the end.
+_SENTENCE_END = re.compile(r"[.?!][)\]\"']*(?=\s|$)")
+#: A description longer than this is cut at its last clause boundary (': ' or '; ') before it, if any.
+DESCRIPTION_CHARS = 200
+
+
+def _depth(text: str) -> int:
+    """How many brackets are open at the end of ``text`` (a period inside "(incl. x)" ends no sentence)."""
+    return sum(text.count(o) - text.count(c) for o, c in ("()", "[]", "{}"))
+
+
+def first_sentence(text: str) -> str:
+    """``text`` up to and including the end of its first sentence ('.', '?' or '!' before whitespace,
+    outside brackets, not after an abbreviation such as "e.g."), or the whole text when no sentence ends in
+    it. Never cuts a word or a clause."""
+    text = " ".join(text.split())
+    for match in _SENTENCE_END.finditer(text):
+        before = text[: match.start()]
+        word = re.search(r"([A-Za-z.]+)$", before)
+        if (word and word.group(1).rstrip(".") in _ABBREVIATIONS) or _depth(before) > 0:
+            continue
+        return text[: match.end()]
+    return text
+
+
+def description(text: str, limit: int = DESCRIPTION_CHARS) -> str:
+    """The one-line description ``--help`` prints for a comment: its first sentence (``first_sentence``);
+    one longer than ``limit`` characters ends instead at its last clause boundary (``:`` or ``;`` outside
+    brackets and quotes) within the limit (a ';' before a ':'), the punctuation left out; the whole sentence if it has none."""
+    sentence = first_sentence(text)
+    if len(sentence) <= limit:
+        return sentence
+    for mark in ";:":  # a '; ' joins clauses; a ': ' may open a list that the cut would leave dangling
+        cuts = [
+            match.start()
+            for match in re.finditer(rf"{mark}(?=\s)", sentence[:limit])
+            if _depth(sentence[: match.start()]) == 0 and sentence[: match.start()].count('"') % 2 == 0
+        ]
+        if cuts:
+            return sentence[: cuts[-1]]
+    return sentence
+
+
+def _comment_text(line: str) -> str:
+    return line.strip().lstrip("#").strip()
+
+
+def file_description(path: Path) -> str:
+    """The description (``description``) of the YAML file's leading comment paragraph: the comment lines before the first
+    key, up to an empty comment line or an indented example (``#   python ...``); ``# @package`` skipped."""
+    paragraph: list[str] = []
+    for line in path.read_text().splitlines():
+        text = line.strip()
+        if text.startswith("# @package"):
+            continue
+        if not text.startswith("#"):
+            break
+        body = text[1:]
+        if not body.strip() or body.startswith("   "):
+            break
+        paragraph.append(body.strip())
+    return description(" ".join(paragraph))
 
 
 def key_descriptions(path: Path) -> list[tuple[str, str, str]]:
-    """(dotted key, value as written, description) of every key of the YAML file ``path`` that has a
-    comment after its value or a comment block right above it (its first sentence); nesting follows the
-    indentation. The hydra and defaults nodes are left out."""
+    """(dotted key, value as written, description) of every key of the YAML file ``path`` with a comment:
+    the comment after its value, continued on the comment lines below it that are indented deeper than the
+    key (and are not the comment block of a following key), else the comment block right above the key;
+    the description is its first sentence or clause (``description``). Nesting follows the indentation.
+    The file's leading comment (``file_description``), the hydra and defaults nodes are left out."""
+    lines = path.read_text().splitlines()
+    first_key = next(
+        (i for i, line in enumerate(lines) if line.strip() and not line.strip().startswith("#")), 0
+    )
     found: list[tuple[str, str, str]] = []
     stack: list[tuple[int, str]] = []
     above: list[str] = []
-    for line in path.read_text().splitlines():
-        text = line.strip()
+    current: list[str] | None = None  # the comment of the last key line, while continuation lines may follow
+    current_indent = 0
+    for index in range(first_key, len(lines)):
+        line, text = lines[index], lines[index].strip()
         if text.startswith("#"):
-            above.append(text.lstrip("#").strip())
+            column = len(line) - len(line.lstrip())
+            following = next((other for other in lines[index + 1 :] if not other.strip().startswith("#")), "")
+            next_indent = len(following) - len(following.lstrip()) if following.strip() else -1
+            if current is not None and column > current_indent and column != next_indent:
+                current.append(_comment_text(line))
+            else:
+                current = None
+                above.append(_comment_text(line))
             continue
+        current = None
         match = _KEY_LINE.match(line)
         if not match:
             above = []
@@ -153,28 +233,17 @@ def key_descriptions(path: Path) -> list[tuple[str, str, str]]:
         value = match.group("value").strip()
         if not value:
             stack.append((indent, match.group("key")))
-        comment = match.group("comment") or _first_sentence(" ".join(above))
+        comment = [match.group("comment")] if match.group("hash") else above
         above = []
-        if comment and not dotted.startswith(("hydra", "defaults")):
-            found.append((dotted, value, comment.strip()))
-    return found
+        if match.group("hash"):
+            current, current_indent = comment, indent
+        if any(comment) and not dotted.startswith(("hydra", "defaults")):
+            found.append((dotted, value, comment))
+    return [(dotted, value, description(" ".join(comment))) for dotted, value, comment in found]
 
 
-def _first_sentence(text: str) -> str:
-    end = re.search(r"\.(\s|$)", text)
-    return text[: end.start() + 1] if end else text
-
-
-def _first_comment(path: Path) -> str:
-    for line in path.read_text().splitlines():
-        text = line.strip()
-        if text.startswith("# @package"):
-            continue
-        if text.startswith("#"):
-            return text.lstrip("# ").strip()
-        if text:
-            break
-    return ""
+def _global_package(path: Path) -> bool:
+    return path.read_text().lstrip().startswith("# @package _global_")
 
 
 def help_text(config_dir: Path = CONFIG_DIR) -> str:
@@ -198,7 +267,7 @@ def help_text(config_dir: Path = CONFIG_DIR) -> str:
         lines.append(f"  {group}:")
         for option in options:
             mark = "*" if chosen.get(group) == option else " "
-            summary = _first_comment(config_dir / group / f"{option}.yaml")
+            summary = file_description(config_dir / group / f"{option}.yaml")
             lines.append(f"   {mark}{option:<18} {summary}".rstrip())
     for title, path, prefix in (
         ("Root keys (config.yaml)", config_dir / "config.yaml", ""),
@@ -208,10 +277,17 @@ def help_text(config_dir: Path = CONFIG_DIR) -> str:
         lines.extend(_key_lines(key_descriptions(path), prefix))
     lines += ["", "Task keys (task.<key>=..., per task=<name>):"]
     for path in sorted((config_dir / "task").glob("*.yaml")):
-        described = [entry for entry in key_descriptions(path) if not entry[0].startswith(_TASK_MAPS)]
+        # a task file in the global package writes task.<key> itself (and may set root keys)
+        prefix = "" if _global_package(path) else "task."
+        described = [
+            entry
+            for entry in key_descriptions(path)
+            if (prefix + entry[0]).removeprefix("task.").split(".")[0] not in _TASK_MAPS
+            and prefix + entry[0] != "task"
+        ]
         if described:
             lines.append(f"  task={path.stem}:")
-            lines.extend(_key_lines(described, "  task."))
+            lines.extend(_key_lines(described, "  " + prefix))
     lines += ["", "Unknown keys and options are refused with the closest names (no `+key=` needed)."]
     return "\n".join(lines) + "\n"
 
@@ -221,4 +297,8 @@ _TASK_MAPS = ("schedules", "protocols", "protocol_sources", "head")
 
 
 def _key_lines(described: list[tuple[str, str, str]], prefix: str) -> list[str]:
-    return [f"  {prefix}{key} = {value}  # {comment}" for key, value, comment in described]
+    """``key = value  # description``; a node of keys (no value of its own) as ``key.*  # description``."""
+    return [
+        f"  {prefix}{key} = {value}  # {comment}" if value else f"  {prefix}{key}.*  # {comment}"
+        for key, value, comment in described
+    ]

@@ -43,7 +43,7 @@ EXAMPLES = 5
 
 
 def _named(utterances: list[Utterance]) -> str:
-    named = ", ".join(f"{shown(u.id)} ({u.path})" for u in utterances[:EXAMPLES])
+    named = ", ".join(f"{shown(u.id)} ({shown(u.path)})" for u in utterances[:EXAMPLES])
     return named + (f" and {len(utterances) - EXAMPLES} more" if len(utterances) > EXAMPLES else "")
 
 

@@ -16,6 +16,10 @@ results.json's ``data_policy`` (docs/input-policies.md):
 - ``nonfinite``: float audio files (the only formats that can hold NaN or inf) are decoded once and their
   samples checked; ``task.on_nonfinite=error`` (default) refuses naming the files, ``skip`` leaves their
   utterances out of every split, counted.
+
+Every check reads the corpus files (``Utterance.corpus_file``), also where the task reads a rewritten copy:
+SV's sox VAD output is 16 kHz and finite whatever the VoxCeleb1 file behind it holds (sox clips NaN), so
+its rate and samples are those of that file.
 - ``label_variants``: training labels of one field (``Task.label_values``) that differ only in case or
   surrounding whitespace: refused, naming both forms and where each occurs.
 """
@@ -28,7 +32,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from downstream.data.audio import SAMPLE_RATE, NonFiniteAudioError, load_audio
+from downstream.data.audio import SAMPLE_RATE, nonfinite_problem
 from downstream.data.corpus import AudioInfo, Utterance, audio_info, rate_examples
 from downstream.data.text import refuse_repeated_ids, shown
 from downstream.tasks.base import Task
@@ -44,22 +48,19 @@ class CorpusIntegrityError(ValueError):
     """The corpus has a flaw that no policy handles (the message names the files, lines, ids and values)."""
 
 
-def _where(utterance: Utterance) -> str:
-    return f"{shown(utterance.id)} ({utterance.origin})"
-
-
 def _more(count: int, shown_count: int) -> str:
     return f" (and {count - shown_count} more)" if count > shown_count else ""
 
 
 def _real_paths(lists: Mapping[str, list[Utterance]]) -> dict[int, str]:
-    """id(utterance) -> its audio file's resolved real path (folders resolved once each; a file is
-    resolved only when it is itself a symbolic link)."""
+    """id(utterance) -> its corpus file's resolved real path (``Utterance.corpus_file``: the file as
+    distributed, also where a task's preprocessing reads a rewritten copy, SV's VAD; folders resolved once
+    each; a file is resolved only when it is itself a symbolic link)."""
     folders: dict[str, str] = {}
     real: dict[int, str] = {}
     for utterances in lists.values():
         for utterance in utterances:
-            path = str(utterance.path)
+            path = str(utterance.corpus_file)
             folder, name = os.path.split(path)
             if folder not in folders:
                 folders[folder] = os.path.realpath(folder)
@@ -72,7 +73,8 @@ def _real_paths(lists: Mapping[str, list[Utterance]]) -> dict[int, str]:
 def _refuse_repeated_ids(task: Task, lists: Mapping[str, list[Utterance]]) -> None:
     for split, utterances in lists.items():
         refuse_repeated_ids(
-            ((u.id, u.origin) for u in utterances), f"{task.name}: the {split} split under {task.data_root}"
+            ((u.id, shown(u.origin)) for u in utterances),
+            f"{task.name}: the {split} split under {task.data_root}",
         )
 
 
@@ -87,8 +89,9 @@ def _refuse_conflicting_ids(task: Task, lists: Mapping[str, list[Utterance]], re
                 continue
             if (real[id(other)], other.start) != (real[id(utterance)], utterance.start):
                 conflicts.append(
-                    f"{shown(utterance.id)} is '{other.path}' in {other_split} ({other.origin}) and "
-                    f"'{utterance.path}' in {split} ({utterance.origin})"
+                    f"{shown(utterance.id)} is {shown(other.corpus_file, True)} in {other_split} "
+                    f"({shown(other.origin)}) and {shown(utterance.corpus_file, True)} in {split} "
+                    f"({shown(utterance.origin)})"
                 )
     if conflicts:
         raise CorpusIntegrityError(
@@ -120,7 +123,9 @@ def _check_shared_audio(
                     continue
                 reason = task.shared_audio(frozenset((split_a, split_b)), a, b)
                 if reason is None:
-                    leaks[path].append(f"'{path}' is {_where(a)} in {split_a} and {_where(b)} in {split_b}")
+                    leaks[path].append(
+                        f"{shown(path, True)} is {a.described} in {split_a} and {b.described} in {split_b}"
+                    )
                     continue
                 for split, other in ((split_a, split_b), (split_b, split_a)):
                     record = allowed.setdefault(split, {"pairs": 0, "with": set(), "reason": reason})
@@ -155,7 +160,7 @@ def _check_sample_rates(
     refused: list[tuple[str, int]] = []
     strict = task.native_sample_rate is not None and not task.resample
     for split, utterances in lists.items():
-        files = {str(u.path): headers[real[id(u)]].sample_rate for u in utterances}
+        files = {str(u.corpus_file): headers[real[id(u)]].sample_rate for u in utterances}
         other = [(path, rate) for path, rate in files.items() if rate != SAMPLE_RATE]
         rates: dict[str, int] = defaultdict(int)
         for _, rate in other:
@@ -193,10 +198,9 @@ def _check_nonfinite(
     float_files = sorted(path for path, header in headers.items() if header.can_be_nonfinite)
     bad: dict[str, str] = {}
     for path in float_files:
-        try:
-            load_audio(path)
-        except NonFiniteAudioError as error:
-            bad[path] = str(error)
+        problem = nonfinite_problem(path, headers[path].subtype)
+        if problem is not None:
+            bad[path] = problem
     skip = task.on_nonfinite == "skip"
     if bad and not skip:
         named = list(bad.values())
@@ -220,7 +224,7 @@ def _check_nonfinite(
                 split,
                 len(left_out),
                 len({real[id(u)] for u in left_out}),
-                ", ".join(_where(u) for u in left_out[:EXAMPLES]),
+                ", ".join(u.described for u in left_out[:EXAMPLES]),
                 _more(len(left_out), EXAMPLES),
             )
             task.leave_out(split, {u.id for u in left_out})
@@ -235,7 +239,7 @@ def _refuse_label_variants(task: Task, utterances: list[Utterance]) -> None:
     for (field, _), by_form in forms.items():
         if len(by_form) > 1:
             described = " and ".join(  # repr: quotes show surrounding spaces, escapes invisible characters
-                f"{form!r} ({len(uses)} utterance(s), first {_where(uses[0])})"
+                f"{form!r} ({len(uses)} utterance(s), first {uses[0].described})"
                 for form, uses in by_form.items()
             )
             variants.append(f"{field}: {described}")
