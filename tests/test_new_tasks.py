@@ -243,11 +243,12 @@ def test_fluent_commands_reader_errors(tmp_path):
 
 def test_ml_superb_reader_multilingual_and_monolingual_sets():
     count = {split: len(read_ml_superb(ML_SUPERB, split, "1h")) for split in ("train", "dev", "test")}
-    assert count == {"train": 4 * 20 + 4, "dev": 4 * 5 + 2, "test": 4 * 5 + 3}
+    # four sets of 20/5/5 and two small voxpopuli ones (eng3, deu2) of 4/2/3 (scripts/mini_superb/common.py)
+    assert count == {"train": 4 * 20 + 2 * 4, "dev": 4 * 5 + 2 * 2, "test": 4 * 5 + 2 * 3}
     ten_minutes = read_ml_superb(ML_SUPERB, "train", "10min")
     hour = read_ml_superb(ML_SUPERB, "train", "1h")
-    assert len(ten_minutes) == 4 * 6 + 2 and {u.id for u in ten_minutes} < {u.id for u in hour}
-    assert Counter(u.label for u in hour) == {"eng": 24, "fra": 20, "deu": 20, "swa": 20}
+    assert len(ten_minutes) == 4 * 6 + 2 * 2 and {u.id for u in ten_minutes} < {u.id for u in hour}
+    assert Counter(u.label for u in hour) == {"eng": 24, "fra": 20, "deu": 24, "swa": 20}
     assert all(u.id.split("_")[1] == u.label and u.text for u in hour)
     # eng1 trains on mls/eng and tests on English in every dataset (mls and voxpopuli)
     mono = {
@@ -258,6 +259,10 @@ def test_ml_superb_reader_multilingual_and_monolingual_sets():
     assert {u.id.split("_")[0] for u in mono["train"] + mono["dev"]} == {"mls"}
     assert {u.id.split("_")[0] for u in mono["test"]} == {"mls", "voxpopuli"}
     assert {u.label for u in read_ml_superb(ML_SUPERB, "test", "10min", monolingual="fra1")} == {"fra"}
+    # deu2 trains on voxpopuli/deu; its test holds German of swc and voxpopuli
+    deu2 = {split: read_ml_superb(ML_SUPERB, split, "1h", monolingual="deu2") for split in ("train", "test")}
+    assert {u.id.split("_")[0] for u in deu2["train"]} == {"voxpopuli"} and len(deu2["train"]) == 4
+    assert {u.id.split("_")[0] for u in deu2["test"]} == {"swc", "voxpopuli"}
 
 
 def test_ml_superb_reader_errors_and_normalisation(tmp_path, caplog):

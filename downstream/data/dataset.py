@@ -18,6 +18,12 @@ logger = logging.getLogger(__name__)
 TOO_LONG_POLICIES = ("crop", "skip")
 
 
+def longer_than(utterance: Utterance, max_seconds: float | None, sample_rate: int = SAMPLE_RATE) -> bool:
+    """Whether ``utterance`` has more samples than ``max_seconds`` at ``sample_rate`` (False for None): the
+    length rule by which ``AudioDataset`` crops or skips (``on_too_long``)."""
+    return max_seconds is not None and utterance.num_samples > round(max_seconds * sample_rate)
+
+
 class AudioDataset(Dataset):
     """Waveforms of ``utterances``: item i is dict(wav=float32 [N] at 16 kHz, index=i).
 
@@ -56,9 +62,8 @@ class AudioDataset(Dataset):
         limits = [
             round(seconds * sample_rate) for seconds in (crop_seconds, max_seconds) if seconds is not None
         ]
-        max_samples = None if max_seconds is None else round(max_seconds * sample_rate)
         utterances = list(utterances)
-        too_long = [utt for utt in utterances if max_samples is not None and utt.num_samples > max_samples]
+        too_long = [utt for utt in utterances if longer_than(utt, max_seconds, sample_rate)]
         if too_long:
             action = "left out" if on_too_long == "skip" else f"cropped to {max_seconds} s"
             longest = max(utt.num_samples for utt in too_long) / sample_rate

@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from downstream.data.corpus import Utterance, check_choice
+from downstream.data.dataset import longer_than
 from downstream.data.ml_superb import (
     DURATIONS,
+    MONOLINGUAL_SETS,
     check_monolingual_set,
     few_shot_selection,
     normalize_transcript,
@@ -38,12 +40,19 @@ class MLSuperbSpeechRecognition(CTCTask):
     """Character CTC on ML-SUPERB transcripts; the vocabulary is built from the training data.
 
     Tokens: the word boundary '|', '<unk>' and every character of the normalised training transcripts
-    (``normalize_transcript``: punctuation removed, upper case). A dev or test character the training set
-    lacks becomes '<unk>', which the model never learns to emit, so it always counts as an error (as in
-    ML-SUPERB's scoring, where the unseen character cannot be produced). CER (percent) counts the
-    characters of the normalised text (``normalised_characters``: one space between words, as jiwer's
-    cer; a stray word-boundary token is no character). ``duration`` picks the 10-minute or 1-hour training set; SpecAugment on the
-    interface's features during training as in ML-SUPERB's recipe.
+    (``normalize_transcript``: punctuation removed, upper case) that the length rule keeps
+    (``vocabulary_utterances``: as ESPnet's token list, written from the training text after data_prep.py's
+    and asr.sh's 20 s rule). A dev or test character the vocabulary lacks becomes '<unk>', which the model
+    never learns to emit, so it always counts as an error (as in ML-SUPERB's scoring, where the unseen
+    character cannot be produced). CER (percent) counts the characters of the normalised text
+    (``normalised_characters``: one space between words, as jiwer's cer; a stray word-boundary token is no
+    character). ``duration`` picks the 10-minute or 1-hour training set; SpecAugment on the interface's
+    features during training as in ML-SUPERB's recipe.
+
+    With ``word_tokens`` (ml_mono's cmn and jpn under protocol=superb) the tokens are the words of the
+    normalised text instead, its whitespace-separated units, with '<unk>' and no word boundary (ESPnet's
+    ``token_type=word``: ``WordTokenizer`` splits on whitespace), and the reported ``cer`` is the error rate
+    over those units, the ``score_wer`` result that mono_superb_score.py reports for cmn and jpn.
     """
 
     metric = "cer"
@@ -87,40 +96,57 @@ class MLSuperbSpeechRecognition(CTCTask):
         if select_by == "loss":  # ESPnet: best_model_criterion valid loss min
             self.selection_metric, self.selection_higher_is_better = "loss", False
         self.average_best = int(average_best)
-        self._characters: set[str] | None = None
+        #: word tokens (ESPnet's token_type=word) instead of characters; ``MonolingualSpeechRecognition``
+        #: sets it for the sets of ``word_token_sets``
+        self.word_tokens = False
+        self._units: set[str] | None = None
 
-    def characters(self, utterance: Utterance) -> list[str]:
-        """The normalised transcript as character tokens, spaces as the word boundary."""
+    def units(self, utterance: Utterance) -> list[str]:
+        """The normalised transcript as tokens: its characters, spaces as the word boundary, or with
+        ``word_tokens`` its whitespace-separated words."""
         text = normalize_transcript(utterance.text or "", drop_bracketed=self.drop_bracketed)
+        if self.word_tokens:
+            return text.split()
         return [WORD_BOUNDARY if char == " " else char for char in text]
 
-    def training_characters(self) -> set[str]:
-        if self._characters is None:
-            self._characters = {char for utt in self.utterances("train") for char in self.characters(utt)}
-            self._characters.discard(WORD_BOUNDARY)
-        return self._characters
+    def vocabulary_utterances(self) -> list[Utterance]:
+        """The training utterances whose transcripts make the vocabulary: those the length rule keeps
+        (``task.max_seconds``; a transcript task skips longer ones, ``longer_than``). ESPnet writes its token
+        list from the training text that data_prep.py (multilingual: over 20 s skipped) and asr.sh stage 4
+        (``max_wav_duration`` 20) left, so a token of a skipped utterance is not in it."""
+        return [u for u in self.utterances("train") if not longer_than(u, self.max_seconds)]
+
+    def training_units(self) -> set[str]:
+        """The distinct tokens of ``vocabulary_utterances`` (the word boundary aside)."""
+        if self._units is None:
+            self._units = {unit for utt in self.vocabulary_utterances() for unit in self.units(utt)}
+            self._units.discard(WORD_BOUNDARY)
+        return self._units
 
     def tokens(self) -> list[str]:
-        return [WORD_BOUNDARY, UNKNOWN, *sorted(self.training_characters())]
+        units = sorted(self.training_units())
+        return [UNKNOWN, *units] if self.word_tokens else [WORD_BOUNDARY, UNKNOWN, *units]
 
     def error_units(self, tokens: Sequence[str]) -> list[str]:
-        return normalised_characters(tokens, WORD_BOUNDARY)
+        """The units the error rate counts: the characters of the text (``normalised_characters``), or
+        with ``word_tokens`` the words themselves (ESPnet's score_wer)."""
+        return list(tokens) if self.word_tokens else normalised_characters(tokens, WORD_BOUNDARY)
 
     def hypothesis_record(self, tokens: list[str]) -> dict[str, Any]:
-        """``hypothesis``: the text (characters, one space between words) without language tokens;
-        ``ml_multi`` with LID adds ``language``, the first decoded language token's code (None: none)."""
+        """``hypothesis``: the text (characters, one space between words; words joined by spaces with
+        ``word_tokens``) without language tokens; ``ml_multi`` with LID adds ``language``, the first decoded
+        language token's code (None: none)."""
         languages = [token for token in tokens if is_language_token(token)]
-        text = "".join(normalised_characters([t for t in tokens if not is_language_token(t)], WORD_BOUNDARY))
+        units = self.error_units([t for t in tokens if not is_language_token(t)])
+        text = " ".join(units) if self.word_tokens else "".join(units)
         record: dict[str, Any] = {"hypothesis": text}
         if getattr(self, "lid", False):
             record["language"] = languages[0][1:-1] if languages else None
         return record
 
     def tokenize(self, utterance: Utterance, split: str) -> list[str]:
-        known = self.training_characters()
-        return [
-            char if char in known or char == WORD_BOUNDARY else UNKNOWN for char in self.characters(utterance)
-        ]
+        known = self.training_units()
+        return [unit if unit in known or unit == WORD_BOUNDARY else UNKNOWN for unit in self.units(utterance)]
 
     def eval_statistics(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> Statistics:
         """CTC's statistics (``CTCTask.eval_statistics``) plus ESPnet's validation loss: each utterance's
@@ -182,8 +208,10 @@ class MonolingualSpeechRecognition(MLSuperbSpeechRecognition):
     naming the new ones); test covers that language in every dataset, as single_lang_data_prep.py does. The
     published number averages the sets (one run per set).
 
-    Tokens are characters for every set; ESPnet's run_mono.sh uses word tokens for cmn and jpn (the CER is
-    scored on characters either way)."""
+    ``word_token_sets``: the sets tokenised into words (``MLSuperbSpeechRecognition`` ``word_tokens``) and
+    scored over them; ESPnet's run_mono.sh uses ``token_type=word`` for cmn and jpn and
+    mono_superb_score.py reports their ``score_wer``. Every other set uses characters. ValueError for a
+    name that is not a monolingual set."""
 
     name = "ml_mono"
     drop_bracketed = False
@@ -192,11 +220,20 @@ class MonolingualSpeechRecognition(MLSuperbSpeechRecognition):
         self,
         data_root: str,
         language: str = "eng1",
+        word_token_sets: Sequence[str] = (),
         **options: Any,
     ) -> None:
         super().__init__(data_root, **options)
         check_monolingual_set(language)
         self.language = language
+        unknown = sorted(set(word_token_sets) - set(MONOLINGUAL_SETS))
+        if unknown:
+            raise ValueError(
+                f"task (ml_mono): word_token_sets names {', '.join(map(repr, unknown))}, which are not "
+                f"monolingual sets (expected some of {', '.join(MONOLINGUAL_SETS)})"
+            )
+        self.word_token_sets = tuple(word_token_sets)
+        self.word_tokens = language in self.word_token_sets
 
     def read_split(self, split: str) -> list[Utterance]:
         return read_ml_superb(self.data_root, split, self.duration, monolingual=self.language)
@@ -265,7 +302,9 @@ class MultilingualSpeechRecognition(MLSuperbSpeechRecognition):
         return batch
 
     def language_tokens(self) -> list[str]:
-        """'[xxx]' for every language of the training split, sorted."""
+        """'[xxx]' for every language of the training split, sorted (every training utterance counts, the
+        ones the length rule skips too: a language all of whose training utterances are skipped keeps its
+        token, which the model then never learns, and its dev and test utterances are scored as wrong)."""
         if self._language_tokens is None:
             languages = sorted({utterance.label for utterance in self.utterances("train")})
             self._language_tokens = [language_token(language) for language in languages]

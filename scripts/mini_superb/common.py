@@ -162,8 +162,9 @@ FLUENT_INTENTS = {
 }
 
 # ML-SUPERB stand-in: (dataset folder, language folder) -> (espeak-ng voice, utterance id prefix, words). The
-# pairs are ML-SUPERB's monolingual sets eng1 (mls/eng), eng3 (voxpopuli/eng), fra1, deu1 (swc/deu) and swa
-# (ESPnet single_lang_data_prep.py; the mini corpus has no deu2 = voxpopuli/deu).
+# pairs are ML-SUPERB's monolingual sets eng1 (mls/eng), eng3 (voxpopuli/eng), fra1, deu1 (swc/deu), swa and
+# deu2 (voxpopuli/deu) (ESPnet single_lang_data_prep.py LANG_TO_SELECTED_DATASET). A new pair goes last: the sets
+# draw from one random stream in this order, so appending leaves the earlier sets byte-for-byte equal.
 ML_SUPERB_WORDS = {
     "fra": (
         "le la chat maison petit grand rouge bleu manger boire aller venir école été hiver pain lait fenêtre "
@@ -184,6 +185,7 @@ ML_SUPERB_SETS = {
     ("swc", "deu"): ("de", "swc"),
     ("ALFFA", "swa"): ("sw", "ALFFA"),
     ("voxpopuli", "eng"): ("en-gb", "voxpopuli"),
+    ("voxpopuli", "deu"): ("de", "voxpopuli"),
 }
 ML_SUPERB_SPEAKERS = 4  # per language set: voice variants at different pitches
 
@@ -215,8 +217,8 @@ class Sizes:
     sv_trials_per_kind: int = 150
     fluent_speakers: tuple[int, int, int] = (5, 2, 2)  # train, valid, test; each says every intent once
     fluent_intents: int = len(FLUENT_INTENTS)  # the first this many of FLUENT_INTENTS
-    # ML-SUPERB per language set: 1-hour training set, the 10-minute subset of it, dev, test; the second
-    # English set (voxpopuli) gets ml_superb_small instead.
+    # ML-SUPERB per language set: 1-hour training set, the 10-minute subset of it, dev, test; the voxpopuli
+    # sets (eng3, deu2: a second set of their language) get ml_superb_small instead.
     ml_superb_sizes: tuple[int, int, int, int] = (20, 6, 5, 5)
     ml_superb_small: tuple[int, int, int, int] = (4, 2, 2, 3)
     ml_superb_sets: int = len(ML_SUPERB_SETS)  # the first this many of ML_SUPERB_SETS

@@ -74,8 +74,8 @@ speaker says each of {len(FLUENT_INTENTS)} real FSC intents once in one of its p
 different speakers. ML-SUPERB: `ML-SUPERB/<dataset>/<language>/wav/<id>.flac` with
 `transcript_{{1h,10min}}_train.txt` (the 10-minute set is the start of the 1-hour set) and
 `transcript_10min_{{dev,test}}.txt`, lines `<id> <duration> <text>`; random 3-5 word sentences spoken by
-espeak-ng's English (ML-SUPERB's mls/eng and voxpopuli/eng), French (voxforge/fra), German (swc/deu) and
-Swahili (ALFFA/swa) voices, {ML_SUPERB_SPEAKERS} voice variants per set. {sv_text}
+espeak-ng's English (ML-SUPERB's mls/eng and voxpopuli/eng), French (voxforge/fra), German (swc/deu and
+voxpopuli/deu) and Swahili (ALFFA/swa) voices, {ML_SUPERB_SPEAKERS} voice variants per set. {sv_text}
 
 | part | utterances | speakers | minutes |
 |---|---|---|---|
