@@ -206,7 +206,8 @@ class MonolingualSpeechRecognition(MLSuperbSpeechRecognition):
     """ML-SUPERB's monolingual track: ``language`` is one of ESPnet's 13 sets (``MONOLINGUAL_SETS``: 'eng1'
     trains on mls/eng, 'deu2' on voxpopuli/deu, ...; the retired names 'deu' and 'sat' raise ValueError
     naming the new ones); test covers that language in every dataset, as single_lang_data_prep.py does. The
-    published number averages the sets (one run per set).
+    published number averages the sets (one run per set): each language's sets, then the languages
+    (``downstream.data.ml_superb.MONOLINGUAL_SCORE_SOURCE``; make_table does it).
 
     ``word_token_sets``: the sets tokenised into words (``MLSuperbSpeechRecognition`` ``word_tokens``) and
     scored over them; ESPnet's run_mono.sh uses ``token_type=word`` for cmn and jpn and
