@@ -198,6 +198,8 @@ def test_ml_mono_runs_on_the_mini_corpus_deu2(make_config, tmp_path):
     results = run_experiment(make_config(overrides, run_dir=tmp_path), tmp_path, overrides=overrides)
     assert results["test"]["cer"] >= 0
     assert results["data_policy"]["train"]["too_long"]["count"] == 0
+    # asr.sh stage 4's rule is checked on dev too (the mini corpus's files are 0.65-2.93 s: nothing goes)
+    assert results["data_policy"]["dev"]["wav_duration"]["count"] == 0
 
 
 # asr.sh stage 4 (egs2/TEMPLATE/asr1/asr.sh, min_wav_duration 0.1 and max_wav_duration 20, which run_mono.sh and
