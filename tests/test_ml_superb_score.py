@@ -69,6 +69,7 @@ def test_a_missing_set_is_named_and_the_rest_still_averages_per_language(tmp_pat
     markdown = reporting.render(table, "markdown")
     assert f"(n=5, 5 of 13 sets, missing: {missing})" in markdown
     assert "5 of 13 sets" in reporting.render(table, "latex")
+    assert "are all averaged in" not in markdown  # runs of different sets are no repeats of one another
 
 
 def test_ten_minute_column_and_retired_names(tmp_path):

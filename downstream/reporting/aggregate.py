@@ -9,7 +9,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from downstream.data.ml_superb import MONOLINGUAL_SETS, monolingual_language
 from downstream.reporting.collect import (
@@ -17,12 +16,12 @@ from downstream.reporting.collect import (
     RowKey,
     Run,
     interface_params_by_row,
-    parse_override,
     row_sort_key,
+    run_setting,
 )
 from downstream.reporting.lr_choice import run_lr
 from downstream.reporting.published import Reference, published_reference
-from downstream.results import HYDRA_DIR, RESULTS_FILE, ResultsFileError
+from downstream.results import RESULTS_FILE, ResultsFileError
 
 SPLITS = ("test", "dev")
 TASK_ORDER = (
@@ -200,19 +199,6 @@ class Cell:
         if foreign:
             notes.append(f"not ESPnet sets: {' '.join(foreign)}")
         return "; ".join(notes) or None
-
-
-def run_setting(run: Run, key: str) -> str | None:
-    """A task setting of a run (e.g. ``task.duration``): its override, else its saved config, else None."""
-    for override in run.results.overrides:
-        name, value = parse_override(override)
-        if name == key:
-            return value
-    config_path = run.run_dir / HYDRA_DIR / "config.yaml"
-    if config_path.is_file():
-        value = OmegaConf.select(OmegaConf.load(config_path), key, default=None)
-        return None if value is None else str(value)
-    return None
 
 
 def ten_minute_columns(runs: Iterable[Run]) -> list[Run]:
