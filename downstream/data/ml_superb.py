@@ -36,7 +36,7 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
-from downstream.data.text import inside, read_lines
+from downstream.data.text import inside, read_lines, shown
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def read_ml_superb(
                     "empty transcripts are left out of training and kept in dev/test",
                     path,
                     line_number,
-                    fields[0],
+                    shown(fields[0]),
                     line,
                 )
                 fields.extend([""] * (3 - len(fields)))

@@ -21,6 +21,7 @@ from downstream.data.ml_superb import (
     read_ml_superb,
     reserve_few_shot,
 )
+from downstream.data.text import shown
 from downstream.encoder_front import conv2d2_min_input_frames
 from downstream.metrics.classification import accuracy_percent
 from downstream.metrics.edit import ctc_greedy_decode
@@ -185,7 +186,7 @@ class MLSuperbSpeechRecognition(CTCTask):
                 split,
                 len(counted),
                 len(utterances),
-                ", ".join(list(counted)[:EXAMPLES]),
+                ", ".join(shown(utterance_id) for utterance_id in list(counted)[:EXAMPLES]),
             )
         empty = records.get("empty_transcript", {})
         if split != "train" and empty.get("count"):
@@ -404,7 +405,7 @@ class MultilingualSpeechRecognition(MLSuperbSpeechRecognition):
         token = language_token(utterance.label)
         if token not in self.language_tokens():
             raise ValueError(
-                f"ml_multi: utterance {utterance.id} ({utterance.path}) in the {split} split is in language "
+                f"ml_multi: utterance {utterance.described} in the {split} split is in language "
                 f"{utterance.label!r}, which the training split does not have"
             )
         return [token, *characters]
