@@ -3,6 +3,8 @@ figure and over no other text, measured on the drawn figure (matplotlib's text b
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 from pathlib import Path
 
@@ -212,7 +214,7 @@ def test_fusion_rows_are_labelled_by_member_names_and_what_differs(tmp_path):
     }
     # nothing is lost: what the rows of one upstream share is in the notes
     assert any(
-        note.startswith(f"runs of {PAIR}: ")
+        note.startswith("runs of whisper_small+wavlm_base_plus: ")
         and "upstream.members.wavlm_base_plus.name=wavlm_base_plus" in note
         for note in collection.notes
     )
@@ -227,6 +229,126 @@ def test_fusion_rows_are_labelled_by_member_names_and_what_differs(tmp_path):
     assert references["ws_fusion (whisper_small.whisper_window=trim)"] is None
     assert_text_fits(reporting.plot_comparison(table))
     assert_text_fits(reporting.plot_trainable_params(reporting.parameter_summary(collection)))
+
+
+#: the fused upstream of docs/fusion.md's offline pair as results.json names it, and its member names
+TINY_PAIR = "tiny-hubert L7 D192 (mini_superb_hubert) + tiny-hubert L7 D96"
+FUSION_INTERFACES = ("ws_fusion", "hconv_fusion", "chconv")
+
+
+def tiny_pair_members(*layers: int) -> list[dict]:
+    """results.json ``members`` of the pair: 'pretrained' and 'random', of ``layers`` hidden states each."""
+    return [
+        {"name": name, "num_layers": count, "layer_ids": list(range(count))}
+        for name, count in zip(("pretrained", "random"), layers, strict=True)
+    ]
+
+
+def write_tiny_pair_sweep(root: Path, layers: tuple[int, int] = (7, 7), seeds: int = 2) -> Path:
+    """The fresh-user trial's sweep (docs/fusion.md's offline pair, three fusion interfaces x seeds on KS);
+    ws_fusion logs N x L weights, member 0's first, rising within each member."""
+    common = (
+        "upstream=fusion",
+        "+upstream@upstream.members.pretrained=tiny_pretrained",
+        "+upstream@upstream.members.random=tiny",
+        "upstream.members.random.hidden_size=96",
+        "task=ks",
+        "trainer.max_steps=4",
+    )
+    num_layers = max(layers)
+    for interface, seed in itertools.product(FUSION_INTERFACES, range(seeds)):
+        weights = [(1 + member) * (1 + layer) for member in range(2) for layer in range(num_layers)]
+        write_finished_run(
+            root / f"{interface}-{seed}",
+            task="ks",
+            metric="acc",
+            higher_is_better=True,
+            interface=interface,
+            upstream=TINY_PAIR,
+            upstream_config="fusion",
+            members=tiny_pair_members(*layers),
+            num_layers=num_layers,
+            layer_ids=list(range(num_layers)),
+            seed=seed,
+            schedule="demo",
+            trainable_params={"interface": 18638, "head": 52492},
+            test={"acc": 50.0 + seed},
+            dev={"acc": 50.0 + seed},
+            layer_weights=[w / sum(weights) for w in weights] if interface == "ws_fusion" else None,
+            overrides=(*common, f"interface={interface}", f"seed={seed}"),
+        )
+    return root
+
+
+def test_a_fused_upstream_is_named_by_its_members_in_figures_and_table(tmp_path):
+    collection = reporting.collect_runs([write_tiny_pair_sweep(tmp_path / "sweep")])
+    table = reporting.aggregate(collection)
+    figure = reporting.plot_comparison(table)
+    assert_text_fits(figure)
+    assert figure.legends[0].get_title().get_text() == "upstream: pretrained+random"
+    labels = {text.get_text() for text in figure.axes[0].get_yticklabels()}
+    assert labels == set(FUSION_INTERFACES)  # the shared upstream is in the legend title only
+    params = reporting.plot_trainable_params(reporting.parameter_summary(collection))
+    assert_text_fits(params)
+    assert {text.get_text() for text in params.axes[0].get_yticklabels()} == {
+        f"pretrained+random / {interface}" for interface in FUSION_INTERFACES
+    }
+    # the table shows the member names; the full name is one note, the CSV has it in upstream_full
+    markdown = reporting.render(table)
+    table_lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert all(TINY_PAIR not in line for line in table_lines)
+    assert sum(line.startswith("| pretrained+random ") for line in table_lines) == 3
+    assert f"- pretrained+random: fused upstream {TINY_PAIR}" in markdown.splitlines()
+    rows = list(csv.DictReader(io.StringIO(reporting.render(table, "csv"))))
+    assert {(row["upstream"], row["upstream_full"]) for row in rows} == {("pretrained+random", TINY_PAIR)}
+
+
+def test_a_long_shared_upstream_name_widens_the_comparison_to_its_legend_title(tmp_path):
+    upstream = "some-organisation/a-rather-long-model-name-of-a-fine-tuned-checkpoint (hf)"
+    for interface in ("weighted_sum", "hconv"):
+        write_finished_run(
+            tmp_path / "sweep" / interface,
+            task="ks",
+            metric="acc",
+            higher_is_better=True,
+            interface=interface,
+            upstream=upstream,
+            trainable_params={"interface": 13, "head": 2000},
+            test={"acc": 90.0},
+            overrides=(f"interface={interface}",),
+        )
+    figure = reporting.plot_comparison(reporting.aggregate(reporting.collect_runs([tmp_path / "sweep"])))
+    assert figure.legends[0].get_title().get_text() == f"upstream: {upstream}"
+    assert_text_fits(figure)
+
+
+def test_fusion_layer_weights_are_grouped_and_labelled_per_member(tmp_path):
+    collection = reporting.collect_runs([write_tiny_pair_sweep(tmp_path / "sweep", seeds=1)])
+    (run,) = [run for run in collection.runs if run.results.layer_weights]
+    figure = reporting.plot_layer_weights(run)
+    assert_text_fits(figure)
+    axes = figure.axes[0]
+    assert [t.get_text() for t in axes.get_xticklabels()] == [str(layer) for layer in range(7)] * 2
+    assert [t.get_text() for t in axes.get_xticklabels(minor=True)] == ["pretrained", "random"]
+    # each member's block holds its own L weights, in order, left of the next member's
+    bars = sorted((bar.get_x(), bar.get_height(), bar.get_gid()) for bar in axes.patches)
+    assert [gid for _, _, gid in bars] == ["member 0"] * 7 + ["member 1"] * 7
+    assert np.allclose([height for _, height, _ in bars], run.results.layer_weights)
+    # the title is the run's short label, task, seed and score on one line: no folder name, no overrides
+    title = axes.title.get_text()
+    assert title == "pretrained+random / ws_fusion / ks, seed 0 (test accuracy 50.00 %)", title
+
+
+def test_members_interpolated_to_the_common_layer_count_are_labelled_so(tmp_path):
+    # a 4-state member fused with a 7-state one: its 7 aligned layers are interpolated, not its states 0-6
+    collection = reporting.collect_runs([write_tiny_pair_sweep(tmp_path / "sweep", layers=(4, 7), seeds=1)])
+    (run,) = [run for run in collection.runs if run.results.layer_weights]
+    figure = reporting.plot_layer_weights(run)
+    assert_text_fits(figure)
+    axes = figure.axes[0]
+    labels = [t.get_text() for t in axes.get_xticklabels()]
+    assert labels == [f"~{layer}" for layer in range(7)] + [str(layer) for layer in range(7)]
+    assert "interpolated" in axes.get_xlabel()
 
 
 def test_long_nested_keys_are_shortened_to_an_unambiguous_ending():

@@ -129,6 +129,46 @@ def test_sweep_job_folders_have_no_path_separators_and_follow_the_settings(make_
     assert job_dirname(["hydra/launcher=parallel"], "12345678") == "12345678"
 
 
+#: the overrides of a fusion sweep job of docs/fusion.md's offline pair (longer than a folder name holds)
+FUSION_JOB = [
+    "upstream=fusion",
+    "+upstream@upstream.members.pretrained=tiny_pretrained",
+    "+upstream@upstream.members.random=tiny",
+    "upstream.members.random.hidden_size=96",
+    "task=ks",
+    "trainer.max_steps=4",
+    "trainer.eval_every=4",
+    "trainer.limit_eval_batches=2",
+    "interface=ws_fusion",
+    "seed=0",
+]
+
+
+def test_a_long_sweep_job_folder_keeps_whole_overrides_short_ones_first(make_config):
+    name = sweep_subdir_of(FUSION_JOB)  # as Hydra names the job's folder
+    readable, _, digest = name.rpartition("-")
+    assert len(digest) == 8 and len(readable.encode()) <= 200
+    # what tells a sweep's jobs apart (group choices) comes first, the long member overrides last
+    assert readable.startswith("interface=ws_fusion,seed=0,task=ks,upstream=fusion,trainer.")
+    # whole overrides were left out from the end, and the name says so; none is cut (hidden_size=9...)
+    assert readable.endswith(",...")
+    shown = readable.removesuffix(",...").split(",")
+    assert set(shown) < {override.lstrip("~") for override in FUSION_JOB}
+    assert "upstream.members.random.hidden_size=96" not in shown
+    # the same overrides in any order name the same folder (a relaunch finds it); another value another
+    assert sweep_subdir_of(FUSION_JOB[::-1]) == name
+    other = sweep_subdir_of([*FUSION_JOB[:3], "upstream.members.random.hidden_size=48", *FUSION_JOB[4:]])
+    assert other != name and other.rpartition("-")[0] == readable
+
+
+def test_a_short_job_folder_name_keeps_every_override_and_an_overlong_one_names_none():
+    assert job_dirname(["trainer.lr=0.1", "seed=1", "interface=hconv"], "12345678") == (
+        "interface=hconv,seed=1,trainer.lr=0.1-12345678"
+    )
+    assert job_dirname([f"interface.option={'x' * 250}", "seed=1"], "12345678") == "seed=1,...-12345678"
+    assert job_dirname([f"interface.option={'x' * 250}"], "12345678") == "...-12345678"
+
+
 # -- 2. resume and skip check the stored settings --------------------------------------------------------
 
 

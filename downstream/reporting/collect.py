@@ -67,9 +67,14 @@ class RowKey:
         return f"{self.upstream} / {self.interface}"
 
     @property
+    def shown_upstream(self) -> str:
+        """The upstream as tables and figures show it: ``short_upstream``, else ``upstream``."""
+        return self.short_upstream or self.upstream
+
+    @property
     def short_label(self) -> str:
-        """The label figures draw: ``short_upstream / interface``."""
-        return f"{self.short_upstream or self.upstream} / {self.interface}"
+        """The label figures draw: ``shown_upstream / interface``."""
+        return f"{self.shown_upstream} / {self.interface}"
 
 
 @dataclass(frozen=True)
@@ -222,7 +227,10 @@ def describe_rows(
       to the notes instead of every row label; one that differs labels the rows that have it;
     - an upstream override (``upstream.*``, a fusion member's ``upstream@upstream.members.<name>``) that all
       runs of the same upstream share is what the upstream column already says (the model, the members): it
-      goes to the notes ("<upstream>: ..."), and labels a row only where runs of one upstream differ in it;
+      goes to the notes ("runs of <upstream>: ..."), and labels a row only where runs of one upstream differ
+      in it;
+    - a fused upstream is shown by its member names (``short_upstream``, "pretrained+random") unless two
+      fused upstreams share them; a note gives its full name ("pretrained+random: fused upstream <label>");
     - long nested keys are written by their shortest unambiguous ending (``short_keys``).
 
     Overrides named in ``ignore`` never label a row.
@@ -243,9 +251,17 @@ def describe_rows(
     for (_, results), overrides in zip(records, overrides_by_run, strict=True):
         by_upstream[results.upstream].append({k: v for k, v in overrides.items() if _upstream_key(k)})
     said_by_upstream = {upstream: _shared(group) - shared for upstream, group in by_upstream.items()}
+    short_names = {results.upstream: fusion_name(results) or results.upstream for _, results in records}
+    clashes = {name for name in short_names.values() if list(short_names.values()).count(name) > 1}
+    shown = {upstream: upstream if short in clashes else short for upstream, short in short_names.items()}
+    for upstream, name in sorted(shown.items()):
+        if name != upstream:  # the full name, which the table and figures leave out
+            notes.append(f"{name}: fused upstream {upstream}")
     for upstream, said in sorted(said_by_upstream.items()):
         if said:
-            notes.append(f"runs of {upstream}: " + ", ".join(f"{key}={value}" for key, value in sorted(said)))
+            notes.append(
+                f"runs of {shown[upstream]}: " + ", ".join(f"{key}={value}" for key, value in sorted(said))
+            )
     differing = [
         {
             key: value
@@ -255,8 +271,6 @@ def describe_rows(
         for (_, results), overrides in zip(records, overrides_by_run, strict=True)
     ]
     shown_key = short_keys(key for overrides in differing for key in overrides)
-    short_names = {results.upstream: fusion_name(results) or results.upstream for _, results in records}
-    clashes = {name for name in short_names.values() if list(short_names.values()).count(name) > 1}
 
     rows = []
     for (run_dir, results), overrides, own in zip(records, overrides_by_run, differing, strict=True):
@@ -271,7 +285,6 @@ def describe_rows(
             interface += f" + larger head (+{extra:,})"
         fine_tuned = results.trainable_params.get("upstream", 0) > 0
         condition = ", ".join(c for c, on in (("fine-tuned", fine_tuned), ("larger head", bool(extra))) if on)
-        short = short_names[results.upstream]
         rows.append(
             RowKey(
                 upstream=results.upstream + (", fine-tuned" if fine_tuned else ""),
@@ -284,8 +297,7 @@ def describe_rows(
                     or _changes_model(overrides)
                 ),
                 condition=condition,
-                short_upstream=(results.upstream if short in clashes else short)
-                + (", fine-tuned" if fine_tuned else ""),
+                short_upstream=shown[results.upstream] + (", fine-tuned" if fine_tuned else ""),
             )
         )
     return rows, notes

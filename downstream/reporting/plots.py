@@ -26,6 +26,7 @@ from interfaces.configs import interface_config_names
 
 TRAINABLE_PARTS = ("interface", "head", "upstream")
 LABEL_WIDTH = 32  # characters of a row label line before it wraps
+TITLE_CHAR_INCHES = 0.075  # the width a character of a fontsize "small" title needs at most (DejaVu Sans)
 PART_COLORS = {"interface": "tab:green", "head": "tab:orange", "upstream": "tab:purple"}
 
 
@@ -79,7 +80,8 @@ def plot_comparison(table: Table) -> Figure:
     read level and never collide): for each row the mean ± sample std with its value and unit written at the
     bar's end, every run's score (dots, over seeds, folds or language sets) and the published number (red
     star) where there is one. Bars are coloured by interface; one legend above the panels names the colours
-    and markers. When all rows share an upstream it is named in the title instead of every label.
+    and markers. When all rows share an upstream it is named in the legend's title (``shown_upstream``: a
+    fused one by its member names) instead of every label.
 
     Artists carry gids for inspection: "mean" bars, "runs" and "published" scatter collections.
     """
@@ -153,8 +155,10 @@ def plot_comparison(table: Table) -> Figure:
                 label="published" + published_split_suffix(table),
             )
         )
-    upstreams = {row.upstream for row in all_rows}
-    title = f"upstream: {next(iter(upstreams))}" if len(upstreams) == 1 else None
+    upstreams = {row.upstream: row.shown_upstream for row in all_rows}
+    title = f"upstream: {next(iter(upstreams.values()))}" if len(upstreams) == 1 else None
+    if title:  # widen the figure to the legend title (a long model name) where the panels are narrower
+        figure.set_figwidth(max(figure.get_figwidth(), TITLE_CHAR_INCHES * len(title) + 0.4))
     if handles:
         figure.legend(
             handles=handles,
@@ -187,7 +191,7 @@ def parameter_summary(collection: Collection) -> list[dict]:
     for row, task in sorted(counts, key=lambda key: (row_sort_key(key[0], interface_params[key[0]]), key[1])):
         entry = {
             "upstream": row.upstream,
-            "short_upstream": row.short_upstream or row.upstream,
+            "short_upstream": row.shown_upstream,
             "interface": row.interface,
             "task": task,
         }
@@ -204,9 +208,11 @@ def _count_text(span: tuple[int, int]) -> str:
 
 
 def parameter_markdown(summary: list[dict]) -> str:
+    """The counts of ``parameter_summary`` as a markdown table, upstreams as the figure names them, then the
+    full name of each upstream shown by its member names."""
     frame = pd.DataFrame(
         {
-            "upstream": entry["upstream"],
+            "upstream": entry["short_upstream"],
             "interface": entry["interface"],
             "task": entry["task"],
             **{
@@ -218,7 +224,9 @@ def parameter_markdown(summary: list[dict]) -> str:
         }
         for entry in summary
     )
-    return frame.to_markdown(index=False, disable_numparse=True) + "\n"
+    full_names = {e["short_upstream"]: e["upstream"] for e in summary if e["short_upstream"] != e["upstream"]}
+    notes = "".join(f"\n- {short}: fused upstream {full}" for short, full in sorted(full_names.items()))
+    return frame.to_markdown(index=False, disable_numparse=True) + "\n" + notes + ("\n" if notes else "")
 
 
 def plot_trainable_params(summary: list[dict]) -> Figure:
@@ -303,49 +311,112 @@ def wrap_name(name: str, width: int, breaks: str = ",", split_words: bool = True
     return [*lines, rest]
 
 
+MEMBER_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+
+
+def member_layer_groups(run: Run) -> list[tuple[str, list[str], list[float]]] | None:
+    """A fused upstream's ``ws_fusion`` weights split by member: (member name, each bar's layer label within
+    the member, its weights), members in order; None unless the run has members and N x L weights.
+
+    results.json logs them flat, member 0's L layers first (``interfaces.fusion.FusionWeightedSum``). The
+    label of aligned layer i is the member's hidden state ``layer_ids[i]`` where the member has L layers, else
+    ``~i`` (the member's states were interpolated to the common L, ``upstream.layer_alignment``)."""
+    members, weights = run.results.members, run.results.layer_weights
+    if not members or not weights:
+        return None
+    if isinstance(weights[0], list):  # [N, L]
+        flat = [float(w) for group in weights for w in group] if len(weights) == len(members) else None
+    else:
+        flat = [float(w) for w in weights]
+    if flat is None or len(flat) % len(members):
+        return None
+    num_layers = len(flat) // len(members)
+    groups = []
+    for index, member in enumerate(members):
+        ids = member.get("layer_ids") or []
+        if member.get("num_layers") == num_layers and len(ids) == num_layers:
+            labels = [str(layer) for layer in ids]
+        else:
+            labels = [f"~{layer}" for layer in range(num_layers)]
+        part = flat[index * num_layers : (index + 1) * num_layers]
+        groups.append((str(member.get("name", f"member {index}")), labels, part))
+    return groups
+
+
+def layer_weight_title(run: Run) -> str:
+    """The run's short label (``RowKey.short_label``: a fused upstream by its member names, what tells the
+    row apart), task, seed (and fold) and test score, wrapped to ``TITLE_WIDTH``; the folder name is the
+    figure's file name."""
+    results = run.results
+    replicate = f"seed {results.seed}" + (f", fold {results.fold}" if results.fold is not None else "")
+    score = metric_format(results.metric).format(results.score("test"))
+    headline = f"{run.row.short_label} / {results.task}, {replicate} (test {score})"
+    return "\n".join(wrap_name(headline, TITLE_WIDTH, breaks=" /,"))
+
+
 def plot_layer_weights(run: Run) -> Figure:
-    """Bars of the run's learned weight per layer; grouped weights ([G, L] or one list per group) by group.
+    """Bars of the run's learned weight per layer; grouped weights ([G, L] or one list per group) by group;
+    a fused upstream's (``member_layer_groups``) by member: one block of bars per member, each bar labelled
+    with its layer within the member and the member's name under its block.
 
     A bar stands at its hidden state's index in the upstream (``layer_ids``: with ``upstream.layers`` a subset,
-    the i-th weight belongs to state ``layer_ids[i]``, not to state i)."""
+    the i-th weight belongs to state ``layer_ids[i]``, not to state i). The title is ``layer_weight_title``."""
     weights = run.results.layer_weights
     figure = new_figure(7, 3.2)
     axes = figure.add_subplot()
+    members = member_layer_groups(run)
     grouped = bool(weights) and isinstance(weights[0], list)
-    stacked = grouped and len({len(group) for group in weights}) == 1
-    num_states = len(weights[0]) if stacked else sum(map(len, weights)) if grouped else len(weights)
-    layer_ids = run.results.layer_ids
-    positions = np.asarray(
-        layer_ids if layer_ids is not None and len(layer_ids) == num_states else range(num_states)
-    )
-    if not grouped:
-        axes.bar(positions, weights, color="tab:blue")
-    elif stacked:  # [G, L]: stacked, so disjoint groups give one bar per layer
-        bottom = np.zeros(len(weights[0]))
-        for index, group in enumerate(weights):
-            axes.bar(positions, group, bottom=bottom, label=f"group {index + 1}")
-            bottom += np.asarray(group, dtype=float)
-    else:  # one list per contiguous group of layers
-        start = 0
-        for index, group in enumerate(weights):
-            axes.bar(positions[start : start + len(group)], group, label=f"group {index + 1}")
-            start += len(group)
-    if grouped:
-        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    axes.set_xticks(positions)
-    axes.set_xlabel("layer (0 = transformer input)")
+    if members is not None:
+        _member_bars(axes, members)
+    else:
+        stacked = grouped and len({len(group) for group in weights}) == 1
+        num_states = len(weights[0]) if stacked else sum(map(len, weights)) if grouped else len(weights)
+        layer_ids = run.results.layer_ids
+        positions = np.asarray(
+            layer_ids if layer_ids is not None and len(layer_ids) == num_states else range(num_states)
+        )
+        if not grouped:
+            axes.bar(positions, weights, color="tab:blue")
+        elif stacked:  # [G, L]: stacked, so disjoint groups give one bar per layer
+            bottom = np.zeros(len(weights[0]))
+            for index, group in enumerate(weights):
+                axes.bar(positions, group, bottom=bottom, label=f"group {index + 1}")
+                bottom += np.asarray(group, dtype=float)
+        else:  # one list per contiguous group of layers
+            start = 0
+            for index, group in enumerate(weights):
+                axes.bar(positions[start : start + len(group)], group, label=f"group {index + 1}")
+                start += len(group)
+        if grouped:
+            axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        axes.set_xticks(positions)
+        axes.set_xlabel("layer (0 = transformer input)")
     axes.set_ylabel("weight")
-    score = run.results.score("test")
-    headline = (
-        f"{run.row.upstream} / {run.row.interface} / {run.results.task} "
-        f"(test {metric_format(run.results.metric).format(score)})"
-    )
-    axes.set_title(
-        "\n".join([*wrap_name(headline, TITLE_WIDTH, breaks=" /"), *wrap_name(run.name, TITLE_WIDTH)]),
-        fontsize="small",
-    )
+    axes.set_title(layer_weight_title(run), fontsize="small")
     figure.set_layout_engine("constrained")
     return figure
+
+
+def _member_bars(axes, members: list[tuple[str, list[str], list[float]]]) -> None:
+    """One block of bars per member (a gap of one bar between blocks), coloured by member; major ticks
+    label each bar's layer within its member, minor ticks (further down) the member's name."""
+    positions, labels, centers = [], [], []
+    start = 0
+    for index, (_, layer_labels, part) in enumerate(members):
+        block = np.arange(start, start + len(part))
+        axes.bar(block, part, color=MEMBER_COLORS[index % len(MEMBER_COLORS)], gid=f"member {index}")
+        positions.extend(block)
+        labels.extend(layer_labels)
+        centers.append(float(block.mean()))
+        start += len(part) + 1
+    axes.set_xticks(positions, labels, fontsize="small")
+    axes.set_xticks(centers, [name for name, _, _ in members], minor=True)
+    axes.tick_params(axis="x", which="minor", length=0, pad=16)
+    axes.xaxis.remove_overlapping_locs = False  # a block's centre is a bar's position too
+    interpolated = any(label.startswith("~") for _, layer_labels, _ in members for label in layer_labels)
+    axes.set_xlabel(
+        "layer within member (0 = transformer input" + ("; ~i: interpolated to L)" if interpolated else ")")
+    )
 
 
 def write_plots(collection: Collection, out_dir: str | Path, split: str = "test") -> list[Path]:

@@ -16,6 +16,8 @@ from downstream.reporting.published import PUBLISHED
 from downstream.results import failure_message
 
 FORMATS = ("markdown", "csv", "latex")
+#: ``upstream`` is the upstream as the table shows it (a fused one by its member names, "pretrained+random");
+#: ``upstream_full`` its full label ("tiny-hubert L7 D192 (mini_superb_hubert) + tiny-hubert L7 D96")
 CSV_FIELDS = (
     "upstream",
     "interface",
@@ -32,6 +34,7 @@ CSV_FIELDS = (
     "lr",
     "spread_over",
     "replication",
+    "upstream_full",
 )
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
@@ -101,7 +104,7 @@ def _wide_frame(table: Table, value_text, reference_text, published_header, empt
     with_references = table.references_in()
     records = []
     for row in table.rows:
-        record = {"upstream": row.upstream, "interface": row.interface}
+        record = {"upstream": row.shown_upstream, "interface": row.interface}
         for column in table.columns:
             cell = table.cells.get((row, column.task))
             record[column] = empty if cell is None else value_text(cell)
@@ -147,7 +150,8 @@ def unfinished_state(run_dir: Path) -> str:
 
 
 def long_frame(table: Table) -> pd.DataFrame:
-    """One line per filled cell: row labels, task, metric, direction, mean, std, n, folds, best, published."""
+    """One line per filled cell (``CSV_FIELDS``): row labels, task, metric, direction, mean, std, n, folds,
+    best, published."""
     records = []
     for row in table.rows:
         for column in table.columns:
@@ -156,7 +160,8 @@ def long_frame(table: Table) -> pd.DataFrame:
                 continue
             records.append(
                 {
-                    "upstream": row.upstream,
+                    "upstream": row.shown_upstream,
+                    "upstream_full": row.upstream,
                     "interface": row.interface,
                     "task": column.task,
                     "metric": column.metric,

@@ -197,16 +197,42 @@ def _readable_override(override: str) -> str:
     return re.sub(r"[/\\\x00]", "_", key + separator + value)
 
 
+#: What ends a sweep job's readable folder name when overrides were left out to keep it short.
+DROPPED_MARKER = ",..."
+
+
+def _override_order(readable: str) -> tuple[int, str]:
+    """Short overrides first: group choices and top-level keys (``interface=``, ``task=``, ``seed=``), then
+    keys by their depth (``trainer.lr=`` before ``upstream.members.random.hidden_size=``; a package override
+    ``+upstream@upstream.members.random=`` counts its package's parts), then by text."""
+    key = readable.split("=", 1)[0].lstrip("+~")
+    return len(re.split(r"[.@]", key)), readable
+
+
 def job_dirname(overrides: list[str], identity_hash: str) -> str:
-    """A sweep job's folder name: its result-affecting overrides (sorted, ``,``-joined, no path separators,
-    ``_readable_override``), cut to a readable length, then ``-<hash>``."""
+    """A sweep job's folder name: its result-affecting overrides (``_readable_override``: no path
+    separators), short ones first (``_override_order``: ``interface=``, ``seed=``, ``task=`` before
+    ``trainer.lr=`` before ``+upstream@upstream.members.<m>=...``), ``,``-joined, then ``-<hash>``.
+
+    Overrides are never cut: when the name would exceed ``_MAX_READABLE`` bytes, whole overrides are left out
+    from the end and ``DROPPED_MARKER`` (``,...``) says so (``...`` alone when even the first is too long);
+    the hash still tells such folders apart. The same overrides, in any order, give the same name."""
     kept = []
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if key.startswith("hydra") or is_excluded(key):
             continue
         kept.append(_readable_override(override))
-    readable = ",".join(sorted(kept))[:_MAX_READABLE]
+    kept.sort(key=_override_order)
+    readable = ",".join(kept)
+    if len(readable.encode()) > _MAX_READABLE:
+        budget = _MAX_READABLE - len(DROPPED_MARKER.encode())
+        shown: list[str] = []
+        for override in kept:
+            if len(",".join([*shown, override]).encode()) > budget:
+                break
+            shown.append(override)
+        readable = ",".join(shown) + DROPPED_MARKER if shown else DROPPED_MARKER.lstrip(",")
     return f"{readable}-{identity_hash}" if readable else identity_hash
 
 
