@@ -339,6 +339,12 @@ def test_fusion_layer_weights_are_grouped_and_labelled_per_member(tmp_path):
     assert title == "pretrained+random / ws_fusion / ks, seed 0 (test accuracy 50.00 %)", title
 
 
+def test_the_layer_weights_of_two_fused_large_models_stay_apart(tmp_path):
+    collection = reporting.collect_runs([write_tiny_pair_sweep(tmp_path / "sweep", layers=(25, 25), seeds=1)])
+    (run,) = [run for run in collection.runs if run.results.layer_weights]
+    assert_text_fits(reporting.plot_layer_weights(run))
+
+
 def test_members_interpolated_to_the_common_layer_count_are_labelled_so(tmp_path):
     # a 4-state member fused with a 7-state one: its 7 aligned layers are interpolated, not its states 0-6
     collection = reporting.collect_runs([write_tiny_pair_sweep(tmp_path / "sweep", layers=(4, 7), seeds=1)])

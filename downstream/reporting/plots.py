@@ -311,6 +311,7 @@ def wrap_name(name: str, width: int, breaks: str = ",", split_words: bool = True
     return [*lines, rest]
 
 
+BAR_INCHES = 0.16  # the width a layer-weight bar needs at least, for its tick label of two digits
 MEMBER_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
@@ -362,9 +363,14 @@ def plot_layer_weights(run: Run) -> Figure:
     A bar stands at its hidden state's index in the upstream (``layer_ids``: with ``upstream.layers`` a subset,
     the i-th weight belongs to state ``layer_ids[i]``, not to state i). The title is ``layer_weight_title``."""
     weights = run.results.layer_weights
-    figure = new_figure(7, 3.2)
-    axes = figure.add_subplot()
     members = member_layer_groups(run)
+    slots = (
+        sum(len(part) + 1 for _, _, part in members)
+        if members
+        else max(len(weights), *(run.results.layer_ids or [0])) + 1
+    )
+    figure = new_figure(max(7.0, BAR_INCHES * slots + 1.2), 3.2)  # wider for many bars (fused Large models)
+    axes = figure.add_subplot()
     grouped = bool(weights) and isinstance(weights[0], list)
     if members is not None:
         _member_bars(axes, members)
