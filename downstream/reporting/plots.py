@@ -311,17 +311,18 @@ def wrap_name(name: str, width: int, breaks: str = ",", split_words: bool = True
     return [*lines, rest]
 
 
-BAR_INCHES = 0.16  # the width a layer-weight bar needs at least, for its tick label of two digits
+BAR_INCHES = 0.2  # the width a layer-weight bar needs at least: its two-digit tick label and a gap
 MEMBER_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
 def member_layer_groups(run: Run) -> list[tuple[str, list[str], list[float]]] | None:
-    """A fused upstream's ``ws_fusion`` weights split by member: (member name, each bar's layer label within
+    """A fused upstream's ``ws_fusion`` weights split by member: (member label, each bar's layer label within
     the member, its weights), members in order; None unless the run has members and N x L weights.
 
     results.json logs them flat, member 0's L layers first (``interfaces.fusion.FusionWeightedSum``). The
-    label of aligned layer i is the member's hidden state ``layer_ids[i]`` where the member has L layers, else
-    ``~i`` (the member's states were interpolated to the common L, ``upstream.layer_alignment``)."""
+    label of aligned layer i is the member's hidden state ``layer_ids[i]`` where the member has L layers;
+    else the member's states were interpolated to the common L (``upstream.layer_alignment``): the bars are
+    labelled 0..L-1 and the member's label says so ("pretrained" over "(4 states to 7)")."""
     members, weights = run.results.members, run.results.layer_weights
     if not members or not weights:
         return None
@@ -334,13 +335,15 @@ def member_layer_groups(run: Run) -> list[tuple[str, list[str], list[float]]] | 
     num_layers = len(flat) // len(members)
     groups = []
     for index, member in enumerate(members):
+        name = str(member.get("name", f"member {index}"))
         ids = member.get("layer_ids") or []
         if member.get("num_layers") == num_layers and len(ids) == num_layers:
             labels = [str(layer) for layer in ids]
         else:
-            labels = [f"~{layer}" for layer in range(num_layers)]
+            labels = [str(layer) for layer in range(num_layers)]
+            name += f"\n({member.get('num_layers', '?')} states to {num_layers})"
         part = flat[index * num_layers : (index + 1) * num_layers]
-        groups.append((str(member.get("name", f"member {index}")), labels, part))
+        groups.append((name, labels, part))
     return groups
 
 
@@ -417,12 +420,9 @@ def _member_bars(axes, members: list[tuple[str, list[str], list[float]]]) -> Non
         start += len(part) + 1
     axes.set_xticks(positions, labels, fontsize="small")
     axes.set_xticks(centers, [name for name, _, _ in members], minor=True)
-    axes.tick_params(axis="x", which="minor", length=0, pad=16)
+    axes.tick_params(axis="x", which="minor", length=0, pad=18)
     axes.xaxis.remove_overlapping_locs = False  # a block's centre is a bar's position too
-    interpolated = any(label.startswith("~") for _, layer_labels, _ in members for label in layer_labels)
-    axes.set_xlabel(
-        "layer within member (0 = transformer input" + ("; ~i: interpolated to L)" if interpolated else ")")
-    )
+    axes.set_xlabel("layer within member (0 = transformer input)")
 
 
 def write_plots(collection: Collection, out_dir: str | Path, split: str = "test") -> list[Path]:
