@@ -46,6 +46,16 @@ TWO_STEP_RUN = [
 ]
 
 
+# docs/fusion.md's offline pair: the tiny demo model fused with a 96-wide random twin (members 'pretrained' and
+# 'random'), as a user types it.
+TINY_PAIR_OVERRIDES = [
+    "upstream=fusion",
+    "+upstream@upstream.members.pretrained=tiny_pretrained",
+    "+upstream@upstream.members.random=tiny",
+    "upstream.members.random.hidden_size=96",
+]
+
+
 # Hang guards for launches in tests, never speed limits: what a launch costs on the shared 2-core machine at
 # load 12 (about 6 times its unloaded time), with a margin several times that. Unloaded (2-core development
 # machine, 2026-12-07): a 4-update run of the tiny upstream took 16 s from start to exit, its updates about

@@ -16,7 +16,13 @@ from downstream import reporting
 from downstream.reporting.cli import main as make_table_main
 from downstream.reporting.collect import short_keys
 from downstream.reporting.plots import LABEL_WIDTH, row_labels
-from tests.helpers import TINY_UPSTREAM, TWO_STEP_RUN, run_downstream_cli, write_finished_run
+from tests.helpers import (
+    TINY_PAIR_OVERRIDES,
+    TINY_UPSTREAM,
+    TWO_STEP_RUN,
+    run_downstream_cli,
+    write_finished_run,
+)
 from tests.hf_tiny import save_tiny_family
 
 #: (task, metric, higher is better, a plausible score); ten of the project's tasks
@@ -247,14 +253,7 @@ def tiny_pair_members(*layers: int) -> list[dict]:
 def write_tiny_pair_sweep(root: Path, layers: tuple[int, int] = (7, 7), seeds: int = 2) -> Path:
     """The fresh-user trial's sweep (docs/fusion.md's offline pair, three fusion interfaces x seeds on KS);
     ws_fusion logs N x L weights, member 0's first, rising within each member."""
-    common = (
-        "upstream=fusion",
-        "+upstream@upstream.members.pretrained=tiny_pretrained",
-        "+upstream@upstream.members.random=tiny",
-        "upstream.members.random.hidden_size=96",
-        "task=ks",
-        "trainer.max_steps=4",
-    )
+    common = (*TINY_PAIR_OVERRIDES, "task=ks", "trainer.max_steps=4")
     num_layers = max(layers)
     for interface, seed in itertools.product(FUSION_INTERFACES, range(seeds)):
         weights = [(1 + member) * (1 + layer) for member in range(2) for layer in range(num_layers)]

@@ -36,6 +36,7 @@ from downstream.training.runner import resolve_trainer_settings, run_experiment
 from downstream.training.settings import ConfigValueError
 from tests.helpers import (
     REPO_ROOT,
+    TINY_PAIR_OVERRIDES,
     TINY_UPSTREAM,
     TWO_STEP_RUN,
     compose_config,
@@ -131,10 +132,7 @@ def test_sweep_job_folders_have_no_path_separators_and_follow_the_settings(make_
 
 #: the overrides of a fusion sweep job of docs/fusion.md's offline pair (longer than a folder name holds)
 FUSION_JOB = [
-    "upstream=fusion",
-    "+upstream@upstream.members.pretrained=tiny_pretrained",
-    "+upstream@upstream.members.random=tiny",
-    "upstream.members.random.hidden_size=96",
+    *TINY_PAIR_OVERRIDES,
     "task=ks",
     "trainer.max_steps=4",
     "trainer.eval_every=4",
