@@ -123,8 +123,9 @@ class SpeakerVerification(Task):
                 + (", after the VAD)" if self.vad else ")"),
                 "examples": [utterance.id for utterance in short[:5]],
             }
-            if short:
-                log.info(
+            if short:  # a warning when it is more than a tenth of the corpus (a corpus of short clips?)
+                log.log(
+                    logging.WARNING if 10 * len(short) > len(utterances) else logging.INFO,
                     "sv: %d of %d training utterances are %s s or shorter%s and left out (task.min_train_seconds)",
                     len(short),
                     len(utterances),
