@@ -189,7 +189,7 @@ def main(cfg: DictConfig) -> None:
         if hydra_config.mode == RunMode.MULTIRUN:
             lead = (
                 "the sweep's other jobs go on; once this is fixed, continue the sweep (finished jobs are "
-                "skipped, this one resumes from its last checkpoint) with"
+                "skipped; this one resumes from its last checkpoint, or starts if it saved none) with"
             )
             print(resume_advice(lead), file=sys.stderr)
             raise JobFailedError(message.splitlines()[0]) from None
