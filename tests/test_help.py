@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from downstream.training.config_help import CONFIG_DIR, DESCRIPTION_CHARS, WIDTH, first_sentence, help_text
+from downstream.training.config_help import (
+    CONFIG_DIR,
+    DESCRIPTION_CHARS,
+    WIDTH,
+    first_sentence,
+    help_text,
+    option_help,
+)
 
 #: the groups whose options' keys the page lists, besides the root config and the trainer
 KEY_GROUPS = ("interface", "upstream", "task", "protocol", "logger")
@@ -272,3 +279,15 @@ def test_the_trial_examples_print_whole_sentences(page):
 )
 def test_first_sentence(comment, expected):
     assert first_sentence(comment) == expected
+
+
+def test_help_for_chosen_options_lists_only_their_keys():
+    """``--help task=sv interface=hconv``: every key of those two files, no other option's keys."""
+    page = option_help(["task=sv", "interface=hconv"])
+    for group, option in (("task", "sv"), ("interface", "hconv")):
+        values = yaml.safe_load((CONFIG_DIR / group / f"{option}.yaml").read_text())
+        scalars = [key for key, value in values.items() if key != "_target_" and not isinstance(value, dict)]
+        assert scalars and all(f"    {group}.{key} = " in page for key in scalars), (group, option)
+X
+    with pytest.raises(ValueError, match="no option 'svv'; did you mean sv"):
+        option_help(["task=svv"])

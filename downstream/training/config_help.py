@@ -292,6 +292,30 @@ def _option_keys(group: str, path: Path) -> tuple[str, list[str]]:
     return header, lines
 
 
+def option_help(selections: list[str], config_dir: Path = CONFIG_DIR) -> str:
+    """``--help group=option ...`` (e.g. ``task=sv interface=hconv``): the keys of only those options, as
+    ``help_text`` lists them. ValueError naming the selection and the choices for an unknown group or option
+    (with the closest name)."""
+    lines = []
+    for selection in selections:
+        group, _, option = selection.partition("=")
+        if group not in KEY_GROUPS:
+            raise ValueError(
+                f"--help {selection}: expected <group>=<option> with a group of {', '.join(KEY_GROUPS)}"
+            )
+        options = config_groups(config_dir)[group]
+        if option not in options:
+            close = difflib.get_close_matches(option, options, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(
+                f"--help {selection}: configs/{group}/ has no option {option!r}; {hint}"
+                f"(options: {', '.join(options)})"
+            )
+        header, keys = _option_keys(group, config_dir / group / f"{option}.yaml")
+        lines += [*textwrap.wrap(header, WIDTH, subsequent_indent=" " * 6, break_on_hyphens=False), *keys, ""]
+    return "\n".join(lines)
+
+
 def help_text(config_dir: Path = CONFIG_DIR) -> str:
     """The ``--help`` page: usage, every config group with its options (each with the first sentence of its
     file's leading comment), then the root and trainer keys and, per option, the interface, upstream, task,
@@ -299,6 +323,7 @@ def help_text(config_dir: Path = CONFIG_DIR) -> str:
     lines = [
         "python run_downstream.py [group=option ...] [key=value ...]   (-m: a sweep over comma-separated values)",
         "  --cfg job --resolve: the composed config with resolved values; docs/running.md explains every part.",
+        "  --help task=sv interface=hconv: only the keys of those options.",
         "",
         "Config groups (group=option; the default is marked *):",
     ]
