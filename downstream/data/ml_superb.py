@@ -68,7 +68,8 @@ MONOLINGUAL_SETS = {
 MONOLINGUAL_SCORE_SOURCE = "ESPnet egs2/ml_superb/asr1/local/mono_superb_score.py (configs, langs)"
 #: Set names this project used before it followed ESPnet's list, and what replaces them.
 RETIRED_SETS = {
-    "deu": "ESPnet's recipe has two German sets: deu1 (swc/deu) and deu2 (voxpopuli/deu)",
+    "deu": "it was swc/deu, now deu1 (ESPnet's recipe has two German sets: deu1 (swc/deu) and deu2 "
+    "(voxpopuli/deu))",
     "sat": "ESPnet's monolingual sets have no Santali (commonvoice/sat); its 13 sets are "
     + " ".join(MONOLINGUAL_SETS),
 }
