@@ -202,7 +202,8 @@ def report_config_names(arguments: list[str]) -> None:
     """Make Hydra report an unknown key or config option with the closest names of the config tree
     (``config_help.suggest``) instead of its advice to append the key with ``+``: the message alone on
     stderr and exit status 1 (Hydra's own report would add its HYDRA_FULL_ERROR advice, for no traceback);
-    its other errors are left as they are."""
+    likewise the end of a sweep with failed jobs (``JobFailedError``: each job's message is already out).
+    Hydra's other errors are left as they are."""
     from hydra._internal import utils as hydra_utils
 
     from downstream.training.config_help import ConfigNameError, suggest
@@ -214,6 +215,13 @@ def report_config_names(arguments: list[str]) -> None:
         def with_suggestions():
             try:
                 return function()
+            except JobFailedError:
+                print(
+                    "error: the sweep ended with failed jobs; each one's message and the command that continues "
+                    "the sweep are above",
+                    file=sys.stderr,
+                )
+                raise SystemExit(EXIT_ERROR) from None
             except CompactHydraException as error:
                 better = suggest(error, overrides)
                 if isinstance(better, ConfigNameError):

@@ -301,6 +301,19 @@ def test_errors_end_with_one_message_and_status_1(tmp_path, overrides, first_lin
 
 
 @pytest.mark.slow
+def test_a_sweep_with_failed_jobs_ends_with_one_line_and_no_hydra_advice(tmp_path):
+    """Each failed job prints its message once; the sweep's end adds one line, not the first job's message
+    again with Hydra's HYDRA_FULL_ERROR advice."""
+    roots = ["/nonexistent-a", "/nonexistent-b"]
+    failed = cli(["-m", *TWO_STEP_RUN, f"task.data_root={','.join(roots)}", f"hydra.sweep.dir={tmp_path}"])
+    assert failed.returncode == 1
+    for root in roots:
+        assert failed.stderr.count(f"LibriSpeech root '{root}' does not exist") == 1, failed.stderr
+    assert "HYDRA_FULL_ERROR=1 for a complete stack trace" not in failed.stderr
+    assert failed.stderr.rstrip().endswith("the command that continues the sweep are above"), failed.stderr
+
+
+@pytest.mark.slow
 def test_a_failing_sweep_job_reports_itself_once_and_the_other_jobs_still_run(tmp_path):
     sweep_dir = tmp_path / "sweep"
     failed = cli(["-m", *TWO_STEP_RUN, "task=er", "trainer.lr=abc,0.01", f"hydra.sweep.dir={sweep_dir}"])

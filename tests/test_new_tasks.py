@@ -176,7 +176,7 @@ def test_sv_reader_holds_trial_speakers_out_of_training():
         read_trials(VOXCELEB / "dev_trials.txt"),
     )
     for trials in (test_trials, dev_trials):
-        assert len(trials) == 80 and sum(t.same_speaker for t in trials) == 40
+        assert len(trials) == 300 and sum(t.same_speaker for t in trials) == 150
         assert all(t.same_speaker == (t.enrollment.split("/")[0] == t.test.split("/")[0]) for t in trials), (
             "the label says whether both utterances have one speaker"
         )
