@@ -189,7 +189,7 @@ def main(cfg: DictConfig) -> None:
         if hydra_config.mode == RunMode.MULTIRUN:
             lead = (
                 "the sweep's other jobs go on; once this is fixed, continue the sweep (finished jobs are "
-                "skipped, this one resumes from its last checkpoint) with"
+                "skipped; this one resumes from its last checkpoint, or starts if it saved none) with"
             )
             print(resume_advice(lead), file=sys.stderr)
             raise JobFailedError(message.splitlines()[0]) from None
@@ -236,9 +236,14 @@ def report_config_names(arguments: list[str]) -> None:
 
 if __name__ == "__main__":
     if any(argument in ("--help", "-h") for argument in sys.argv[1:]):
-        from downstream.training.config_help import help_text
+        from downstream.training.config_help import help_text, option_help
 
-        print(help_text(), end="")  # Hydra's own help: --hydra-help
+        selections = [argument for argument in sys.argv[1:] if "=" in argument]
+        try:
+            print(option_help(selections) if selections else help_text(), end="")  # Hydra's: --hydra-help
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
         sys.exit(0)
     sys.argv[1:] = prepare_torchrun_arguments(sys.argv[1:])
     report_config_names(sys.argv[1:])

@@ -242,3 +242,16 @@ def test_iob_tags_that_bare_types_cannot_express_are_refused_naming_the_line(tmp
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(DataLayoutError, match=rf"all.iob.snips.txt' line {index + 1} {expected}"):
         read_snips(root, "train")
+
+
+def test_ml_superb_empty_transcript_warning_shows_invisible_characters_of_its_id(tmp_path, caplog):
+    """The warning about an empty transcript names the id through text.shown (a zero-width space shows as
+    its escape), as every message that prints an id read from a text file."""
+    from downstream.data.ml_superb import read_ml_superb
+
+    copy_corpus(tmp_path, "ML-SUPERB")
+    transcript = tmp_path / "ML-SUPERB/mls/eng/transcript_1h_train.txt"
+    edit_lines(transcript, lambda lines: [f"{lines[0].split()[0]}\u200b", *lines[1:]])
+    with caplog.at_level("WARNING"), pytest.raises(DataLayoutError):  # the id names no audio file
+        read_ml_superb(tmp_path / "ML-SUPERB", "train")
+    assert "\\u200b" in caplog.text and "\u200b" not in caplog.text

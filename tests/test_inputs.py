@@ -347,7 +347,7 @@ def test_ml_superb_languages_are_balanced_the_same_way(tmp_path):
         write_er_run(tmp_path, f"{language}-{seed}", language, seed, cer, task="ml_mono")
     (cell,) = aggregate(collect_runs([tmp_path])).cells.values()
     assert cell.mean == pytest.approx(22.5) and cell.spread_over == "languages"
-    assert cell.unequal_replication_note().startswith("unequal replication: language eng1 x2")
+    assert cell.unequal_replication_note().startswith("unequal replication: set eng1 x2")
 
 
 # -- 6. CER over the characters of the normalised text -----------------------------------------------

@@ -198,3 +198,65 @@ def test_ml_mono_runs_on_the_mini_corpus_deu2(make_config, tmp_path):
     results = run_experiment(make_config(overrides, run_dir=tmp_path), tmp_path, overrides=overrides)
     assert results["test"]["cer"] >= 0
     assert results["data_policy"]["train"]["too_long"]["count"] == 0
+    # asr.sh stage 4's rule is checked on dev too (the mini corpus's files are 0.65-2.93 s: nothing goes)
+    assert results["data_policy"]["dev"]["wav_duration"]["count"] == 0
+
+
+# asr.sh stage 4 (egs2/TEMPLATE/asr1/asr.sh, min_wav_duration 0.1 and max_wav_duration 20, which run_mono.sh and
+# run_multi.sh keep): train and valid keep an utterance when int(0.1 * 16000) < samples < int(20 * 16000), and
+# remove empty text; the test sets are not filtered.
+STAGE4 = {
+    "train": [
+        ("swc_deu_000001", "ab cd", 1.0),
+        ("swc_deu_000002", "ba", 0.05),  # too short
+        ("swc_deu_000003", "ab", 0.1),  # 1600 samples: not more than 1600, out
+        ("swc_deu_000004", "qa", 21.0),  # over max_seconds: the too_long policy's
+        ("swc_deu_000005", "za", 20.0),  # 320000 samples: not fewer than 320000, out
+        ("swc_deu_000006", "dab", 2.0),
+    ],
+    "dev": [
+        ("swc_deu_000011", "ab", 1.0),
+        ("swc_deu_000012", "ab", 0.1),
+        ("swc_deu_000013", "ab", 0.11),  # 1760 samples: kept
+        ("swc_deu_000014", "ab", 25.0),
+        ("swc_deu_000015", "ba", 20.0),
+        ("swc_deu_000016", "...", 1.0),  # empty once punctuation is removed
+    ],
+    "test": [("swc_deu_000021", "ab", 0.05), ("swc_deu_000022", "ab", 25.0), ("swc_deu_000023", "ba", 1.0)],
+}
+
+
+def stage4_kept(seconds: float) -> bool:
+    samples = round(seconds * SAMPLE_RATE)  # what write_folder writes
+    return int(0.1 * 16000) < samples < int(20 * 16000)
+
+
+@pytest.mark.parametrize("task_name", ["ml_mono", "ml_multi"])
+def test_superb_filters_train_and_dev_as_asr_sh_stage4_and_exact_keeps_dev_whole(tmp_path, task_name):
+    from downstream.training.data_check import check_inputs
+    from tests.test_inputs import tiny_upstream
+
+    write_folder(tmp_path, "swc", "deu", STAGE4)
+    overrides = ["task.language=deu1"] if task_name == "ml_mono" else ["task.few_shot=false"]
+    superb = make_task(task_name, tmp_path, *overrides)
+    report = check_inputs(superb, tiny_upstream())
+    for split in ("train", "dev"):
+        expected = {
+            u for u, text, seconds in STAGE4[split] if stage4_kept(seconds) and espnet_text(text).strip()
+        }
+        assert {u.id for u in superb.utterances(split)} == expected, split
+    assert {u.id for u in superb.utterances("test")} == {u for u, _, _ in STAGE4["test"]}  # test stays whole
+    train, dev = report["train"], report["dev"]
+    assert train["too_long"]["count"] == 1  # the 21 s one, counted once
+    assert (train["wav_duration"]["too_short"], train["wav_duration"]["too_long"]) == (2, 1)
+    assert (dev["wav_duration"]["too_short"], dev["wav_duration"]["too_long"]) == (1, 2)
+    assert dev["wav_duration"]["count"] == 3 and dev["empty_transcript"]["count"] == 1
+    assert dev["empty_transcript"]["policy"].startswith("left out")
+    assert dev["utterances"] == 2
+    # the vocabulary is written from the kept training text: 'Z' is only in the 20.0 s utterance
+    assert "Z" not in superb.vocabulary and "Q" not in superb.vocabulary
+
+    exact = make_task(task_name, tmp_path, *overrides, "protocol=exact")
+    report = check_inputs(exact, tiny_upstream())
+    assert len(exact.utterances("dev")) == len(STAGE4["dev"]) and "wav_duration" not in report["dev"]
+    assert len(exact.utterances("train")) == len(STAGE4["train"])  # the dataset skips the 21 s one (too_long)

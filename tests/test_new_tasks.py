@@ -204,6 +204,8 @@ def test_sv_reader_holds_trial_speakers_out_of_training():
 def test_sv_reader_errors(tmp_path):
     with pytest.raises(DataLayoutError, match="VoxCeleb1 root .* does not exist"):
         read_voxceleb1_sv(tmp_path / "missing", "test", "veri_test.txt", "dev_trials.txt")
+    with pytest.raises(DataLayoutError, match="VoxCeleb1 root .* does not exist"):  # not its dev list first
+        SpeakerVerification(str(tmp_path / "missing"))
     bad = tmp_path / "trials.txt"
     bad.write_text("1 id10001/a/00001.wav\n")
     with pytest.raises(DataLayoutError, match="line 1 is not"):

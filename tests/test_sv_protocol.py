@@ -161,7 +161,7 @@ def test_sv_missing_dev_list_names_s3prls_file(tmp_path):
         SpeakerVerification(str(tmp_path), dev_trials="missing.txt")
 
 
-def test_sv_records_the_test_selected_figure(make_config, tmp_path):
+def test_sv_records_the_test_selected_figure(make_config, tmp_path, caplog):
     dev_list, test_list = write_small_trials(tmp_path)
     overrides = [
         "task=sv",
@@ -177,10 +177,14 @@ def test_sv_records_the_test_selected_figure(make_config, tmp_path):
         *TINY_UPSTREAM,
     ]
     run_dir = tmp_path / "run"
-    results = run_experiment(make_config(overrides, run_dir=run_dir), run_dir, overrides=overrides)
+    with caplog.at_level("INFO"):
+        results = run_experiment(make_config(overrides, run_dir=run_dir), run_dir, overrides=overrides)
     tested = [record for record in read_curve(run_dir) if record["split"] == "test_every"]
     assert [record["step"] for record in tested] == [1, 2, 3]
     best = min(tested, key=lambda record: record["eer"])  # first of equals: strict improvement
     assert results["test_selected"] == {"step": best["step"], "eer": best["eer"], "min_dcf": best["min_dcf"]}
     assert json.loads((run_dir / "results.json").read_text())["test_selected"] == results["test_selected"]
     assert results["protocol"] == "superb"
+    # printed as the other results lines, with its unit; the final summary names it
+    assert f"step {best['step']}/3 test: EER {best['eer']:.2f} %, minDCF {best['min_dcf']:.4f}" in caplog.text
+    assert f"test_selected: EER {best['eer']:.2f} %" in caplog.text

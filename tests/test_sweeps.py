@@ -112,11 +112,23 @@ def job_value(job: list[str], key: str) -> str | None:
     return values[-1] if values else None
 
 
+def swept_monolingual_sets(cfg, name: str) -> list[list[str]]:
+    """The ML-SUPERB set lists (``task.language``) of an experiment: its sweeper's and each documented
+    launch's."""
+    values = [(cfg.hydra.sweeper.params or {}).get("task.language")]
+    values += [job_value(launch, "task.language") for launch in documented_launches(name)]
+    return [str(value).split(",") for value in values if value is not None]
+
+
 @pytest.mark.parametrize("name", sorted(path.stem for path in EXPERIMENT_DIR.glob("*.yaml")))
 def test_every_experiment_file_composes(name):
+    """Each experiment composes, reads the mini corpus by default, and every ML-SUPERB monolingual set it
+    sweeps (sweeper or documented launch) is ESPnet's list, all 13 (the published number averages them)."""
     cfg = compose_config([f"experiment={name}"])
     assert cfg.hydra.runtime.choices.experiment == name
     assert Path(cfg.task.data_root).is_relative_to(MINI_SUPERB)  # by default, the shipped mini corpus
+    for sets in swept_monolingual_sets(cfg, name):
+        assert sorted(sets) == sorted(ESPNET_MONOLINGUAL_SETS), f"{name}.yaml sweeps task.language={sets}"
 
 
 def test_every_paper_experiment_exists_and_documents_its_command():

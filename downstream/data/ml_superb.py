@@ -36,7 +36,7 @@ from downstream.data.corpus import (
     require_dir,
     require_file,
 )
-from downstream.data.text import inside, read_lines
+from downstream.data.text import inside, read_lines, shown
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +60,16 @@ MONOLINGUAL_SETS = {
     "cmn": ("fleurs", "cmn"),
     "xty": ("mexico-el", "xty"),
 }
+#: How ML-SUPERB's monolingual number averages the 13 sets: ESPnet local/mono_superb_score.py pairs each set
+#: of its ``configs`` list with a language of its ``langs`` list (eng1-3 -> eng, fra1-2 -> fra, deu1-2 -> deu,
+#: every other set its own), averages the error rates of each language's sets, then the 9 languages; cmn and
+#: jpn enter with their word error rate (score_wer), the others with their CER. The language is the set's
+#: language folder above (``monolingual_language``).
+MONOLINGUAL_SCORE_SOURCE = "ESPnet egs2/ml_superb/asr1/local/mono_superb_score.py (configs, langs)"
 #: Set names this project used before it followed ESPnet's list, and what replaces them.
 RETIRED_SETS = {
-    "deu": "ESPnet's recipe has two German sets: deu1 (swc/deu) and deu2 (voxpopuli/deu)",
+    "deu": "it was swc/deu, now deu1 (ESPnet's recipe has two German sets: deu1 (swc/deu) and deu2 "
+    "(voxpopuli/deu))",
     "sat": "ESPnet's monolingual sets have no Santali (commonvoice/sat); its 13 sets are "
     + " ".join(MONOLINGUAL_SETS),
 }
@@ -101,6 +108,12 @@ def check_monolingual_set(name: str) -> None:
             f"(task.language must be one of {', '.join(MONOLINGUAL_SETS)})"
         )
     check_choice("ML-SUPERB", "monolingual set (task.language)", name, tuple(MONOLINGUAL_SETS))
+
+
+def monolingual_language(name: str) -> str:
+    """The language a monolingual set counts for in ML-SUPERB's average (``MONOLINGUAL_SCORE_SOURCE``):
+    'eng2' -> 'eng', 'xty' -> 'xty'. KeyError for a name that is not one of ``MONOLINGUAL_SETS``."""
+    return MONOLINGUAL_SETS[name][1]
 
 
 def few_shot_selection(path: Path = FEW_SHOT_FILE) -> dict[str, frozenset[str]]:
@@ -186,7 +199,7 @@ def read_ml_superb(
                     "empty transcripts are left out of training and kept in dev/test",
                     path,
                     line_number,
-                    fields[0],
+                    shown(fields[0]),
                     line,
                 )
                 fields.extend([""] * (3 - len(fields)))

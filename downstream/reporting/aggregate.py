@@ -9,19 +9,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
+from downstream.data.ml_superb import MONOLINGUAL_SETS, monolingual_language
 from downstream.reporting.collect import (
     Collection,
     RowKey,
     Run,
     interface_params_by_row,
-    parse_override,
     row_sort_key,
+    run_setting,
 )
 from downstream.reporting.lr_choice import run_lr
 from downstream.reporting.published import Reference, published_reference
-from downstream.results import HYDRA_DIR, RESULTS_FILE, ResultsFileError
+from downstream.results import RESULTS_FILE, ResultsFileError
 
 SPLITS = ("test", "dev")
 TASK_ORDER = (
@@ -67,8 +67,11 @@ COLUMN_TITLES = {
 TEN_MINUTE_COLUMNS = {"ml_mono": "ml_mono_10min", "ml_multi": "ml_multi_10min", "lid": "lid_10min"}
 NUM_ER_FOLDS = 5  # IEMOCAP's five sessions, one held out per fold
 # Tasks whose published number averages one run per replicate group: ER's folds, ML-SUPERB's monolingual
-# language sets (task.language).
-GROUP_NAMES = {"fold": ("fold", "folds"), "language": ("language", "languages")}
+# sets (task.language).
+GROUP_NAMES = {"fold": ("fold", "folds"), "set": ("set", "sets")}
+#: ML-SUPERB monolingual cells average each language's sets first, then the languages
+#: (``downstream.data.ml_superb.MONOLINGUAL_SCORE_SOURCE``), under both protocols (docs/protocols.md).
+MONOLINGUAL_TASKS = ("ml_mono", "ml_mono_10min")
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,12 @@ class Cell:
     """The runs of one row and task: their scores (with seed and fold each) and the published number.
 
     ``groups`` holds each run's replicate group when the task's number averages groups (ER: the fold,
-    ML-SUPERB monolingual: the language set), else None. With groups, ``mean`` is the mean over groups of
-    each group's mean over its runs (seeds), so a fold run twice weighs no more than the others, and
-    ``std`` is the sample std of those group means; otherwise both are over the runs.
+    ML-SUPERB monolingual: the set), else None. With groups, ``mean`` is the mean over groups of each
+    group's mean over its runs (seeds), so a fold run twice weighs no more than the others, and ``std`` is
+    the sample std of those group means; otherwise both are over the runs. With ``parents`` (ML-SUPERB
+    monolingual: each set's language, ``monolingual_language``) the group means of one parent are averaged
+    first and ``mean`` / ``std`` are over the parents' means, as ESPnet's mono_superb_score.py averages
+    eng1-3, fra1-2 and deu1-2 before it averages the 9 languages.
     """
 
     values: tuple[float, ...]
@@ -107,7 +113,9 @@ class Cell:
     #: the learning rate of the cell's runs in a table of dev-chosen learning rates (else None)
     lr: float | None = None
     groups: tuple = ()
-    group_kind: str | None = None  # 'fold' or 'language' when groups are set
+    group_kind: str | None = None  # 'fold' or 'set' when groups are set
+    #: {group: parent} when group means are averaged per parent first (ML-SUPERB sets -> languages)
+    parents: dict | None = None
 
     @property
     def n(self) -> int:
@@ -128,22 +136,35 @@ class Cell:
             return {}
         return {group: self.groups.count(group) for group in sorted(set(self.groups))}
 
+    def averaged_means(self) -> dict | None:
+        """The means that ``mean`` averages: {parent: mean of its groups' means} with ``parents``, else
+        ``group_means()`` (None without groups)."""
+        means = self.group_means()
+        if means is None or self.parents is None:
+            return means
+        members: dict = defaultdict(list)
+        for group, value in means.items():
+            members[self.parents.get(group, group)].append(value)
+        return {parent: float(np.mean(values)) for parent, values in sorted(members.items())}
+
     @property
     def spread_over(self) -> str:
-        """What ``std`` is over: 'runs', 'folds' or 'languages'."""
+        """What ``std`` is over: 'runs', 'folds', 'sets' or 'languages' (sets averaged per language)."""
         if self.group_means() is None:
             return "runs"
+        if self.parents is not None:
+            return "languages"
         return GROUP_NAMES[self.group_kind or "fold"][1]
 
     @property
     def mean(self) -> float:
-        means = self.group_means()
+        means = self.averaged_means()
         return float(np.mean(list(means.values()) if means is not None else self.values))
 
     @property
     def std(self) -> float | None:
-        """Sample standard deviation (ddof=1) over groups' means, or over runs; None for a single one."""
-        means = self.group_means()
+        """Sample standard deviation (ddof=1) over ``averaged_means``, or over runs; None for a single one."""
+        means = self.averaged_means()
         spread = list(means.values()) if means is not None else list(self.values)
         return float(np.std(spread, ddof=1)) if len(spread) > 1 else None
 
@@ -157,25 +178,27 @@ class Cell:
         odd = ", ".join(f"{singular} {group} x{count}" for group, count in counts.items() if count != usual)
         return f"unequal replication: {odd}, others x{usual}; mean over {self.spread_over}"
 
-    def fold_note(self) -> str | None:
-        """Which folds a fold-averaged cell holds, when it is not all of them."""
+    def coverage_note(self) -> str | None:
+        """What a group-averaged cell lacks, when it lacks something: which folds it holds ('folds 1,2 of
+        5'), or which of ML-SUPERB's 13 monolingual sets have no run ('12 of 13 sets, missing: xty') and
+        which names are none of them ('not ESPnet sets: sat'). The mean is over the groups present."""
         folds = sorted({fold for fold in self.folds if fold is not None})
-        if not folds or folds == list(range(1, NUM_ER_FOLDS + 1)):
+        if folds:
+            if folds == list(range(1, NUM_ER_FOLDS + 1)):
+                return None
+            return f"folds {','.join(map(str, folds))} of {NUM_ER_FOLDS}"
+        if self.group_kind != "set" or self.group_means() is None:
             return None
-        return f"folds {','.join(map(str, folds))} of {NUM_ER_FOLDS}"
-
-
-def run_setting(run: Run, key: str) -> str | None:
-    """A task setting of a run (e.g. ``task.duration``): its override, else its saved config, else None."""
-    for override in run.results.overrides:
-        name, value = parse_override(override)
-        if name == key:
-            return value
-    config_path = run.run_dir / HYDRA_DIR / "config.yaml"
-    if config_path.is_file():
-        value = OmegaConf.select(OmegaConf.load(config_path), key, default=None)
-        return None if value is None else str(value)
-    return None
+        present = set(self.groups)
+        missing = [name for name in MONOLINGUAL_SETS if name not in present]
+        foreign = sorted(present - set(MONOLINGUAL_SETS))
+        notes = []
+        if missing:
+            found = len(MONOLINGUAL_SETS) - len(missing)
+            notes.append(f"{found} of {len(MONOLINGUAL_SETS)} sets, missing: {' '.join(missing)}")
+        if foreign:
+            notes.append(f"not ESPnet sets: {' '.join(foreign)}")
+        return "; ".join(notes) or None
 
 
 def ten_minute_columns(runs: Iterable[Run]) -> list[Run]:
@@ -190,23 +213,21 @@ def ten_minute_columns(runs: Iterable[Run]) -> list[Run]:
 
 
 def replicate_group(run: Run) -> tuple[str, object] | None:
-    """('fold', n) for a run with a fold (ER), ('language', set) for ML-SUPERB monolingual runs (from the
-    ``task.language`` override, else the run's saved config), None otherwise."""
+    """('fold', n) for a run with a fold (ER), ('set', name) for ML-SUPERB monolingual runs (``task.language``:
+    its override, else the run's saved config), None otherwise."""
     results = run.results
     if results.fold is not None:
         return "fold", results.fold
-    if results.task not in ("ml_mono", "ml_mono_10min"):
+    if results.task not in MONOLINGUAL_TASKS:
         return None
-    for override in results.overrides:
-        key, value = parse_override(override)
-        if key == "task.language":
-            return "language", value
-    config_path = run.run_dir / HYDRA_DIR / "config.yaml"
-    if config_path.is_file():
-        language = OmegaConf.select(OmegaConf.load(config_path), "task.language", default=None)
-        if language is not None:
-            return "language", str(language)
-    return None
+    name = run_setting(run, "task.language")
+    return None if name is None else ("set", name)
+
+
+def set_languages(names: Iterable[object]) -> dict:
+    """{set: the language it counts for} (``monolingual_language``; a name that is not one of ESPnet's sets
+    counts for itself, and ``Cell.coverage_note`` names it)."""
+    return {name: monolingual_language(name) if name in MONOLINGUAL_SETS else name for name in names}
 
 
 @dataclass
@@ -266,6 +287,8 @@ def aggregate(collection: Collection, split: str = "test") -> Table:
     for (row, task), runs in grouped.items():
         groups = [replicate_group(run) for run in runs]
         kinds = {group[0] for group in groups if group is not None}
+        names = [group[1] for group in groups if group is not None]
+        by_language = kinds == {"set"} and len(names) == len(runs) and task in MONOLINGUAL_TASKS
         cells[(row, task)] = Cell(
             values=tuple(_score(run, split) for run in runs),
             seeds=tuple(run.results.seed for run in runs),
@@ -278,6 +301,7 @@ def aggregate(collection: Collection, split: str = "test") -> Table:
             lr=run_lr(runs[0].results) if collection.chosen_lr else None,
             groups=tuple(None if group is None else group[1] for group in groups) if len(kinds) == 1 else (),
             group_kind=next(iter(kinds)) if len(kinds) == 1 else None,
+            parents=set_languages(names) if by_language else None,
         )
     ordered_columns = sorted(
         columns.values(),

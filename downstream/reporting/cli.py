@@ -6,8 +6,8 @@
 
 Rows are upstream x interface, columns are tasks (metric and direction), plus a column for each second
 metric (ml_multi's LID accuracy: column lid). Each cell is the mean and sample standard deviation (ddof=1)
-of the task metric over the cell's runs (seeds, ER's folds, ML-SUPERB's monolingual language sets), with
-n = runs; the best mean of each column is marked, lower or higher as the metric says. Where the paper
+of the task metric over the cell's runs (seeds, ER's folds; ML-SUPERB's monolingual sets are averaged per
+language first, then over languages, as ESPnet's mono_superb_score.py does), with n = runs; the best mean of each column is marked, lower or higher as the metric says. Where the paper
 (Shih & Harwath, arXiv 2406.12209, Table 2) or the SUPERB paper (arXiv 2105.01051) published a number for
 the same upstream, interface and task, it is shown beside ours (downstream/reporting/published.yaml).
 Job directories without results.json are listed as incomplete and never averaged in.

@@ -98,6 +98,28 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def run_setting(run: Run, key: str) -> str | None:
+    """A task setting of a run (e.g. ``task.duration``): its override, else its saved config, else None."""
+    for override in run.results.overrides:
+        name, value = parse_override(override)
+        if name == key:
+            return value
+    config_path = run.run_dir / HYDRA_DIR / "config.yaml"
+    if config_path.is_file():
+        value = OmegaConf.select(OmegaConf.load(config_path), key, default=None)
+        return None if value is None else str(value)
+    return None
+
+
+def ml_superb_settings(run: Run) -> tuple[tuple[str, str | None], ...]:
+    """(('set', task.language), ('duration', task.duration)) of an ML-SUPERB run (task ml_*, lid), else ():
+    settings that do not define a row but tell apart runs that are not repeats of one another (the sets a
+    monolingual cell averages; the 10-minute and 1-hour columns)."""
+    if not (run.results.task.startswith("ml_") or run.results.task == "lid"):
+        return ()
+    return (("set", run_setting(run, "task.language")), ("duration", run_setting(run, "task.duration")))
+
+
 def _row_defining(key: str, ignore: frozenset[str] = frozenset()) -> bool:
     return (
         key not in REPLICATE_OR_KEY_OVERRIDES
@@ -330,12 +352,14 @@ def collect_runs(roots: Iterable[str | Path], chosen_lr: bool = False) -> Collec
     ]
     replicates: dict[tuple, list[str]] = defaultdict(list)
     for run in runs:
-        replicates[(run.row, run.results.task, run.results.seed, run.results.fold)].append(run.name)
-    for (row, task, seed, fold), names in replicates.items():
+        key = (run.row, run.results.task, run.results.seed, run.results.fold, ml_superb_settings(run))
+        replicates[key].append(run.name)
+    for (row, task, seed, fold, settings), names in replicates.items():
         if len(names) > 1:
             notes.append(
                 f"{len(names)} runs of {row.upstream} / {row.interface} / {task} with seed {seed}"
                 + (f", fold {fold}" if fold is not None else "")
+                + "".join(f", {key} {value}" for key, value in settings if value is not None)
                 + f" are all averaged in: {', '.join(names)}"
             )
     for run in runs:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from downstream.data.ml_superb import MONOLINGUAL_SCORE_SOURCE
 from downstream.reporting.aggregate import Cell, Table
 from downstream.reporting.published import PUBLISHED
 from downstream.results import failure_message
@@ -58,9 +59,9 @@ def _mean_std_text(cell: Cell, plus_minus: str) -> str:
 
 def _cell_suffix(cell: Cell) -> str:
     details = [f"n={cell.n}"]
-    fold_note = cell.fold_note()
-    if fold_note:
-        details.append(fold_note)
+    coverage_note = cell.coverage_note()
+    if coverage_note:
+        details.append(coverage_note)
     if cell.lr is not None:
         details.append(f"lr {cell.lr:g}")
     replication_note = cell.unequal_replication_note()
@@ -77,10 +78,11 @@ def published_split_suffix(table: Table) -> str:
 def footer_lines(table: Table) -> list[str]:
     """What the numbers are, the published sources of the numbers shown (if any) and the table's notes."""
     lines = [
-        f"{table.split} split; mean ± sample standard deviation (ddof=1), n = runs; ER (folds) and ML-SUPERB "
-        "monolingual (language sets): the mean over folds/languages of each one's mean over its seeds, ± the "
-        "std of those means; other tasks: over seeds; best mean per column marked (↓ lower is better, ↑ "
-        "higher is better).",
+        f"{table.split} split; mean ± sample standard deviation (ddof=1), n = runs; ER: the mean over folds of "
+        "each fold's mean over its seeds, ± the std of those means; ML-SUPERB monolingual: each set's mean over "
+        "its seeds, the sets of one language averaged (eng1-3, fra1-2, deu1-2), then the languages, ± the std "
+        f"of the language means ({MONOLINGUAL_SCORE_SOURCE}); other tasks: over seeds; best mean per column "
+        "marked (↓ lower is better, ↑ higher is better).",
     ]
     if table.references_in():
         shown = {cell.reference.source for cell in table.cells.values() if cell.reference is not None}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from downstream.data.audio import SAMPLE_RATE
 from downstream.data.corpus import Utterance, check_choice
 from downstream.data.dataset import longer_than
 from downstream.data.ml_superb import (
@@ -19,6 +21,7 @@ from downstream.data.ml_superb import (
     read_ml_superb,
     reserve_few_shot,
 )
+from downstream.data.text import shown
 from downstream.encoder_front import conv2d2_min_input_frames
 from downstream.metrics.classification import accuracy_percent
 from downstream.metrics.edit import ctc_greedy_decode
@@ -32,6 +35,11 @@ SELECT_BY = ("cer", "loss")
 CTC_LOSSES = ("espnet", "feasible_token_mean")
 #: ESPnet's split_results.py few_shot_rule: the CER (and LID accuracy) of the reserved languages apart.
 GROUPS = ("normal", "few_shot")
+#: The splits ESPnet's asr.sh stage 4 filters by length (``task.wav_duration_splits``): train and valid, never
+#: the test sets ("Not applying to test_sets to keep original data").
+WAV_DURATION_SPLITS = ("train", "dev")
+
+log = logging.getLogger(__name__)
 
 UNKNOWN = "<unk>"
 
@@ -71,6 +79,8 @@ class MLSuperbSpeechRecognition(CTCTask):
         average_best: int = 1,
         ctc_loss: str = "feasible_token_mean",
         head_input_layer: str = "linear",
+        wav_duration_splits: Sequence[str] = (),
+        min_wav_seconds: float = 0.1,
         **options: Any,
     ) -> None:
         """``select_by`` (cer | loss): the dev number that ranks checkpoints; ``average_best``: the tested
@@ -80,8 +90,16 @@ class MLSuperbSpeechRecognition(CTCTask):
         summed over its tokens and averaged over the batch, an infeasible one counting 0 (espnet2/asr/ctc.py:
         reduction 'sum' divided by the batch size, zero_infinity), or ``feasible_token_mean``
         (``CTCTask.loss``). ``head_input_layer``: the head's ``input_layer`` (the config passes it), so
-        the data check counts CTC-infeasible targets at the head's frame rate (conv2d2 halves it)."""
+        the data check counts CTC-infeasible targets at the head's frame rate (conv2d2 halves it).
+        ``wav_duration_splits`` (some of train, dev): the splits that keep only audio of more than
+        ``min_wav_seconds`` and less than ``max_seconds`` and a non-empty transcript, as ESPnet's asr.sh
+        stage 4 filters train and valid (``stage4_reason``); empty: none (``max_seconds`` still limits
+        training through ``on_too_long``)."""
         super().__init__(data_root, **options)
+        for split in wav_duration_splits:
+            check_choice(f"task ({self.name})", "wav_duration_splits entry", split, WAV_DURATION_SPLITS)
+        self.wav_duration_splits = tuple(wav_duration_splits)
+        self.min_wav_seconds = float(min_wav_seconds)
         check_choice(f"task ({self.name})", "ctc_loss", ctc_loss, CTC_LOSSES)
         check_choice(f"task ({self.name})", "head_input_layer", head_input_layer, ("linear", "conv2d2"))
         self.ctc_loss = ctc_loss
@@ -114,7 +132,73 @@ class MLSuperbSpeechRecognition(CTCTask):
         (``task.max_seconds``; a transcript task skips longer ones, ``longer_than``). ESPnet writes its token
         list from the training text that data_prep.py (multilingual: over 20 s skipped) and asr.sh stage 4
         (``max_wav_duration`` 20) left, so a token of a skipped utterance is not in it."""
-        return [u for u in self.utterances("train") if not longer_than(u, self.max_seconds)]
+        return [
+            u
+            for u in self.utterances("train")
+            if not longer_than(u, self.max_seconds) and self.stage4_reason(u, "train") is None
+        ]
+
+    def stage4_reason(self, utterance: Utterance, split: str) -> str | None:
+        """'too_short' or 'too_long' when ESPnet's asr.sh stage 4 leaves ``utterance`` out of ``split``
+        (one of ``wav_duration_splits``), else None. Stage 4 keeps an utterance whose samples at 16 kHz
+        are more than int(min_wav_duration x 16000) and fewer than int(max_wav_duration x 16000)
+        (egs2/TEMPLATE/asr1/asr.sh, min_wav_duration 0.1 and max_wav_duration 20, which run_mono.sh and
+        run_multi.sh keep): 0.1 s or less and 20 s or more go."""
+        if split not in self.wav_duration_splits:
+            return None
+        if utterance.num_samples <= int(self.min_wav_seconds * SAMPLE_RATE):
+            return "too_short"
+        if self.max_seconds is not None and utterance.num_samples >= int(self.max_seconds * SAMPLE_RATE):
+            return "too_long"
+        return None
+
+    def review_targets(self, split: str) -> tuple[dict[str, Any], set[str]]:
+        """``CTCTask.review_targets`` plus, for a split of ``wav_duration_splits``, asr.sh stage 4's rule:
+        ``wav_duration`` counts the utterances ``stage4_reason`` leaves out (training audio over
+        ``max_seconds``, left out too, is the ``too_long`` policy's and counted there), and a dev utterance with an empty
+        transcript is left out too (stage 4 removes empty text from valid as from train; its
+        ``empty_transcript`` record says so)."""
+        records, leave_out = super().review_targets(split)
+        if split not in self.wav_duration_splits:
+            return records, leave_out
+        utterances = self.utterances(split)
+        out = {u.id: reason for u in utterances if (reason := self.stage4_reason(u, split)) is not None}
+        # training audio over max_seconds is the too_long policy's (left out and counted there)
+        counted = {
+            u.id: out[u.id]
+            for u in utterances
+            if u.id in out and not (split == "train" and longer_than(u, self.max_seconds))
+        }
+        records["wav_duration"] = {
+            "count": len(counted),
+            "too_short": sum(reason == "too_short" for reason in counted.values()),
+            "too_long": sum(reason == "too_long" for reason in counted.values()),
+            "min_samples": int(self.min_wav_seconds * SAMPLE_RATE),
+            "max_samples": None if self.max_seconds is None else int(self.max_seconds * SAMPLE_RATE),
+            "policy": "left out (ESPnet asr.sh stage 4: kept when min_samples < samples < max_samples)",
+            "examples": list(counted)[:EXAMPLES],
+        }
+        if counted:
+            log.warning(
+                "%s: %s split: %d of %d utterances are 0.1 s or shorter or 20 s or longer and are left out "
+                "(ESPnet asr.sh stage 4, task.wav_duration_splits): %s",
+                self.name,
+                split,
+                len(counted),
+                len(utterances),
+                ", ".join(shown(utterance_id) for utterance_id in list(counted)[:EXAMPLES]),
+            )
+        empty = records.get("empty_transcript", {})
+        if split != "train" and empty.get("count"):
+            empty_ids = {
+                u.id
+                for u in utterances
+                if self.empty_reference_kind(u) == "empty_transcript"
+                and not self.error_units(self.decode(self.target(u, split)))
+            }
+            empty["policy"] = "left out (ESPnet asr.sh stage 4 removes empty text from valid)"
+            leave_out |= empty_ids
+        return records, leave_out | set(out)
 
     def training_units(self) -> set[str]:
         """The distinct tokens of ``vocabulary_utterances`` (the word boundary aside)."""
@@ -206,7 +290,8 @@ class MonolingualSpeechRecognition(MLSuperbSpeechRecognition):
     """ML-SUPERB's monolingual track: ``language`` is one of ESPnet's 13 sets (``MONOLINGUAL_SETS``: 'eng1'
     trains on mls/eng, 'deu2' on voxpopuli/deu, ...; the retired names 'deu' and 'sat' raise ValueError
     naming the new ones); test covers that language in every dataset, as single_lang_data_prep.py does. The
-    published number averages the sets (one run per set).
+    published number averages the sets (one run per set): each language's sets, then the languages
+    (``downstream.data.ml_superb.MONOLINGUAL_SCORE_SOURCE``; make_table does it).
 
     ``word_token_sets``: the sets tokenised into words (``MLSuperbSpeechRecognition`` ``word_tokens``) and
     scored over them; ESPnet's run_mono.sh uses ``token_type=word`` for cmn and jpn and
@@ -320,7 +405,7 @@ class MultilingualSpeechRecognition(MLSuperbSpeechRecognition):
         token = language_token(utterance.label)
         if token not in self.language_tokens():
             raise ValueError(
-                f"ml_multi: utterance {utterance.id} ({utterance.path}) in the {split} split is in language "
+                f"ml_multi: utterance {utterance.described} in the {split} split is in language "
                 f"{utterance.label!r}, which the training split does not have"
             )
         return [token, *characters]

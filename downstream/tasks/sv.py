@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from downstream.data.audio import SAMPLE_RATE
-from downstream.data.corpus import DataLayoutError, Utterance, label_vocabulary, probe_audio
+from downstream.data.corpus import DataLayoutError, Utterance, label_vocabulary, probe_audio, require_dir
 from downstream.data.sox_vad import VAD_EFFECT, vad_files
 from downstream.data.text import shown
-from downstream.data.voxceleb1 import Trial, read_trials, read_voxceleb1_sv
+from downstream.data.voxceleb1 import LAYOUT, Trial, read_trials, read_voxceleb1_sv
 from downstream.metrics.verification import equal_error_rate, minimum_detection_cost
 from downstream.tasks.base import Batch, Statistics, Task
 
@@ -81,6 +81,7 @@ class SpeakerVerification(Task):
         if min_train_seconds is not None and min_train_seconds < 0:
             raise ValueError(f"task.min_train_seconds must be >= 0 or null, got {min_train_seconds}")
         self.trial_files = {"dev": dev_trials, "test": test_trials}
+        require_dir(Path(self.data_root), "VoxCeleb1 root", LAYOUT)  # before the dev list it should hold
         dev_path = Path(self.data_root) / dev_trials
         if not dev_path.is_file():
             raise DataLayoutError(
@@ -122,8 +123,9 @@ class SpeakerVerification(Task):
                 + (", after the VAD)" if self.vad else ")"),
                 "examples": [utterance.id for utterance in short[:5]],
             }
-            if short:
-                log.info(
+            if short:  # a warning when it is more than a tenth of the corpus (a corpus of short clips?)
+                log.log(
+                    logging.WARNING if 10 * len(short) > len(utterances) else logging.INFO,
                     "sv: %d of %d training utterances are %s s or shorter%s and left out (task.min_train_seconds)",
                     len(short),
                     len(utterances),

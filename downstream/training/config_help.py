@@ -6,14 +6,16 @@ Torch-free (``run_downstream.py`` uses it before any model is built).
   option that does not exist) rewritten as one message with the closest names of the config tree
   (``difflib``), instead of Hydra's advice to append the key with ``+`` (which only fails later, when the
   component that should read the key does not know it).
-- ``help_text()``: every config group with its options, and every root, trainer and task key with the
-  one-line description written beside it in the YAML files (the comment after the value).
+- ``help_text()``: every config group with its options, and every root and trainer key and the keys of every
+  interface, upstream, task, protocol and logger option, each with the first sentence of the comment written
+  beside it (or above it) in the YAML files, wrapped at ``WIDTH`` columns.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -132,8 +134,18 @@ _KEY_LINE = re.compile(
 _ABBREVIATIONS = ("e.g", "i.e", "incl", "etc", "vs", "al", "cf", "approx", "resp", "Fig", "Eq", "No")
 #: A sentence end: '.', '?' or '!' (closing brackets or quotes may follow) before whitespace or the end.
 _SENTENCE_END = re.compile(r"[.?!][)\]\"']*(?=\s|$)")
-#: A description longer than this is cut at its last clause boundary (': ' or '; ') before it, if any.
-DESCRIPTION_CHARS = 200
+#: The page's width: a description longer than its line wraps, continued under an indent.
+WIDTH = 110
+#: The longest first sentence a config comment should have (about three wrapped lines; tests/test_help.py
+#: holds the configs to it). A longer one is still printed whole.
+DESCRIPTION_CHARS = 250
+#: Groups whose options' keys are listed, after the root and trainer keys (in this order).
+KEY_GROUPS = ("interface", "upstream", "task", "protocol", "logger")
+#: Task config maps whose keys are not listed: the schedules and protocols maps (docs/protocols.md) and the
+#: head (its keys are in the task's YAML file); ``ml_superb_updates`` (the ML-SUPERB schedules' updates) is
+#: listed as one ``ml_superb_updates.*`` line with its comment.
+_TASK_MAPS = ("schedules", "protocols", "protocol_sources", "head")
+_LISTED_MAPS = ("ml_superb_updates",)
 
 
 def _depth(text: str) -> int:
@@ -144,7 +156,7 @@ def _depth(text: str) -> int:
 def first_sentence(text: str) -> str:
     """``text`` up to and including the end of its first sentence ('.', '?' or '!' before whitespace,
     outside brackets, not after an abbreviation such as "e.g."), or the whole text when no sentence ends in
-    it. Never cuts a word or a clause."""
+    it; whitespace runs become one space. Never cuts a sentence: the description ``--help`` prints."""
     text = " ".join(text.split())
     for match in _SENTENCE_END.finditer(text):
         before = text[: match.start()]
@@ -155,31 +167,14 @@ def first_sentence(text: str) -> str:
     return text
 
 
-def description(text: str, limit: int = DESCRIPTION_CHARS) -> str:
-    """The one-line description ``--help`` prints for a comment: its first sentence (``first_sentence``);
-    one longer than ``limit`` characters ends instead at its last clause boundary (``:`` or ``;`` outside
-    brackets and quotes) within the limit (a ';' before a ':'), the punctuation left out; the whole sentence if it has none."""
-    sentence = first_sentence(text)
-    if len(sentence) <= limit:
-        return sentence
-    for mark in ";:":  # a '; ' joins clauses; a ': ' may open a list that the cut would leave dangling
-        cuts = [
-            match.start()
-            for match in re.finditer(rf"{mark}(?=\s)", sentence[:limit])
-            if _depth(sentence[: match.start()]) == 0 and sentence[: match.start()].count('"') % 2 == 0
-        ]
-        if cuts:
-            return sentence[: cuts[-1]]
-    return sentence
-
-
 def _comment_text(line: str) -> str:
     return line.strip().lstrip("#").strip()
 
 
 def file_description(path: Path) -> str:
-    """The description (``description``) of the YAML file's leading comment paragraph: the comment lines before the first
-    key, up to an empty comment line or an indented example (``#   python ...``); ``# @package`` skipped."""
+    """The first sentence (``first_sentence``) of the YAML file's leading comment paragraph: the comment lines
+    before the first key, up to an empty comment line or an indented example (``#   python ...``);
+    ``# @package`` skipped."""
     paragraph: list[str] = []
     for line in path.read_text().splitlines():
         text = line.strip()
@@ -191,20 +186,21 @@ def file_description(path: Path) -> str:
         if not body.strip() or body.startswith("   "):
             break
         paragraph.append(body.strip())
-    return description(" ".join(paragraph))
+    return first_sentence(" ".join(paragraph))
 
 
 def key_descriptions(path: Path) -> list[tuple[str, str, str]]:
-    """(dotted key, value as written, description) of every key of the YAML file ``path`` with a comment:
-    the comment after its value, continued on the comment lines below it that are indented deeper than the
-    key (and are not the comment block of a following key), else the comment block right above the key;
-    the description is its first sentence or clause (``description``). Nesting follows the indentation.
-    The file's leading comment (``file_description``), the hydra and defaults nodes are left out."""
+    """(dotted key, value as written, description) of every key of the YAML file ``path``: the comment after
+    its value, continued on the comment lines below it that are indented deeper than the key (and are not the
+    comment block of a following key), else the comment block right above the key; the description is its
+    first sentence (``first_sentence``), "" for a key with no comment. A key with no value of its own (a node)
+    has the value "". Nesting follows the indentation. The file's leading comment (``file_description``),
+    the hydra and defaults nodes are left out."""
     lines = path.read_text().splitlines()
     first_key = next(
         (i for i, line in enumerate(lines) if line.strip() and not line.strip().startswith("#")), 0
     )
-    found: list[tuple[str, str, str]] = []
+    found: list[tuple[str, str, list[str]]] = []
     stack: list[tuple[int, str]] = []
     above: list[str] = []
     current: list[str] | None = None  # the comment of the last key line, while continuation lines may follow
@@ -237,21 +233,97 @@ def key_descriptions(path: Path) -> list[tuple[str, str, str]]:
         above = []
         if match.group("hash"):
             current, current_indent = comment, indent
-        if any(comment) and not dotted.startswith(("hydra", "defaults")):
+        if not dotted.startswith(("hydra", "defaults")):
             found.append((dotted, value, comment))
-    return [(dotted, value, description(" ".join(comment))) for dotted, value, comment in found]
+    return [(dotted, value, first_sentence(" ".join(comment))) for dotted, value, comment in found]
 
 
 def _global_package(path: Path) -> bool:
     return path.read_text().lstrip().startswith("# @package _global_")
 
 
+def _wrap(head: str, text: str, indent: int) -> list[str]:
+    """``head`` followed by ``text``, wrapped at ``WIDTH`` between words (a word longer than a line is not
+    broken); continuation lines start with ``indent`` spaces."""
+    if not text:
+        return [head.rstrip()]
+    return textwrap.wrap(
+        text,
+        width=WIDTH,
+        initial_indent=head,
+        subsequent_indent=" " * indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def _defaults(path: Path) -> list[str]:
+    """The plain entries of the file's defaults list (``tiny``, ``whisper_small@members.whisper_small``)."""
+    entries = OmegaConf.load(path).get("defaults", []) or []
+    return [str(entry) for entry in entries if isinstance(entry, str) and entry != "_self_"]
+
+
+def _option_keys(group: str, path: Path) -> tuple[str, list[str]]:
+    """The header line and the key lines of one group option's own keys (``_target_`` and the task maps
+    left out; a node only when it has a comment)."""
+    prefix = "" if _global_package(path) else f"{group}."
+    lines = []
+    for key, value, comment in key_descriptions(path):
+        dotted = prefix + key
+        parts = dotted.split(".")
+        if dotted == group or parts[-1] == "_target_":
+            continue
+        inner = parts[1:] if parts[0] == group else parts
+        if any(part in _TASK_MAPS + _LISTED_MAPS for part in inner[:-1]) or inner[-1] in _TASK_MAPS:
+            continue
+        if not value and not comment:
+            continue  # an uncommented node: its keys are listed
+        head = f"    {dotted} = {value}  # " if value else f"    {dotted}.*  # "
+        lines.extend(_wrap(head, comment, 8))
+    inherited = []
+    for entry in _defaults(path):
+        option, _, package = entry.partition("@")
+        inherited.append(
+            f"{group}.{package}.* as {group}={option}" if package else f"the keys of {group}={option}"
+        )
+    header = f"  {group}={path.stem}:"
+    if inherited:
+        header += f" {'; '.join(inherited)}" + ("; and:" if lines else "")
+    return header, lines
+
+
+def option_help(selections: list[str], config_dir: Path = CONFIG_DIR) -> str:
+    """``--help group=option ...`` (e.g. ``task=sv interface=hconv``): the keys of only those options, as
+    ``help_text`` lists them. ValueError naming the selection and the choices for an unknown group or option
+    (with the closest name)."""
+    lines = []
+    for selection in selections:
+        group, _, option = selection.partition("=")
+        if group not in KEY_GROUPS:
+            raise ValueError(
+                f"--help {selection}: expected <group>=<option> with a group of {', '.join(KEY_GROUPS)}"
+            )
+        options = config_groups(config_dir)[group]
+        if option not in options:
+            close = difflib.get_close_matches(option, options, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(
+                f"--help {selection}: configs/{group}/ has no option {option!r}; {hint}"
+                f"(options: {', '.join(options)})"
+            )
+        header, keys = _option_keys(group, config_dir / group / f"{option}.yaml")
+        lines += [*textwrap.wrap(header, WIDTH, subsequent_indent=" " * 6, break_on_hyphens=False), *keys, ""]
+    return "\n".join(lines)
+
+
 def help_text(config_dir: Path = CONFIG_DIR) -> str:
-    """The ``--help`` page: usage, every config group with its options (each with the first line of its
-    file's leading comment), then the root, trainer and (per task) task keys with their comments."""
+    """The ``--help`` page: usage, every config group with its options (each with the first sentence of its
+    file's leading comment), then the root and trainer keys and, per option, the interface, upstream, task,
+    protocol and logger keys, each with the first sentence of its comment, wrapped at ``WIDTH``."""
     lines = [
         "python run_downstream.py [group=option ...] [key=value ...]   (-m: a sweep over comma-separated values)",
         "  --cfg job --resolve: the composed config with resolved values; docs/running.md explains every part.",
+        "  --help task=sv interface=hconv: only the keys of those options.",
         "",
         "Config groups (group=option; the default is marked *):",
     ]
@@ -261,44 +333,35 @@ def help_text(config_dir: Path = CONFIG_DIR) -> str:
         if isinstance(entry, dict) or OmegaConf.is_dict(entry):
             for group, option in dict(entry).items():
                 chosen[str(group)] = str(option)
-    for group, options in config_groups(config_dir).items():
-        if group.startswith(_HYDRA_GROUPS):
-            continue
+    groups = {
+        group: options
+        for group, options in config_groups(config_dir).items()
+        if not group.startswith(_HYDRA_GROUPS)
+    }
+    for group, options in groups.items():
         lines.append(f"  {group}:")
+        width = max(len(option) for option in options)
         for option in options:
             mark = "*" if chosen.get(group) == option else " "
-            summary = file_description(config_dir / group / f"{option}.yaml")
-            lines.append(f"   {mark}{option:<18} {summary}".rstrip())
+            head = f"   {mark}{option:<{width}}  "
+            lines.extend(_wrap(head, file_description(config_dir / group / f"{option}.yaml"), len(head)))
     for title, path, prefix in (
         ("Root keys (config.yaml)", config_dir / "config.yaml", ""),
         ("Trainer keys (trainer.<key>=...)", config_dir / "trainer" / "default.yaml", "trainer."),
     ):
         lines += ["", f"{title}:"]
-        lines.extend(_key_lines(key_descriptions(path), prefix))
-    lines += ["", "Task keys (task.<key>=..., per task=<name>):"]
-    for path in sorted((config_dir / "task").glob("*.yaml")):
-        # a task file in the global package writes task.<key> itself (and may set root keys)
-        prefix = "" if _global_package(path) else "task."
-        described = [
-            entry
-            for entry in key_descriptions(path)
-            if (prefix + entry[0]).removeprefix("task.").split(".")[0] not in _TASK_MAPS
-            and prefix + entry[0] != "task"
-        ]
-        if described:
-            lines.append(f"  task={path.stem}:")
-            lines.extend(_key_lines(described, "  " + prefix))
+        for key, value, comment in key_descriptions(path):
+            if value or comment:
+                head = f"  {prefix}{key} = {value}  # " if value else f"  {prefix}{key}.*  # "
+                lines.extend(_wrap(head, comment, 6))
+    for group in KEY_GROUPS:
+        title = f"{group.capitalize()} keys ({group}.<key>=..., per {group}=<option>"
+        if group == "task":
+            title += "; the head and the schedules/protocols maps: the task's YAML file, docs/protocols.md"
+        lines += ["", *textwrap.wrap(title + "):", WIDTH, subsequent_indent="  ")]
+        for option in groups[group]:
+            header, keys = _option_keys(group, config_dir / group / f"{option}.yaml")
+            lines.extend(textwrap.wrap(header, WIDTH, subsequent_indent=" " * 6, break_on_hyphens=False))
+            lines.extend(keys)
     lines += ["", "Unknown keys and options are refused with the closest names (no `+key=` needed)."]
     return "\n".join(lines) + "\n"
-
-
-#: Task config maps whose entries are documented in docs/protocols.md, not per key.
-_TASK_MAPS = ("schedules", "protocols", "protocol_sources", "head")
-
-
-def _key_lines(described: list[tuple[str, str, str]], prefix: str) -> list[str]:
-    """``key = value  # description``; a node of keys (no value of its own) as ``key.*  # description``."""
-    return [
-        f"  {prefix}{key} = {value}  # {comment}" if value else f"  {prefix}{key}.*  # {comment}"
-        for key, value, comment in described
-    ]

@@ -297,12 +297,11 @@ class Trainer:
             branch.keep_if_best_test(metrics, self.task, self.step)
             branch.logger.log(self.step, "test_every", metrics)
             log.info(
-                "step %d/%d test: %s (best test %s %.2f at step %d) [%s]",
+                "step %d/%d %s (best test %s at step %d) [%s]",
                 self.step,
                 self.settings.max_steps,
-                ", ".join(f"{key} {value:.2f}" for key, value in metrics.items()),
-                self.task.metric,
-                branch.best_test[self.task.metric],
+                results_line("test", metrics, self.task.metric),
+                metric_format(self.task.metric).format(branch.best_test[self.task.metric]),
                 branch.best_test["step"],
                 branch.run_dir,
             )
@@ -325,6 +324,13 @@ class Trainer:
             for split, metrics in (("dev", dev_metrics), ("test", test_metrics)):
                 log.info(
                     "%s", results_line(split, metrics, self.task.metric), extra=about_run(branch.run_dir)
+                )
+            if branch.best_test is not None:  # trainer.test_every: SUPERB's SV figure, chosen on test
+                log.info(
+                    "%s (the best test evaluation, at step %d; results.json test_selected)",
+                    results_line("test_selected", branch.best_test, self.task.metric),
+                    branch.best_test["step"],
+                    extra=about_run(branch.run_dir),
                 )
             outcomes.append(
                 {
