@@ -380,3 +380,17 @@ def test_tables_put_the_papers_conditions_beside_their_published_numbers(tmp_pat
     assert references[("weighted_sum", "larger head", "superb", "ml_mono")] == 35.2  # Table 3
     assert references[("weighted_sum", "", "exact", "ml_mono")] is None  # never beside protocol=exact
     assert [column.task for column in table.columns] == ["ml_mono_10min", "ml_mono"]
+
+
+@pytest.mark.parametrize("task_name", ["ml_mono", "ml_multi"])
+def test_only_the_demo_schedule_narrows_the_transformer_head(make_config, task_name):
+    """ESPnet's encoder (train_asr_s3prl_{1h,10min}.yaml: output_size 256, linear_units 1024) under the superb
+    schedule; the demo schedule on the mini corpus changes only the width (conv2d2 costs its square on a CPU)."""
+    superb = make_config([f"task={task_name}", "schedule=superb"]).task.head
+    demo = make_config([f"task={task_name}"]).task.head
+    espnet = {"hidden_size": 256, "ff_size": 1024, "num_layers": 2, "bottleneck_size": 80}
+    assert {key: superb[key] for key in espnet} == espnet
+    assert demo.hidden_size == 128
+    assert {key: demo[key] for key in demo if key != "hidden_size"} == {
+        key: superb[key] for key in superb if key != "hidden_size"
+    }
