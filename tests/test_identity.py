@@ -356,8 +356,9 @@ def test_a_failing_sweep_job_reports_itself_once_and_the_other_jobs_still_run(tm
     sweep_dir = tmp_path / "sweep"
     failed = cli(["-m", *TWO_STEP_RUN, "task=er", "trainer.lr=abc,0.01", f"hydra.sweep.dir={sweep_dir}"])
     assert failed.returncode == 1
-    # the job's own message when it failed, and Hydra's list of failed jobs at the end
-    assert failed.stderr.count("error: ConfigValueError: trainer.lr='abc'") == 2
+    # the job's own message when it failed, once; the sweep's end says jobs failed
+    assert failed.stderr.count("error: ConfigValueError: trainer.lr='abc'") == 1
+    assert "error: the sweep ended with failed jobs" in failed.stderr
     assert "Traceback" not in failed.stderr
     (finished,) = sweep_dir.glob("*/results.json")
     assert json.loads(finished.read_text())["trainer"]["lr"] == 0.01
