@@ -106,6 +106,8 @@ def test_results_line_rounds_to_the_metric_convention_with_its_unit():
     sv = results_line("dev", {"eer": 5.1234, "min_dcf": 0.412345, "scores": 1000}, "eer")
     assert sv == "dev: EER 5.12 %, minDCF 0.4123"
     assert results_line("test", {"mtwv": 0.073612, "queries": 4.0}, "mtwv") == "test: MTWV 0.0736"
+    multi = results_line("test", {"cer": 47.67025, "loss": 45.5, "lid_acc": 76.923077}, "cer")
+    assert multi == "test: CER 47.67 %, LID accuracy 76.92 %"  # ml_multi's LID accuracy beside its CER
 
 
 def test_third_party_warnings_are_silenced_unless_debug():

@@ -38,6 +38,7 @@ METRIC_FORMATS: dict[str, MetricFormat] = {
     "slot_value_cer": MetricFormat("slot-value CER", "%", 2),
     "der": MetricFormat("DER", "%", 2),
     "mtwv": MetricFormat("MTWV", "", 4),
+    "lid_acc": MetricFormat("LID accuracy", "%", 2),
 }
 
 
