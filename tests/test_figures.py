@@ -409,3 +409,15 @@ def test_a_real_fusion_sweep_gets_short_labels_and_a_figure_that_fits(tmp_path):
     plots = tmp_path / "plots"
     assert make_table_main([str(sweep), "--plots", str(plots)]) == 0
     assert (plots / "comparison.png").stat().st_size > 0
+
+
+def test_a_long_run_name_gives_a_file_name_cut_between_settings():
+    from downstream.reporting.plots import safe_file_stem
+
+    settings = [f"trainer.setting_{index}={index * 1111}" for index in range(20)]
+    name = "sweep/" + ",".join(settings) + "-0123abcd"
+    stem = safe_file_stem(name)
+    assert len(stem) <= 150 and stem.startswith("sweep__")
+    kept, marker = stem.rsplit("-", 1)[0].rsplit(",", 1)
+    assert marker == "..." and all(piece in settings for piece in kept.removeprefix("sweep__").split(","))
+    assert safe_file_stem(name) == stem and safe_file_stem(name + "x") != stem  # deterministic, hashed

@@ -50,10 +50,14 @@ def interface_color(interface_name: str) -> str:
 
 
 def safe_file_stem(name: str, max_length: int = 150) -> str:
-    """A file name from a run name: '/' -> '__', other unusual characters -> '_', long names hashed."""
+    """A file name from a run name: '/' -> '__', other unusual characters -> '_'; a longer name is cut after
+    its last whole ``,``-separated setting that fits (marked ``,...``, never inside a value) and ends in 8 hex
+    digits of the whole name's hash."""
     stem = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name.replace("/", "__"))
     if len(stem) > max_length:
-        stem = stem[: max_length - 9] + "-" + hashlib.sha1(stem.encode()).hexdigest()[:8]
+        head = stem[: max_length - 13]
+        head = head[: head.rindex(",")] + ",..." if "," in head else head
+        stem = head + "-" + hashlib.sha1(stem.encode()).hexdigest()[:8]
     return stem
 
 
