@@ -369,7 +369,7 @@ def collect_runs(roots: Iterable[str | Path], chosen_lr: bool = False) -> Collec
     for (row, task, seed, fold, settings), names in replicates.items():
         if len(names) > 1:
             notes.append(
-                f"{len(names)} runs of {row.upstream} / {row.interface} / {task} with seed {seed}"
+                f"{len(names)} runs of {row.short_label} / {task} with seed {seed}"
                 + (f", fold {fold}" if fold is not None else "")
                 + "".join(f", {key} {value}" for key, value in settings if value is not None)
                 + f" are all averaged in: {', '.join(names)}"
@@ -379,7 +379,7 @@ def collect_runs(roots: Iterable[str | Path], chosen_lr: bool = False) -> Collec
         if summary:
             notes.append(f"data policies of {run.name}: {summary}")
     stopped = [
-        f"{run.row.interface} ({run.row.upstream}, {run.results.task}) at step {run.results.stopped_early['step']}"
+        f"{run.row.interface} ({run.row.shown_upstream}, {run.results.task}) at step {run.results.stopped_early['step']}"
         for run in runs
         if run.results.stopped_early
     ]
