@@ -94,11 +94,7 @@ def suggest(
         group, _, option = str(error.missing_cfg_file).rpartition("/")
         if group not in groups:
             return None
-        options = groups[group]
-        return ConfigNameError(
-            f"{group}={option}: configs/{group}/ has no option {option!r}{_did_you_mean(closest(option, options))}"
-            f" (options: {', '.join(options)})"
-        )
+        return ConfigNameError(unknown_option(group, option, groups[group]))
     match = re.search(r"Could not (?:override|append to|delete from) '([^']+)'", str(error))
     if match is None:
         return None
@@ -124,6 +120,15 @@ def suggest(
 
 def _did_you_mean(found: list[str]) -> str:
     return f"; did you mean {' or '.join(found)}?" if found else ""
+
+
+def unknown_option(group: str, option: str, options: list[str]) -> str:
+    """The message for ``group=option`` when configs/<group>/ has no such option: the closest names
+    (``closest``) and every option."""
+    return (
+        f"{group}={option}: configs/{group}/ has no option {option!r}{_did_you_mean(closest(option, options))}"
+        f" (options: {', '.join(options)})"
+    )
 
 
 # -- --help ----------------------------------------------------------------------------------------
@@ -263,9 +268,9 @@ def _defaults(path: Path) -> list[str]:
     return [str(entry) for entry in entries if isinstance(entry, str) and entry != "_self_"]
 
 
-def _option_keys(group: str, path: Path) -> tuple[str, list[str]]:
-    """The header line and the key lines of one group option's own keys (``_target_`` and the task maps
-    left out; a node only when it has a comment)."""
+def _option_lines(group: str, path: Path) -> list[str]:
+    """One group option's block: its header (wrapped at ``WIDTH``) and the lines of its own keys
+    (``_target_`` and the task maps left out; a node only when it has a comment)."""
     prefix = "" if _global_package(path) else f"{group}."
     lines = []
     for key, value, comment in key_descriptions(path):
@@ -289,13 +294,14 @@ def _option_keys(group: str, path: Path) -> tuple[str, list[str]]:
     header = f"  {group}={path.stem}:"
     if inherited:
         header += f" {'; '.join(inherited)}" + ("; and:" if lines else "")
-    return header, lines
+    return [*textwrap.wrap(header, WIDTH, subsequent_indent=" " * 6, break_on_hyphens=False), *lines]
 
 
 def option_help(selections: list[str], config_dir: Path = CONFIG_DIR) -> str:
     """``--help group=option ...`` (e.g. ``task=sv interface=hconv``): the keys of only those options, as
     ``help_text`` lists them. ValueError naming the selection and the choices for an unknown group or option
     (with the closest name)."""
+    groups = config_groups(config_dir)
     lines = []
     for selection in selections:
         group, _, option = selection.partition("=")
@@ -303,16 +309,9 @@ def option_help(selections: list[str], config_dir: Path = CONFIG_DIR) -> str:
             raise ValueError(
                 f"--help {selection}: expected <group>=<option> with a group of {', '.join(KEY_GROUPS)}"
             )
-        options = config_groups(config_dir)[group]
-        if option not in options:
-            close = difflib.get_close_matches(option, options, n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise ValueError(
-                f"--help {selection}: configs/{group}/ has no option {option!r}; {hint}"
-                f"(options: {', '.join(options)})"
-            )
-        header, keys = _option_keys(group, config_dir / group / f"{option}.yaml")
-        lines += [*textwrap.wrap(header, WIDTH, subsequent_indent=" " * 6, break_on_hyphens=False), *keys, ""]
+        if option not in groups[group]:
+            raise ValueError(f"--help {unknown_option(group, option, groups[group])}")
+        lines += [*_option_lines(group, config_dir / group / f"{option}.yaml"), ""]
     return "\n".join(lines)
 
 
@@ -360,8 +359,6 @@ def help_text(config_dir: Path = CONFIG_DIR) -> str:
             title += "; the head and the schedules/protocols maps: the task's YAML file, docs/protocols.md"
         lines += ["", *textwrap.wrap(title + "):", WIDTH, subsequent_indent="  ")]
         for option in groups[group]:
-            header, keys = _option_keys(group, config_dir / group / f"{option}.yaml")
-            lines.extend(textwrap.wrap(header, WIDTH, subsequent_indent=" " * 6, break_on_hyphens=False))
-            lines.extend(keys)
+            lines.extend(_option_lines(group, config_dir / group / f"{option}.yaml"))
     lines += ["", "Unknown keys and options are refused with the closest names (no `+key=` needed)."]
     return "\n".join(lines) + "\n"
