@@ -195,8 +195,8 @@ class Task(ABC):
         """The utterances as this task's evaluation reads them, before ``load_audio`` (which applies
         ``gain_db``): the same ids, with the path and ``num_samples`` the audio is then read from, 0
         samples where nothing is left, and ``derived_from`` the given file where the audio was rewritten
-        (its NaN/inf samples are checked there: ``downstream.data.audio.nonfinite_problem``). A trained run's new inputs go through this (``downstream.predict``),
-        so they are read as its test split was. Default: unchanged; SV with ``vad``: sox's VAD output."""
+        (its NaN/inf samples are checked there: ``downstream.data.audio.nonfinite_problem``). A trained
+        run's new inputs go through this (``downstream.predict``), so they are read as its test split was. Default: unchanged; SV with ``vad``: sox's VAD output."""
         return list(utterances)
 
     def check_data(self) -> None:

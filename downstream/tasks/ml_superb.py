@@ -180,12 +180,14 @@ class MLSuperbSpeechRecognition(CTCTask):
         }
         if counted:
             log.warning(
-                "%s: %s split: %d of %d utterances are 0.1 s or shorter or 20 s or longer and are left out "
+                "%s: %s split: %d of %d utterances are %g s or shorter%s and are left out "
                 "(ESPnet asr.sh stage 4, task.wav_duration_splits): %s",
                 self.name,
                 split,
                 len(counted),
                 len(utterances),
+                self.min_wav_seconds,
+                "" if self.max_seconds is None else f" or {self.max_seconds:g} s or longer",
                 ", ".join(shown(utterance_id) for utterance_id in list(counted)[:EXAMPLES]),
             )
         empty = records.get("empty_transcript", {})

@@ -16,12 +16,12 @@ results.json's ``data_policy`` (docs/input-policies.md):
 - ``nonfinite``: float audio files (the only formats that can hold NaN or inf) are decoded once and their
   samples checked; ``task.on_nonfinite=error`` (default) refuses naming the files, ``skip`` leaves their
   utterances out of every split, counted.
+- ``label_variants``: training labels of one field (``Task.label_values``) that differ only in case or
+  surrounding whitespace: refused, naming both forms and where each occurs.
 
 Every check reads the corpus files (``Utterance.corpus_file``), also where the task reads a rewritten copy:
 SV's sox VAD output is 16 kHz and finite whatever the VoxCeleb1 file behind it holds (sox clips NaN), so
 its rate and samples are those of that file.
-- ``label_variants``: training labels of one field (``Task.label_values``) that differ only in case or
-  surrounding whitespace: refused, naming both forms and where each occurs.
 """
 
 from __future__ import annotations
